@@ -1,0 +1,54 @@
+/* The bus: NATS connection, JetStream streams, subject names, protobuf
+ * packing. Everything between services goes through here. */
+#ifndef DW_BUS_H
+#define DW_BUS_H
+
+#include <nats/nats.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdint.h>
+
+#include "dw/dw.pb-c.h"
+
+#define DW_STREAM_CONN "DW_CONN"
+#define DW_STREAM_MSG "DW_MSG"
+
+#define DW_SUBJ_CONN_PREFIX "dw.conn."       /* + connect|disconnect|join|leave|edge_down */
+#define DW_SUBJ_MSG_PREFIX "dw.msg."         /* + <room> */
+#define DW_SUBJ_REG_ROOM "dw.registry.room"  /* RoomQuery -> RoomEdges */
+#define DW_SUBJ_REG_LIST "dw.registry.list"  /* ListQuery -> ListReply */
+#define DW_SUBJ_REG_EDGES "dw.registry.edges" /* (empty) -> EdgesReply */
+#define DW_REG_QUEUE "registry"
+#define DW_SUBJ_EDGE_HEARTBEAT "dw.edge.heartbeat"
+#define DW_DISPATCHER_DURABLE "dispatcher"
+
+/* Room names: 1..64 of letters, digits, '-', '_', '.'; a '.' makes extra
+ * subject tokens (dw.msg.a.b), so it may not start, end or repeat. */
+#define DW_ROOM_MAX 64
+#define DW_ROOM_LOBBY "lobby"
+int dw_room_valid(const char *room, size_t len);
+
+/* "dw.edge.<edge_id>.deliver" into buf. */
+void dw_subj_edge_deliver(char *buf, size_t len, const char *edge_id);
+/* Subject of a connection event kind. */
+const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind);
+
+/* Connect with reconnect forever (the services outlive NATS restarts).
+ * name shows in the server's connection list. On success *out is owned by
+ * the caller (natsConnection_Destroy). */
+natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name);
+
+/* Create or update the streams (idempotent). msg_max_age_s / conn_max_age_s:
+ * retention; replicas: 1 locally, 3 in a cluster. */
+typedef struct dw_stream_opts {
+    int64_t conn_max_age_s;   /* DW_CONN: the PITR window (35 days) */
+    int64_t msg_max_age_s;    /* DW_MSG: the history window (24 h) */
+    int64_t dedup_window_s;   /* DW_MSG Nats-Msg-Id window (120 s) */
+    int replicas;
+} dw_stream_opts;
+void dw_stream_opts_default(dw_stream_opts *o);
+natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o);
+
+/* Pack a protobuf message into a malloc'd buffer (caller frees). */
+uint8_t *dw_pb_pack(const ProtobufCMessage *m, size_t *len);
+
+#endif
