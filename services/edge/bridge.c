@@ -1,0 +1,291 @@
+#include "bridge.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dw/log.h"
+
+struct edge_bridge {
+    edge_bridge_config cfg;
+    natsConnection *nc;
+    jsCtx *js;
+    natsSubscription *deliver_sub;
+    pthread_t setup_thread;
+    bool setup_started;
+    atomic_bool setup_done;
+    atomic_bool stopping;
+
+    pthread_mutex_t lock;   /* guards the event queue */
+    edge_event *head, *tail;
+};
+
+static void enqueue(edge_bridge *b, edge_event *ev)
+{
+    pthread_mutex_lock(&b->lock);
+    if (b->tail)
+        b->tail->next = ev;
+    else
+        b->head = ev;
+    b->tail = ev;
+    pthread_mutex_unlock(&b->lock);
+    b->cfg.wake(b->cfg.wake_arg);
+}
+
+edge_event *bridge_take(edge_bridge *b)
+{
+    pthread_mutex_lock(&b->lock);
+    edge_event *ev = b->head;
+    b->head = b->tail = NULL;
+    pthread_mutex_unlock(&b->lock);
+    return ev;
+}
+
+void bridge_event_free(edge_event *ev)
+{
+    if (!ev)
+        return;
+    if (ev->delivery)
+        dw__delivery__free_unpacked(ev->delivery, NULL);
+    free(ev->reply);
+    free(ev);
+}
+
+/* Ids of our publishes: "connect.<id>", "disconnect.<id>" and "<id>:<n>"
+ * for chat messages; the connection id is recovered from them here. */
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    edge_bridge *b = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    const char *msg_id = NULL;
+    natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
+    edge_event *ev = calloc(1, sizeof *ev);
+    if (!ev || !msg_id) {
+        DW_ERROR("publish ack lost", "subject=%s", subj ? subj : "?");
+        free(ev);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    snprintf(ev->msg_id, sizeof ev->msg_id, "%s", msg_id);
+    if (!strcmp(subj, "dw.conn.connect")) {
+        ev->kind = BEV_CONNECT_ACK;
+        snprintf(ev->conn_id, sizeof ev->conn_id, "%s", msg_id + strlen("connect."));
+    } else if (!strcmp(subj, "dw.conn.disconnect")) {
+        ev->kind = BEV_DISCONNECT_ACK;
+        snprintf(ev->conn_id, sizeof ev->conn_id, "%s", msg_id + strlen("disconnect."));
+    } else {
+        ev->kind = BEV_MSG_ACK;
+        snprintf(ev->conn_id, sizeof ev->conn_id, "%.*s", DW_ID_LEN, msg_id);
+    }
+    if (pa) {
+        ev->ok = true;
+        ev->seq = pa->Sequence;
+    } else {
+        ev->ok = false;
+        snprintf(ev->error, sizeof ev->error, "%s%s%s",
+                 pae ? natsStatus_GetText(pae->Err) : "unknown", pae && pae->ErrText ? ": " : "",
+                 pae && pae->ErrText ? pae->ErrText : "");
+    }
+    natsMsg_Destroy(msg);
+    enqueue(b, ev);
+}
+
+static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    edge_bridge *b = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    /* Decoding here keeps protobuf work off the socket thread. */
+    Dw__Delivery *d = dw__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                           (const uint8_t *)natsMsg_GetData(msg));
+    if (!d) {
+        DW_WARN("undecodable delivery dropped", "bytes=%d", natsMsg_GetDataLength(msg));
+        natsMsg_Destroy(msg);
+        return;
+    }
+    edge_event *ev = calloc(1, sizeof *ev);
+    if (!ev || (reply && !(ev->reply = strdup(reply)))) {
+        /* No reply: the dispatcher times out and retries. */
+        dw__delivery__free_unpacked(d, NULL);
+        free(ev);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    ev->kind = BEV_DELIVERY;
+    ev->delivery = d;
+    natsMsg_Destroy(msg);
+    enqueue(b, ev);
+}
+
+static void *setup_main(void *arg)
+{
+    edge_bridge *b = arg;
+    dw_stream_opts so;
+    dw_stream_opts_default(&so);
+    while (!atomic_load(&b->stopping)) {
+        if (natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED &&
+            dw_streams_ensure(b->js, &so) == NATS_OK) {
+            char subj[128];
+            dw_subj_edge_deliver(subj, sizeof subj, b->cfg.edge_id);
+            natsStatus s = natsConnection_Subscribe(&b->deliver_sub, b->nc, subj, on_delivery, b);
+            if (s == NATS_OK)
+                s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
+            if (s == NATS_OK)
+                s = natsConnection_Flush(b->nc);
+            if (s == NATS_OK) {
+                atomic_store(&b->setup_done, true);
+                DW_INFO("bus ready", "edge=%s deliver=%s", b->cfg.edge_id, subj);
+                return NULL;
+            }
+            DW_WARN("subscribe failed, retrying", "status=%s", natsStatus_GetText(s));
+            natsSubscription_Destroy(b->deliver_sub);
+            b->deliver_sub = NULL;
+        }
+        /* Retry pacing while NATS is away; not a synchronisation. */
+        struct timespec ts = {0, 250 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
+{
+    edge_bridge *b = calloc(1, sizeof *b);
+    if (!b)
+        return -1;
+    b->cfg = *cfg;
+    pthread_mutex_init(&b->lock, NULL);
+    if (dw_bus_connect(&b->nc, cfg->nats_url, "edge") != NATS_OK) {
+        DW_ERROR("nats connect failed", "url=%s err=\"%s\"", cfg->nats_url, nats_GetLastError(NULL));
+        goto error;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = cfg->max_pending;
+    jo.PublishAsync.AckHandler = on_pub_ack;
+    jo.PublishAsync.AckHandlerClosure = b;
+    /* Past MaxPending a publish fails at once instead of stalling the loop. */
+    jo.PublishAsync.StallWait = 1;
+    if (natsConnection_JetStream(&b->js, b->nc, &jo) != NATS_OK)
+        goto error;
+    if (pthread_create(&b->setup_thread, NULL, setup_main, b))
+        goto error;
+    b->setup_started = true;
+    *out = b;
+    return 0;
+error:
+    bridge_destroy(b);
+    return -1;
+}
+
+bool bridge_ready(edge_bridge *b)
+{
+    return atomic_load(&b->setup_done) &&
+           natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+static int publish_async(edge_bridge *b, const char *subj, const char *msg_id,
+                         const ProtobufCMessage *pb)
+{
+    size_t len;
+    uint8_t *buf = dw_pb_pack(pb, &len);
+    if (!buf)
+        return -1;
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, subj, NULL, (const char *)buf, (int)len);
+    free(buf);
+    if (s == NATS_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = msg_id;
+        po.MaxWait = b->cfg.publish_timeout_ms;
+        s = js_PublishMsgAsync(b->js, &m, &po);
+    }
+    if (s != NATS_OK) {
+        natsMsg_Destroy(m);
+        return -1;
+    }
+    return 0;
+}
+
+int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev)
+{
+    char msg_id[64];
+    const char *kind = ev->kind == DW__CONN_EVENT__KIND__CONNECT      ? "connect"
+                       : ev->kind == DW__CONN_EVENT__KIND__DISCONNECT ? "disconnect"
+                                                                       : NULL;
+    if (!kind)
+        return -1; /* joins/leaves come with the rooms protocol */
+    snprintf(msg_id, sizeof msg_id, "%s.%s", kind, ev->conn_id);
+    return publish_async(b, dw_subj_conn_event(ev->kind), msg_id, &ev->base);
+}
+
+int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m)
+{
+    char subj[DW_ROOM_MAX + 16];
+    snprintf(subj, sizeof subj, DW_SUBJ_MSG_PREFIX "%s", m->room);
+    return publish_async(b, subj, m->id, &m->base);
+}
+
+int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r)
+{
+    size_t len;
+    uint8_t *buf = dw_pb_pack(&r->base, &len);
+    if (!buf)
+        return -1;
+    natsStatus s = natsConnection_Publish(b->nc, reply, buf, (int)len);
+    free(buf);
+    return s == NATS_OK ? 0 : -1;
+}
+
+int bridge_heartbeat(edge_bridge *b, uint32_t connections)
+{
+    Dw__EdgeHeartbeat hb = DW__EDGE_HEARTBEAT__INIT;
+    hb.edge_id = (char *)b->cfg.edge_id;
+    hb.ts_ms = dw_now_ms();
+    hb.connections = connections;
+    hb.version = DW_VERSION;
+    size_t len;
+    uint8_t *buf = dw_pb_pack(&hb.base, &len);
+    if (!buf)
+        return -1;
+    natsStatus s = natsConnection_Publish(b->nc, DW_SUBJ_EDGE_HEARTBEAT, buf, (int)len);
+    free(buf);
+    return s == NATS_OK ? 0 : -1;
+}
+
+void bridge_flush(edge_bridge *b, int64_t timeout_ms)
+{
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = timeout_ms;
+    js_PublishAsyncComplete(b->js, &po);
+    natsConnection_FlushTimeout(b->nc, timeout_ms);
+}
+
+void bridge_destroy(edge_bridge *b)
+{
+    if (!b)
+        return;
+    atomic_store(&b->stopping, true);
+    if (b->setup_started)
+        pthread_join(b->setup_thread, NULL);
+    if (b->deliver_sub)
+        natsSubscription_Unsubscribe(b->deliver_sub);
+    natsSubscription_Destroy(b->deliver_sub);
+    /* Close first so that no callback runs while the queue is freed. */
+    if (b->nc)
+        natsConnection_Close(b->nc);
+    jsCtx_Destroy(b->js);
+    natsConnection_Destroy(b->nc);
+    edge_event *ev = bridge_take(b);
+    while (ev) {
+        edge_event *next = ev->next;
+        bridge_event_free(ev);
+        ev = next;
+    }
+    pthread_mutex_destroy(&b->lock);
+    free(b);
+}

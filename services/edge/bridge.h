@@ -1,0 +1,74 @@
+/* The edge's side of the bus. NATS callbacks run on nats.c threads; they
+ * never touch sockets. They turn what arrives (JetStream publish acks,
+ * deliveries from the dispatcher) into events on a mutex-protected queue
+ * and wake the lws loop (lws_cancel_service), which takes the events and
+ * acts on them. Publishing from the lws thread is asynchronous: nothing
+ * here blocks the loop on the network. */
+#ifndef EDGE_BRIDGE_H
+#define EDGE_BRIDGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dw/bus.h"
+#include "dw/util.h"
+
+typedef struct edge_bridge edge_bridge;
+
+typedef enum {
+    BEV_CONNECT_ACK,     /* the connect event of conn_id is durable (or failed) */
+    BEV_DISCONNECT_ACK,
+    BEV_MSG_ACK,         /* a chat message of conn_id is durable (or failed) */
+    BEV_DELIVERY,        /* the dispatcher hands us messages to write */
+} edge_event_kind;
+
+typedef struct edge_event {
+    struct edge_event *next;
+    edge_event_kind kind;
+    char conn_id[DW_ID_LEN + 1];
+    char msg_id[64];
+    uint64_t seq;           /* stream sequence on success */
+    bool ok;
+    char error[96];         /* why not, when !ok */
+    Dw__Delivery *delivery; /* BEV_DELIVERY: owned by the event */
+    char *reply;            /* BEV_DELIVERY: reply subject, owned */
+} edge_event;
+
+typedef struct edge_bridge_config {
+    const char *nats_url;
+    const char *edge_id;
+    int64_t publish_timeout_ms;
+    int64_t max_pending;
+    void (*wake)(void *arg); /* called on a nats.c thread after queueing */
+    void *wake_arg;
+} edge_bridge_config;
+
+/* Connects (retrying in the background forever) and starts a setup thread
+ * that creates the streams and subscribes to this edge's delivery subject;
+ * bridge_ready() turns true when all of that is done and NATS is connected.
+ * cfg strings must outlive the bridge. */
+int bridge_create(edge_bridge **out, const edge_bridge_config *cfg);
+
+bool bridge_ready(edge_bridge *b);
+
+/* Take every queued event (oldest first); the caller frees each with
+ * bridge_event_free(). lws thread. */
+edge_event *bridge_take(edge_bridge *b);
+void bridge_event_free(edge_event *ev);
+
+/* Asynchronous JetStream publishes; the result comes back as an event.
+ * 0 when handed to the client library, -1 when refused at once (then no
+ * event will come). */
+int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev);
+int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
+
+/* Core NATS publishes (buffered, never wait for the network). */
+int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);
+int bridge_heartbeat(edge_bridge *b, uint32_t connections);
+
+/* Wait up to timeout_ms for outstanding publishes, then flush. Shutdown only. */
+void bridge_flush(edge_bridge *b, int64_t timeout_ms);
+/* Stops the setup thread, closes the connection, frees queued events. NULL-safe. */
+void bridge_destroy(edge_bridge *b);
+
+#endif

@@ -1,0 +1,55 @@
+/* The edge process: its configuration and the state the lws thread owns. */
+#ifndef EDGE_EDGE_H
+#define EDGE_EDGE_H
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "bridge.h"
+#include "connmap.h"
+#include "dedup.h"
+#include "dw/util.h"
+#include "rooms.h"
+#include "session.h"
+
+typedef struct edge_config {
+    char *nats_url;
+    char *host;              /* listen address; empty = all */
+    int64_t port;
+    char *edge_id;           /* empty = random per start */
+    int64_t max_message;     /* reassembled message, bytes */
+    int64_t max_pending_rx;  /* messages held per connection before READY */
+    int64_t publish_timeout_ms;
+    int64_t publish_max_pending;
+    int64_t heartbeat_ms;
+    int64_t dedup_window;
+    int64_t write_coalesce;  /* bytes per write call */
+    char *log_level;
+} edge_config;
+
+typedef struct edge {
+    const edge_config *cfg;
+    char edge_id[DW_ID_LEN + 1];
+    struct lws_context *ctx;
+    edge_bridge *bridge;
+    edge_connmap conns;
+    edge_rooms rooms;
+    edge_dedup dedup;
+    unsigned char *wbuf;     /* LWS_PRE + write_coalesce: the coalescing buffer */
+    uint64_t conn_seq_acked; /* highest DW_CONN seq acked for our events */
+    uint32_t nready;
+    int64_t next_heartbeat_ns;
+    lws_sorted_usec_list_t tick;
+
+    pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
+    struct lws_context *wake_ctx;
+
+    /* counters (lws thread) */
+    uint64_t msgs_in, msgs_accepted, deliveries, frames_written, dups;
+} edge;
+
+/* Run the server until dw_stop. 0 on a clean stop. */
+int edge_run(edge *e);
+
+#endif

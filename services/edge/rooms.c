@@ -1,0 +1,130 @@
+#include "rooms.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "session.h"
+
+static size_t hash_name(const char *s, size_t mask)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return (size_t)h & mask;
+}
+
+int rooms_init(edge_rooms *rs, size_t nbuckets)
+{
+    size_t n = 16;
+    while (n < nbuckets)
+        n <<= 1;
+    rs->buckets = calloc(n, sizeof *rs->buckets);
+    rs->nbuckets = rs->buckets ? n : 0;
+    rs->count = 0;
+    return rs->buckets ? 0 : -1;
+}
+
+void rooms_free(edge_rooms *rs)
+{
+    for (size_t i = 0; i < rs->nbuckets; i++) {
+        edge_room *r = rs->buckets[i];
+        while (r) {
+            edge_room *next = r->next;
+            free(r->members);
+            free(r);
+            r = next;
+        }
+    }
+    free(rs->buckets);
+    memset(rs, 0, sizeof *rs);
+}
+
+edge_room *rooms_get(const edge_rooms *rs, const char *name)
+{
+    if (!rs->nbuckets)
+        return NULL;
+    for (edge_room *r = rs->buckets[hash_name(name, rs->nbuckets - 1)]; r; r = r->next)
+        if (!strcmp(r->name, name))
+            return r;
+    return NULL;
+}
+
+int rooms_join(edge_rooms *rs, edge_session *s, const char *name)
+{
+    size_t nlen = strlen(name);
+    if (nlen > DW_ROOM_MAX)
+        return -1;
+    edge_room *r = rooms_get(rs, name);
+    if (r) {
+        for (uint16_t i = 0; i < s->nrooms; i++)
+            if (s->rooms[i].room == r)
+                return 1;
+    }
+    if (s->nrooms == s->rooms_cap) {
+        uint16_t ncap = s->rooms_cap ? (uint16_t)(s->rooms_cap * 2) : 1;
+        edge_membership *m = realloc(s->rooms, ncap * sizeof *m);
+        if (!m)
+            return -1;
+        s->rooms = m;
+        s->rooms_cap = ncap;
+    }
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return -1;
+        memcpy(r->name, name, nlen + 1);
+        size_t b = hash_name(name, rs->nbuckets - 1);
+        r->next = rs->buckets[b];
+        rs->buckets[b] = r;
+        rs->count++;
+    }
+    if (r->count == r->cap) {
+        uint32_t ncap = r->cap ? r->cap * 2 : 8;
+        edge_session **m = realloc(r->members, ncap * sizeof *m);
+        if (!m)
+            return -1; /* an empty new room stays; it is reused or freed later */
+        r->members = m;
+        r->cap = ncap;
+    }
+    r->members[r->count] = s;
+    s->rooms[s->nrooms].room = r;
+    s->rooms[s->nrooms].idx = r->count;
+    s->nrooms++;
+    r->count++;
+    return 0;
+}
+
+static void room_unlink(edge_rooms *rs, edge_room *r)
+{
+    edge_room **pp = &rs->buckets[hash_name(r->name, rs->nbuckets - 1)];
+    while (*pp != r)
+        pp = &(*pp)->next;
+    *pp = r->next;
+    rs->count--;
+    free(r->members);
+    free(r);
+}
+
+void rooms_leave_all(edge_rooms *rs, edge_session *s)
+{
+    for (uint16_t i = 0; i < s->nrooms; i++) {
+        edge_room *r = s->rooms[i].room;
+        uint32_t idx = s->rooms[i].idx;
+        /* Swap the last member into the hole and fix its back-reference. */
+        edge_session *last = r->members[r->count - 1];
+        r->members[idx] = last;
+        r->count--;
+        if (last != s) {
+            for (uint16_t j = 0; j < last->nrooms; j++)
+                if (last->rooms[j].room == r) {
+                    last->rooms[j].idx = idx;
+                    break;
+                }
+        }
+        if (!r->count)
+            room_unlink(rs, r);
+    }
+    free(s->rooms);
+    s->rooms = NULL;
+    s->nrooms = s->rooms_cap = 0;
+}

@@ -1,0 +1,43 @@
+/* Local room membership: which of this edge's sessions are in which room.
+ * The registry holds the cluster-wide view; this is the edge's own index so
+ * that a delivery for a room finds its local members without a lookup per
+ * recipient. lws thread only. */
+#ifndef EDGE_ROOMS_H
+#define EDGE_ROOMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dw/bus.h"
+
+struct edge_session;
+
+typedef struct edge_room {
+    char name[DW_ROOM_MAX + 1];
+    struct edge_session **members;
+    uint32_t count, cap;
+    struct edge_room *next; /* hash chain */
+} edge_room;
+
+typedef struct edge_rooms {
+    edge_room **buckets;
+    size_t nbuckets, count;
+} edge_rooms;
+
+/* A session's membership in one room: the room and its index in members. */
+typedef struct edge_membership {
+    edge_room *room;
+    uint32_t idx;
+} edge_membership;
+
+int rooms_init(edge_rooms *rs, size_t nbuckets);
+void rooms_free(edge_rooms *rs);
+edge_room *rooms_get(const edge_rooms *rs, const char *name);
+
+/* Add s to the room called name (created on first member). The session's
+ * membership array is grown here. 0, 1 if already a member, -1 memory. */
+int rooms_join(edge_rooms *rs, struct edge_session *s, const char *name);
+/* Remove s from every room it is in; empty rooms are freed. */
+void rooms_leave_all(edge_rooms *rs, struct edge_session *s);
+
+#endif

@@ -1,0 +1,600 @@
+/* The libwebsockets side: one protocol callback for HTTP and WebSocket,
+ * the handling of bus events on the lws thread, and the loop. */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dw/log.h"
+#include "edge.h"
+#include "routes.h"
+
+#define TICK_US (100 * 1000)
+
+static edge *the_edge; /* lws callbacks reach the process state through this */
+
+/* ---- writing ---------------------------------------------------------- */
+
+static void want_write(edge_session *s)
+{
+    if (!s->want_write) {
+        s->want_write = true;
+        lws_callback_on_writable(s->wsi);
+    }
+}
+
+static void session_close(edge_session *s, uint16_t code, const char *reason)
+{
+    if (s->state == SESS_CLOSING)
+        return;
+    s->state = SESS_CLOSING;
+    s->close_code = code;
+    s->close_reason = reason;
+    s->want_write = false;
+    want_write(s);
+}
+
+static int session_send_text(edge_session *s, const char *text, size_t len)
+{
+    edge_frame *f = frame_text(text, len);
+    if (!f)
+        return -1;
+    int rc = outbox_push(&s->out, f);
+    frame_unref(f);
+    if (!rc)
+        want_write(s);
+    return rc;
+}
+
+static int on_writeable(edge *e, edge_session *s)
+{
+    s->want_write = false;
+    if (s->state == SESS_CLOSING) {
+        const char *r = s->close_reason ? s->close_reason : "";
+        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)r, strlen(r));
+        return -1;
+    }
+    edge_frame *big;
+    size_t n = outbox_fill(&s->out, e->wbuf + LWS_PRE, (size_t)e->cfg->write_coalesce, &big);
+    int w;
+    if (big) {
+        /* Already framed, and the frame keeps LWS_PRE of headroom. */
+        w = lws_write(s->wsi, big->bytes, big->len, LWS_WRITE_RAW);
+        outbox_pop(&s->out);
+    } else if (n) {
+        /* Whole frames back to back, one call: lws sends them as they are,
+         * and keeps any unsent tail itself until the socket drains. */
+        w = lws_write(s->wsi, e->wbuf + LWS_PRE, n, LWS_WRITE_RAW);
+    } else {
+        return 0;
+    }
+    if (w < 0)
+        return -1;
+    e->frames_written++;
+    if (s->out.count)
+        want_write(s);
+    return 0;
+}
+
+/* ---- inbound ---------------------------------------------------------- */
+
+static void reply_error(edge_session *s, const char *message, const char *request_id)
+{
+    size_t len;
+    char *body = routes_error_reply(message, s->id, request_id, &len);
+    if (body)
+        session_send_text(s, body, len);
+    free(body);
+}
+
+static void handle_message(edge *e, edge_session *s, const char *buf, size_t len)
+{
+    edge_request req;
+    e->msgs_in++;
+    s->last_active_ms = dw_now_ms();
+    if (routes_parse(buf, len, &req)) {
+        session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+        return;
+    }
+    switch (req.route) {
+    case ROUTE_SENDMESSAGE: {
+        char id[64];
+        snprintf(id, sizeof id, "%s:%llu", s->id, (unsigned long long)++s->msg_counter);
+        Dw__ChatMessage m = DW__CHAT_MESSAGE__INIT;
+        m.id = id;
+        m.room = DW_ROOM_LOBBY;
+        m.conn_id = s->id;
+        m.user_id = "";
+        m.data.data = (uint8_t *)req.data;
+        m.data.len = req.data_len;
+        m.ts_ms = s->last_active_ms;
+        m.conn_seq = e->conn_seq_acked;
+        if (bridge_publish_msg(e->bridge, &m))
+            reply_error(s, "Internal server error", id);
+        break;
+    }
+    case ROUTE_BAD_REQUEST: {
+        char rid[DW_ID_LEN + 1] = "";
+        dw_id_random(rid);
+        char msg[160];
+        snprintf(msg, sizeof msg, "Bad request: %s", req.error);
+        reply_error(s, msg, rid);
+        break;
+    }
+    case ROUTE_DEFAULT: {
+        edge_conn_info ci = {s->id, s->ip, s->user_agent, s->connected_at_ms, s->last_active_ms};
+        size_t rlen;
+        char *reply = routes_default_reply(&ci, &rlen);
+        if (reply)
+            session_send_text(s, reply, rlen);
+        free(reply);
+        break;
+    }
+    }
+    routes_request_free(&req);
+}
+
+static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
+{
+    if (s->state == SESS_CLOSING)
+        return 0;
+    if (lws_frame_is_binary(s->wsi)) {
+        session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
+        return 0;
+    }
+    if (lws_is_first_fragment(s->wsi))
+        s->rx_len = 0;
+    if (s->rx_len + len > (size_t)e->cfg->max_message) {
+        free(s->rx);
+        s->rx = NULL;
+        s->rx_len = 0;
+        session_close(s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too large");
+        return 0;
+    }
+    if (!s->rx) {
+        s->rx = malloc((size_t)e->cfg->max_message);
+        if (!s->rx)
+            return -1;
+    }
+    memcpy(s->rx + s->rx_len, in, len);
+    s->rx_len += len;
+    if (!lws_is_final_fragment(s->wsi) || lws_remaining_packet_payload(s->wsi))
+        return 0;
+
+    if (s->state == SESS_PENDING) {
+        /* rx flow control is off until READY, but lws may already hold
+         * bytes that arrived with the handshake: keep them for later. */
+        if (s->npending >= (uint32_t)e->cfg->max_pending_rx) {
+            session_close(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "too many messages before ready");
+            return 0;
+        }
+        edge_pending_rx *p = malloc(sizeof *p + s->rx_len);
+        if (!p)
+            return -1;
+        p->next = NULL;
+        p->len = s->rx_len;
+        memcpy(p->data, s->rx, s->rx_len);
+        edge_pending_rx **pp = &s->pending;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = p;
+        s->npending++;
+    } else {
+        handle_message(e, s, s->rx, s->rx_len);
+    }
+    /* Idle connections hold no reassembly buffer. */
+    free(s->rx);
+    s->rx = NULL;
+    s->rx_len = 0;
+    return 0;
+}
+
+/* ---- connection lifecycle --------------------------------------------- */
+
+static void publish_disconnect(edge *e, const char *conn_id, const char *reason)
+{
+    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    ev.kind = DW__CONN_EVENT__KIND__DISCONNECT;
+    ev.conn_id = (char *)conn_id;
+    ev.edge_id = e->edge_id;
+    ev.ts_ms = dw_now_ms();
+    ev.reason = (char *)reason;
+    if (bridge_publish_conn(e->bridge, &ev))
+        DW_WARN("disconnect event not published", "conn=%s", conn_id);
+}
+
+static int on_established(edge *e, edge_session *s, struct lws *wsi)
+{
+    memset(s, 0, sizeof *s);
+    s->wsi = wsi;
+    s->state = SESS_PENDING;
+    if (dw_id_random(s->id)) {
+        DW_ERROR("csprng failed", "%s", "");
+        return -1;
+    }
+    s->connected_at_ms = s->last_active_ms = dw_now_ms();
+    lws_get_peer_simple(wsi, s->ip, sizeof s->ip);
+    int ualen = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_USER_AGENT);
+    if (ualen > 0) {
+        if (ualen > 512)
+            ualen = 512;
+        s->user_agent = malloc((size_t)ualen + 1);
+        if (s->user_agent && lws_hdr_copy(wsi, s->user_agent, ualen + 1, WSI_TOKEN_HTTP_USER_AGENT) < 0) {
+            free(s->user_agent);
+            s->user_agent = NULL;
+        }
+    }
+    if (connmap_put(&e->conns, s->id, s))
+        return -1;
+
+    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    char *rooms[] = {DW_ROOM_LOBBY};
+    ev.kind = DW__CONN_EVENT__KIND__CONNECT;
+    ev.conn_id = s->id;
+    ev.edge_id = e->edge_id;
+    ev.rooms = rooms;
+    ev.n_rooms = 1;
+    ev.user_id = "";
+    ev.source_ip = s->ip;
+    ev.user_agent = s->user_agent ? s->user_agent : "";
+    ev.has_user_agent = s->user_agent != NULL;
+    ev.ts_ms = s->connected_at_ms;
+    if (bridge_publish_conn(e->bridge, &ev)) {
+        /* Like a failing ConnectHandler: the client may not take part. */
+        session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
+        return 0;
+    }
+    s->connect_published = true;
+    /* Read nothing until the connect event is durable. */
+    lws_rx_flow_control(wsi, 0);
+    DW_DEBUG("connection opened", "conn=%s ip=%s", s->id, s->ip);
+    return 0;
+}
+
+static void on_closed(edge *e, edge_session *s)
+{
+    if (!s->id[0])
+        return;
+    if (s->connect_published)
+        publish_disconnect(e, s->id, s->close_code ? "closed_by_server" : "closed");
+    if (s->state == SESS_READY)
+        e->nready--;
+    rooms_leave_all(&e->rooms, s);
+    connmap_del(&e->conns, s->id);
+    outbox_clear(&s->out);
+    free(s->rx);
+    free(s->user_agent);
+    while (s->pending) {
+        edge_pending_rx *n = s->pending->next;
+        free(s->pending);
+        s->pending = n;
+    }
+    DW_DEBUG("connection closed", "conn=%s", s->id);
+    s->id[0] = '\0';
+}
+
+/* ---- bus events -------------------------------------------------------- */
+
+static void on_connect_ack(edge *e, edge_event *ev)
+{
+    edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
+    if (ev->ok && ev->seq > e->conn_seq_acked)
+        e->conn_seq_acked = ev->seq;
+    if (!s || s->state != SESS_PENDING)
+        return;
+    if (!ev->ok) {
+        DW_WARN("connect event failed", "conn=%s err=\"%s\"", s->id, ev->error);
+        session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
+        return;
+    }
+    if (rooms_join(&e->rooms, s, DW_ROOM_LOBBY) < 0) {
+        session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+        return;
+    }
+    s->state = SESS_READY;
+    e->nready++;
+    while (s->pending && s->state == SESS_READY) {
+        edge_pending_rx *p = s->pending;
+        s->pending = p->next;
+        s->npending--;
+        handle_message(e, s, p->data, p->len);
+        free(p);
+    }
+    lws_rx_flow_control(s->wsi, 1);
+}
+
+static void on_msg_ack(edge *e, edge_event *ev)
+{
+    if (ev->ok) {
+        e->msgs_accepted++;
+        return;
+    }
+    DW_WARN("message not durable", "conn=%s id=%s err=\"%s\"", ev->conn_id, ev->msg_id, ev->error);
+    edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
+    if (s && s->state == SESS_READY)
+        reply_error(s, "Internal server error", ev->msg_id);
+}
+
+static void on_disconnect_ack(edge *e, edge_event *ev)
+{
+    if (ev->ok) {
+        if (ev->seq > e->conn_seq_acked)
+            e->conn_seq_acked = ev->seq;
+        return;
+    }
+    /* Try again: a connection left in the registry would be a ghost. The
+     * Nats-Msg-Id makes a repeat harmless. */
+    DW_WARN("disconnect event failed, retrying", "conn=%s err=\"%s\"", ev->conn_id, ev->error);
+    publish_disconnect(e, ev->conn_id, "closed");
+}
+
+static void deliver_to(edge *e, edge_session *s, edge_frame *f)
+{
+    if (s->state != SESS_READY)
+        return;
+    if (outbox_push(&s->out, f)) {
+        session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+        return;
+    }
+    e->deliveries++;
+    want_write(s);
+}
+
+static void on_delivery(edge *e, edge_event *ev)
+{
+    Dw__Delivery *d = ev->delivery;
+    Dw__DeliveryReply r = DW__DELIVERY_REPLY__INIT;
+    char **gone = NULL;
+    size_t ngone = 0, gone_cap = 0;
+
+    for (size_t i = 0; i < d->n_items; i++) {
+        Dw__DeliveryItem *it = d->items[i];
+        r.accepted++;
+        if (dedup_check_add(&e->dedup, it->seq)) {
+            e->dups++;
+            continue;
+        }
+        /* One frame per message per edge, shared by every recipient. */
+        edge_frame *f = frame_text(it->data.data, it->data.len);
+        if (!f) {
+            r.accepted--;
+            continue;
+        }
+        if (it->n_conn_ids) {
+            for (size_t j = 0; j < it->n_conn_ids; j++) {
+                edge_session *s = connmap_get(&e->conns, it->conn_ids[j], strlen(it->conn_ids[j]));
+                if (s && s->state == SESS_READY) {
+                    deliver_to(e, s, f);
+                    continue;
+                }
+                if (ngone == gone_cap) {
+                    size_t nc = gone_cap ? gone_cap * 2 : 8;
+                    char **g = realloc(gone, nc * sizeof *g);
+                    if (!g)
+                        continue;
+                    gone = g;
+                    gone_cap = nc;
+                }
+                gone[ngone++] = it->conn_ids[j];
+            }
+        } else {
+            edge_room *room = rooms_get(&e->rooms, it->room);
+            for (uint32_t j = 0; room && j < room->count; j++)
+                deliver_to(e, room->members[j], f);
+        }
+        frame_unref(f);
+    }
+    if (ev->reply) {
+        r.gone_conn_ids = gone;
+        r.n_gone_conn_ids = ngone;
+        bridge_reply(e->bridge, ev->reply, &r);
+    }
+    free(gone);
+}
+
+static void drain_events(edge *e)
+{
+    edge_event *ev = bridge_take(e->bridge);
+    while (ev) {
+        edge_event *next = ev->next;
+        switch (ev->kind) {
+        case BEV_CONNECT_ACK: on_connect_ack(e, ev); break;
+        case BEV_DISCONNECT_ACK: on_disconnect_ack(e, ev); break;
+        case BEV_MSG_ACK: on_msg_ack(e, ev); break;
+        case BEV_DELIVERY: on_delivery(e, ev); break;
+        }
+        bridge_event_free(ev);
+        ev = next;
+    }
+}
+
+/* ---- HTTP -------------------------------------------------------------- */
+
+static int http_respond(struct lws *wsi, edge_session *s, unsigned int code, const char *body)
+{
+    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
+    s->state = SESS_HTTP;
+    s->http_body = body;
+    s->http_len = strlen(body);
+    if (lws_add_http_common_headers(wsi, code, "text/plain; charset=utf-8", s->http_len, &p, end) ||
+        lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL, (unsigned char *)"no-store",
+                                     8, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return 1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
+{
+    if (!strcmp(uri, "/healthz"))
+        return http_respond(wsi, s, 200, "ok\n");
+    if (!strcmp(uri, "/readyz"))
+        return bridge_ready(e->bridge) ? http_respond(wsi, s, 200, "ready\n")
+                                       : http_respond(wsi, s, 503, "not ready: bus\n");
+    if (!strcmp(uri, "/"))
+        return http_respond(wsi, s, 200,
+                            "DynamoWave edge. Connect a WebSocket client to this address.\n");
+    return http_respond(wsi, s, 404, "not found\n");
+}
+
+static int on_http_writeable(struct lws *wsi, edge_session *s)
+{
+    if (!s->http_body)
+        return 0;
+    unsigned char buf[LWS_PRE + 1024];
+    size_t n = s->http_len < 1024 ? s->http_len : 1024;
+    memcpy(buf + LWS_PRE, s->http_body, n);
+    s->http_body = NULL;
+    if (lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_FINAL) != (int)n)
+        return 1;
+    if (lws_http_transaction_completed(wsi))
+        return -1;
+    return 0;
+}
+
+/* ---- the callback ------------------------------------------------------ */
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    edge *e = the_edge;
+    edge_session *s = user;
+
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        /* Refuse rather than accept a connection we could not register. */
+        if (!bridge_ready(e->bridge)) {
+            lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "not ready");
+            return 1;
+        }
+        return 0;
+    case LWS_CALLBACK_ESTABLISHED:
+        return on_established(e, s, wsi);
+    case LWS_CALLBACK_RECEIVE:
+        return on_receive(e, s, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return on_writeable(e, s);
+    case LWS_CALLBACK_CLOSED:
+        on_closed(e, s);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return on_http(e, wsi, s, in);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return on_http_writeable(wsi, s);
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (e)
+            drain_events(e);
+        return 0;
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+static const struct lws_protocols protocols[] = {
+    /* First entry: also serves clients that ask for no subprotocol (plain
+     * AWS mode) and plain HTTP. */
+    {"dynamowave", callback, sizeof(edge_session), 4096, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+static void tick(lws_sorted_usec_list_t *sul)
+{
+    edge *e = (edge *)(void *)((char *)sul - offsetof(edge, tick));
+    int64_t now = dw_mono_ns();
+    if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
+        bridge_heartbeat(e->bridge, e->nready);
+        e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
+    }
+    /* The tick also bounds how long the loop sleeps, so a stop request
+     * (dw_stop, set by the signal handler) is seen promptly. */
+    lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
+}
+
+static void wake(void *arg)
+{
+    edge *e = arg;
+    pthread_mutex_lock(&e->wake_lock);
+    if (e->wake_ctx)
+        lws_cancel_service(e->wake_ctx);
+    pthread_mutex_unlock(&e->wake_lock);
+}
+
+static void lws_log_bridge(int level, const char *line)
+{
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    dw_log(level == LLL_ERR ? DW_LOG_ERROR : DW_LOG_WARN, "lws", "detail=\"%.*s\"", (int)n, line);
+}
+
+int edge_run(edge *e)
+{
+    int rc = -1;
+    the_edge = e;
+    pthread_mutex_init(&e->wake_lock, NULL);
+    if (rooms_init(&e->rooms, 1024) || dedup_init(&e->dedup, (uint32_t)e->cfg->dedup_window))
+        goto out;
+    e->wbuf = malloc(LWS_PRE + (size_t)e->cfg->write_coalesce);
+    if (!e->wbuf)
+        goto out;
+
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = (int)e->cfg->port;
+    info.iface = e->cfg->host[0] ? e->cfg->host : NULL;
+    info.protocols = protocols;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.pt_serv_buf_size = 32 * 1024;
+    info.max_http_header_data = 4096;
+    e->ctx = lws_create_context(&info);
+    if (!e->ctx) {
+        DW_ERROR("cannot listen", "host=%s port=%lld", e->cfg->host, (long long)e->cfg->port);
+        goto out;
+    }
+
+    edge_bridge_config bc = {
+        .nats_url = e->cfg->nats_url,
+        .edge_id = e->edge_id,
+        .publish_timeout_ms = e->cfg->publish_timeout_ms,
+        .max_pending = e->cfg->publish_max_pending,
+        .wake = wake,
+        .wake_arg = e,
+    };
+    pthread_mutex_lock(&e->wake_lock);
+    e->wake_ctx = e->ctx;
+    pthread_mutex_unlock(&e->wake_lock);
+    if (bridge_create(&e->bridge, &bc))
+        goto out;
+
+    lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
+    DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
+    while (!dw_stop) {
+        if (lws_service(e->ctx, 0) < 0)
+            break;
+    }
+    DW_INFO("edge stopping", "edge=%s connections=%u", e->edge_id, e->nready);
+    rc = 0;
+out:
+    /* Destroying the context closes every socket; each close publishes its
+     * disconnect event, which the flush below waits for. */
+    if (e->ctx) {
+        pthread_mutex_lock(&e->wake_lock);
+        e->wake_ctx = NULL;
+        pthread_mutex_unlock(&e->wake_lock);
+        lws_sul_cancel(&e->tick);
+        lws_context_destroy(e->ctx);
+        e->ctx = NULL;
+    }
+    if (e->bridge) {
+        bridge_flush(e->bridge, 3000);
+        bridge_destroy(e->bridge);
+        e->bridge = NULL;
+    }
+    free(e->wbuf);
+    dedup_free(&e->dedup);
+    rooms_free(&e->rooms);
+    connmap_free(&e->conns);
+    pthread_mutex_destroy(&e->wake_lock);
+    return rc;
+}

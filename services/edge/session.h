@@ -1,0 +1,53 @@
+/* One WebSocket connection as the edge holds it. Owned by lws (it is the
+ * per-session user data); only the lws thread touches it. */
+#ifndef EDGE_SESSION_H
+#define EDGE_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dw/util.h"
+#include "outbox.h"
+#include "rooms.h"
+
+struct lws;
+
+typedef enum {
+    SESS_HTTP = 0,   /* a plain HTTP request, not a WebSocket */
+    SESS_PENDING,    /* upgraded; connect event published, not yet durable */
+    SESS_READY,      /* connect event acked: takes part in chat */
+    SESS_CLOSING,    /* close requested; waiting for the writable callback */
+} edge_session_state;
+
+typedef struct edge_pending_rx {
+    struct edge_pending_rx *next;
+    size_t len;
+    char data[];
+} edge_pending_rx;
+
+typedef struct edge_session {
+    struct lws *wsi;
+    char id[DW_ID_LEN + 1];
+    char ip[48];
+    char *user_agent;            /* NULL: the client sent none */
+    int64_t connected_at_ms;
+    int64_t last_active_ms;
+    uint64_t msg_counter;
+    edge_outbox out;
+    char *rx;                    /* the message being reassembled */
+    size_t rx_len;
+    edge_pending_rx *pending;    /* whole messages received before READY */
+    uint32_t npending;
+    edge_membership *rooms;
+    uint16_t nrooms, rooms_cap;
+    uint8_t state;
+    bool connect_published;
+    bool want_write;
+    uint16_t close_code;
+    const char *close_reason;
+    /* HTTP requests only */
+    const char *http_body;
+    size_t http_len;
+} edge_session;
+
+#endif
