@@ -1,0 +1,191 @@
+#include "apply.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "dw/bus.h"
+#include "dw/log.h"
+#include "dw/util.h"
+
+/* After this long of failing fetches (while connected), the consumer is
+ * assumed lost (server storage wiped, consumer deleted) and recreated. */
+#define REG_RECREATE_AFTER_MS 5000
+
+void reg_apply_opts_default(reg_apply_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->replica_id = "r0";
+    o->batch = 256;
+    o->fetch_wait_ms = 500;
+    o->stop = &dw_stop;
+}
+
+int reg_apply_payload(reg_store *st, uint64_t seq, const void *data, size_t len)
+{
+    Dw__ConnEvent *ev = dw__conn_event__unpack(NULL, len, data ? data : (const void *)"");
+    if (!ev)
+        DW_WARN("undecodable conn event skipped", "seq=%llu len=%zu", (unsigned long long)seq, len);
+    int rc = reg_store_apply(st, seq, ev);
+    dw__conn_event__free_unpacked(ev, NULL);
+    return rc;
+}
+
+/* Warn when the stream is behind the table: DW_CONN was deleted and
+ * recreated, and events with sequences we already applied would be skipped. */
+static void check_stream(jsCtx *js, uint64_t applied)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, js, DW_STREAM_CONN, NULL, &jerr) != NATS_OK)
+        return;
+    if (si->State.LastSeq < applied)
+        DW_ERROR("DW_CONN is behind the table: was the stream reset? wipe the table to rebuild",
+                 "stream_last_seq=%llu applied_seq=%llu", (unsigned long long)si->State.LastSeq,
+                 (unsigned long long)applied);
+    jsStreamInfo_Destroy(si);
+}
+
+/* Delete and recreate this replica's durable so that it starts right after
+ * what the table holds, whatever the consumer's previous position was. */
+static natsStatus consumer_start(jsCtx *js, const reg_apply_opts *o, uint64_t applied,
+                                 natsSubscription **sub)
+{
+    char durable[64];
+    jsErrCode jerr = 0;
+    snprintf(durable, sizeof durable, "registry-%s", o->replica_id);
+
+    natsStatus s = js_DeleteConsumer(js, DW_STREAM_CONN, durable, NULL, &jerr);
+    if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSConsumerNotFoundErr) {
+        DW_WARN("consumer delete failed", "durable=%s status=%s jserr=%d", durable,
+                natsStatus_GetText(s), (int)jerr);
+        return s;
+    }
+
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = durable;
+    cc.FilterSubject = "dw.conn.>";
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = 30LL * 1000000000LL;
+    cc.MaxAckPending = (int64_t)o->batch * 8;
+    if (applied > 0) {
+        cc.DeliverPolicy = js_DeliverByStartSequence;
+        cc.OptStartSeq = applied + 1;
+    } else {
+        cc.DeliverPolicy = js_DeliverAll;
+    }
+    jerr = 0;
+    s = js_AddConsumer(NULL, js, DW_STREAM_CONN, &cc, NULL, &jerr);
+    if (s != NATS_OK) {
+        DW_WARN("consumer create failed", "durable=%s status=%s jserr=%d last=\"%s\"", durable,
+                natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
+        return s;
+    }
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = DW_STREAM_CONN;
+    so.Consumer = durable;
+    jerr = 0;
+    s = js_PullSubscribe(sub, js, "dw.conn.>", durable, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        DW_WARN("consumer subscribe failed", "durable=%s status=%s jserr=%d", durable,
+                natsStatus_GetText(s), (int)jerr);
+        return s;
+    }
+    check_stream(js, applied);
+    DW_INFO("consumer started", "durable=%s start_seq=%llu", durable,
+            (unsigned long long)(applied + 1));
+    return NATS_OK;
+}
+
+/* (Re)start the consumer, retrying until it works or we are told to stop. */
+static int consumer_start_retry(jsCtx *js, reg_store *st, const reg_apply_opts *o,
+                                natsSubscription **sub)
+{
+    int64_t backoff = 100;
+    while (!*o->stop) {
+        if (consumer_start(js, o, reg_store_applied_seq(st), sub) == NATS_OK)
+            return 0;
+        nats_Sleep(backoff);
+        if (backoff < 2000)
+            backoff *= 2;
+    }
+    return -1;
+}
+
+/* Apply and ack one fetched message. Returns -1 only on a store failure. */
+static int apply_msg(reg_store *st, const reg_apply_opts *o, natsMsg *msg, uint64_t *last)
+{
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
+        DW_WARN("message without JetStream metadata skipped", "subject=%s",
+                natsMsg_GetSubject(msg));
+        return 0;
+    }
+    uint64_t seq = meta->Sequence.Stream;
+    jsMsgMetaData_Destroy(meta);
+
+    if (*last && seq > *last + 1)
+        DW_INFO("gap in DW_CONN sequences (expired or deleted events)", "from=%llu to=%llu",
+                (unsigned long long)*last, (unsigned long long)seq);
+    int rc = reg_apply_payload(st, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    if (rc < 0)
+        return -1; /* not acked: it is redelivered to whoever resumes */
+    /* The ack only keeps the consumer's window moving; the table's own
+     * applied_seq is what a restart resumes from, so a lost ack is harmless. */
+    natsMsg_Ack(msg, NULL);
+    if (seq > *last)
+        *last = seq;
+    if (rc == 1 && o->on_progress)
+        o->on_progress(o->progress_arg, seq);
+    return 0;
+}
+
+int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_opts *o)
+{
+    natsSubscription *sub = NULL;
+    int64_t failing_since = 0;
+    uint64_t last = reg_store_applied_seq(st);
+    int rc = 0;
+
+    if (consumer_start_retry(js, st, o, &sub))
+        return 0;
+    while (!*o->stop) {
+        natsMsgList list = {0};
+        jsErrCode jerr = 0;
+        natsStatus s = natsSubscription_Fetch(&list, sub, o->batch, o->fetch_wait_ms, &jerr);
+        if (s == NATS_TIMEOUT) {
+            failing_since = 0;
+            continue;
+        }
+        if (s != NATS_OK) {
+            int64_t now = dw_mono_ns() / 1000000;
+            if (!failing_since) {
+                failing_since = now;
+                DW_WARN("fetch failed", "status=%s jserr=%d", natsStatus_GetText(s), (int)jerr);
+            }
+            if (now - failing_since > REG_RECREATE_AFTER_MS &&
+                natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) {
+                DW_WARN("recreating the consumer", "status=%s", natsStatus_GetText(s));
+                natsSubscription_Destroy(sub);
+                sub = NULL;
+                failing_since = 0;
+                if (consumer_start_retry(js, st, o, &sub))
+                    break;
+                continue;
+            }
+            nats_Sleep(100); /* disconnected: nats.c reconnects in the background */
+            continue;
+        }
+        failing_since = 0;
+        for (int i = 0; i < list.Count && rc == 0; i++)
+            rc = apply_msg(st, o, list.Msgs[i], &last);
+        natsMsgList_Destroy(&list);
+        if (rc)
+            break;
+    }
+    natsSubscription_Destroy(sub);
+    natsConnection_FlushTimeout(nc, 1000); /* send the last acks */
+    return rc;
+}

@@ -1,0 +1,38 @@
+/* The DW_CONN consumer: pulls connection events in stream order and applies
+ * them to the store. One durable pull consumer per replica, recreated at
+ * every start from the store's applied_seq, so a wiped or restored table
+ * is rebuilt from the stream and never skips an event. */
+#ifndef REG_APPLY_H
+#define REG_APPLY_H
+
+#include <nats/nats.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+typedef struct reg_apply_opts {
+    const char *replica_id;  /* the durable is "registry-<replica_id>" */
+    int batch;               /* messages per fetch (256) */
+    int64_t fetch_wait_ms;   /* how long one fetch waits (500): the stop latency */
+    /* Called after every applied sequence, on the apply thread. */
+    void (*on_progress)(void *arg, uint64_t seq);
+    void *progress_arg;
+    volatile sig_atomic_t *stop; /* the loop returns once *stop is set */
+} reg_apply_opts;
+
+void reg_apply_opts_default(reg_apply_opts *o);
+
+/* Decode one DW_CONN payload and apply it at seq. An undecodable payload
+ * is logged and applied as an empty change, so seq still advances.
+ * Returns what reg_store_apply returns: 1 applied, 0 skipped, -1 store error. */
+int reg_apply_payload(reg_store *st, uint64_t seq, const void *data, size_t len);
+
+/* Run the consumer on the calling thread until *o->stop. Returns 0 on a
+ * clean stop, -1 when the store failed (the process should exit and
+ * restart: it resumes from applied_seq). Every message it fetched is
+ * applied and acked before it returns. */
+int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_opts *o);
+
+#endif
