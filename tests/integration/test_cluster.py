@@ -1,0 +1,81 @@
+"""Two edges, crashes of the registry and of an edge."""
+import asyncio
+import collections
+import unittest
+
+from harness import StackTest, connect, recv_text, no_message, wait_until
+
+
+class TwoEdges(StackTest):
+    EDGES = 2
+
+    def test_message_reaches_every_client_on_both_edges_once(self):
+        st = self.stack
+
+        async def scenario():
+            a = [await connect(st.edges[0].url) for _ in range(3)]
+            b = [await connect(st.edges[1].url) for _ in range(3)]
+            await asyncio.to_thread(st.wait_conn_count, 6)
+            await a[0].send('{"action":"sendmessage","message":"to all"}')
+            for ws in a + b:
+                self.assertEqual(await recv_text(ws), "to all")
+            for ws in a + b:
+                self.assertIsNone(await no_message(ws, 0.05), "delivered twice")
+            await b[2].send('{"action":"sendmessage","message":"back"}')
+            for ws in a + b:
+                self.assertEqual(await recv_text(ws), "back")
+
+        self.run_async(scenario())
+
+    def test_registry_kill9_and_restart_keeps_state(self):
+        st = self.stack
+
+        async def scenario():
+            a = await connect(st.edges[0].url)
+            b = await connect(st.edges[1].url)
+            await asyncio.to_thread(st.wait_conn_count, 2)
+            before = await asyncio.to_thread(st.conns)
+            st.registry.kill9()
+            st.start_registry()
+            after = await asyncio.to_thread(
+                wait_until, lambda: st.dwctl_ok("conn", "list") and st.conns(), 20, "registry back")
+            key = lambda c: c["connectionId"]
+            self.assertEqual(sorted(before, key=key), sorted(after, key=key))
+            # New connections still work, and everyone hears them.
+            c = await connect(st.edges[1].url)
+            await asyncio.to_thread(st.wait_conn_count, 3)
+            await c.send('{"action":"sendmessage","message":"after restart"}')
+            for ws in (a, b, c):
+                self.assertEqual(await recv_text(ws), "after restart")
+
+        self.run_async(scenario())
+
+    def test_edge_kill9_removes_its_connections(self):
+        st = self.stack
+
+        async def scenario():
+            a = [await connect(st.edges[0].url) for _ in range(2)]
+            b = [await connect(st.edges[1].url) for _ in range(3)]
+            await asyncio.to_thread(st.wait_conn_count, 5)
+            conns = st.conns()
+            edges = collections.Counter(c["edgeId"] for c in conns)
+            self.assertEqual(sorted(edges.values()), [2, 3])
+            dead_edge = [e for e, n in edges.items() if n == 3][0]
+            b_ids = {c["connectionId"] for c in conns if c["edgeId"] == dead_edge}
+            st.edges[1].kill9()
+            # Chat goes on; the dead edge's connections leave the registry
+            # (no-responders on the next fan-out, or missed heartbeats).
+            await a[0].send('{"action":"sendmessage","message":"anyone?"}')
+            for ws in a:
+                self.assertEqual(await recv_text(ws), "anyone?")
+            await asyncio.to_thread(st.wait_conn_count, 2, 30)
+            self.assertFalse(b_ids & st.conn_ids())
+            await a[1].send('{"action":"sendmessage","message":"still chatting"}')
+            for ws in a:
+                self.assertEqual(await recv_text(ws), "still chatting")
+
+        self.run_async(scenario())
+
+
+if __name__ == "__main__":
+    unittest.main()
