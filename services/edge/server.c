@@ -141,19 +141,35 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
         return 0;
     }
-    if (lws_is_first_fragment(s->wsi))
+    if (lws_is_first_fragment(s->wsi)) {
         s->rx_len = 0;
+        /* The common case, a whole message in one piece: no copy. */
+        if (s->state == SESS_READY && lws_is_final_fragment(s->wsi) &&
+            !lws_remaining_packet_payload(s->wsi) && len <= (size_t)e->cfg->max_message) {
+            handle_message(e, s, in, len);
+            return 0;
+        }
+    }
     if (s->rx_len + len > (size_t)e->cfg->max_message) {
         free(s->rx);
         s->rx = NULL;
-        s->rx_len = 0;
+        s->rx_len = s->rx_cap = 0;
         session_close(s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too large");
         return 0;
     }
-    if (!s->rx) {
-        s->rx = malloc((size_t)e->cfg->max_message);
-        if (!s->rx)
+    if (s->rx_len + len > s->rx_cap) {
+        /* Grow to what this message needs, not to the limit: most messages
+         * are one small frame. */
+        size_t ncap = s->rx_cap ? s->rx_cap : 256;
+        while (ncap < s->rx_len + len)
+            ncap *= 2;
+        if (ncap > (size_t)e->cfg->max_message)
+            ncap = (size_t)e->cfg->max_message;
+        char *n = realloc(s->rx, ncap);
+        if (!n)
             return -1;
+        s->rx = n;
+        s->rx_cap = ncap;
     }
     memcpy(s->rx + s->rx_len, in, len);
     s->rx_len += len;
@@ -184,7 +200,7 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
     /* Idle connections hold no reassembly buffer. */
     free(s->rx);
     s->rx = NULL;
-    s->rx_len = 0;
+    s->rx_len = s->rx_cap = 0;
     return 0;
 }
 

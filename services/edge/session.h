@@ -35,7 +35,7 @@ typedef struct edge_session {
     uint64_t msg_counter;
     edge_outbox out;
     char *rx;                    /* the message being reassembled */
-    size_t rx_len;
+    size_t rx_len, rx_cap;
     edge_pending_rx *pending;    /* whole messages received before READY */
     uint32_t npending;
     edge_membership *rooms;
