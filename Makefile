@@ -1,0 +1,43 @@
+# Thin wrapper: the build is CMake's, the stack is scripts/up.sh's.
+# Override the variables on the command line, e.g. `make test JOBS=4`.
+
+BUILD_TYPE ?= RelWithDebInfo
+JOBS       ?= 2
+BUILD_DIR  ?= build
+ASAN_DIR   ?= build-asan
+
+CONFIGURE = cmake -S . -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+# --no-tests=error: a test list that came out empty is a failure, not a pass.
+CTEST     = ctest --output-on-failure --no-tests=error -j$(JOBS)
+
+.DEFAULT_GOAL := help
+.PHONY: help up build test test-asan clean
+
+help: ## list the targets
+	@echo "DynamoWave: make <target>"
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo "Variables: BUILD_TYPE=$(BUILD_TYPE) JOBS=$(JOBS) BUILD_DIR=$(BUILD_DIR) ASAN_DIR=$(ASAN_DIR)"
+	@echo "make up reads DW_PORT, DW_NATS_PORT, DW_DATA_DIR (see scripts/up.sh --help)"
+
+up: ## install missing packages, build, run the stack in the foreground (Ctrl-C stops it)
+	DW_BUILD_DIR=$(BUILD_DIR) scripts/up.sh
+
+build: ## configure and build (no package check)
+	$(CONFIGURE) -B $(BUILD_DIR)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+test: ## install missing packages, build with -Werror, run every test
+	scripts/deps.sh
+	$(CONFIGURE) -B $(BUILD_DIR) -DDW_WERROR=ON -DDW_BUILD_TESTS=ON
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+	$(CTEST) --test-dir $(BUILD_DIR)
+
+test-asan: ## the tests again under AddressSanitizer + UndefinedBehaviorSanitizer
+	scripts/deps.sh
+	$(CONFIGURE) -B $(ASAN_DIR) -DDW_WERROR=ON -DDW_BUILD_TESTS=ON -DDW_SANITIZE=address,undefined
+	cmake --build $(ASAN_DIR) -j$(JOBS)
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=abort_on_error=1 \
+	  $(CTEST) --test-dir $(ASAN_DIR)
+
+clean: ## remove the build directories (not the data in var/)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR)

@@ -1,0 +1,128 @@
+/* dw_id_random / dw_id_valid / dw_iso8601_ms and the clocks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "dw/util.h"
+
+static const char id_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static void test_id_random_shape(void **state)
+{
+    char id[DW_ID_LEN + 1];
+    memset(id, 'x', sizeof id);
+    assert_int_equal(dw_id_random(id), 0);
+    assert_int_equal(strlen(id), DW_ID_LEN);
+    assert_int_equal(DW_ID_LEN, 16);
+    for (size_t i = 0; i < DW_ID_LEN; i++)
+        assert_non_null(strchr(id_chars, id[i]));
+    assert_true(dw_id_valid(id, strlen(id)));
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    return memcmp(a, b, DW_ID_LEN);
+}
+
+#define N_IDS 10000
+
+static void test_id_random_distinct_and_in_alphabet(void **state)
+{
+    char(*ids)[DW_ID_LEN + 1] = calloc(N_IDS, sizeof *ids);
+    assert_non_null(ids);
+    int seen[256] = {0};
+    for (int i = 0; i < N_IDS; i++) {
+        assert_int_equal(dw_id_random(ids[i]), 0);
+        assert_int_equal(strlen(ids[i]), DW_ID_LEN);
+        for (size_t j = 0; j < DW_ID_LEN; j++) {
+            assert_non_null(strchr(id_chars, ids[i][j]));
+            seen[(unsigned char)ids[i][j]]++;
+        }
+    }
+    qsort(ids, N_IDS, sizeof *ids, cmp_id);
+    for (int i = 1; i < N_IDS; i++)
+        assert_true(memcmp(ids[i - 1], ids[i], DW_ID_LEN) != 0);
+    /* 160k characters from a uniform 64-letter alphabet: every letter shows up
+     * (expected 2500 each); a stuck bit would leave half the alphabet unused. */
+    for (size_t k = 0; k < sizeof id_chars - 1; k++)
+        assert_true(seen[(unsigned char)id_chars[k]] > 1000);
+    free(ids);
+}
+
+static void test_id_valid(void **state)
+{
+    assert_true(dw_id_valid("AZaz09-_AZaz09-_", 16));
+    assert_true(dw_id_valid("abcdefghijklmnop", 16));
+    assert_false(dw_id_valid("abcdefghijklmno", 15));   /* short */
+    assert_false(dw_id_valid("abcdefghijklmnopq", 17)); /* long */
+    assert_false(dw_id_valid("abcdefghijklmno+", 16));  /* base64, not base64url */
+    assert_false(dw_id_valid("abcdefghijklmno/", 16));
+    assert_false(dw_id_valid("abcdefghijklmno=", 16));
+    assert_false(dw_id_valid("abcdefg.ijklmnop", 16)); /* a '.' would split subjects */
+    assert_false(dw_id_valid("abcdefg ijklmnop", 16));
+    assert_false(dw_id_valid("abcdefg\0ijklmnop", 16)); /* embedded NUL */
+    assert_false(dw_id_valid("", 0));
+    assert_false(dw_id_valid(NULL, 16));
+}
+
+static void check_iso(int64_t ms, const char *want)
+{
+    char buf[32];
+    memset(buf, '#', sizeof buf);
+    dw_iso8601_ms(ms, buf, sizeof buf);
+    assert_string_equal(buf, want);
+}
+
+static void test_iso8601_known_values(void **state)
+{
+    check_iso(0, "1970-01-01T00:00:00.000Z");
+    check_iso(1700000000123LL, "2023-11-14T22:13:20.123Z");
+    check_iso(999, "1970-01-01T00:00:00.999Z");
+    check_iso(86399999, "1970-01-01T23:59:59.999Z");
+    check_iso(951782400000LL, "2000-02-29T00:00:00.000Z");
+    check_iso(4102444799001LL, "2099-12-31T23:59:59.001Z");
+}
+
+static void test_iso8601_exact_buffer(void **state)
+{
+    /* The header promises 25 bytes are enough: 24 characters and the NUL. */
+    char buf[25];
+    dw_iso8601_ms(1700000000123LL, buf, sizeof buf);
+    assert_string_equal(buf, "2023-11-14T22:13:20.123Z");
+    char small[8];
+    dw_iso8601_ms(1700000000123LL, small, sizeof small);
+    assert_string_equal(small, "2023-11");
+}
+
+static void test_clocks(void **state)
+{
+    int64_t wall = dw_now_ms();
+    assert_true(wall > 1700000000000LL); /* after 2023-11-14 */
+    int64_t a = dw_mono_ns();
+    int64_t b = dw_mono_ns();
+    assert_true(b >= a);
+}
+
+static void test_raise_nofile(void **state)
+{
+    assert_true(dw_raise_nofile() > 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_id_random_shape),
+        cmocka_unit_test(test_id_random_distinct_and_in_alphabet),
+        cmocka_unit_test(test_id_valid),
+        cmocka_unit_test(test_iso8601_known_values),
+        cmocka_unit_test(test_iso8601_exact_buffer),
+        cmocka_unit_test(test_clocks),
+        cmocka_unit_test(test_raise_nofile),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
