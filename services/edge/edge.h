@@ -9,6 +9,7 @@
 #include "bridge.h"
 #include "connmap.h"
 #include "dedup.h"
+#include "dw/metrics.h"
 #include "dw/util.h"
 #include "rooms.h"
 #include "session.h"
@@ -28,6 +29,11 @@ typedef struct edge_config {
     char *log_level;
 } edge_config;
 
+typedef struct edge_metrics {
+    dw_metric *connections, *ready, *msgs_in, *msgs_accepted, *msgs_failed, *deliveries,
+        *dups, *writes, *rejected_not_ready, *connect_failed, *default_replies;
+} edge_metrics;
+
 typedef struct edge {
     const edge_config *cfg;
     char edge_id[DW_ID_LEN + 1];
@@ -45,8 +51,8 @@ typedef struct edge {
     pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
     struct lws_context *wake_ctx;
 
-    /* counters (lws thread) */
-    uint64_t msgs_in, msgs_accepted, deliveries, frames_written, dups;
+    struct edge_metrics *m;
+
 } edge;
 
 /* Run the server until dw_stop. 0 on a clean stop. */

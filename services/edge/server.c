@@ -69,7 +69,7 @@ static int on_writeable(edge *e, edge_session *s)
     }
     if (w < 0)
         return -1;
-    e->frames_written++;
+    dw_metric_inc(e->m->writes);
     if (s->out.count)
         want_write(s);
     return 0;
@@ -89,7 +89,7 @@ static void reply_error(edge_session *s, const char *message, const char *reques
 static void handle_message(edge *e, edge_session *s, const char *buf, size_t len)
 {
     edge_request req;
-    e->msgs_in++;
+    dw_metric_inc(e->m->msgs_in);
     s->last_active_ms = dw_now_ms();
     if (routes_parse(buf, len, &req)) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
@@ -127,6 +127,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
         if (reply)
             session_send_text(s, reply, rlen);
         free(reply);
+        dw_metric_inc(e->m->default_replies);
         break;
     }
     }
@@ -273,7 +274,7 @@ static void on_closed(edge *e, edge_session *s)
     if (s->connect_published)
         publish_disconnect(e, s->id, s->close_code ? "closed_by_server" : "closed");
     if (s->state == SESS_READY)
-        e->nready--;
+        dw_metric_set(e->m->connections, --e->nready);
     rooms_leave_all(&e->rooms, s);
     connmap_del(&e->conns, s->id);
     outbox_clear(&s->out);
@@ -299,6 +300,7 @@ static void on_connect_ack(edge *e, edge_event *ev)
         return;
     if (!ev->ok) {
         DW_WARN("connect event failed", "conn=%s err=\"%s\"", s->id, ev->error);
+        dw_metric_inc(e->m->connect_failed);
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
         return;
     }
@@ -307,7 +309,7 @@ static void on_connect_ack(edge *e, edge_event *ev)
         return;
     }
     s->state = SESS_READY;
-    e->nready++;
+    dw_metric_set(e->m->connections, ++e->nready);
     while (s->pending && s->state == SESS_READY) {
         edge_pending_rx *p = s->pending;
         s->pending = p->next;
@@ -321,9 +323,10 @@ static void on_connect_ack(edge *e, edge_event *ev)
 static void on_msg_ack(edge *e, edge_event *ev)
 {
     if (ev->ok) {
-        e->msgs_accepted++;
+        dw_metric_inc(e->m->msgs_accepted);
         return;
     }
+    dw_metric_inc(e->m->msgs_failed);
     DW_WARN("message not durable", "conn=%s id=%s err=\"%s\"", ev->conn_id, ev->msg_id, ev->error);
     edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
     if (s && s->state == SESS_READY)
@@ -351,7 +354,7 @@ static void deliver_to(edge *e, edge_session *s, edge_frame *f)
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         return;
     }
-    e->deliveries++;
+    dw_metric_inc(e->m->deliveries);
     want_write(s);
 }
 
@@ -366,7 +369,7 @@ static void on_delivery(edge *e, edge_event *ev)
         Dw__DeliveryItem *it = d->items[i];
         r.accepted++;
         if (dedup_check_add(&e->dedup, it->seq)) {
-            e->dups++;
+            dw_metric_inc(e->m->dups);
             continue;
         }
         /* One frame per message per edge, shared by every recipient. */
@@ -425,13 +428,18 @@ static void drain_events(edge *e)
 
 /* ---- HTTP -------------------------------------------------------------- */
 
-static int http_respond(struct lws *wsi, edge_session *s, unsigned int code, const char *body)
+/* Takes ownership of body (malloc'd); NULL body means out of memory. */
+static int http_respond(struct lws *wsi, edge_session *s, unsigned int code, const char *ctype,
+                        char *body, size_t len)
 {
     unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
     s->state = SESS_HTTP;
+    if (!body)
+        return 1;
     s->http_body = body;
-    s->http_len = strlen(body);
-    if (lws_add_http_common_headers(wsi, code, "text/plain; charset=utf-8", s->http_len, &p, end) ||
+    s->http_len = len;
+    s->http_sent = 0;
+    if (lws_add_http_common_headers(wsi, code, ctype, len, &p, end) ||
         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL, (unsigned char *)"no-store",
                                      8, &p, end) ||
         lws_finalize_write_http_header(wsi, start, &p, end))
@@ -440,29 +448,49 @@ static int http_respond(struct lws *wsi, edge_session *s, unsigned int code, con
     return 0;
 }
 
+static int http_text(struct lws *wsi, edge_session *s, unsigned int code, const char *text)
+{
+    return http_respond(wsi, s, code, "text/plain; charset=utf-8", strdup(text), strlen(text));
+}
+
 static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
 {
     if (!strcmp(uri, "/healthz"))
-        return http_respond(wsi, s, 200, "ok\n");
+        return http_text(wsi, s, 200, "ok\n");
     if (!strcmp(uri, "/readyz"))
-        return bridge_ready(e->bridge) ? http_respond(wsi, s, 200, "ready\n")
-                                       : http_respond(wsi, s, 503, "not ready: bus\n");
+        return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
+                                       : http_text(wsi, s, 503, "not ready: bus\n");
+    if (!strcmp(uri, "/metrics")) {
+        dw_metric_set(e->m->ready, bridge_ready(e->bridge));
+        size_t n = 0;
+        char *text = dw_metrics_render(&n);
+        return http_respond(wsi, s, 200, "text/plain; version=0.0.4", text, n);
+    }
     if (!strcmp(uri, "/"))
-        return http_respond(wsi, s, 200,
-                            "DynamoWave edge. Connect a WebSocket client to this address.\n");
-    return http_respond(wsi, s, 404, "not found\n");
+        return http_text(wsi, s, 200,
+                         "DynamoWave edge. Connect a WebSocket client to this address.\n");
+    return http_text(wsi, s, 404, "not found\n");
 }
 
 static int on_http_writeable(struct lws *wsi, edge_session *s)
 {
     if (!s->http_body)
         return 0;
-    unsigned char buf[LWS_PRE + 1024];
-    size_t n = s->http_len < 1024 ? s->http_len : 1024;
-    memcpy(buf + LWS_PRE, s->http_body, n);
-    s->http_body = NULL;
-    if (lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_HTTP_FINAL) != (int)n)
+    unsigned char buf[LWS_PRE + 8192];
+    size_t n = s->http_len - s->http_sent;
+    if (n > 8192)
+        n = 8192;
+    memcpy(buf + LWS_PRE, s->http_body + s->http_sent, n);
+    s->http_sent += n;
+    int final = s->http_sent == s->http_len;
+    if (lws_write(wsi, buf + LWS_PRE, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) != (int)n)
         return 1;
+    if (!final) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    free(s->http_body);
+    s->http_body = NULL;
     if (lws_http_transaction_completed(wsi))
         return -1;
     return 0;
@@ -480,6 +508,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         /* Refuse rather than accept a connection we could not register. */
         if (!bridge_ready(e->bridge)) {
+            dw_metric_inc(e->m->rejected_not_ready);
             lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "not ready");
             return 1;
         }
@@ -497,6 +526,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return on_http(e, wsi, s, in);
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return on_http_writeable(wsi, s);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        free(s->http_body);
+        s->http_body = NULL;
+        return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (e)
             drain_events(e);
@@ -548,6 +581,26 @@ int edge_run(edge *e)
     int rc = -1;
     the_edge = e;
     pthread_mutex_init(&e->wake_lock, NULL);
+    static edge_metrics metrics;
+    metrics.connections = dw_gauge("dw_edge_connections", NULL, "connections taking part in chat");
+    metrics.ready = dw_gauge("dw_ready", "service=\"edge\"", "1 when the service is ready");
+    metrics.msgs_in = dw_counter("dw_edge_messages_in_total", NULL, "messages received from clients");
+    metrics.msgs_accepted = dw_counter("dw_edge_messages_accepted_total", NULL,
+                                       "chat messages made durable (JetStream acked)");
+    metrics.msgs_failed = dw_counter("dw_edge_messages_failed_total", NULL,
+                                     "chat messages JetStream did not take (client told)");
+    metrics.deliveries = dw_counter("dw_edge_deliveries_total", NULL, "frames queued to sockets");
+    metrics.dups = dw_counter("dw_edge_duplicates_dropped_total", NULL,
+                              "redelivered messages dropped by sequence");
+    metrics.writes = dw_counter("dw_edge_socket_writes_total", NULL,
+                                "socket writes (each carries every frame queued)");
+    metrics.rejected_not_ready = dw_counter("dw_edge_connections_rejected_total",
+                                            "reason=\"not_ready\"", "upgrades refused");
+    metrics.connect_failed = dw_counter("dw_edge_connect_failed_total", NULL,
+                                        "connections closed 1011: connect event not durable");
+    metrics.default_replies = dw_counter("dw_edge_default_replies_total", NULL,
+                                        "frames answered by the $default route");
+    e->m = &metrics;
     if (rooms_init(&e->rooms, 1024) || dedup_init(&e->dedup, (uint32_t)e->cfg->dedup_window))
         goto out;
     e->wbuf = malloc(LWS_PRE + (size_t)e->cfg->write_coalesce);
@@ -612,5 +665,6 @@ out:
     rooms_free(&e->rooms);
     connmap_free(&e->conns);
     pthread_mutex_destroy(&e->wake_lock);
+    dw_metrics_free();
     return rc;
 }

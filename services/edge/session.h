@@ -46,8 +46,8 @@ typedef struct edge_session {
     uint16_t close_code;
     const char *close_reason;
     /* HTTP requests only */
-    const char *http_body;
-    size_t http_len;
+    char *http_body;             /* malloc'd */
+    size_t http_len, http_sent;
 } edge_session;
 
 #endif
