@@ -26,6 +26,11 @@ void dw_subj_edge_deliver(char *buf, size_t len, const char *edge_id)
     snprintf(buf, len, "dw.edge.%s.deliver", edge_id);
 }
 
+void dw_subj_edge_conn(char *buf, size_t len, const char *edge_id)
+{
+    snprintf(buf, len, "dw.edge.%s.conn", edge_id);
+}
+
 const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind)
 {
     switch (kind) {

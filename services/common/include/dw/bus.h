@@ -18,7 +18,13 @@
 #define DW_SUBJ_REG_LIST "dw.registry.list"  /* ListQuery -> ListReply */
 #define DW_SUBJ_REG_EDGES "dw.registry.edges" /* (empty) -> EdgesReply */
 #define DW_REG_QUEUE "registry"
+#define DW_SUBJ_REG_PRESENCE "dw.registry.presence" /* PresenceQuery -> PresenceReply */
 #define DW_SUBJ_EDGE_HEARTBEAT "dw.edge.heartbeat"
+#define DW_SUBJ_API_POST "dw.api.connections.post"     /* ApiRequest -> ApiReply */
+#define DW_SUBJ_API_GET "dw.api.connections.get"
+#define DW_SUBJ_API_DELETE "dw.api.connections.delete"
+#define DW_STREAM_DLQ "DW_DLQ"
+#define DW_SUBJ_DLQ_PREFIX "dw.dlq."                    /* + <room> */
 #define DW_DISPATCHER_DURABLE "dispatcher"
 
 /* Room names: 1..64 of letters, digits, '-', '_', '.'; a '.' makes extra
@@ -29,6 +35,8 @@ int dw_room_valid(const char *room, size_t len);
 
 /* "dw.edge.<edge_id>.deliver" into buf. */
 void dw_subj_edge_deliver(char *buf, size_t len, const char *edge_id);
+/* "dw.edge.<edge_id>.conn" (ConnRequest -> ConnReply) into buf. */
+void dw_subj_edge_conn(char *buf, size_t len, const char *edge_id);
 /* Subject of a connection event kind. */
 const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind);
 
