@@ -1,0 +1,622 @@
+#include "dispatch.h"
+
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dw/bus.h"
+#include "dw/log.h"
+#include "dw/util.h"
+#include "edges.h"
+#include "fanout.h"
+#include "inbox.h"
+
+/* A down edge is remembered this long, so it is reported once; past the
+ * JetStream dedup window (2 min), a registry that still names it gets a
+ * fresh EDGE_DOWN. */
+#define EDGES_FORGET_MS (5 * 60 * 1000)
+/* Heartbeats come from a permissioned subject, but bound the table anyway. */
+#define EDGES_MAX 65536
+#define SEED_RETRY_MS 5000
+#define PUBLISH_WAIT_MS 2000
+/* A fetch that fails at once (NATS closed, consumer gone) is retried after
+ * this pause, doubling up to FETCH_BACKOFF_MAX_MS: never a busy loop. */
+#define FETCH_BACKOFF_MS 100
+#define FETCH_BACKOFF_MAX_MS 2000
+#define ERROR_LOG_EVERY_MS 5000
+
+struct dispatcher {
+    natsConnection *nc;
+    jsCtx *js;
+    dispatch_cfg cfg;
+    fanout_retry retry;
+
+    natsSubscription *pull;
+    natsSubscription *hb_sub;
+    natsSubscription *seed_sub;
+    char seed_inbox[128];
+    inbox *ib;
+    edges_table *edges;
+
+    atomic_int seeded;
+    int64_t next_seed_ms, next_sweep_ms, sweep_every_ms;
+    fanout_batch batch;
+};
+
+static int64_t mono_ms(void)
+{
+    return dw_mono_ns() / 1000000;
+}
+
+/* --- conn events (EDGE_DOWN, DISCONNECT) --- */
+
+/* Publish one connection event to DW_CONN and wait for its ack. msg_id
+ * makes repeats (other dispatchers, retries) collapse within the dedup
+ * window. 0 when durable, -1 (logged) otherwise. */
+static int publish_conn_event(dispatcher *d, Dw__ConnEvent__Kind kind, const char *conn_id,
+                              const char *edge_id, const char *reason, const char *msg_id)
+{
+    Dw__ConnEvent ev;
+    dw__conn_event__init(&ev);
+    ev.kind = kind;
+    ev.conn_id = (char *)(conn_id ? conn_id : "");
+    ev.edge_id = (char *)(edge_id ? edge_id : "");
+    ev.reason = (char *)reason;
+    ev.ts_ms = dw_now_ms();
+
+    size_t len = 0;
+    uint8_t *buf = dw_pb_pack(&ev.base, &len);
+    if (!buf) return -1;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    po.MaxWait = PUBLISH_WAIT_MS;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_Publish(&pa, d->js, dw_subj_conn_event(kind), buf, (int)len, &po, &jerr);
+    free(buf);
+    jsPubAck_Destroy(pa);
+    if (s != NATS_OK) {
+        DW_ERROR("conn event publish failed", "kind=%s edge=%s conn=%s status=%s jserr=%d",
+                 dw_subj_conn_event(kind), edge_id ? edge_id : "", conn_id ? conn_id : "",
+                 natsStatus_GetText(s), (int)jerr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Declare edge_id down (its connections are gone). 0 when the EDGE_DOWN
+ * event is durable. */
+static int edge_down(dispatcher *d, const char *edge_id, const char *reason)
+{
+    char msg_id[EDGES_ID_MAX + 16];
+    snprintf(msg_id, sizeof msg_id, "edge_down.%s", edge_id);
+    if (publish_conn_event(d, DW__CONN_EVENT__KIND__EDGE_DOWN, NULL, edge_id, reason, msg_id))
+        return -1;
+    edges_mark_down(d->edges, edge_id, mono_ms());
+    DW_WARN("edge down", "edge=%s reason=%s", edge_id, reason);
+    return 0;
+}
+
+/* The edge says it no longer holds conn_id: remove the target connection
+ * (not the sender's, as the AWS sample does). Best effort: a failure only
+ * leaves a stale row the next delivery reports again. */
+static void conn_gone(dispatcher *d, const char *conn_id, const char *edge_id)
+{
+    if (!conn_id || !edges_id_valid(conn_id, strlen(conn_id))) {
+        DW_WARN("bad gone conn id from edge", "edge=%s", edge_id);
+        return;
+    }
+    char msg_id[EDGES_ID_MAX + 16];
+    snprintf(msg_id, sizeof msg_id, "gone.%s", conn_id);
+    if (!publish_conn_event(d, DW__CONN_EVENT__KIND__DISCONNECT, conn_id, edge_id, "gone", msg_id))
+        DW_INFO("connection gone", "conn=%s edge=%s", conn_id, edge_id);
+}
+
+/* --- heartbeats and the startup seed (nats.c threads) --- */
+
+static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    dispatcher *d = closure;
+    Dw__EdgeHeartbeat *hb = dw__edge_heartbeat__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                       (const uint8_t *)natsMsg_GetData(msg));
+    if (!hb) {
+        DW_DEBUG("bad heartbeat", "bytes=%d", natsMsg_GetDataLength(msg));
+    } else {
+        int rc = edges_seen(d->edges, hb->edge_id, mono_ms());
+        if (rc == 1)
+            DW_INFO("edge back", "edge=%s", hb->edge_id);
+        else if (rc < 0)
+            DW_DEBUG("heartbeat ignored", "edge_len=%zu", strlen(hb->edge_id));
+        dw__edge_heartbeat__free_unpacked(hb, NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static void on_seed(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    dispatcher *d = closure;
+    if (natsMsg_IsNoResponders(msg)) {
+        DW_DEBUG("edge seed: registry not up yet", "%s", "");
+        natsMsg_Destroy(msg);
+        return;
+    }
+    Dw__EdgesReply *r = dw__edges_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                (const uint8_t *)natsMsg_GetData(msg));
+    if (r) {
+        int64_t now = mono_ms();
+        for (size_t i = 0; i < r->n_edge_ids; i++)
+            edges_known(d->edges, r->edge_ids[i], now);
+        if (!atomic_exchange(&d->seeded, 1)) DW_INFO("edges seeded", "edges=%zu", r->n_edge_ids);
+        dw__edges_reply__free_unpacked(r, NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* Periodic work between fetches: ask for the seed until it came, and
+ * declare silent edges down. */
+static void housekeeping(dispatcher *d)
+{
+    int64_t now = mono_ms();
+    if (!atomic_load(&d->seeded) && now >= d->next_seed_ms) {
+        /* Asynchronous: the answer lands in on_seed, the loop never waits. */
+        natsConnection_PublishRequest(d->nc, DW_SUBJ_REG_EDGES, d->seed_inbox, NULL, 0);
+        d->next_seed_ms = now + SEED_RETRY_MS;
+    }
+    if (now < d->next_sweep_ms) return;
+    d->next_sweep_ms = now + d->sweep_every_ms;
+
+    char **ids = NULL;
+    size_t n = 0;
+    if (edges_stale(d->edges, now, &ids, &n)) {
+        DW_ERROR("edge sweep: out of memory", "%s", "");
+        return;
+    }
+    /* A failed publish leaves the edge stale: the next sweep tries again. */
+    for (size_t i = 0; i < n && !dw_stop; i++)
+        edge_down(d, ids[i], "heartbeat_timeout");
+    edges_list_free(ids, n);
+}
+
+/* --- one batch --- */
+
+/* Put a round of requests on the wire now. nats.c's flusher thread waits
+ * ~1 ms to coalesce buffered publishes; a flush (one PING round trip, which
+ * overlaps the replies we wait for anyway) skips that wait. */
+static void send_now(dispatcher *d, int64_t timeout_ms)
+{
+    natsStatus s = natsConnection_FlushTimeout(d->nc, timeout_ms);
+    if (s != NATS_OK) DW_DEBUG("flush failed", "status=%s", natsStatus_GetText(s));
+}
+
+/* Ask the registry, once per room and all rooms at once, which edges hold
+ * the room's members. */
+static void ask_registry(dispatcher *d)
+{
+    fanout_batch *b = &d->batch;
+    size_t n = b->n_rooms, failed = 0;
+    const char *why = NULL;
+
+    if (inbox_begin(d->ib, n)) {
+        for (size_t r = 0; r < n; r++)
+            fanout_room_failed(b, r, "out_of_memory");
+        return;
+    }
+    for (size_t r = 0; r < n; r++) {
+        Dw__RoomQuery q;
+        dw__room_query__init(&q);
+        q.room = (char *)b->rooms[r].name;
+        q.min_seq = b->rooms[r].min_seq;
+        size_t len = 0;
+        uint8_t *buf = dw_pb_pack(&q.base, &len);
+        char reply[192];
+        inbox_reply_subject(d->ib, r, reply, sizeof reply);
+        natsStatus s =
+            buf ? natsConnection_PublishRequest(d->nc, DW_SUBJ_REG_ROOM, reply, buf, (int)len)
+                : NATS_NO_MEMORY;
+        free(buf);
+        if (s != NATS_OK) {
+            inbox_skip(d->ib, r);
+            fanout_room_failed(b, r, "registry_publish_failed");
+        }
+    }
+    int64_t deadline = dw_mono_ns() + d->cfg.registry_timeout_ms * 1000000;
+    send_now(d, d->cfg.registry_timeout_ms);
+    inbox_wait(d->ib, deadline);
+
+    int64_t now = mono_ms();
+    for (size_t r = 0; r < n; r++) {
+        natsMsg *m = inbox_take(d->ib, r);
+        if (b->rooms[r].answered) {
+            natsMsg_Destroy(m);
+            continue;
+        }
+        if (!m) {
+            fanout_room_failed(b, r, "registry_timeout");
+        } else if (natsMsg_IsNoResponders(m)) {
+            fanout_room_failed(b, r, "registry_unavailable");
+        } else {
+            Dw__RoomEdges *re = dw__room_edges__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                       (const uint8_t *)natsMsg_GetData(m));
+            if (!re) {
+                fanout_room_failed(b, r, "registry_bad_reply");
+            } else if (!re->ok) {
+                DW_WARN("registry error", "room=%s error=\"%s\"", b->rooms[r].name, re->error);
+                fanout_room_failed(b, r, "registry_error");
+            } else {
+                for (size_t i = 0; i < re->n_edge_ids; i++) {
+                    const char *id = re->edge_ids[i];
+                    if (edges_id_valid(id, strlen(id)))
+                        edges_known(d->edges, id, now);
+                    else
+                        DW_WARN("registry names an invalid edge id", "room=%s edge_len=%zu",
+                                b->rooms[r].name, strlen(id));
+                }
+                fanout_room_edges(b, r, re->edge_ids, re->n_edge_ids);
+            }
+            if (re) dw__room_edges__free_unpacked(re, NULL);
+        }
+        natsMsg_Destroy(m);
+        if (b->rooms[r].error) {
+            failed++;
+            why = b->rooms[r].error;
+        }
+    }
+    inbox_end(d->ib);
+    if (failed) DW_WARN("registry failed", "rooms=%zu of=%zu reason=%s", failed, n, why);
+}
+
+/* Send every planned request at once, then collect the answers. */
+static void deliver(dispatcher *d)
+{
+    fanout_batch *b = &d->batch;
+    size_t n = b->n_deliveries;
+    /* Per edge in this batch: 0 not asked, 1 gone (EDGE_DOWN durable), -1 publish failed. */
+    signed char *gone = calloc(b->n_edges ? b->n_edges : 1, 1);
+
+    if (!gone || inbox_begin(d->ib, n)) {
+        DW_ERROR("deliver: out of memory", "requests=%zu", n);
+        free(gone);
+        return; /* every request stays PENDING: its messages are retried */
+    }
+    for (size_t i = 0; i < n; i++) {
+        const fanout_delivery *dl = &b->deliveries[i];
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        char subj[EDGES_ID_MAX + 32], reply[192];
+        natsStatus s = NATS_NO_MEMORY;
+        if (!fanout_pack(b, i, &buf, &len)) {
+            dw_subj_edge_deliver(subj, sizeof subj, b->edges[dl->edge].id);
+            inbox_reply_subject(d->ib, i, reply, sizeof reply);
+            s = natsConnection_PublishRequest(d->nc, subj, reply, buf, (int)len);
+        }
+        free(buf);
+        if (s != NATS_OK) {
+            DW_WARN("delivery publish failed", "edge=%s items=%zu bytes=%zu status=%s",
+                    b->edges[dl->edge].id, dl->count, len, natsStatus_GetText(s));
+            inbox_skip(d->ib, i);
+            fanout_delivery_done(b, i, FANOUT_FAILED);
+        }
+    }
+    int64_t deadline = dw_mono_ns() + d->cfg.edge_timeout_ms * 1000000;
+    send_now(d, d->cfg.edge_timeout_ms);
+    inbox_wait(d->ib, deadline);
+
+    for (size_t i = 0; i < n; i++) {
+        const fanout_delivery *dl = &b->deliveries[i];
+        const char *edge_id = b->edges[dl->edge].id;
+        natsMsg *m = inbox_take(d->ib, i);
+        if (dl->outcome == FANOUT_FAILED) {
+            natsMsg_Destroy(m);
+            continue;
+        }
+        if (!m) {
+            DW_WARN("edge timeout", "edge=%s items=%zu timeout_ms=%" PRId64, edge_id, dl->count,
+                    d->cfg.edge_timeout_ms);
+            fanout_delivery_done(b, i, FANOUT_FAILED);
+        } else if (natsMsg_IsNoResponders(m)) {
+            /* Nobody listens on the edge's subject: the edge is gone, and so
+             * are its clients. Done for this edge once the registry will
+             * know it; until then the messages are retried. */
+            if (!gone[dl->edge]) gone[dl->edge] = edge_down(d, edge_id, "no_responders") ? -1 : 1;
+            fanout_delivery_done(b, i, gone[dl->edge] > 0 ? FANOUT_GONE : FANOUT_FAILED);
+        } else {
+            Dw__DeliveryReply *r = dw__delivery_reply__unpack(
+                NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+            if (!r) {
+                DW_WARN("bad delivery reply", "edge=%s bytes=%d", edge_id,
+                        natsMsg_GetDataLength(m));
+                fanout_delivery_done(b, i, FANOUT_FAILED);
+            } else {
+                fanout_delivery_done(b, i, FANOUT_OK);
+                for (size_t k = 0; k < r->n_gone_conn_ids; k++)
+                    conn_gone(d, r->gone_conn_ids[k], edge_id);
+                dw__delivery_reply__free_unpacked(r, NULL);
+            }
+        }
+        natsMsg_Destroy(m);
+    }
+    inbox_end(d->ib);
+    free(gone);
+}
+
+/* Names of the edges that failed for m, for the give-up log line. */
+static void failed_edges_text(const fanout_batch *b, const fanout_msg *m, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t k = 0; k < m->n_failed && off + 1 < len; k++) {
+        int w = snprintf(buf + off, len - off, "%s%s", k ? "," : "", b->edges[m->failed[k]].id);
+        if (w < 0) break;
+        off += (size_t)w;
+    }
+}
+
+/* Tell JetStream what became of each message. */
+static void settle(dispatcher *d)
+{
+    fanout_batch *b = &d->batch;
+    size_t acked = 0, naked = 0, termed = 0, ack_failed = 0;
+    natsStatus ack_status = NATS_OK;
+
+    for (size_t i = 0; i < b->n_msgs; i++) {
+        fanout_msg *m = &b->msgs[i];
+        natsMsg *nm = m->handle;
+        natsStatus s = NATS_OK;
+        switch (m->verdict) {
+        case FANOUT_ACK:
+            s = natsMsg_Ack(nm, NULL);
+            acked++;
+            break;
+        case FANOUT_NAK:
+            s = natsMsg_NakWithDelay(nm, m->delay_ms, NULL);
+            naked++;
+            DW_DEBUG("message retried",
+                     "id=%s room=%s seq=%" PRIu64 " attempt=%" PRIu64
+                     " reason=%s delay_ms=%" PRId64,
+                     m->chat->id, m->chat->room, m->seq, m->attempt, m->reason, m->delay_ms);
+            break;
+        case FANOUT_TERM:
+            DW_WARN("undecodable message terminated", "subject=%s seq=%" PRIu64 " bytes=%d",
+                    natsMsg_GetSubject(nm), m->seq, natsMsg_GetDataLength(nm));
+            s = natsMsg_Term(nm, NULL);
+            termed++;
+            break;
+        case FANOUT_GIVE_UP: {
+            /* Issue #4 dead-letters these; until then the log line is the
+             * record, and Term raises JetStream's terminated advisory. */
+            char edges[512];
+            failed_edges_text(b, m, edges, sizeof edges);
+            DW_ERROR("delivery attempts exhausted",
+                     "id=%s room=%s seq=%" PRIu64 " attempts=%" PRIu64 " reason=%s edges=\"%s\"",
+                     m->chat->id, m->chat->room, m->seq, m->attempt, m->reason, edges);
+            s = natsMsg_Term(nm, NULL);
+            termed++;
+            break;
+        }
+        }
+        if (s != NATS_OK) {
+            ack_failed++;
+            ack_status = s;
+        }
+    }
+    /* Messages whose ack was lost come back after AckWait; edges drop the repeats. */
+    if (ack_failed)
+        DW_WARN("ack failed", "msgs=%zu of=%zu status=%s", ack_failed, b->n_msgs,
+                natsStatus_GetText(ack_status));
+    if (naked || termed)
+        DW_INFO("batch settled", "msgs=%zu acked=%zu retried=%zu terminated=%zu", b->n_msgs, acked,
+                naked, termed);
+    else
+        DW_DEBUG("batch settled", "msgs=%zu acked=%zu", b->n_msgs, acked);
+}
+
+static void process_batch(dispatcher *d, natsMsgList *list)
+{
+    fanout_batch *b = &d->batch;
+    int64_t oldest_ns = 0; /* stream store time of the oldest message */
+
+    for (int i = 0; i < list->Count; i++) {
+        natsMsg *nm = list->Msgs[i];
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, nm) != NATS_OK) {
+            /* Not a JetStream delivery: nothing to ack it with. */
+            DW_ERROR("message without metadata", "subject=%s", natsMsg_GetSubject(nm));
+            continue;
+        }
+        if (!oldest_ns || meta->Timestamp < oldest_ns) oldest_ns = meta->Timestamp;
+        long mi = fanout_add(b, nm, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm),
+                             meta->Sequence.Stream, meta->NumDelivered);
+        if (mi < 0) {
+            int64_t delay = fanout_retry_delay(&d->retry, meta->NumDelivered);
+            DW_ERROR("batch: out of memory", "seq=%" PRIu64, meta->Sequence.Stream);
+            natsMsg_NakWithDelay(nm, delay < 0 ? d->retry.delay_ms : delay, NULL);
+        }
+        jsMsgMetaData_Destroy(meta);
+    }
+    /* Wall clocks: meaningful when NATS runs on this host (benchmarks). */
+    struct timespec now_ts;
+    clock_gettime(CLOCK_REALTIME, &now_ts);
+    int64_t now_ns = (int64_t)now_ts.tv_sec * 1000000000 + now_ts.tv_nsec;
+    int64_t waited_us = oldest_ns ? (now_ns - oldest_ns) / 1000 : 0;
+    int64_t t0 = dw_mono_ns();
+    if (b->n_rooms) ask_registry(d);
+    int64_t t1 = dw_mono_ns();
+    int max_payload = natsConnection_GetMaxPayload(d->nc);
+    size_t max_bytes = max_payload > 4096 ? (size_t)max_payload - 1024 : 1024 * 1024 - 1024;
+    if (fanout_plan(b, max_bytes))
+        DW_ERROR("plan: out of memory", "msgs=%zu", b->n_msgs);
+    else if (b->n_deliveries)
+        deliver(d);
+    int64_t t2 = dw_mono_ns();
+    fanout_decide(b, &d->retry);
+    settle(d);
+    DW_DEBUG("batch timing",
+             "msgs=%zu rooms=%zu requests=%zu stored_ago_us=%" PRId64 " registry_us=%" PRId64
+             " deliver_us=%" PRId64 " settle_us=%" PRId64,
+             b->n_msgs, b->n_rooms, b->n_deliveries, waited_us, (t1 - t0) / 1000, (t2 - t1) / 1000,
+             (dw_mono_ns() - t2) / 1000);
+    fanout_batch_clear(b);
+}
+
+int dispatch_run(dispatcher *d)
+{
+    int64_t backoff = 0, last_err_log = 0;
+
+    while (!dw_stop) {
+        housekeeping(d);
+
+        jsFetchRequest req;
+        jsFetchRequest_Init(&req);
+        req.Batch = (int)d->cfg.fetch_batch;
+        /* NoWait with Expires: the server holds the pull until at least one
+         * message is there, then returns at once with whatever is pending
+         * (up to Batch) instead of waiting to fill the batch. Idle, it
+         * returns after Expires, which paces housekeeping and dw_stop. */
+        req.NoWait = true;
+        req.Expires = d->cfg.fetch_wait_ms * 1000000;
+        natsMsgList list = {0};
+        int64_t t0 = mono_ms();
+        natsStatus s = natsSubscription_FetchRequest(&list, d->pull, &req);
+        if (s == NATS_OK) {
+            backoff = 0;
+            process_batch(d, &list);
+            natsMsgList_Destroy(&list);
+            continue;
+        }
+        natsMsgList_Destroy(&list);
+        int64_t took = mono_ms() - t0;
+        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
+            /* The server may answer "nothing" early (another dispatcher's
+             * pull is first in line): pause so that is not a spin. */
+            if (took < d->cfg.fetch_wait_ms / 2) nats_Sleep(took < 5 ? 5 : took);
+            backoff = 0;
+            continue;
+        }
+        backoff = backoff ? backoff * 2 : FETCH_BACKOFF_MS;
+        if (backoff > FETCH_BACKOFF_MAX_MS) backoff = FETCH_BACKOFF_MAX_MS;
+        int64_t now = mono_ms();
+        if (now - last_err_log >= ERROR_LOG_EVERY_MS) {
+            DW_WARN("fetch failed", "status=%s last=\"%s\" retry_ms=%" PRId64,
+                    natsStatus_GetText(s), nats_GetLastError(NULL), backoff);
+            last_err_log = now;
+        }
+        if (took < backoff) nats_Sleep(backoff - took);
+    }
+    return 0;
+}
+
+/* --- setup --- */
+
+/* Create the durable pull consumer, or bring an existing one to this
+ * configuration (several dispatchers share it; the last one started wins),
+ * then bind to it. */
+static int consumer_bind(dispatcher *d)
+{
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = DW_DISPATCHER_DURABLE;
+    cc.FilterSubject = DW_SUBJ_MSG_PREFIX ">";
+    cc.DeliverPolicy = js_DeliverAll;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = d->cfg.ack_wait_ms * 1000000;
+    cc.MaxDeliver = d->cfg.max_deliver;
+    cc.MaxAckPending = d->cfg.max_ack_pending;
+
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_AddConsumer(&ci, d->js, DW_STREAM_MSG, &cc, NULL, &jerr);
+    if (s != NATS_OK && jerr != 0) {
+        /* It exists with another configuration (an older deploy). */
+        jsErrCode add_err = jerr;
+        jerr = 0;
+        s = js_UpdateConsumer(&ci, d->js, DW_STREAM_MSG, &cc, NULL, &jerr);
+        if (s != NATS_OK)
+            DW_ERROR("consumer setup failed",
+                     "consumer=%s add_jserr=%d update_jserr=%d status=%s "
+                     "last=\"%s\"",
+                     DW_DISPATCHER_DURABLE, (int)add_err, (int)jerr, natsStatus_GetText(s),
+                     nats_GetLastError(NULL));
+    } else if (s != NATS_OK) {
+        DW_ERROR("consumer setup failed", "consumer=%s status=%s last=\"%s\"",
+                 DW_DISPATCHER_DURABLE, natsStatus_GetText(s), nats_GetLastError(NULL));
+    }
+    if (s == NATS_OK && ci && ci->Config)
+        DW_INFO("consumer ready",
+                "consumer=%s ack_wait_ms=%" PRId64 " max_deliver=%" PRId64
+                " max_ack_pending=%" PRId64 " pending=%" PRIu64,
+                DW_DISPATCHER_DURABLE, ci->Config->AckWait / 1000000, ci->Config->MaxDeliver,
+                ci->Config->MaxAckPending, ci->NumPending);
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) return -1;
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = DW_STREAM_MSG;
+    so.Consumer = DW_DISPATCHER_DURABLE;
+    s = js_PullSubscribe(&d->pull, d->js, DW_SUBJ_MSG_PREFIX ">", DW_DISPATCHER_DURABLE, NULL, &so,
+                         &jerr);
+    if (s != NATS_OK) {
+        DW_ERROR("pull subscribe failed", "consumer=%s status=%s jserr=%d last=\"%s\"",
+                 DW_DISPATCHER_DURABLE, natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
+        return -1;
+    }
+    return 0;
+}
+
+int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispatch_cfg *cfg)
+{
+    dispatcher *d = calloc(1, sizeof *d);
+    if (!d) return -1;
+    d->nc = nc;
+    d->js = js;
+    d->cfg = *cfg;
+    d->retry.delay_ms = cfg->retry_delay_ms;
+    d->retry.max_deliver = (uint64_t)cfg->max_deliver;
+    fanout_batch_init(&d->batch);
+    atomic_init(&d->seeded, 0);
+    d->sweep_every_ms = cfg->edge_dead_ms / 4;
+    if (d->sweep_every_ms > 1000) d->sweep_every_ms = 1000;
+    if (d->sweep_every_ms < 10) d->sweep_every_ms = 10;
+
+    if (edges_create(&d->edges, cfg->edge_dead_ms, EDGES_FORGET_MS, EDGES_MAX)) goto error;
+    if (inbox_create(&d->ib, nc)) goto error;
+
+    natsInbox *name = NULL;
+    if (natsInbox_Create(&name) != NATS_OK) goto error;
+    snprintf(d->seed_inbox, sizeof d->seed_inbox, "%s", name);
+    natsInbox_Destroy(name);
+    natsStatus s = natsConnection_Subscribe(&d->seed_sub, nc, d->seed_inbox, on_seed, d);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&d->hb_sub, nc, DW_SUBJ_EDGE_HEARTBEAT, on_heartbeat, d);
+    if (s != NATS_OK) {
+        DW_ERROR("subscribe failed", "status=%s", natsStatus_GetText(s));
+        goto error;
+    }
+    if (consumer_bind(d)) goto error;
+    *out = d;
+    return 0;
+
+error:
+    dispatch_destroy(d);
+    return -1;
+}
+
+void dispatch_destroy(dispatcher *d)
+{
+    if (!d) return;
+    inbox_sub_close(d->hb_sub);
+    inbox_sub_close(d->seed_sub);
+    if (d->pull) {
+        /* Bound to the durable: unsubscribing leaves the consumer in place. */
+        natsSubscription_Unsubscribe(d->pull);
+        natsSubscription_Destroy(d->pull);
+    }
+    inbox_destroy(d->ib);
+    edges_destroy(d->edges);
+    fanout_batch_clear(&d->batch);
+    free(d);
+}

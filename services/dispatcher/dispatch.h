@@ -1,0 +1,38 @@
+/* The dispatcher's loop: pull a batch from DW_MSG, ask the registry which
+ * edges hold each room, send one pipelined request per edge, then ack what
+ * every edge took and NAK the rest. Also watches edge heartbeats and
+ * declares silent edges down (edges.h). The decisions live in fanout.h;
+ * this file does the NATS I/O around them. */
+#ifndef DISPATCHER_DISPATCH_H
+#define DISPATCHER_DISPATCH_H
+
+#include <nats/nats.h>
+#include <stdint.h>
+
+typedef struct dispatch_cfg {
+    int64_t fetch_batch;         /* messages per pull */
+    int64_t fetch_wait_ms;       /* how long an idle pull waits for a first message */
+    int64_t ack_wait_ms;         /* consumer AckWait */
+    int64_t max_deliver;         /* consumer MaxDeliver */
+    int64_t max_ack_pending;     /* consumer MaxAckPending */
+    int64_t registry_timeout_ms; /* per batch, for all of its room questions */
+    int64_t edge_timeout_ms;     /* per batch, for all of its edge requests */
+    int64_t retry_delay_ms;      /* NAK delay */
+    int64_t edge_dead_ms;        /* heartbeat silence that makes an edge down */
+} dispatch_cfg;
+
+typedef struct dispatcher dispatcher;
+
+/* Bind to (creating or updating) the durable consumer, subscribe to edge
+ * heartbeats and open the reply inbox. nc and js must outlive the
+ * dispatcher; cfg is copied. 0, or -1 (logged; retry later). */
+int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispatch_cfg *cfg);
+
+/* Run batches until dw_stop is set; the batch in flight when it is set is
+ * finished (acked / NAK'd) before returning. Returns 0. */
+int dispatch_run(dispatcher *d);
+
+/* Unsubscribe everything (the durable consumer stays) and free. NULL-safe. */
+void dispatch_destroy(dispatcher *d);
+
+#endif

@@ -1,0 +1,158 @@
+/* dispatcher: the SendMessage handler. Pulls accepted chat messages from
+ * DW_MSG and hands each to every edge holding members of its room. */
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "dispatch.h"
+#include "dw/bus.h"
+#include "dw/config.h"
+#include "dw/log.h"
+#include "dw/util.h"
+
+typedef struct dispatcher_config {
+    char *nats_url;
+    int64_t fetch_batch;
+    int64_t fetch_wait_ms;
+    int64_t ack_wait_ms;
+    int64_t max_deliver;
+    int64_t max_ack_pending;
+    int64_t registry_timeout_ms;
+    int64_t edge_timeout_ms;
+    int64_t retry_delay_ms;
+    int64_t edge_dead_ms;
+    char *log_level;
+} dispatcher_config;
+
+#define F(name, type, field, def, min, max, help)                                                  \
+    {                                                                                              \
+        name, type, offsetof(dispatcher_config, field), def, min, max, help                        \
+    }
+
+static const dw_cfg_field fields[] = {
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("FETCH_BATCH", DW_CFG_INT, fetch_batch, "256", 1, 4096, "messages per pull"),
+    F("FETCH_WAIT_MS", DW_CFG_INT, fetch_wait_ms, "500", 20, 60000,
+      "how long an idle pull waits for the first message (a message never waits for the batch)"),
+    F("ACK_WAIT_MS", DW_CFG_INT, ack_wait_ms, "30000", 1000, 3600000,
+      "redeliver a message not acked within this time (consumer AckWait)"),
+    F("MAX_DELIVER", DW_CFG_INT, max_deliver, "6", 1, 1000,
+      "delivery attempts per message (consumer MaxDeliver)"),
+    F("MAX_ACK_PENDING", DW_CFG_INT, max_ack_pending, "20000", 1, 10000000,
+      "messages in flight across all dispatchers (consumer MaxAckPending)"),
+    F("REGISTRY_TIMEOUT_MS", DW_CFG_INT, registry_timeout_ms, "2000", 10, 60000,
+      "wait this long for the registry's room answers"),
+    F("EDGE_TIMEOUT_MS", DW_CFG_INT, edge_timeout_ms, "2000", 10, 60000,
+      "wait this long for the edges' delivery replies"),
+    F("RETRY_DELAY_MS", DW_CFG_INT, retry_delay_ms, "250", 0, 3600000,
+      "redeliver a message that failed after this delay"),
+    F("EDGE_DEAD_MS", DW_CFG_INT, edge_dead_ms, "10000", 100, 3600000,
+      "an edge without heartbeat for this long is declared down"),
+    F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
+};
+#define N_FIELDS (sizeof fields / sizeof fields[0])
+
+static const char summary[] =
+    "DynamoWave dispatcher: delivers each accepted chat message to every edge\n"
+    "holding members of its room (the SendMessage handler).";
+
+/* Until we are connected nothing is in flight, so a stop request may end
+ * the process at once: dw_bus_connect blocks for as long as NATS is
+ * unreachable, and a signal handler cannot interrupt it. _exit is
+ * async-signal-safe. */
+static volatile sig_atomic_t connecting;
+
+static void on_stop(void *arg)
+{
+    if (connecting) _exit(0);
+}
+
+/* Connecting, streams and consumer setup are retried until they work or we
+ * are told to stop: the dispatcher may start before NATS or JetStream. */
+static int setup(natsConnection *nc, jsCtx *js, const dispatch_cfg *dc, dispatcher **out)
+{
+    dw_stream_opts so;
+    dw_stream_opts_default(&so);
+    int64_t wait = 250;
+    while (!dw_stop) {
+        if (dw_streams_ensure(js, &so) == NATS_OK && dispatch_create(out, nc, js, dc) == 0)
+            return 0;
+        DW_WARN("setup failed, retrying", "retry_ms=%" PRId64, wait);
+        nats_Sleep(wait);
+        if (wait < 4000) wait *= 2;
+    }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    dispatcher_config cfg = {0};
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    dispatcher *d = NULL;
+    int rc = 1;
+
+    int lr = dw_config_load(&cfg, fields, N_FIELDS, argc, argv, "dispatcher", summary);
+    if (lr != 0) {
+        dw_config_free(&cfg, fields, N_FIELDS);
+        return lr > 0 ? 0 : 2;
+    }
+    dw_log_init("dispatcher", cfg.log_level);
+    dw_signals_install(on_stop, NULL);
+    long nofile = dw_raise_nofile();
+
+    if (cfg.registry_timeout_ms + cfg.edge_timeout_ms >= cfg.ack_wait_ms)
+        DW_WARN("ack wait shorter than one batch can take: expect redeliveries",
+                "ack_wait_ms=%" PRId64 " registry_timeout_ms=%" PRId64 " edge_timeout_ms=%" PRId64,
+                cfg.ack_wait_ms, cfg.registry_timeout_ms, cfg.edge_timeout_ms);
+
+    dispatch_cfg dc = {
+        .fetch_batch = cfg.fetch_batch,
+        .fetch_wait_ms = cfg.fetch_wait_ms,
+        .ack_wait_ms = cfg.ack_wait_ms,
+        .max_deliver = cfg.max_deliver,
+        .max_ack_pending = cfg.max_ack_pending,
+        .registry_timeout_ms = cfg.registry_timeout_ms,
+        .edge_timeout_ms = cfg.edge_timeout_ms,
+        .retry_delay_ms = cfg.retry_delay_ms,
+        .edge_dead_ms = cfg.edge_dead_ms,
+    };
+
+    connecting = 1;
+    natsStatus s = dw_bus_connect(&nc, cfg.nats_url, "dispatcher");
+    connecting = 0;
+    if (s == NATS_OK) s = natsConnection_JetStream(&js, nc, NULL);
+    if (s != NATS_OK) {
+        DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
+        goto done;
+    }
+    if (setup(nc, js, &dc, &d)) {
+        rc = 0; /* stopped before we were ready: still a clean stop */
+        goto done;
+    }
+    DW_INFO("dispatcher ready", "nats=%s batch=%" PRId64 " max_deliver=%" PRId64 " nofile=%ld",
+            cfg.nats_url, cfg.fetch_batch, cfg.max_deliver, nofile);
+
+    dispatch_run(d);
+    DW_INFO("stopping", "%s", "");
+    rc = 0;
+
+done:
+    dispatch_destroy(d);
+    if (nc) {
+        /* Drain: the acks of the last batch are on the wire before we close. */
+        if (natsConnection_DrainTimeout(nc, 5000) == NATS_OK) {
+            int64_t deadline = dw_mono_ns() + 6000000000LL;
+            while (!natsConnection_IsClosed(nc) && dw_mono_ns() < deadline)
+                nats_Sleep(10);
+        }
+        jsCtx_Destroy(js);
+        natsConnection_Destroy(nc);
+    }
+    nats_Close();
+    if (rc == 0) DW_INFO("stopped", "%s", "");
+    dw_config_free(&cfg, fields, N_FIELDS);
+    return rc;
+}
