@@ -14,6 +14,7 @@ struct edge_bridge {
     natsConnection *nc;
     jsCtx *js;
     natsSubscription *deliver_sub;
+    natsSubscription *conn_sub;
     pthread_t setup_thread;
     bool setup_started;
     atomic_bool setup_done;
@@ -50,6 +51,8 @@ void bridge_event_free(edge_event *ev)
         return;
     if (ev->delivery)
         dw__delivery__free_unpacked(ev->delivery, NULL);
+    if (ev->conn_request)
+        dw__conn_request__free_unpacked(ev->conn_request, NULL);
     free(ev->reply);
     free(ev);
 }
@@ -119,6 +122,26 @@ static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     enqueue(b, ev);
 }
 
+static void on_conn_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    edge_bridge *b = closure;
+    const char *reply = natsMsg_GetReply(msg);
+    Dw__ConnRequest *r = dw__conn_request__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                  (const uint8_t *)natsMsg_GetData(msg));
+    edge_event *ev = r && reply ? calloc(1, sizeof *ev) : NULL;
+    if (!ev || !(ev->reply = strdup(reply))) {
+        if (r)
+            dw__conn_request__free_unpacked(r, NULL);
+        free(ev);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    ev->kind = BEV_CONN_REQUEST;
+    ev->conn_request = r;
+    natsMsg_Destroy(msg);
+    enqueue(b, ev);
+}
+
 static void *setup_main(void *arg)
 {
     edge_bridge *b = arg;
@@ -129,9 +152,13 @@ static void *setup_main(void *arg)
             dw_streams_ensure(b->js, &so) == NATS_OK) {
             char subj[128];
             dw_subj_edge_deliver(subj, sizeof subj, b->cfg.edge_id);
+            char csubj[128];
+            dw_subj_edge_conn(csubj, sizeof csubj, b->cfg.edge_id);
             natsStatus s = natsConnection_Subscribe(&b->deliver_sub, b->nc, subj, on_delivery, b);
             if (s == NATS_OK)
                 s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
+            if (s == NATS_OK && !b->conn_sub)
+                s = natsConnection_Subscribe(&b->conn_sub, b->nc, csubj, on_conn_request, b);
             if (s == NATS_OK)
                 s = natsConnection_Flush(b->nc);
             if (s == NATS_OK) {
@@ -240,6 +267,17 @@ int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r)
     return s == NATS_OK ? 0 : -1;
 }
 
+int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r)
+{
+    size_t len;
+    uint8_t *buf = dw_pb_pack(&r->base, &len);
+    if (!buf)
+        return -1;
+    natsStatus s = natsConnection_Publish(b->nc, reply, buf, (int)len);
+    free(buf);
+    return s == NATS_OK ? 0 : -1;
+}
+
 int bridge_heartbeat(edge_bridge *b, uint32_t connections)
 {
     Dw__EdgeHeartbeat hb = DW__EDGE_HEARTBEAT__INIT;
@@ -275,6 +313,9 @@ void bridge_destroy(edge_bridge *b)
     if (b->deliver_sub)
         natsSubscription_Unsubscribe(b->deliver_sub);
     natsSubscription_Destroy(b->deliver_sub);
+    if (b->conn_sub)
+        natsSubscription_Unsubscribe(b->conn_sub);
+    natsSubscription_Destroy(b->conn_sub);
     /* Close first so that no callback runs while the queue is freed. */
     if (b->nc)
         natsConnection_Close(b->nc);

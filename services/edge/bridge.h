@@ -20,6 +20,7 @@ typedef enum {
     BEV_DISCONNECT_ACK,
     BEV_MSG_ACK,         /* a chat message of conn_id is durable (or failed) */
     BEV_DELIVERY,        /* the dispatcher hands us messages to write */
+    BEV_CONN_REQUEST,    /* info / post / close for one connection (@connections) */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -31,7 +32,8 @@ typedef struct edge_event {
     bool ok;
     char error[96];         /* why not, when !ok */
     Dw__Delivery *delivery; /* BEV_DELIVERY: owned by the event */
-    char *reply;            /* BEV_DELIVERY: reply subject, owned */
+    char *reply;            /* BEV_DELIVERY, BEV_CONN_REQUEST: reply subject, owned */
+    Dw__ConnRequest *conn_request; /* BEV_CONN_REQUEST: owned by the event */
 } edge_event;
 
 typedef struct edge_bridge_config {
@@ -64,6 +66,7 @@ int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
 
 /* Core NATS publishes (buffered, never wait for the network). */
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);
+int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r);
 int bridge_heartbeat(edge_bridge *b, uint32_t connections);
 
 /* Wait up to timeout_ms for outstanding publishes, then flush. Shutdown only. */

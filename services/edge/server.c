@@ -410,6 +410,45 @@ static void on_delivery(edge *e, edge_event *ev)
     free(gone);
 }
 
+/* The @connections operations, asked by the api service for one of ours. */
+static void on_conn_request(edge *e, edge_event *ev)
+{
+    Dw__ConnRequest *rq = ev->conn_request;
+    Dw__ConnReply r = DW__CONN_REPLY__INIT;
+    edge_session *s = rq->conn_id ? connmap_get(&e->conns, rq->conn_id, strlen(rq->conn_id)) : NULL;
+    char *rooms[1];
+    r.conn_id = rq->conn_id;
+    if (s && s->state == SESS_READY) {
+        r.found = true;
+        switch (rq->op) {
+        case DW__CONN_REQUEST__OP__INFO:
+            r.source_ip = s->ip;
+            r.user_agent = s->user_agent ? s->user_agent : "";
+            r.has_user_agent = s->user_agent != NULL;
+            r.connected_at_ms = s->connected_at_ms;
+            r.last_active_ms = s->last_active_ms;
+            r.user_id = "";
+            for (uint16_t i = 0; i < s->nrooms && i < 1; i++)
+                rooms[r.n_rooms++] = s->rooms[i].room->name;
+            r.rooms = rooms;
+            break;
+        case DW__CONN_REQUEST__OP__POST:
+            if (rq->data.len > (size_t)e->cfg->max_message)
+                r.error = "too_large";
+            else if (session_send_text(s, (const char *)rq->data.data, rq->data.len))
+                r.error = "out_of_memory";
+            break;
+        case DW__CONN_REQUEST__OP__CLOSE:
+            session_close(s, rq->close_code ? (uint16_t)rq->close_code : LWS_CLOSE_STATUS_NORMAL,
+                          "closed by the management API");
+            break;
+        default:
+            r.error = "bad_request";
+        }
+    }
+    bridge_reply_conn(e->bridge, ev->reply, &r);
+}
+
 static void drain_events(edge *e)
 {
     edge_event *ev = bridge_take(e->bridge);
@@ -420,6 +459,7 @@ static void drain_events(edge *e)
         case BEV_DISCONNECT_ACK: on_disconnect_ack(e, ev); break;
         case BEV_MSG_ACK: on_msg_ack(e, ev); break;
         case BEV_DELIVERY: on_delivery(e, ev); break;
+        case BEV_CONN_REQUEST: on_conn_request(e, ev); break;
         }
         bridge_event_free(ev);
         ev = next;
