@@ -15,6 +15,7 @@ struct edge_bridge {
     jsCtx *js;
     natsSubscription *deliver_sub;
     natsSubscription *conn_sub;
+    natsSubscription *down_sub;
     pthread_t setup_thread;
     bool setup_started;
     atomic_bool setup_done;
@@ -73,9 +74,12 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         return;
     }
     snprintf(ev->msg_id, sizeof ev->msg_id, "%s", msg_id);
+    size_t idlen = strlen(msg_id);
     if (!strcmp(subj, "dw.conn.connect")) {
+        /* "connect.<id>" or "reannounce.<round>.<id>": the id ends it. */
         ev->kind = BEV_CONNECT_ACK;
-        snprintf(ev->conn_id, sizeof ev->conn_id, "%s", msg_id + strlen("connect."));
+        snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
+                 idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
     } else if (!strcmp(subj, "dw.conn.disconnect")) {
         ev->kind = BEV_DISCONNECT_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%s", msg_id + strlen("disconnect."));
@@ -142,6 +146,25 @@ static void on_conn_request(natsConnection *nc, natsSubscription *sub, natsMsg *
     enqueue(b, ev);
 }
 
+static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    edge_bridge *b = closure;
+    Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                               (const uint8_t *)natsMsg_GetData(msg));
+    if (ce && ce->edge_id && !strcmp(ce->edge_id, b->cfg.edge_id)) {
+        DW_WARN("this edge was declared down while alive; announcing its connections again",
+                "edge=%s reason=\"%s\"", b->cfg.edge_id, ce->reason ? ce->reason : "");
+        edge_event *ev = calloc(1, sizeof *ev);
+        if (ev) {
+            ev->kind = BEV_EDGE_DOWN_SELF;
+            enqueue(b, ev);
+        }
+    }
+    if (ce)
+        dw__conn_event__free_unpacked(ce, NULL);
+    natsMsg_Destroy(msg);
+}
+
 static void *setup_main(void *arg)
 {
     edge_bridge *b = arg;
@@ -159,6 +182,10 @@ static void *setup_main(void *arg)
                 s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
             if (s == NATS_OK && !b->conn_sub)
                 s = natsConnection_Subscribe(&b->conn_sub, b->nc, csubj, on_conn_request, b);
+            if (s == NATS_OK && !b->down_sub)
+                s = natsConnection_Subscribe(&b->down_sub, b->nc,
+                                             dw_subj_conn_event(DW__CONN_EVENT__KIND__EDGE_DOWN),
+                                             on_edge_down, b);
             if (s == NATS_OK)
                 s = natsConnection_Flush(b->nc);
             if (s == NATS_OK) {
@@ -249,6 +276,13 @@ int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev)
     return publish_async(b, dw_subj_conn_event(ev->kind), msg_id, &ev->base);
 }
 
+int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
+{
+    char msg_id[80];
+    snprintf(msg_id, sizeof msg_id, "reannounce.%llu.%s", (unsigned long long)round, ev->conn_id);
+    return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__CONNECT), msg_id, &ev->base);
+}
+
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m)
 {
     char subj[DW_ROOM_MAX + 16];
@@ -316,6 +350,9 @@ void bridge_destroy(edge_bridge *b)
     if (b->conn_sub)
         natsSubscription_Unsubscribe(b->conn_sub);
     natsSubscription_Destroy(b->conn_sub);
+    if (b->down_sub)
+        natsSubscription_Unsubscribe(b->down_sub);
+    natsSubscription_Destroy(b->down_sub);
     /* Close first so that no callback runs while the queue is freed. */
     if (b->nc)
         natsConnection_Close(b->nc);

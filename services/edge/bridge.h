@@ -21,6 +21,7 @@ typedef enum {
     BEV_MSG_ACK,         /* a chat message of conn_id is durable (or failed) */
     BEV_DELIVERY,        /* the dispatcher hands us messages to write */
     BEV_CONN_REQUEST,    /* info / post / close for one connection (@connections) */
+    BEV_EDGE_DOWN_SELF,  /* someone declared this edge down: announce again */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -62,6 +63,10 @@ void bridge_event_free(edge_event *ev);
  * 0 when handed to the client library, -1 when refused at once (then no
  * event will come). */
 int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev);
+/* A CONNECT again for a connection the registry lost (after this edge was
+ * declared down while alive): a fresh Nats-Msg-Id per round, so the
+ * stream's duplicate window does not swallow it. */
+int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
 
 /* Core NATS publishes (buffered, never wait for the network). */

@@ -219,6 +219,21 @@ static void publish_disconnect(edge *e, const char *conn_id, const char *reason)
         DW_WARN("disconnect event not published", "conn=%s", conn_id);
 }
 
+static void connect_event(edge *e, edge_session *s, Dw__ConnEvent *ev, char **rooms, size_t nrooms)
+{
+    dw__conn_event__init(ev);
+    ev->kind = DW__CONN_EVENT__KIND__CONNECT;
+    ev->conn_id = s->id;
+    ev->edge_id = e->edge_id;
+    ev->rooms = rooms;
+    ev->n_rooms = nrooms;
+    ev->user_id = "";
+    ev->source_ip = s->ip;
+    ev->user_agent = s->user_agent ? s->user_agent : "";
+    ev->has_user_agent = s->user_agent != NULL;
+    ev->ts_ms = s->connected_at_ms;
+}
+
 static int on_established(edge *e, edge_session *s, struct lws *wsi)
 {
     memset(s, 0, sizeof *s);
@@ -243,18 +258,9 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     if (connmap_put(&e->conns, s->id, s))
         return -1;
 
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    Dw__ConnEvent ev;
     char *rooms[] = {DW_ROOM_LOBBY};
-    ev.kind = DW__CONN_EVENT__KIND__CONNECT;
-    ev.conn_id = s->id;
-    ev.edge_id = e->edge_id;
-    ev.rooms = rooms;
-    ev.n_rooms = 1;
-    ev.user_id = "";
-    ev.source_ip = s->ip;
-    ev.user_agent = s->user_agent ? s->user_agent : "";
-    ev.has_user_agent = s->user_agent != NULL;
-    ev.ts_ms = s->connected_at_ms;
+    connect_event(e, s, &ev, rooms, 1);
     if (bridge_publish_conn(e->bridge, &ev)) {
         /* Like a failing ConnectHandler: the client may not take part. */
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
@@ -449,6 +455,28 @@ static void on_conn_request(edge *e, edge_event *ev)
     bridge_reply_conn(e->bridge, ev->reply, &r);
 }
 
+/* The dispatcher declared this edge down (it missed heartbeats or a
+ * delivery while we were stopped or cut off) and the registry dropped our
+ * connections: announce each live one again. */
+static void on_edge_down_self(edge *e)
+{
+    static uint64_t round;
+    round++;
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (!s || s->state != SESS_READY)
+            continue;
+        char *rooms[64];
+        size_t n = 0;
+        for (uint16_t j = 0; j < s->nrooms && n < 64; j++)
+            rooms[n++] = s->rooms[j].room->name;
+        Dw__ConnEvent ev;
+        connect_event(e, s, &ev, rooms, n);
+        if (bridge_publish_reannounce(e->bridge, &ev, round))
+            DW_WARN("re-announce failed", "conn=%s", s->id);
+    }
+}
+
 static void drain_events(edge *e)
 {
     edge_event *ev = bridge_take(e->bridge);
@@ -460,6 +488,7 @@ static void drain_events(edge *e)
         case BEV_MSG_ACK: on_msg_ack(e, ev); break;
         case BEV_DELIVERY: on_delivery(e, ev); break;
         case BEV_CONN_REQUEST: on_conn_request(e, ev); break;
+        case BEV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
         }
         bridge_event_free(ev);
         ev = next;

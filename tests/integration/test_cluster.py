@@ -79,3 +79,31 @@ class TwoEdges(StackTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class EdgeDeclaredDownWhileAlive(StackTest):
+    """An edge stopped (SIGSTOP) past the dispatcher's liveness limit is
+    declared down and its connections leave the registry; when it resumes it
+    announces them again, and its clients are reachable once more."""
+    EDGES = 2
+    ENV = {"DW_EDGE_DEAD_MS": "1500"}
+
+    def test_resumed_edge_reannounces(self):
+        import signal
+        st = self.stack
+
+        async def scenario():
+            a = await connect(st.edges[0].url)
+            b = [await connect(st.edges[1].url) for _ in range(2)]
+            await asyncio.to_thread(st.wait_conn_count, 3)
+            st.edges[1].signal(signal.SIGSTOP)
+            try:
+                await asyncio.to_thread(st.wait_conn_count, 1, 30)
+            finally:
+                st.edges[1].signal(signal.SIGCONT)
+            await asyncio.to_thread(st.wait_conn_count, 3, 30)
+            await a.send('{"action":"sendmessage","message":"welcome back"}')
+            for ws in [a] + b:
+                self.assertEqual(await recv_text(ws), "welcome back")
+
+        self.run_async(scenario())

@@ -45,7 +45,14 @@ const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind)
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    DW_WARN("nats disconnected", "name=%s", (const char *)closure);
+    /* A deliberate close also lands here; only a lost connection is news. */
+    if (!natsConnection_IsClosed(nc))
+        DW_WARN("nats disconnected", "name=%s", (const char *)closure);
+}
+
+static void on_connected(natsConnection *nc, void *closure)
+{
+    DW_INFO("nats connected", "name=%s", (const char *)closure);
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
@@ -61,7 +68,13 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
     if (s == NATS_OK) s = natsOptions_SetName(opts, name);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
-    if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts, true, NULL, NULL);
+    /* With a connected callback, Connect returns at once while NATS is
+     * away (NATS_NOT_YET_CONNECTED) instead of blocking until it is up, so
+     * a service can still be stopped. */
+    if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
+    /* Replies and publishes leave at once: without this nats.c holds them
+     * up to ~1 ms for batching, which is most of a delivery's latency. */
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
     /* A large reconnect buffer keeps publishes made during a NATS restart. */
     if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
@@ -86,7 +99,9 @@ static natsStatus ensure_one(jsCtx *js, jsStreamConfig *cfg)
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_AddStream(&si, js, cfg, NULL, &jerr);
-    if (s != NATS_OK && jerr == JSStreamNameExistErr) {
+    /* "Subjects overlap" is what a second process gets when another one
+     * created the same stream a moment earlier: then it exists; update. */
+    if (s != NATS_OK && (jerr == JSStreamNameExistErr || jerr == JSStreamSubjectOverlapErr)) {
         s = js_UpdateStream(&si, js, cfg, NULL, &jerr);
     }
     if (s != NATS_OK)
