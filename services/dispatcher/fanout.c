@@ -234,6 +234,9 @@ static void item_init(Dw__DeliveryItem *it, const fanout_msg *m)
     it->from_user = m->chat->user_id;
     it->from_conn = m->chat->conn_id;
     it->ts_ms = m->chat->ts_ms;
+    it->data_json = m->chat->data_json;
+    it->exclude_sender = m->chat->exclude_sender;
+    it->client_id = m->chat->client_id;
 }
 
 static size_t varint_len(size_t v)
