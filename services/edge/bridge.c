@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "dw/log.h"
+#include "jobs.h"
 
 struct edge_bridge {
     edge_bridge_config cfg;
@@ -16,6 +17,7 @@ struct edge_bridge {
     natsSubscription *deliver_sub;
     natsSubscription *conn_sub;
     natsSubscription *down_sub;
+    natsSubscription *presence_sub;
     pthread_t setup_thread;
     bool setup_started;
     atomic_bool setup_done;
@@ -37,6 +39,21 @@ static void enqueue(edge_bridge *b, edge_event *ev)
     b->cfg.wake(b->cfg.wake_arg);
 }
 
+void bridge_post(edge_bridge *b, edge_event *ev)
+{
+    enqueue(b, ev);
+}
+
+jsCtx *bridge_js(edge_bridge *b)
+{
+    return b->js;
+}
+
+natsConnection *bridge_nc(edge_bridge *b)
+{
+    return b->nc;
+}
+
 edge_event *bridge_take(edge_bridge *b)
 {
     pthread_mutex_lock(&b->lock);
@@ -54,6 +71,10 @@ void bridge_event_free(edge_event *ev)
         dw__delivery__free_unpacked(ev->delivery, NULL);
     if (ev->conn_request)
         dw__conn_request__free_unpacked(ev->conn_request, NULL);
+    if (ev->conn_event)
+        dw__conn_event__free_unpacked(ev->conn_event, NULL);
+    if (ev->job)
+        edge_job_free(ev->job);
     free(ev->reply);
     free(ev);
 }
@@ -80,6 +101,13 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         ev->kind = BEV_CONNECT_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
                  idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
+    } else if (!strncmp(subj, "dw.conn.", 8) && strcmp(subj, "dw.conn.disconnect")) {
+        /* leave (join is published synchronously by a job): only log failures */
+        if (!pa)
+            DW_WARN("membership event not durable", "subject=%s id=%s", subj, msg_id);
+        free(ev);
+        natsMsg_Destroy(msg);
+        return;
     } else if (!strcmp(subj, "dw.conn.disconnect")) {
         ev->kind = BEV_DISCONNECT_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%s", msg_id + strlen("disconnect."));
@@ -165,6 +193,31 @@ static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     natsMsg_Destroy(msg);
 }
 
+/* Membership changes anywhere (core subscription on the stream's subjects:
+ * best effort, the presence query is the authority) become join/leave
+ * events for this edge's v1 members. */
+static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    edge_bridge *b = closure;
+    Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                               (const uint8_t *)natsMsg_GetData(msg));
+    natsMsg_Destroy(msg);
+    if (!ce)
+        return;
+    if (!ce->n_rooms || ce->kind == DW__CONN_EVENT__KIND__EDGE_DOWN) {
+        dw__conn_event__free_unpacked(ce, NULL);
+        return;
+    }
+    edge_event *ev = calloc(1, sizeof *ev);
+    if (!ev) {
+        dw__conn_event__free_unpacked(ce, NULL);
+        return;
+    }
+    ev->kind = BEV_PRESENCE;
+    ev->conn_event = ce;
+    enqueue(b, ev);
+}
+
 static void *setup_main(void *arg)
 {
     edge_bridge *b = arg;
@@ -182,6 +235,10 @@ static void *setup_main(void *arg)
                 s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
             if (s == NATS_OK && !b->conn_sub)
                 s = natsConnection_Subscribe(&b->conn_sub, b->nc, csubj, on_conn_request, b);
+            if (s == NATS_OK && !b->presence_sub)
+                s = natsConnection_Subscribe(&b->presence_sub, b->nc, "dw.conn.*", on_membership, b);
+            if (s == NATS_OK)
+                s = natsSubscription_SetPendingLimits(b->presence_sub, 65536, 64 * 1024 * 1024);
             if (s == NATS_OK && !b->down_sub)
                 s = natsConnection_Subscribe(&b->down_sub, b->nc,
                                              dw_subj_conn_event(DW__CONN_EVENT__KIND__EDGE_DOWN),
@@ -283,6 +340,14 @@ int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t 
     return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__CONNECT), msg_id, &ev->base);
 }
 
+int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n)
+{
+    char msg_id[128];
+    snprintf(msg_id, sizeof msg_id, "leave.%s.%s.%llu", ev->conn_id,
+             ev->n_rooms ? ev->rooms[0] : "", (unsigned long long)n);
+    return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__LEAVE), msg_id, &ev->base);
+}
+
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m)
 {
     char subj[DW_ROOM_MAX + 16];
@@ -353,6 +418,9 @@ void bridge_destroy(edge_bridge *b)
     if (b->down_sub)
         natsSubscription_Unsubscribe(b->down_sub);
     natsSubscription_Destroy(b->down_sub);
+    if (b->presence_sub)
+        natsSubscription_Unsubscribe(b->presence_sub);
+    natsSubscription_Destroy(b->presence_sub);
     /* Close first so that no callback runs while the queue is freed. */
     if (b->nc)
         natsConnection_Close(b->nc);

@@ -22,6 +22,8 @@ typedef enum {
     BEV_DELIVERY,        /* the dispatcher hands us messages to write */
     BEV_CONN_REQUEST,    /* info / post / close for one connection (@connections) */
     BEV_EDGE_DOWN_SELF,  /* someone declared this edge down: announce again */
+    BEV_JOB_DONE,        /* a join / history / presence job finished (jobs.h) */
+    BEV_PRESENCE,        /* someone joined or left a room (presence events) */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -35,6 +37,8 @@ typedef struct edge_event {
     Dw__Delivery *delivery; /* BEV_DELIVERY: owned by the event */
     char *reply;            /* BEV_DELIVERY, BEV_CONN_REQUEST: reply subject, owned */
     Dw__ConnRequest *conn_request; /* BEV_CONN_REQUEST: owned by the event */
+    struct edge_job *job;          /* BEV_JOB_DONE: owned by the event */
+    Dw__ConnEvent *conn_event;     /* BEV_PRESENCE: owned by the event */
 } edge_event;
 
 typedef struct edge_bridge_config {
@@ -68,6 +72,14 @@ int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev);
  * stream's duplicate window does not swallow it. */
 int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
+
+/* A LEAVE event (asynchronous; the result is only logged). */
+int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n);
+
+/* For jobs.c: the bus handles and the way back to the lws thread. */
+jsCtx *bridge_js(edge_bridge *b);
+natsConnection *bridge_nc(edge_bridge *b);
+void bridge_post(edge_bridge *b, edge_event *ev);
 
 /* Core NATS publishes (buffered, never wait for the network). */
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);

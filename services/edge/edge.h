@@ -26,6 +26,11 @@ typedef struct edge_config {
     int64_t heartbeat_ms;
     int64_t dedup_window;
     int64_t write_coalesce;  /* bytes per write call */
+    int64_t max_rooms;       /* v1 rooms per connection */
+    int64_t resume_max;      /* missed messages replayed on resume */
+    int64_t job_threads;     /* workers for joins, history, presence */
+    int64_t max_pending_acks; /* v1 sends awaiting their ack, per connection */
+    char *web_dir;           /* the static chat page */
     char *log_level;
 } edge_config;
 
@@ -39,6 +44,7 @@ typedef struct edge {
     char edge_id[DW_ID_LEN + 1];
     struct lws_context *ctx;
     edge_bridge *bridge;
+    struct edge_jobs *jobs;
     edge_connmap conns;
     edge_rooms rooms;
     edge_dedup dedup;
@@ -57,5 +63,20 @@ typedef struct edge {
 
 /* Run the server until dw_stop. 0 on a clean stop. */
 int edge_run(edge *e);
+
+/* server.c, for the protocol handlers (lws thread only). */
+void session_close(edge_session *s, uint16_t code, const char *reason);
+int session_send_text(edge_session *s, const char *text, size_t len);
+/* Queue a shared frame to a ready session. */
+void session_deliver(edge *e, edge_session *s, edge_frame *f);
+
+/* v1.c: the dynamowave.v1 protocol (lws thread only). */
+struct edge_job;
+void v1_on_ready(edge *e, edge_session *s);
+void v1_handle(edge *e, edge_session *s, const char *buf, size_t len);
+void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev);
+void v1_on_job_done(edge *e, struct edge_job *job);
+void v1_on_presence(edge *e, const Dw__ConnEvent *ce);
+void v1_session_free(edge_session *s);
 
 #endif

@@ -30,6 +30,14 @@ static const dw_cfg_field fields[] = {
       "recent message sequences remembered to drop redeliveries"),
     F("WRITE_COALESCE", DW_CFG_INT, write_coalesce, "65536", 4096, 16 * 1024 * 1024,
       "bytes of queued frames written to a socket in one call"),
+    F("MAX_ROOMS", DW_CFG_INT, max_rooms, "128", 1, 10000, "rooms one v1 connection may join"),
+    F("RESUME_MAX", DW_CFG_INT, resume_max, "10000", 0, 1000000,
+      "missed messages replayed on a v1 resume (more: recovered=false)"),
+    F("JOB_THREADS", DW_CFG_INT, job_threads, "2", 1, 64,
+      "threads for v1 joins, history and presence (bus round trips)"),
+    F("MAX_PENDING_ACKS", DW_CFG_INT, max_pending_acks, "1024", 1, 1000000,
+      "v1 messages per connection awaiting their JetStream ack"),
+    F("WEB_DIR", DW_CFG_STR, web_dir, DW_WEB_DIR_DEFAULT, 0, 0, "directory of the chat page"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])

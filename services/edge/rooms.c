@@ -87,6 +87,7 @@ int rooms_join(edge_rooms *rs, edge_session *s, const char *name)
         r->cap = ncap;
     }
     r->members[r->count] = s;
+    memset(&s->rooms[s->nrooms], 0, sizeof s->rooms[s->nrooms]);
     s->rooms[s->nrooms].room = r;
     s->rooms[s->nrooms].idx = r->count;
     s->nrooms++;
@@ -105,24 +106,61 @@ static void room_unlink(edge_rooms *rs, edge_room *r)
     free(r);
 }
 
+edge_membership *rooms_membership(edge_session *s, const edge_room *room)
+{
+    for (uint16_t i = 0; i < s->nrooms; i++)
+        if (s->rooms[i].room == room)
+            return &s->rooms[i];
+    return NULL;
+}
+
+void rooms_release_held(edge_membership *m)
+{
+    while (m->held) {
+        edge_held *n = m->held->next;
+        frame_unref(m->held->frame);
+        free(m->held);
+        m->held = n;
+    }
+    m->held_tail = NULL;
+}
+
+/* Take s out of r's member array (swap the last member into the hole and
+ * fix its back-reference); frees r when it empties. */
+static void detach(edge_rooms *rs, edge_session *s, edge_room *r, uint32_t idx)
+{
+    edge_session *last = r->members[r->count - 1];
+    r->members[idx] = last;
+    r->count--;
+    if (last != s) {
+        edge_membership *lm = rooms_membership(last, r);
+        if (lm)
+            lm->idx = idx;
+    }
+    if (!r->count)
+        room_unlink(rs, r);
+}
+
+void rooms_leave(edge_rooms *rs, edge_session *s, const char *name)
+{
+    edge_room *r = rooms_get(rs, name);
+    if (!r)
+        return;
+    for (uint16_t i = 0; i < s->nrooms; i++) {
+        if (s->rooms[i].room != r)
+            continue;
+        rooms_release_held(&s->rooms[i]);
+        detach(rs, s, r, s->rooms[i].idx);
+        s->rooms[i] = s->rooms[--s->nrooms];
+        return;
+    }
+}
+
 void rooms_leave_all(edge_rooms *rs, edge_session *s)
 {
     for (uint16_t i = 0; i < s->nrooms; i++) {
-        edge_room *r = s->rooms[i].room;
-        uint32_t idx = s->rooms[i].idx;
-        /* Swap the last member into the hole and fix its back-reference. */
-        edge_session *last = r->members[r->count - 1];
-        r->members[idx] = last;
-        r->count--;
-        if (last != s) {
-            for (uint16_t j = 0; j < last->nrooms; j++)
-                if (last->rooms[j].room == r) {
-                    last->rooms[j].idx = idx;
-                    break;
-                }
-        }
-        if (!r->count)
-            room_unlink(rs, r);
+        rooms_release_held(&s->rooms[i]);
+        detach(rs, s, s->rooms[i].room, s->rooms[i].idx);
     }
     free(s->rooms);
     s->rooms = NULL;

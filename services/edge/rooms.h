@@ -5,6 +5,7 @@
 #ifndef EDGE_ROOMS_H
 #define EDGE_ROOMS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,6 +17,7 @@ typedef struct edge_room {
     char name[DW_ROOM_MAX + 1];
     struct edge_session **members;
     uint32_t count, cap;
+    uint64_t last_seq;      /* newest message delivered here for this room */
     struct edge_room *next; /* hash chain */
 } edge_room;
 
@@ -24,10 +26,24 @@ typedef struct edge_rooms {
     size_t nbuckets, count;
 } edge_rooms;
 
-/* A session's membership in one room: the room and its index in members. */
+struct edge_frame;
+
+/* A live message held for a member whose join is still in progress. */
+typedef struct edge_held {
+    struct edge_held *next;
+    uint64_t seq;
+    struct edge_frame *frame;
+} edge_held;
+
+/* A session's membership in one room: the room and its index in members.
+ * While joining, live messages are held (the join may still replay older
+ * ones, which must come first). */
 typedef struct edge_membership {
     edge_room *room;
     uint32_t idx;
+    bool joining;
+    bool leave_after_join;
+    edge_held *held, *held_tail;
 } edge_membership;
 
 int rooms_init(edge_rooms *rs, size_t nbuckets);
@@ -37,7 +53,13 @@ edge_room *rooms_get(const edge_rooms *rs, const char *name);
 /* Add s to the room called name (created on first member). The session's
  * membership array is grown here. 0, 1 if already a member, -1 memory. */
 int rooms_join(edge_rooms *rs, struct edge_session *s, const char *name);
-/* Remove s from every room it is in; empty rooms are freed. */
+/* The membership of s in room (NULL if none). */
+edge_membership *rooms_membership(struct edge_session *s, const edge_room *room);
+/* Remove s from one room / from every room; held frames are released and
+ * empty rooms are freed. */
+void rooms_leave(edge_rooms *rs, struct edge_session *s, const char *name);
 void rooms_leave_all(edge_rooms *rs, struct edge_session *s);
+/* Release the frames held for a membership. */
+void rooms_release_held(edge_membership *m);
 
 #endif

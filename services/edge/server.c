@@ -6,6 +6,8 @@
 
 #include "dw/log.h"
 #include "edge.h"
+#include "jobs.h"
+#include "proto_v1.h"
 #include "routes.h"
 
 #define TICK_US (100 * 1000)
@@ -22,7 +24,7 @@ static void want_write(edge_session *s)
     }
 }
 
-static void session_close(edge_session *s, uint16_t code, const char *reason)
+void session_close(edge_session *s, uint16_t code, const char *reason)
 {
     if (s->state == SESS_CLOSING)
         return;
@@ -33,7 +35,7 @@ static void session_close(edge_session *s, uint16_t code, const char *reason)
     want_write(s);
 }
 
-static int session_send_text(edge_session *s, const char *text, size_t len)
+int session_send_text(edge_session *s, const char *text, size_t len)
 {
     edge_frame *f = frame_text(text, len);
     if (!f)
@@ -91,6 +93,10 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
     edge_request req;
     dw_metric_inc(e->m->msgs_in);
     s->last_active_ms = dw_now_ms();
+    if (s->v1) {
+        v1_handle(e, s, buf, len);
+        return;
+    }
     if (routes_parse(buf, len, &req)) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         return;
@@ -103,7 +109,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
         m.id = id;
         m.room = DW_ROOM_LOBBY;
         m.conn_id = s->id;
-        m.user_id = "";
+        m.user_id = s->user;
         m.data.data = (uint8_t *)req.data;
         m.data.len = req.data_len;
         m.ts_ms = s->last_active_ms;
@@ -207,12 +213,17 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
 
 /* ---- connection lifecycle --------------------------------------------- */
 
-static void publish_disconnect(edge *e, const char *conn_id, const char *reason)
+/* rooms and user only tell the other edges whom to announce as gone. */
+static void publish_disconnect(edge *e, const char *conn_id, const char *user, char **rooms,
+                               size_t nrooms, const char *reason)
 {
     Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
     ev.kind = DW__CONN_EVENT__KIND__DISCONNECT;
     ev.conn_id = (char *)conn_id;
     ev.edge_id = e->edge_id;
+    ev.user_id = (char *)(user ? user : "");
+    ev.rooms = rooms;
+    ev.n_rooms = nrooms;
     ev.ts_ms = dw_now_ms();
     ev.reason = (char *)reason;
     if (bridge_publish_conn(e->bridge, &ev))
@@ -227,7 +238,7 @@ static void connect_event(edge *e, edge_session *s, Dw__ConnEvent *ev, char **ro
     ev->edge_id = e->edge_id;
     ev->rooms = rooms;
     ev->n_rooms = nrooms;
-    ev->user_id = "";
+    ev->user_id = s->user;
     ev->source_ip = s->ip;
     ev->user_agent = s->user_agent ? s->user_agent : "";
     ev->has_user_agent = s->user_agent != NULL;
@@ -245,6 +256,18 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     }
     s->connected_at_ms = s->last_active_ms = dw_now_ms();
     lws_get_peer_simple(wsi, s->ip, sizeof s->ip);
+    const struct lws_protocols *proto = lws_get_protocol(wsi);
+    s->v1 = proto && proto->name && !strcmp(proto->name, V1_PROTOCOL);
+    char name[80];
+    const char *given = lws_get_urlarg_by_name(wsi, "name=", name, sizeof name);
+    if (given && v1_name_valid(given, strlen(given))) {
+        snprintf(s->user, sizeof s->user, "%s", given);
+    } else {
+        /* Anonymous, but distinct: presence must tell users apart. */
+        char rnd[DW_ID_LEN + 1];
+        dw_id_random(rnd);
+        snprintf(s->user, sizeof s->user, "anon-%.8s", rnd);
+    }
     int ualen = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_USER_AGENT);
     if (ualen > 0) {
         if (ualen > 512)
@@ -260,7 +283,8 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
 
     Dw__ConnEvent ev;
     char *rooms[] = {DW_ROOM_LOBBY};
-    connect_event(e, s, &ev, rooms, 1);
+    /* Plain (AWS) connections live in the lobby; v1 ones join rooms. */
+    connect_event(e, s, &ev, rooms, s->v1 ? 0 : 1);
     if (bridge_publish_conn(e->bridge, &ev)) {
         /* Like a failing ConnectHandler: the client may not take part. */
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
@@ -277,8 +301,16 @@ static void on_closed(edge *e, edge_session *s)
 {
     if (!s->id[0])
         return;
-    if (s->connect_published)
-        publish_disconnect(e, s->id, s->close_code ? "closed_by_server" : "closed");
+    if (s->connect_published) {
+        char *rooms[128];
+        size_t n = 0;
+        for (uint16_t i = 0; i < s->nrooms && n < 128; i++)
+            if (!s->rooms[i].joining)
+                rooms[n++] = s->rooms[i].room->name;
+        publish_disconnect(e, s->id, s->user, rooms, n,
+                           s->close_code ? "closed_by_server" : "closed");
+    }
+    v1_session_free(s);
     if (s->state == SESS_READY)
         dw_metric_set(e->m->connections, --e->nready);
     rooms_leave_all(&e->rooms, s);
@@ -310,11 +342,13 @@ static void on_connect_ack(edge *e, edge_event *ev)
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
         return;
     }
-    if (rooms_join(&e->rooms, s, DW_ROOM_LOBBY) < 0) {
+    if (!s->v1 && rooms_join(&e->rooms, s, DW_ROOM_LOBBY) < 0) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         return;
     }
     s->state = SESS_READY;
+    if (s->v1)
+        v1_on_ready(e, s);
     dw_metric_set(e->m->connections, ++e->nready);
     while (s->pending && s->state == SESS_READY) {
         edge_pending_rx *p = s->pending;
@@ -328,11 +362,17 @@ static void on_connect_ack(edge *e, edge_event *ev)
 
 static void on_msg_ack(edge *e, edge_event *ev)
 {
-    if (ev->ok) {
+    edge_session *vs = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
+    if (ev->ok)
         dw_metric_inc(e->m->msgs_accepted);
+    else
+        dw_metric_inc(e->m->msgs_failed);
+    if (vs && vs->v1 && vs->state == SESS_READY) {
+        v1_on_msg_ack(e, vs, ev);
         return;
     }
-    dw_metric_inc(e->m->msgs_failed);
+    if (ev->ok)
+        return;
     DW_WARN("message not durable", "conn=%s id=%s err=\"%s\"", ev->conn_id, ev->msg_id, ev->error);
     edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
     if (s && s->state == SESS_READY)
@@ -349,10 +389,10 @@ static void on_disconnect_ack(edge *e, edge_event *ev)
     /* Try again: a connection left in the registry would be a ghost. The
      * Nats-Msg-Id makes a repeat harmless. */
     DW_WARN("disconnect event failed, retrying", "conn=%s err=\"%s\"", ev->conn_id, ev->error);
-    publish_disconnect(e, ev->conn_id, "closed");
+    publish_disconnect(e, ev->conn_id, NULL, NULL, 0, "closed");
 }
 
-static void deliver_to(edge *e, edge_session *s, edge_frame *f)
+void session_deliver(edge *e, edge_session *s, edge_frame *f)
 {
     if (s->state != SESS_READY)
         return;
@@ -362,6 +402,41 @@ static void deliver_to(edge *e, edge_session *s, edge_frame *f)
     }
     dw_metric_inc(e->m->deliveries);
     want_write(s);
+}
+
+static edge_frame *v1_frame(const Dw__DeliveryItem *it)
+{
+    v1_msg v = {
+        .room = it->room,
+        .seq = it->seq,
+        .id = it->client_id && *it->client_id ? it->client_id : it->id,
+        .from = it->from_user,
+        .data = (const char *)it->data.data,
+        .data_len = it->data.len,
+        .data_json = it->data_json,
+        .ts_ms = it->ts_ms,
+    };
+    size_t len;
+    char *text = v1_message(&v, &len);
+    edge_frame *f = text ? frame_text(text, len) : NULL;
+    free(text);
+    return f;
+}
+
+/* A member still joining gets live messages after its replay: keep them. */
+static void hold(edge_membership *m, edge_frame *f, uint64_t seq)
+{
+    edge_held *h = malloc(sizeof *h);
+    if (!h)
+        return;
+    h->next = NULL;
+    h->seq = seq;
+    h->frame = frame_ref(f);
+    if (m->held_tail)
+        m->held_tail->next = h;
+    else
+        m->held = h;
+    m->held_tail = h;
 }
 
 static void on_delivery(edge *e, edge_event *ev)
@@ -378,8 +453,9 @@ static void on_delivery(edge *e, edge_event *ev)
             dw_metric_inc(e->m->dups);
             continue;
         }
-        /* One frame per message per edge, shared by every recipient. */
-        edge_frame *f = frame_text(it->data.data, it->data.len);
+        /* One frame per message per edge and protocol, shared by every
+         * recipient; the v1 one is built only if a v1 member needs it. */
+        edge_frame *f = frame_text(it->data.data, it->data.len), *fv1 = NULL;
         if (!f) {
             r.accepted--;
             continue;
@@ -388,7 +464,7 @@ static void on_delivery(edge *e, edge_event *ev)
             for (size_t j = 0; j < it->n_conn_ids; j++) {
                 edge_session *s = connmap_get(&e->conns, it->conn_ids[j], strlen(it->conn_ids[j]));
                 if (s && s->state == SESS_READY) {
-                    deliver_to(e, s, f);
+                    session_deliver(e, s, f);
                     continue;
                 }
                 if (ngone == gone_cap) {
@@ -403,10 +479,27 @@ static void on_delivery(edge *e, edge_event *ev)
             }
         } else {
             edge_room *room = rooms_get(&e->rooms, it->room);
-            for (uint32_t j = 0; room && j < room->count; j++)
-                deliver_to(e, room->members[j], f);
+            for (uint32_t j = 0; room && j < room->count; j++) {
+                edge_session *s = room->members[j];
+                if (it->exclude_sender && it->from_conn && !strcmp(s->id, it->from_conn))
+                    continue;
+                if (!s->v1) {
+                    session_deliver(e, s, f);
+                    continue;
+                }
+                if (!fv1 && !(fv1 = v1_frame(it)))
+                    continue;
+                edge_membership *m = rooms_membership(s, room);
+                if (m && m->joining)
+                    hold(m, fv1, it->seq);
+                else
+                    session_deliver(e, s, fv1);
+            }
+            if (room && it->seq > room->last_seq)
+                room->last_seq = it->seq;
         }
         frame_unref(f);
+        frame_unref(fv1);
     }
     if (ev->reply) {
         r.gone_conn_ids = gone;
@@ -489,6 +582,8 @@ static void drain_events(edge *e)
         case BEV_DELIVERY: on_delivery(e, ev); break;
         case BEV_CONN_REQUEST: on_conn_request(e, ev); break;
         case BEV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
+        case BEV_JOB_DONE: v1_on_job_done(e, ev->job); break;
+        case BEV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
         }
         bridge_event_free(ev);
         ev = next;
@@ -535,9 +630,26 @@ static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
         char *text = dw_metrics_render(&n);
         return http_respond(wsi, s, 200, "text/plain; version=0.0.4", text, n);
     }
-    if (!strcmp(uri, "/"))
-        return http_text(wsi, s, 200,
-                         "DynamoWave edge. Connect a WebSocket client to this address.\n");
+    /* The chat page: a fixed list of files, served by lws from WEB_DIR. */
+    static const struct {
+        const char *uri, *file, *mime;
+    } web[] = {
+        {"/", "index.html", "text/html; charset=utf-8"},
+        {"/index.html", "index.html", "text/html; charset=utf-8"},
+        {"/app.js", "app.js", "text/javascript; charset=utf-8"},
+        {"/style.css", "style.css", "text/css; charset=utf-8"},
+    };
+    for (size_t i = 0; i < sizeof web / sizeof web[0]; i++) {
+        if (strcmp(uri, web[i].uri))
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", e->cfg->web_dir, web[i].file);
+        s->state = SESS_HTTP;
+        int n = lws_serve_http_file(wsi, path, web[i].mime, NULL, 0);
+        if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi)))
+            return -1;
+        return 0;
+    }
     return http_text(wsi, s, 404, "not found\n");
 }
 
@@ -612,6 +724,7 @@ static const struct lws_protocols protocols[] = {
     /* First entry: also serves clients that ask for no subprotocol (plain
      * AWS mode) and plain HTTP. */
     {"dynamowave", callback, sizeof(edge_session), 4096, 0, NULL, 0},
+    {V1_PROTOCOL, callback, sizeof(edge_session), 4096, 1, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -704,6 +817,14 @@ int edge_run(edge *e)
     pthread_mutex_unlock(&e->wake_lock);
     if (bridge_create(&e->bridge, &bc))
         goto out;
+    edge_jobs_config jc = {
+        .edge_id = e->edge_id,
+        .threads = (int)e->cfg->job_threads,
+        .timeout_ms = e->cfg->publish_timeout_ms,
+        .resume_max = (uint32_t)e->cfg->resume_max,
+    };
+    if (edge_jobs_start(&e->jobs, e->bridge, &jc))
+        goto out;
 
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
@@ -724,6 +845,8 @@ out:
         lws_context_destroy(e->ctx);
         e->ctx = NULL;
     }
+    edge_jobs_stop(e->jobs);
+    e->jobs = NULL;
     if (e->bridge) {
         bridge_flush(e->bridge, 3000);
         bridge_destroy(e->bridge);

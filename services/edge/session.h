@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "dw/bus.h"
 #include "dw/util.h"
 #include "outbox.h"
 #include "rooms.h"
@@ -25,11 +26,24 @@ typedef struct edge_pending_rx {
     char data[];
 } edge_pending_rx;
 
+/* A v1 sendmessage waiting for its JetStream ack: acks for one connection
+ * come back in publish order, so this is a FIFO. */
+typedef struct edge_pending_ack {
+    struct edge_pending_ack *next;
+    uint64_t n;                  /* the message counter in its id */
+    char room[DW_ROOM_MAX + 1];
+    char client_id[65];
+    char *ref;
+} edge_pending_ack;
+
 typedef struct edge_session {
     struct lws *wsi;
     char id[DW_ID_LEN + 1];
     char ip[48];
     char *user_agent;            /* NULL: the client sent none */
+    char user[129];              /* user id: JWT sub, ?name=, or anon-xxxxxxxx */
+    edge_pending_ack *acks, *acks_tail;
+    uint32_t nacks;
     int64_t connected_at_ms;
     int64_t last_active_ms;
     uint64_t msg_counter;
@@ -41,6 +55,7 @@ typedef struct edge_session {
     edge_membership *rooms;
     uint16_t nrooms, rooms_cap;
     uint8_t state;
+    bool v1;                     /* speaks dynamowave.v1 */
     bool connect_published;
     bool want_write;
     uint16_t close_code;
