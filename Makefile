@@ -11,7 +11,7 @@ CONFIGURE = cmake -S . -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
 CTEST     = ctest --output-on-failure --no-tests=error -j$(JOBS)
 
 .DEFAULT_GOAL := help
-.PHONY: help up build test test-asan clean
+.PHONY: help up build test test-asan bench clean
 
 help: ## list the targets
 	@echo "DynamoWave: make <target>"
@@ -39,5 +39,14 @@ test-asan: ## the tests again under AddressSanitizer + UndefinedBehaviorSanitize
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=abort_on_error=1 \
 	  $(CTEST) --test-dir $(ASAN_DIR)
 
+bench: ## build, run the benchmarks on fresh local stacks (results in BUILD_DIR/bench/)
+	scripts/deps.sh
+	$(CONFIGURE) -B $(BUILD_DIR)
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+	DW_BUILD_DIR=$(BUILD_DIR) scripts/bench.sh --no-build
+
+fuzz: ## build the libFuzzer targets with clang and run each for FUZZ_SECONDS (default 60)
+	scripts/fuzz.sh
+
 clean: ## remove the build directories (not the data in var/)
-	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) build-fuzz
