@@ -1,5 +1,7 @@
 /* dwctl conn: the connections table, read through the registry
- * (dw.registry.list). */
+ * (dw.registry.list), and the @connections operations through the api
+ * service (dw.api.connections.post|delete). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,17 +12,32 @@
 static void conn_usage(FILE *out)
 {
     fprintf(out,
-            "Usage: dwctl conn list [--edge EDGE_ID] [--json]\n"
+            "Usage: dwctl conn list [--edge EDGE_ID] [--user USER_ID] [--json]\n"
             "       dwctl conn get CONNECTION_ID [--json]\n"
+            "       dwctl conn post CONNECTION_ID (--data TEXT | --file FILE | -)\n"
+            "       dwctl conn delete CONNECTION_ID\n"
             "\n"
-            "Reads the connections table from the registry (dw.registry.list).\n"
+            "list and get read the connections table from the registry (dw.registry.list);\n"
+            "post and delete go through the api service (dw.api.connections.post|delete),\n"
+            "which asks the edge holding the connection: the same operations as\n"
+            "POST and DELETE /@connections/{id} over HTTP.\n"
             "\n"
-            "  list   one row per connection: ID, EDGE, USER, SOURCE_IP, CONNECTED_AT\n"
-            "         (ISO-8601 UTC) and ROOMS; --edge keeps those held by one edge.\n"
-            "  get    the connection with this id; exit status 1 if there is none.\n"
+            "  list    one row per connection: ID, EDGE, USER, SOURCE_IP, CONNECTED_AT\n"
+            "          (ISO-8601 UTC) and ROOMS; --edge keeps those held by one edge,\n"
+            "          --user those of one user.\n"
+            "  get     the connection with this id; exit status 1 if there is none.\n"
+            "  post    send the message to the connection as one text frame; it is\n"
+            "          written to the socket when the command returns 0.\n"
+            "  delete  close the connection (close code 1000).\n"
+            "  post and delete exit with 1 and \"connection ID is gone\" when the\n"
+            "  connection no longer exists (the registry then forgets it too).\n"
             "\n"
             "Options:\n"
             "  --edge EDGE_ID   list: only connections held by this edge\n"
+            "  --user USER_ID   list: only connections of this user\n"
+            "  --data TEXT      post: the message\n"
+            "  --file FILE      post: the message is the content of FILE ('-' or a lone\n"
+            "                   '-' argument: standard input)\n"
             "  --json           one JSON object per connection and line:\n"
             "                   {\"connectionId\",\"edgeId\",\"userId\",\"sourceIp\",\n"
             "                    \"userAgent\" (null when unknown),\"connectedAt\",\"rooms\"}\n");
@@ -148,9 +165,10 @@ static int conn_list(dwctl *ctl, int argc, char **argv)
 {
     static const struct option opts[] = {DWCTL_GLOBAL_OPTIONS,
                                          {"edge", required_argument, NULL, 'e'},
+                                         {"user", required_argument, NULL, 'u'},
                                          {"json", no_argument, NULL, 'j'},
                                          {NULL, 0, NULL, 0}};
-    const char *edge = NULL;
+    const char *edge = NULL, *user = NULL;
     int json = 0, opt, rc;
 
     dwctl_getopt_reset();
@@ -158,6 +176,7 @@ static int conn_list(dwctl *ctl, int argc, char **argv)
         switch (opt) {
         case 'h': conn_usage(stdout); return DWCTL_OK;
         case 'e': edge = optarg; break;
+        case 'u': user = optarg; break;
         case 'j': json = 1; break;
         default:
             if ((rc = dwctl_common_option(ctl, "conn list", opt, argv)) != DWCTL_OK) return rc;
@@ -174,6 +193,17 @@ static int conn_list(dwctl *ctl, int argc, char **argv)
 
     Dw__ListReply *reply = NULL;
     if ((rc = conn_query(ctl, edge, NULL, &reply)) != DWCTL_OK) return rc;
+    if (user) {
+        /* The registry has no user index: keep the user's rows here. */
+        size_t kept = 0;
+        for (size_t i = 0; i < reply->n_conns; i++) {
+            if (!strcmp(reply->conns[i]->user_id, user))
+                reply->conns[kept++] = reply->conns[i];
+            else
+                dw__conn_record__free_unpacked(reply->conns[i], NULL);
+        }
+        reply->n_conns = kept;
+    }
     if (json) {
         for (size_t i = 0; i < reply->n_conns && rc == DWCTL_OK; i++)
             rc = dwctl_json_print_line(conn_json(reply->conns[i]));
@@ -181,7 +211,7 @@ static int conn_list(dwctl *ctl, int argc, char **argv)
         rc = print_table(reply);
     }
     /* A capped reply must not pass for the whole table. */
-    if (rc == DWCTL_OK && !edge && reply->total > reply->n_conns)
+    if (rc == DWCTL_OK && !edge && !user && reply->total > reply->n_conns)
         dwctl_err("showing %zu of %llu connections (the registry capped the reply)", reply->n_conns,
                   (unsigned long long)reply->total);
     dw__list_reply__free_unpacked(reply, NULL);
@@ -232,10 +262,188 @@ static int conn_get(dwctl *ctl, int argc, char **argv)
     return rc;
 }
 
+/* Read all of f (at most max bytes) into a malloc'd buffer. */
+static int read_all(FILE *f, const char *name, size_t max, uint8_t **out, size_t *outlen)
+{
+    size_t cap = 64 * 1024, len = 0;
+    uint8_t *buf = malloc(cap);
+    *out = NULL;
+    *outlen = 0;
+    if (!buf) {
+        dwctl_err("out of memory");
+        return DWCTL_FAIL;
+    }
+    for (;;) {
+        if (len == cap) {
+            if (cap >= max) {
+                dwctl_err("conn post: %s is larger than %zu bytes", name, max);
+                free(buf);
+                return DWCTL_FAIL;
+            }
+            uint8_t *grown = realloc(buf, cap * 2);
+            if (!grown) {
+                dwctl_err("out of memory");
+                free(buf);
+                return DWCTL_FAIL;
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        size_t n = fread(buf + len, 1, cap - len, f);
+        len += n;
+        if (n == 0) break;
+    }
+    if (ferror(f)) {
+        dwctl_err("conn post: cannot read %s", name);
+        free(buf);
+        return DWCTL_FAIL;
+    }
+    *out = buf;
+    *outlen = len;
+    return DWCTL_OK;
+}
+
+/* One @connections operation through the api service; prints what went
+ * wrong and returns the exit status. */
+static int api_call(dwctl *ctl, const char *cmd, const char *subj, const char *id,
+                    const uint8_t *data, size_t len)
+{
+    Dw__ApiRequest rq = DW__API_REQUEST__INIT;
+    natsMsg *msg = NULL;
+    char err[512], safe[256];
+
+    rq.conn_id = (char *)id;
+    rq.data.data = (uint8_t *)data;
+    rq.data.len = len;
+    if (dwctl_connect(ctl) != DWCTL_OK) return DWCTL_FAIL;
+    if (dwctl_request(ctl, subj, &rq.base, &msg, err, sizeof err) != DWCTL_OK) {
+        dwctl_err("api: %s", err);
+        return DWCTL_FAIL;
+    }
+    Dw__ApiReply *reply = dw__api_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                (const uint8_t *)natsMsg_GetData(msg));
+    natsMsg_Destroy(msg);
+    if (!reply) {
+        dwctl_err("api: the reply on %s is not an ApiReply", subj);
+        return DWCTL_FAIL;
+    }
+    int rc = DWCTL_FAIL;
+    dwctl_term_safe(id, safe, sizeof safe);
+    switch (reply->status) {
+    case 200:
+    case 204: rc = DWCTL_OK; break;
+    case 410: dwctl_err("connection %s is gone", safe); break;
+    case 413: dwctl_err("%s: message too large: %s", cmd, reply->error); break;
+    default:
+        dwctl_err("%s: %s (status %u)", cmd, *reply->error ? reply->error : "failed",
+                  reply->status);
+        break;
+    }
+    dw__api_reply__free_unpacked(reply, NULL);
+    return rc;
+}
+
+/* The id argument of post/delete: exactly one, and a source for post. */
+static int one_id(int argc, char **argv, const char *cmd, const char *usage, const char **id)
+{
+    if (optind >= argc || !*argv[optind]) {
+        dwctl_err("%s: missing connection id (usage: %s)", cmd, usage);
+        return DWCTL_USAGE;
+    }
+    *id = argv[optind++];
+    return DWCTL_OK;
+}
+
+static int conn_post(dwctl *ctl, int argc, char **argv)
+{
+    static const char usage[] = "dwctl conn post ID (--data TEXT | --file FILE | -)";
+    static const struct option opts[] = {DWCTL_GLOBAL_OPTIONS,
+                                         {"data", required_argument, NULL, 'd'},
+                                         {"file", required_argument, NULL, 'f'},
+                                         {NULL, 0, NULL, 0}};
+    const char *text = NULL, *file = NULL, *id = NULL;
+    int opt, rc, sources = 0;
+
+    dwctl_getopt_reset();
+    while ((opt = getopt_long(argc, argv, ":hd:f:", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'h': conn_usage(stdout); return DWCTL_OK;
+        case 'd':
+            text = optarg;
+            sources++;
+            break;
+        case 'f':
+            file = optarg;
+            sources++;
+            break;
+        default:
+            if ((rc = dwctl_common_option(ctl, "conn post", opt, argv)) != DWCTL_OK) return rc;
+        }
+    }
+    if ((rc = one_id(argc, argv, "conn post", usage, &id)) != DWCTL_OK) return rc;
+    if (optind < argc && !strcmp(argv[optind], "-")) {
+        file = "-";
+        sources++;
+        optind++;
+    }
+    if (optind < argc) {
+        dwctl_err("conn post: unexpected argument '%s' (usage: %s)", argv[optind], usage);
+        return DWCTL_USAGE;
+    }
+    if (sources != 1) {
+        dwctl_err("conn post: %s (usage: %s)",
+                  sources ? "give the message once" : "missing message", usage);
+        return DWCTL_USAGE;
+    }
+
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (file) {
+        /* NATS caps a message well below this; the api service caps it lower. */
+        const size_t max = 64u * 1024 * 1024;
+        FILE *f = strcmp(file, "-") ? fopen(file, "rb") : stdin;
+        if (!f) {
+            dwctl_err("conn post: cannot open %s: %s", file, strerror(errno));
+            return DWCTL_FAIL;
+        }
+        rc = read_all(f, strcmp(file, "-") ? file : "standard input", max, &data, &len);
+        if (f != stdin) fclose(f);
+        if (rc != DWCTL_OK) return rc;
+    }
+    rc = api_call(ctl, "conn post", DW_SUBJ_API_POST, id, file ? data : (const uint8_t *)text,
+                  file ? len : strlen(text));
+    free(data);
+    return rc;
+}
+
+static int conn_delete(dwctl *ctl, int argc, char **argv)
+{
+    static const char usage[] = "dwctl conn delete ID";
+    static const struct option opts[] = {DWCTL_GLOBAL_OPTIONS, {NULL, 0, NULL, 0}};
+    const char *id = NULL;
+    int opt, rc;
+
+    dwctl_getopt_reset();
+    while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (opt == 'h') {
+            conn_usage(stdout);
+            return DWCTL_OK;
+        }
+        if ((rc = dwctl_common_option(ctl, "conn delete", opt, argv)) != DWCTL_OK) return rc;
+    }
+    if ((rc = one_id(argc, argv, "conn delete", usage, &id)) != DWCTL_OK) return rc;
+    if (optind < argc) {
+        dwctl_err("conn delete: unexpected argument '%s' (one connection id at a time)",
+                  argv[optind]);
+        return DWCTL_USAGE;
+    }
+    return api_call(ctl, "conn delete", DW_SUBJ_API_DELETE, id, NULL, 0);
+}
+
 int cmd_conn(dwctl *ctl, int argc, char **argv)
 {
     if (argc < 2) {
-        dwctl_err("conn: missing subcommand: list or get (see 'dwctl conn --help')");
+        dwctl_err("conn: missing subcommand: list, get, post or delete (see 'dwctl conn --help')");
         return DWCTL_USAGE;
     }
     const char *sub = argv[1];
@@ -245,6 +453,9 @@ int cmd_conn(dwctl *ctl, int argc, char **argv)
     }
     if (!strcmp(sub, "list")) return conn_list(ctl, argc - 1, argv + 1);
     if (!strcmp(sub, "get")) return conn_get(ctl, argc - 1, argv + 1);
-    dwctl_err("conn: unknown subcommand '%s': list or get (see 'dwctl conn --help')", sub);
+    if (!strcmp(sub, "post")) return conn_post(ctl, argc - 1, argv + 1);
+    if (!strcmp(sub, "delete")) return conn_delete(ctl, argc - 1, argv + 1);
+    dwctl_err("conn: unknown subcommand '%s': list, get, post or delete (see 'dwctl conn --help')",
+              sub);
     return DWCTL_USAGE;
 }

@@ -1,108 +1,255 @@
-/* dwctl status: is the stack healthy, and how far behind is it?
+/* dwctl status: is the stack healthy, and how far behind is it? One screen.
  *
- * Registry: answers dw.registry.list? applied DW_CONN seq, connections in
- * total and per edge. JetStream: DW_MSG and DW_CONN message counts, the
- * dispatcher consumer's backlog (pending, unacked, redelivered). */
+ * Services: who answers dw.ops.ping (every instance replies with its
+ * service, instance, version and readiness; see dw/ping.h), gathered for
+ * --wait-ms. A service that does not answer pings yet is still judged from
+ * what it visibly does: the registry answers dw.registry.list, the
+ * dispatcher keeps a pull request waiting on its DW_MSG consumer, an edge
+ * publishes dw.edge.heartbeat (every 2 s: --wait-ms 2500 sees every edge).
+ *
+ * Registry: the applied DW_CONN seq, connections in total and per edge
+ * (the table paged with after_conn_id). JetStream: DW_MSG, DW_CONN and
+ * DW_DLQ sizes, every consumer's backlog, the dispatcher consumer, the DLQ
+ * depth. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dw/bus.h"
+#include "dw/ping.h"
+#include "dw/util.h"
 #include "dwctl.h"
 
-typedef struct edge_count {
-    const char *edge_id; /* points into the ListReply */
-    uint64_t n;
-} edge_count;
+#define NSTREAMS 3 /* DW_MSG, DW_CONN, DW_DLQ */
+#define STREAM_DLQ 2
+#define REG_PAGE 1000
+
+/* One running process, as seen by a ping answer or judged otherwise. */
+typedef struct svc_entry {
+    char service[32];
+    char instance[64]; /* "" unknown */
+    char version[32];  /* "" unknown */
+    int ready;         /* 1 yes, 0 no, -1 cannot tell */
+    const char *source;
+} svc_entry;
+
+typedef struct edge_row {
+    char edge_id[64];
+    uint64_t conns; /* in the registry */
+    bool heartbeat; /* seen during the window */
+    char version[32];
+    uint32_t hb_conns;
+    int64_t hb_ts_ms;
+} edge_row;
 
 typedef struct status_report {
     /* registry: reachable = it replied; ok = with a usable answer */
     int reg_reachable, reg_ok;
+    bool reg_partial; /* per-edge counts cover only part of the table */
     char reg_err[512];
-    uint64_t applied_seq, total;
-    edge_count *edges;
-    size_t n_edges;
-    Dw__ListReply *list;
-    /* streams: [0] DW_MSG, [1] DW_CONN */
-    const char *stream_name[2];
-    int stream_ok[2];
-    char stream_err[2][256];
-    jsStreamState stream_state[2];
+    uint64_t applied_seq, total, listed;
+    /* edges: from the registry and from heartbeats */
+    edge_row *edges;
+    size_t n_edges, cap_edges;
+    /* streams */
+    const char *stream_name[NSTREAMS];
+    int stream_ok[NSTREAMS];
+    char stream_err[NSTREAMS][256];
+    jsStreamState stream_state[NSTREAMS];
+    jsConsumerInfoList *consumers[NSTREAMS];
     /* dispatcher consumer on DW_MSG */
     int cons_ok;
     char cons_err[256];
     uint64_t num_pending;
     int64_t num_ack_pending, num_redelivered, num_waiting;
+    /* services */
+    svc_entry *svcs;
+    size_t n_svcs, cap_svcs;
+
+    bool oom;
 } status_report;
 
 static void status_usage(FILE *out)
 {
-    fprintf(out, "Usage: dwctl status [--json]\n"
+    fprintf(out, "Usage: dwctl status [--json] [--wait-ms MS]\n"
                  "\n"
                  "One look at the stack:\n"
-                 "  registry    does it answer dw.registry.list; the DW_CONN sequence it has\n"
-                 "              applied; connections in total and per edge\n"
-                 "  streams     messages held by DW_MSG and DW_CONN\n"
-                 "  dispatcher  its DW_MSG consumer: messages not yet delivered (pending),\n"
-                 "              delivered but not acknowledged, redelivered\n"
+                 "  services    every running service, its version and whether it is ready:\n"
+                 "              those answering dw.ops.ping (source \"ping\"); the registry if it\n"
+                 "              answers dw.registry.list; the dispatcher if a pull request of it\n"
+                 "              waits on DW_MSG; each edge whose heartbeat arrives in the window\n"
+                 "  registry    the DW_CONN sequence it has applied; connections in total and\n"
+                 "              per edge\n"
+                 "  streams     messages held by DW_MSG, DW_CONN and DW_DLQ\n"
+                 "  consumers   every consumer's backlog: pending, unacknowledged, redelivered\n"
+                 "  dlq         dead letters waiting in DW_DLQ (replay or purge them)\n"
                  "\n"
-                 "Exit status 0 when everything answers, 1 when something does not (the\n"
-                 "report is still printed; the reason is also one line on stderr).\n"
+                 "Exit status 0 when everything answers and every service that says whether\n"
+                 "it is ready says yes; 1 otherwise (the report is still printed; the reason\n"
+                 "is also one line on stderr).\n"
                  "\n"
                  "Options:\n"
-                 "  --json   one JSON object instead of text\n");
+                 "  --json         one JSON object instead of text\n"
+                 "  --wait-ms MS   how long to gather ping answers and edge heartbeats\n"
+                 "                 (default 300; edges beat every 2 s, so 2500 sees them all)\n");
     dwctl_print_global_help(out);
 }
 
-static int cmp_conn_edge(const void *a, const void *b)
+/* ---- services ---------------------------------------------------------- */
+
+static svc_entry *svc_add(status_report *st, const char *service, const char *instance,
+                          const char *version, int ready, const char *source)
 {
-    const Dw__ConnRecord *x = *(const Dw__ConnRecord *const *)a;
-    const Dw__ConnRecord *y = *(const Dw__ConnRecord *const *)b;
-    return strcmp(x->edge_id, y->edge_id);
+    if (st->n_svcs == st->cap_svcs) {
+        size_t cap = st->cap_svcs ? st->cap_svcs * 2 : 16;
+        svc_entry *grown = realloc(st->svcs, cap * sizeof *grown);
+        if (!grown) {
+            st->oom = true;
+            return NULL;
+        }
+        st->svcs = grown;
+        st->cap_svcs = cap;
+    }
+    svc_entry *e = &st->svcs[st->n_svcs++];
+    memset(e, 0, sizeof *e);
+    snprintf(e->service, sizeof e->service, "%s", service ? service : "?");
+    snprintf(e->instance, sizeof e->instance, "%s", instance ? instance : "");
+    snprintf(e->version, sizeof e->version, "%s", version ? version : "");
+    e->ready = ready;
+    e->source = source;
+    return e;
 }
+
+static bool svc_seen(const status_report *st, const char *service, const char *instance)
+{
+    for (size_t i = 0; i < st->n_svcs; i++)
+        if (!strcmp(st->svcs[i].service, service) &&
+            (!instance || !strcmp(st->svcs[i].instance, instance)))
+            return true;
+    return false;
+}
+
+static edge_row *edge_find(status_report *st, const char *edge_id, bool add)
+{
+    for (size_t i = 0; i < st->n_edges; i++)
+        if (!strcmp(st->edges[i].edge_id, edge_id)) return &st->edges[i];
+    if (!add) return NULL;
+    if (st->n_edges == st->cap_edges) {
+        size_t cap = st->cap_edges ? st->cap_edges * 2 : 16;
+        edge_row *grown = realloc(st->edges, cap * sizeof *grown);
+        if (!grown) {
+            st->oom = true;
+            return NULL;
+        }
+        st->edges = grown;
+        st->cap_edges = cap;
+    }
+    edge_row *e = &st->edges[st->n_edges++];
+    memset(e, 0, sizeof *e);
+    snprintf(e->edge_id, sizeof e->edge_id, "%s", edge_id);
+    return e;
+}
+
+static void add_heartbeat(status_report *st, natsMsg *msg)
+{
+    Dw__EdgeHeartbeat *hb = dw__edge_heartbeat__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                       (const uint8_t *)natsMsg_GetData(msg));
+    natsMsg_Destroy(msg);
+    if (!hb) return;
+    edge_row *e = *hb->edge_id ? edge_find(st, hb->edge_id, true) : NULL;
+    if (e && hb->ts_ms >= e->hb_ts_ms) {
+        e->heartbeat = true;
+        snprintf(e->version, sizeof e->version, "%s", hb->version);
+        e->hb_conns = hb->connections;
+        e->hb_ts_ms = hb->ts_ms;
+    }
+    dw__edge_heartbeat__free_unpacked(hb, NULL);
+}
+
+/* Ping answers until the deadline (one request, every instance replies),
+ * then the heartbeats that arrived meanwhile. */
+static void gather(status_report *st, natsSubscription *sub, natsSubscription *hb_sub,
+                   int64_t deadline_ns)
+{
+    for (;;) {
+        int64_t left_ms = (deadline_ns - dw_mono_ns()) / 1000000;
+        if (left_ms <= 0) break;
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, sub, left_ms) != NATS_OK) break;
+        const char *service = NULL, *instance = NULL, *version = NULL, *ready = NULL;
+        natsMsgHeader_Get(m, DW_PING_HDR_SERVICE, &service);
+        natsMsgHeader_Get(m, DW_PING_HDR_INSTANCE, &instance);
+        natsMsgHeader_Get(m, DW_PING_HDR_VERSION, &version);
+        natsMsgHeader_Get(m, DW_PING_HDR_READY, &ready);
+        if (service)
+            svc_add(st, service, instance, version, ready ? !strcmp(ready, "true") : -1, "ping");
+        natsMsg_Destroy(m);
+    }
+    /* Queued already: each NextMsg returns at once until the queue is empty. */
+    natsMsg *m = NULL;
+    while (natsSubscription_NextMsg(&m, hb_sub, 1) == NATS_OK)
+        add_heartbeat(st, m);
+}
+
+/* ---- registry ---------------------------------------------------------- */
 
 static void probe_registry(dwctl *ctl, status_report *st)
 {
-    Dw__ListQuery q = DW__LIST_QUERY__INIT;
-    natsMsg *msg = NULL;
+    char after[256] = "";
+    uint64_t pages = 0;
 
-    if (dwctl_request(ctl, DW_SUBJ_REG_LIST, &q.base, &msg, st->reg_err, sizeof st->reg_err))
-        return;
-    st->reg_reachable = 1;
-    st->list = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                      (const uint8_t *)natsMsg_GetData(msg));
-    natsMsg_Destroy(msg);
-    if (!st->list) {
-        snprintf(st->reg_err, sizeof st->reg_err, "the reply on %s is not a ListReply",
-                 DW_SUBJ_REG_LIST);
-        return;
-    }
-    if (!st->list->ok) {
-        snprintf(st->reg_err, sizeof st->reg_err, "%s",
-                 *st->list->error ? st->list->error : "request refused");
-        return;
-    }
-    st->applied_seq = st->list->applied_seq;
-    st->total = st->list->total;
-
-    /* Group by edge: sort the records, count the runs. */
-    size_t n = st->list->n_conns;
-    if (n) {
-        qsort(st->list->conns, n, sizeof *st->list->conns, cmp_conn_edge);
-        st->edges = calloc(n, sizeof *st->edges);
-        if (!st->edges) {
-            snprintf(st->reg_err, sizeof st->reg_err, "out of memory");
+    for (;;) {
+        Dw__ListQuery q = DW__LIST_QUERY__INIT;
+        natsMsg *msg = NULL;
+        q.limit = REG_PAGE;
+        q.after_conn_id = after;
+        if (dwctl_request(ctl, DW_SUBJ_REG_LIST, &q.base, &msg, st->reg_err, sizeof st->reg_err))
+            return;
+        st->reg_reachable = 1;
+        Dw__ListReply *lr = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                   (const uint8_t *)natsMsg_GetData(msg));
+        natsMsg_Destroy(msg);
+        if (!lr) {
+            snprintf(st->reg_err, sizeof st->reg_err, "the reply on %s is not a ListReply",
+                     DW_SUBJ_REG_LIST);
             return;
         }
-    }
-    for (size_t i = 0; i < n; i++) {
-        const char *e = st->list->conns[i]->edge_id;
-        if (!st->n_edges || strcmp(st->edges[st->n_edges - 1].edge_id, e))
-            st->edges[st->n_edges++].edge_id = e;
-        st->edges[st->n_edges - 1].n++;
+        if (!lr->ok) {
+            snprintf(st->reg_err, sizeof st->reg_err, "%s",
+                     *lr->error ? lr->error : "request refused");
+            dw__list_reply__free_unpacked(lr, NULL);
+            return;
+        }
+        if (pages++ == 0) {
+            st->applied_seq = lr->applied_seq;
+            st->total = lr->total;
+        }
+        /* A registry that ignores after_conn_id sends the first page again:
+         * counting it twice would be wrong, stopping is honest. */
+        if (*after && lr->n_conns && strcmp(lr->conns[0]->conn_id, after) <= 0) {
+            st->reg_partial = true;
+            dw__list_reply__free_unpacked(lr, NULL);
+            break;
+        }
+        for (size_t i = 0; i < lr->n_conns; i++) {
+            edge_row *e = edge_find(st, lr->conns[i]->edge_id, true);
+            if (e) e->conns++;
+        }
+        st->listed += lr->n_conns;
+        size_t n = lr->n_conns;
+        if (n) snprintf(after, sizeof after, "%s", lr->conns[n - 1]->conn_id);
+        dw__list_reply__free_unpacked(lr, NULL);
+        if (n < REG_PAGE) break;
+        if (pages > st->total / REG_PAGE + 2) { /* the table grows faster than we read */
+            st->reg_partial = true;
+            break;
+        }
     }
     st->reg_ok = 1;
 }
+
+/* ---- JetStream ---------------------------------------------------------- */
 
 static void probe_stream(dwctl *ctl, status_report *st, int i)
 {
@@ -125,6 +272,11 @@ static void probe_stream(dwctl *ctl, status_report *st, int i)
                                    : natsStatus_GetText(s));
     }
     jsStreamInfo_Destroy(si);
+    if (st->stream_ok[i]) {
+        /* Every consumer's backlog; a failure here only leaves them out. */
+        if (js_Consumers(&st->consumers[i], ctl->js, st->stream_name[i], NULL, &jerr) != NATS_OK)
+            st->consumers[i] = NULL;
+    }
 }
 
 static void probe_dispatcher(dwctl *ctl, status_report *st)
@@ -151,40 +303,115 @@ static void probe_dispatcher(dwctl *ctl, status_report *st)
     jsConsumerInfo_Destroy(ci);
 }
 
+/* Services that did not answer the ping, judged from what they do. */
+static void judge_silent_services(status_report *st)
+{
+    if (!svc_seen(st, "registry", NULL) && st->reg_reachable)
+        svc_add(st, "registry", NULL, NULL, st->reg_ok, DW_SUBJ_REG_LIST);
+    if (!svc_seen(st, "dispatcher", NULL) && st->cons_ok)
+        /* a waiting pull request is a dispatcher asking for work; none may
+         * only mean it is busy with a batch */
+        svc_add(st, "dispatcher", NULL, NULL, st->num_waiting > 0 ? 1 : -1,
+                "consumer " DW_STREAM_MSG "/" DW_DISPATCHER_DURABLE);
+    for (size_t i = 0; i < st->n_edges; i++) {
+        const edge_row *e = &st->edges[i];
+        if (svc_seen(st, "edge", e->edge_id)) continue;
+        if (e->heartbeat)
+            svc_add(st, "edge", e->edge_id, e->version, 1, DW_SUBJ_EDGE_HEARTBEAT);
+        else
+            svc_add(st, "edge", e->edge_id, NULL, -1, "registry (no heartbeat seen)");
+    }
+}
+
+static int cmp_svc(const void *a, const void *b)
+{
+    const svc_entry *x = a, *y = b;
+    int c = strcmp(x->service, y->service);
+    return c ? c : strcmp(x->instance, y->instance);
+}
+
+static int cmp_edge(const void *a, const void *b)
+{
+    return strcmp(((const edge_row *)a)->edge_id, ((const edge_row *)b)->edge_id);
+}
+
+/* ---- output ------------------------------------------------------------- */
+
 static json_t *json_u64(uint64_t v)
 {
     return json_integer((json_int_t)v);
 }
 
-static json_t *status_json(const status_report *st, const char *url)
+static json_t *str_or_null(const char *s)
+{
+    return s && *s ? dwctl_json_str(s) : json_null();
+}
+
+static json_t *ready_json(int ready)
+{
+    return ready < 0 ? json_null() : json_boolean(ready);
+}
+
+static json_t *status_json(const status_report *st, const char *url, int healthy)
 {
     /* clang-format off */
     json_t *registry;
     if (st->reg_ok) {
         json_t *per_edge = json_object();
         for (size_t i = 0; per_edge && i < st->n_edges; i++)
-            json_object_set_new(per_edge, st->edges[i].edge_id, json_u64(st->edges[i].n));
-        /* connectionsListed < totalConnections: the registry capped its
-         * reply and the per-edge counts cover only the listed ones */
-        registry = json_pack("{s:b, s:n, s:o, s:o, s:o, s:o}",
+            if (st->edges[i].conns)
+                json_object_set_new(per_edge, st->edges[i].edge_id, json_u64(st->edges[i].conns));
+        /* partial: the per-edge counts cover only connectionsListed */
+        registry = json_pack("{s:b, s:n, s:o, s:o, s:o, s:o, s:b}",
                              "reachable", 1,
                              "error",
                              "appliedSeq", json_u64(st->applied_seq),
                              "totalConnections", json_u64(st->total),
-                             "connectionsListed", json_u64(st->list->n_conns),
-                             "connectionsPerEdge", per_edge);
+                             "connectionsListed", json_u64(st->listed),
+                             "connectionsPerEdge", per_edge,
+                             "partial", st->reg_partial);
     } else {
-        registry = json_pack("{s:b, s:o, s:n, s:n, s:n, s:n}",
+        registry = json_pack("{s:b, s:o, s:n, s:n, s:n, s:n, s:b}",
                              "reachable", st->reg_reachable,
                              "error", dwctl_json_str(st->reg_err),
                              "appliedSeq",
                              "totalConnections",
                              "connectionsListed",
-                             "connectionsPerEdge");
+                             "connectionsPerEdge",
+                             "partial", 0);
+    }
+
+    json_t *services = json_array();
+    for (size_t i = 0; services && i < st->n_svcs; i++) {
+        const svc_entry *e = &st->svcs[i];
+        json_array_append_new(services,
+            json_pack("{s:o, s:o, s:o, s:o, s:s}",
+                      "service", dwctl_json_str(e->service),
+                      "instance", str_or_null(e->instance),
+                      "version", str_or_null(e->version),
+                      "ready", ready_json(e->ready),
+                      "source", e->source));
+    }
+
+    json_t *edges = json_array();
+    int64_t now = dw_now_ms();
+    for (size_t i = 0; edges && i < st->n_edges; i++) {
+        const edge_row *e = &st->edges[i];
+        json_t *hb = e->heartbeat
+            ? json_pack("{s:o, s:I, s:I}",
+                        "version", dwctl_json_str(e->version),
+                        "connections", (json_int_t)e->hb_conns,
+                        "ageMs", (json_int_t)(now - e->hb_ts_ms))
+            : json_null();
+        json_array_append_new(edges, json_pack("{s:o, s:o, s:o}",
+                                               "edgeId", dwctl_json_str(e->edge_id),
+                                               "connections", json_u64(e->conns),
+                                               "heartbeat", hb));
     }
 
     json_t *streams = json_object();
-    for (int i = 0; streams && i < 2; i++) {
+    json_t *consumers = json_array();
+    for (int i = 0; streams && i < NSTREAMS; i++) {
         const jsStreamState *ss = &st->stream_state[i];
         json_t *one;
         if (st->stream_ok[i])
@@ -202,6 +429,18 @@ static json_t *status_json(const status_report *st, const char *url)
                             "error", dwctl_json_str(st->stream_err[i]),
                             "messages", "bytes", "firstSeq", "lastSeq", "consumers");
         json_object_set_new(streams, st->stream_name[i], one);
+        const jsConsumerInfoList *cl = st->consumers[i];
+        for (int c = 0; consumers && cl && c < cl->Count; c++) {
+            const jsConsumerInfo *ci = cl->List[c];
+            json_array_append_new(consumers,
+                json_pack("{s:s, s:o, s:o, s:I, s:I, s:I}",
+                          "stream", st->stream_name[i],
+                          "name", dwctl_json_str(ci->Name),
+                          "numPending", json_u64(ci->NumPending),
+                          "numAckPending", (json_int_t)ci->NumAckPending,
+                          "numRedelivered", (json_int_t)ci->NumRedelivered,
+                          "numWaiting", (json_int_t)ci->NumWaiting));
+        }
     }
 
     json_t *disp;
@@ -221,76 +460,163 @@ static json_t *status_json(const status_report *st, const char *url)
                          "error", dwctl_json_str(st->cons_err),
                          "numPending", "numAckPending", "numRedelivered", "numWaiting");
 
-    int healthy = st->reg_ok && st->stream_ok[0] && st->stream_ok[1] && st->cons_ok;
-    return json_pack("{s:b, s:s, s:o, s:o, s:o}",
+    json_t *dlq = st->stream_ok[STREAM_DLQ]
+        ? json_pack("{s:b, s:o}", "exists", 1,
+                    "depth", json_u64(st->stream_state[STREAM_DLQ].Msgs))
+        : json_pack("{s:b, s:n}", "exists", 0, "depth");
+
+    return json_pack("{s:b, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
                      "healthy", healthy,
                      "natsUrl", url,
+                     "services", services,
                      "registry", registry,
+                     "edges", edges,
                      "streams", streams,
-                     "dispatcher", disp);
+                     "consumers", consumers,
+                     "dispatcher", disp,
+                     "dlq", dlq);
     /* clang-format on */
+}
+
+static void print_table(dwctl_table *t)
+{
+    dwctl_table_print(t, stdout);
+    dwctl_table_free(t);
 }
 
 static void status_text(const status_report *st, const char *url)
 {
     char buf[1024];
-    printf("NATS        %s (connected)\n", dwctl_term_safe(url, buf, sizeof buf));
-    if (st->reg_ok) {
-        printf("registry    reachable, applied seq %llu, %llu connection%s\n",
+    dwctl_table t;
+    printf("NATS        %s (connected)\n\n", dwctl_term_safe(url, buf, sizeof buf));
+
+    static const char *const svc_h[] = {"SERVICE", "INSTANCE", "VERSION", "READY", "SOURCE"};
+    if (dwctl_table_init(&t, 5, svc_h) == 0) {
+        for (size_t i = 0; i < st->n_svcs; i++) {
+            const svc_entry *e = &st->svcs[i];
+            const char *row[] = {e->service, e->instance, e->version,
+                                 e->ready < 0 ? "?"
+                                 : e->ready   ? "yes"
+                                              : "NO",
+                                 e->source};
+            if (dwctl_table_add(&t, row)) break;
+        }
+        print_table(&t);
+    }
+    if (!st->n_svcs) printf("(no service answered)\n");
+
+    printf("\n");
+    if (st->reg_ok)
+        printf("registry    applied seq %llu, %llu connection%s%s\n",
                (unsigned long long)st->applied_seq, (unsigned long long)st->total,
-               st->total == 1 ? "" : "s");
-    } else {
+               st->total == 1 ? "" : "s",
+               st->reg_partial ? " (per edge: only part of the table was read)" : "");
+    else
         printf("registry    %s: %s\n", st->reg_reachable ? "ERROR" : "UNREACHABLE",
                dwctl_term_safe(st->reg_err, buf, sizeof buf));
-    }
-    for (int i = 0; i < 2; i++) {
-        const jsStreamState *ss = &st->stream_state[i];
-        if (st->stream_ok[i])
-            printf("%-11s %llu messages, %llu bytes, seq %llu..%llu\n", st->stream_name[i],
-                   (unsigned long long)ss->Msgs, (unsigned long long)ss->Bytes,
-                   (unsigned long long)ss->FirstSeq, (unsigned long long)ss->LastSeq);
-        else
-            printf("%-11s MISSING: %s\n", st->stream_name[i], st->stream_err[i]);
-    }
-    if (st->cons_ok)
-        printf("dispatcher  pending %llu, ack pending %lld, redelivered %lld, waiting pulls %lld\n",
-               (unsigned long long)st->num_pending, (long long)st->num_ack_pending,
-               (long long)st->num_redelivered, (long long)st->num_waiting);
-    else
-        printf("dispatcher  MISSING: %s\n", st->cons_err);
 
-    if (st->reg_ok && st->n_edges) {
-        static const char *const headers[] = {"EDGE", "CONNECTIONS"};
-        dwctl_table t;
-        if (dwctl_table_init(&t, 2, headers) == 0) {
+    if (st->n_edges) {
+        static const char *const edge_h[] = {"EDGE", "CONNECTIONS", "VERSION", "HEARTBEAT"};
+        int64_t now = dw_now_ms();
+        if (dwctl_table_init(&t, 4, edge_h) == 0) {
             for (size_t i = 0; i < st->n_edges; i++) {
-                char n[32];
-                snprintf(n, sizeof n, "%llu", (unsigned long long)st->edges[i].n);
-                const char *row[] = {st->edges[i].edge_id, n};
+                const edge_row *e = &st->edges[i];
+                char n[32], age[32];
+                snprintf(n, sizeof n, "%llu", (unsigned long long)e->conns);
+                if (e->heartbeat)
+                    snprintf(age, sizeof age, "%.1fs ago", (double)(now - e->hb_ts_ms) / 1000.0);
+                else
+                    snprintf(age, sizeof age, "-");
+                const char *row[] = {e->edge_id, n, e->version, age};
                 if (dwctl_table_add(&t, row)) break;
             }
             printf("\n");
+            print_table(&t);
+        }
+    }
+
+    static const char *const stream_h[] = {"STREAM", "MESSAGES", "BYTES", "SEQ"};
+    if (dwctl_table_init(&t, 4, stream_h) == 0) {
+        for (int i = 0; i < NSTREAMS; i++) {
+            const jsStreamState *ss = &st->stream_state[i];
+            char msgs[32], bytes[32], seq[sizeof st->stream_err[0]];
+            if (st->stream_ok[i]) {
+                snprintf(msgs, sizeof msgs, "%llu", (unsigned long long)ss->Msgs);
+                snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)ss->Bytes);
+                snprintf(seq, sizeof seq, "%llu..%llu", (unsigned long long)ss->FirstSeq,
+                         (unsigned long long)ss->LastSeq);
+            } else {
+                snprintf(msgs, sizeof msgs, "%s", i == STREAM_DLQ ? "-" : "MISSING");
+                snprintf(bytes, sizeof bytes, "-");
+                snprintf(seq, sizeof seq, "%s", st->stream_err[i]);
+            }
+            const char *row[] = {st->stream_name[i], msgs, bytes, seq};
+            if (dwctl_table_add(&t, row)) break;
+        }
+        printf("\n");
+        print_table(&t);
+    }
+
+    static const char *const cons_h[] = {"CONSUMER", "PENDING", "ACK_PENDING", "REDELIVERED",
+                                         "WAITING"};
+    if (dwctl_table_init(&t, 5, cons_h) == 0) {
+        size_t rows = 0;
+        for (int i = 0; i < NSTREAMS; i++) {
+            const jsConsumerInfoList *cl = st->consumers[i];
+            for (int c = 0; cl && c < cl->Count; c++) {
+                const jsConsumerInfo *ci = cl->List[c];
+                char name[160], p[32], ap[32], rd[32], w[32];
+                snprintf(name, sizeof name, "%s/%s", st->stream_name[i], ci->Name);
+                snprintf(p, sizeof p, "%llu", (unsigned long long)ci->NumPending);
+                snprintf(ap, sizeof ap, "%lld", (long long)ci->NumAckPending);
+                snprintf(rd, sizeof rd, "%lld", (long long)ci->NumRedelivered);
+                snprintf(w, sizeof w, "%lld", (long long)ci->NumWaiting);
+                const char *row[] = {name, p, ap, rd, w};
+                if (dwctl_table_add(&t, row)) break;
+                rows++;
+            }
+        }
+        if (rows) {
+            printf("\n");
             dwctl_table_print(&t, stdout);
-            if (st->list->n_conns < st->total)
-                printf("(per edge: the first %zu of %llu connections; the registry capped "
-                       "its reply)\n",
-                       st->list->n_conns, (unsigned long long)st->total);
         }
         dwctl_table_free(&t);
     }
+    if (!st->cons_ok) printf("dispatcher  MISSING: %s\n", st->cons_err);
+
+    printf("\n");
+    if (st->stream_ok[STREAM_DLQ])
+        printf("DLQ         %llu dead letter%s\n",
+               (unsigned long long)st->stream_state[STREAM_DLQ].Msgs,
+               st->stream_state[STREAM_DLQ].Msgs == 1 ? "" : "s");
+    else
+        printf("DLQ         none (%s does not exist: nothing was dead-lettered yet)\n",
+               DW_STREAM_DLQ);
 }
 
 int cmd_status(dwctl *ctl, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        DWCTL_GLOBAL_OPTIONS, {"json", no_argument, NULL, 'j'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {DWCTL_GLOBAL_OPTIONS,
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"wait-ms", required_argument, NULL, 'w'},
+                                         {NULL, 0, NULL, 0}};
     int json = 0, opt, rc;
+    long wait_ms = 300;
 
     dwctl_getopt_reset();
     while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (opt) {
         case 'h': status_usage(stdout); return DWCTL_OK;
         case 'j': json = 1; break;
+        case 'w': {
+            char *end = NULL;
+            wait_ms = strtol(optarg, &end, 10);
+            if (end == optarg || *end || wait_ms < 0 || wait_ms > 60000) {
+                dwctl_err("status: --wait-ms: expected 0..60000, got '%s'", optarg);
+                return DWCTL_USAGE;
+            }
+            break;
+        }
         default:
             if ((rc = dwctl_common_option(ctl, "status", opt, argv)) != DWCTL_OK) return rc;
         }
@@ -305,32 +631,66 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
     memset(&st, 0, sizeof st);
     st.stream_name[0] = DW_STREAM_MSG;
     st.stream_name[1] = DW_STREAM_CONN;
+    st.stream_name[STREAM_DLQ] = DW_STREAM_DLQ;
+
+    /* Start listening first: the window runs while the other probes do. */
+    int64_t deadline = dw_mono_ns() + (int64_t)wait_ms * 1000000;
+    natsInbox *inbox = NULL;
+    natsSubscription *ping_sub = NULL, *hb_sub = NULL;
+    natsStatus s = natsInbox_Create(&inbox);
+    if (s == NATS_OK) s = natsConnection_SubscribeSync(&ping_sub, ctl->nc, inbox);
+    if (s == NATS_OK) s = natsConnection_SubscribeSync(&hb_sub, ctl->nc, DW_SUBJ_EDGE_HEARTBEAT);
+    if (s == NATS_OK) s = natsConnection_PublishRequest(ctl->nc, DW_SUBJ_OPS_PING, inbox, NULL, 0);
+    if (s == NATS_OK) s = natsConnection_Flush(ctl->nc);
+    if (s != NATS_OK) {
+        dwctl_err("status: cannot ask %s: %s", DW_SUBJ_OPS_PING, natsStatus_GetText(s));
+        rc = DWCTL_FAIL;
+        goto done;
+    }
+
     probe_registry(ctl, &st);
-    probe_stream(ctl, &st, 0);
-    probe_stream(ctl, &st, 1);
+    for (int i = 0; i < NSTREAMS; i++)
+        probe_stream(ctl, &st, i);
     probe_dispatcher(ctl, &st);
+    gather(&st, ping_sub, hb_sub, deadline);
+
+    judge_silent_services(&st);
+    if (st.n_svcs) qsort(st.svcs, st.n_svcs, sizeof *st.svcs, cmp_svc);
+    if (st.n_edges) qsort(st.edges, st.n_edges, sizeof *st.edges, cmp_edge);
+
+    const char *not_ready = NULL;
+    for (size_t i = 0; i < st.n_svcs && !not_ready; i++)
+        if (st.svcs[i].ready == 0) not_ready = st.svcs[i].service;
+    const char *problem = st.oom             ? "out of memory"
+                          : !st.reg_ok       ? st.reg_err
+                          : !st.stream_ok[0] ? st.stream_err[0]
+                          : !st.stream_ok[1] ? st.stream_err[1]
+                          : !st.cons_ok      ? st.cons_err
+                                             : NULL;
 
     char url[512];
     dwctl_url_redacted(ctl->cfg.nats_url, url, sizeof url);
     if (json)
-        rc = dwctl_json_print_line(status_json(&st, url));
+        rc = dwctl_json_print_line(status_json(&st, url, !problem && !not_ready));
     else {
         status_text(&st, url);
         rc = DWCTL_OK;
     }
-
-    if (rc == DWCTL_OK) {
-        const char *problem = !st.reg_ok         ? st.reg_err
-                              : !st.stream_ok[0] ? st.stream_err[0]
-                              : !st.stream_ok[1] ? st.stream_err[1]
-                              : !st.cons_ok      ? st.cons_err
-                                                 : NULL;
-        if (problem) {
-            dwctl_err("not healthy: %s%s", problem == st.reg_err ? "registry: " : "", problem);
-            rc = DWCTL_FAIL;
-        }
+    if (rc == DWCTL_OK && problem) {
+        dwctl_err("not healthy: %s%s", problem == st.reg_err ? "registry: " : "", problem);
+        rc = DWCTL_FAIL;
+    } else if (rc == DWCTL_OK && not_ready) {
+        dwctl_err("not healthy: %s says it is not ready", not_ready);
+        rc = DWCTL_FAIL;
     }
+
+done:
+    natsSubscription_Destroy(hb_sub);
+    natsSubscription_Destroy(ping_sub);
+    natsInbox_Destroy(inbox);
+    for (int i = 0; i < NSTREAMS; i++)
+        jsConsumerInfoList_Destroy(st.consumers[i]);
     free(st.edges);
-    dw__list_reply__free_unpacked(st.list, NULL);
+    free(st.svcs);
     return rc;
 }
