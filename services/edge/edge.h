@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "admit.h"
 #include "bridge.h"
 #include "connmap.h"
 #include "dedup.h"
@@ -31,12 +32,29 @@ typedef struct edge_config {
     int64_t job_threads;     /* workers for joins, history, presence */
     int64_t max_pending_acks; /* v1 sends awaiting their ack, per connection */
     char *web_dir;           /* the static chat page */
+    /* TLS, authentication, limits (docs/security.md) */
+    char *tls_cert, *tls_key;
+    int require_tls;
+    char *auth;              /* none | jwt */
+    char *jwt_secret_file, *jwt_secret_prev_file, *jwt_audience;
+    int64_t jwt_leeway_s;
+    int64_t msg_rate, msg_burst, edge_msg_rate, edge_msg_burst;
+    int64_t edge_conn_rate, edge_conn_burst;
+    int64_t ip_max_conns, ip_conn_rate, ip_conn_burst;
+    int64_t strikes;
+    int64_t max_frame, max_url, max_header;
+    int64_t idle_timeout_s, max_lifetime_s, handshake_timeout_s;
+    int64_t max_outbound;
+    char *origins, *deny_cidrs;
     char *log_level;
 } edge_config;
 
 typedef struct edge_metrics {
     dw_metric *connections, *ready, *msgs_in, *msgs_accepted, *msgs_failed, *deliveries,
-        *dups, *writes, *rejected_not_ready, *connect_failed, *default_replies;
+        *dups, *writes, *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny,
+        *rejected_auth, *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls,
+        *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle,
+        *closed_lifetime, *closed_too_large;
 } edge_metrics;
 
 typedef struct edge {
@@ -45,6 +63,9 @@ typedef struct edge {
     struct lws_context *ctx;
     edge_bridge *bridge;
     struct edge_jobs *jobs;
+    edge_admit admit;
+    struct dw_ping *ping;
+    int64_t next_sweep_ns;
     edge_connmap conns;
     edge_rooms rooms;
     edge_dedup dedup;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "dw/log.h"
+#include "dw/ping.h"
 #include "edge.h"
 #include "jobs.h"
 #include "proto_v1.h"
@@ -13,6 +14,11 @@
 #define TICK_US (100 * 1000)
 
 static edge *the_edge; /* lws callbacks reach the process state through this */
+
+static edge *the_edge_for_send(void)
+{
+    return the_edge;
+}
 
 /* ---- writing ---------------------------------------------------------- */
 
@@ -35,8 +41,27 @@ void session_close(edge_session *s, uint16_t code, const char *reason)
     want_write(s);
 }
 
+/* A reader that does not keep up is closed, not buffered without end: one
+ * slow client must not grow the edge or delay the others. */
+static bool over_outbound_cap(edge *e, edge_session *s, size_t add)
+{
+    if (s->out.bytes + add <= (size_t)e->cfg->max_outbound)
+        return false;
+    if (s->state != SESS_CLOSING) {
+        dw_metric_inc(e->m->closed_slow);
+        DW_INFO("slow reader closed", "conn=%s queued=%zu", s->id, s->out.bytes);
+        outbox_clear(&s->out);
+        session_close(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "slow reader: too much data queued");
+    }
+    return true;
+}
+
+static edge *the_edge_for_send(void);
+
 int session_send_text(edge_session *s, const char *text, size_t len)
 {
+    if (over_outbound_cap(the_edge_for_send(), s, len + 10))
+        return 0;
     edge_frame *f = frame_text(text, len);
     if (!f)
         return -1;
@@ -93,6 +118,35 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
     edge_request req;
     dw_metric_inc(e->m->msgs_in);
     s->last_active_ms = dw_now_ms();
+    bool strike_out = false;
+    int64_t wait_ms = admit_message(e, s, &strike_out);
+    if (wait_ms) {
+        dw_metric_inc(e->m->rate_limited);
+        if (strike_out) {
+            dw_metric_inc(e->m->closed_strikes);
+            session_close(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit exceeded repeatedly");
+            return;
+        }
+        if (s->strikes.count >= 2 && !s->rx_paused_until_ms) {
+            /* A client that keeps flooding after a warning is not read from
+             * for a while: its bytes wait in its own TCP window instead of
+             * costing the edge CPU that other clients need. */
+            s->rx_paused_until_ms = s->last_active_ms + 1000;
+            lws_rx_flow_control(s->wsi, 0);
+        }
+        if (s->v1) {
+            size_t tlen = 0;
+            char *t = v1_error("rate_limited", "too many messages", NULL, wait_ms, &tlen);
+            if (t)
+                session_send_text(s, t, tlen);
+            free(t);
+        } else {
+            char rid[DW_ID_LEN + 1] = "";
+            dw_id_random(rid);
+            reply_error(s, "Too Many Requests", rid);
+        }
+        return;
+    }
     if (s->v1) {
         v1_handle(e, s, buf, len);
         return;
@@ -148,6 +202,14 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
         return 0;
     }
+    /* A frame's size is what came so far plus what lws says remains. */
+    size_t remaining = lws_remaining_packet_payload(s->wsi);
+    if (s->frame_bytes + len + remaining > (size_t)e->cfg->max_frame) {
+        dw_metric_inc(e->m->closed_too_large);
+        session_close(s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "frame too large");
+        return 0;
+    }
+    s->frame_bytes = remaining ? s->frame_bytes + len : 0;
     if (lws_is_first_fragment(s->wsi)) {
         s->rx_len = 0;
         /* The common case, a whole message in one piece: no copy. */
@@ -158,6 +220,7 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         }
     }
     if (s->rx_len + len > (size_t)e->cfg->max_message) {
+        dw_metric_inc(e->m->closed_too_large);
         free(s->rx);
         s->rx = NULL;
         s->rx_len = s->rx_cap = 0;
@@ -245,9 +308,10 @@ static void connect_event(edge *e, edge_session *s, Dw__ConnEvent *ev, char **ro
     ev->ts_ms = s->connected_at_ms;
 }
 
+/* The session was zeroed and admitted (identity, source IP) in the
+ * protocol filter; here it becomes a connection. */
 static int on_established(edge *e, edge_session *s, struct lws *wsi)
 {
-    memset(s, 0, sizeof *s);
     s->wsi = wsi;
     s->state = SESS_PENDING;
     if (dw_id_random(s->id)) {
@@ -260,7 +324,9 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     s->v1 = proto && proto->name && !strcmp(proto->name, V1_PROTOCOL);
     char name[80];
     const char *given = lws_get_urlarg_by_name(wsi, "name=", name, sizeof name);
-    if (given && v1_name_valid(given, strlen(given))) {
+    if (s->user[0]) {
+        /* authenticated: the JWT's sub */
+    } else if (given && v1_name_valid(given, strlen(given))) {
         snprintf(s->user, sizeof s->user, "%s", given);
     } else {
         /* Anonymous, but distinct: presence must tell users apart. */
@@ -299,6 +365,7 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
 
 static void on_closed(edge *e, edge_session *s)
 {
+    admit_release(e, s);
     if (!s->id[0])
         return;
     if (s->connect_published) {
@@ -394,7 +461,7 @@ static void on_disconnect_ack(edge *e, edge_event *ev)
 
 void session_deliver(edge *e, edge_session *s, edge_frame *f)
 {
-    if (s->state != SESS_READY)
+    if (s->state != SESS_READY || over_outbound_cap(e, s, f->len))
         return;
     if (outbox_push(&s->out, f)) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
@@ -686,14 +753,30 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     edge_session *s = user;
 
     switch (reason) {
-    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        return admit_network(e, (int)(intptr_t)in) ? 0 : 1;
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        memset(s, 0, sizeof *s);
         /* Refuse rather than accept a connection we could not register. */
         if (!bridge_ready(e->bridge)) {
             dw_metric_inc(e->m->rejected_not_ready);
             lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "not ready");
             return 1;
         }
-        return 0;
+        const char *why = "";
+        unsigned code = admit_upgrade(e, wsi, s, &why);
+        if (!code)
+            return 0;
+        dw_metric_inc(code == 401   ? e->m->rejected_auth
+                      : code == 403 ? e->m->rejected_origin
+                      : code == 426 ? e->m->rejected_tls
+                      : code == 414 ? e->m->rejected_url
+                      : !strncmp(why, "edge", 4) ? e->m->rejected_rate
+                                                 : e->m->rejected_ip);
+        DW_INFO("upgrade refused", "code=%u why=\"%s\" ip=%s", code, why, s->ip);
+        lws_return_http_status(wsi, code, why);
+        return 1;
+    }
     case LWS_CALLBACK_ESTABLISHED:
         return on_established(e, s, wsi);
     case LWS_CALLBACK_RECEIVE:
@@ -704,12 +787,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         on_closed(e, s);
         return 0;
     case LWS_CALLBACK_HTTP:
-        return on_http(e, wsi, s, in);
+        return s ? on_http(e, wsi, s, in) : -1;
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return on_http_writeable(wsi, s);
+        return s ? on_http_writeable(wsi, s) : -1;
     case LWS_CALLBACK_CLOSED_HTTP:
-        free(s->http_body);
-        s->http_body = NULL;
+        /* lws also reports closes of connections it never gave user data
+         * (e.g. a failed TLS accept). */
+        if (s) {
+            free(s->http_body);
+            s->http_body = NULL;
+        }
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (e)
@@ -728,6 +815,30 @@ static const struct lws_protocols protocols[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
+/* Once a second: close connections idle too long (no frame from the client)
+ * or open too long, as API Gateway does (10 min, 2 h by default). */
+static void sweep(edge *e)
+{
+    int64_t now = dw_now_ms();
+    int64_t idle = e->cfg->idle_timeout_s * 1000, life = e->cfg->max_lifetime_s * 1000;
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (!s || s->state == SESS_CLOSING)
+            continue;
+        if (s->rx_paused_until_ms && now >= s->rx_paused_until_ms) {
+            s->rx_paused_until_ms = 0;
+            lws_rx_flow_control(s->wsi, 1);
+        }
+        if (idle && now - s->last_active_ms > idle) {
+            dw_metric_inc(e->m->closed_idle);
+            session_close(s, LWS_CLOSE_STATUS_GOINGAWAY, "idle timeout");
+        } else if (life && now - s->connected_at_ms > life) {
+            dw_metric_inc(e->m->closed_lifetime);
+            session_close(s, LWS_CLOSE_STATUS_GOINGAWAY, "connection lifetime reached");
+        }
+    }
+}
+
 static void tick(lws_sorted_usec_list_t *sul)
 {
     edge *e = (edge *)(void *)((char *)sul - offsetof(edge, tick));
@@ -736,9 +847,19 @@ static void tick(lws_sorted_usec_list_t *sul)
         bridge_heartbeat(e->bridge, e->nready);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
     }
+    if (now >= e->next_sweep_ns) {
+        sweep(e);
+        e->next_sweep_ns = now + 1000000000LL;
+    }
     /* The tick also bounds how long the loop sleeps, so a stop request
      * (dw_stop, set by the signal handler) is seen promptly. */
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
+}
+
+static bool ping_ready(void *arg)
+{
+    edge *e = arg;
+    return bridge_ready(e->bridge);
 }
 
 static void wake(void *arg)
@@ -782,7 +903,38 @@ int edge_run(edge *e)
                                         "connections closed 1011: connect event not durable");
     metrics.default_replies = dw_counter("dw_edge_default_replies_total", NULL,
                                         "frames answered by the $default route");
+    metrics.rejected_deny = dw_counter("dw_edge_connections_rejected_total", "reason=\"deny_list\"",
+                                       "upgrades refused");
+    metrics.rejected_auth = dw_counter("dw_edge_connections_rejected_total", "reason=\"auth\"",
+                                       "upgrades refused");
+    metrics.rejected_rate = dw_counter("dw_edge_connections_rejected_total",
+                                       "reason=\"edge_rate\"", "upgrades refused");
+    metrics.rejected_ip = dw_counter("dw_edge_connections_rejected_total", "reason=\"source_ip\"",
+                                     "upgrades refused");
+    metrics.rejected_origin = dw_counter("dw_edge_connections_rejected_total", "reason=\"origin\"",
+                                         "upgrades refused");
+    metrics.rejected_tls = dw_counter("dw_edge_connections_rejected_total", "reason=\"tls\"",
+                                      "upgrades refused");
+    metrics.rejected_url = dw_counter("dw_edge_connections_rejected_total", "reason=\"url\"",
+                                      "upgrades refused");
+    metrics.rate_limited = dw_counter("dw_edge_rate_limited_total", NULL,
+                                      "messages refused by the rate limits");
+    metrics.closed_strikes = dw_counter("dw_edge_closed_total", "reason=\"rate_limit\"",
+                                        "connections the edge closed");
+    metrics.closed_slow = dw_counter("dw_edge_closed_total", "reason=\"slow_reader\"",
+                                     "connections the edge closed");
+    metrics.closed_idle = dw_counter("dw_edge_closed_total", "reason=\"idle\"",
+                                     "connections the edge closed");
+    metrics.closed_lifetime = dw_counter("dw_edge_closed_total", "reason=\"lifetime\"",
+                                         "connections the edge closed");
+    metrics.closed_too_large = dw_counter("dw_edge_closed_total", "reason=\"too_large\"",
+                                          "connections the edge closed");
     e->m = &metrics;
+    char err[256];
+    if (admit_init(e, err, sizeof err)) {
+        DW_ERROR("bad configuration", "err=\"%s\"", err);
+        goto out;
+    }
     if (rooms_init(&e->rooms, 1024) || dedup_init(&e->dedup, (uint32_t)e->cfg->dedup_window))
         goto out;
     e->wbuf = malloc(LWS_PRE + (size_t)e->cfg->write_coalesce);
@@ -795,9 +947,23 @@ int edge_run(edge *e)
     info.port = (int)e->cfg->port;
     info.iface = e->cfg->host[0] ? e->cfg->host : NULL;
     info.protocols = protocols;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    /* lws checks UTF-8 in text frames and closes with 1007 itself. */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
     info.pt_serv_buf_size = 32 * 1024;
-    info.max_http_header_data = 4096;
+    info.max_http_header_data = (unsigned short)e->cfg->max_header;
+    info.timeout_secs = (unsigned int)e->cfg->handshake_timeout_s;
+    if (e->cfg->tls_cert[0]) {
+        /* TLS on the port; plain HTTP still answers (probes on /healthz), and
+         * REQUIRE_TLS refuses plain WebSocket upgrades with 426. */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT |
+                        LWS_SERVER_OPTION_ALLOW_NON_SSL_ON_SSL_PORT |
+                        LWS_SERVER_OPTION_ALLOW_HTTP_ON_HTTPS_LISTENER;
+        info.ssl_cert_filepath = e->cfg->tls_cert;
+        info.ssl_private_key_filepath = e->cfg->tls_key[0] ? e->cfg->tls_key : NULL;
+    } else if (e->cfg->require_tls) {
+        DW_ERROR("bad configuration", "err=\"%s\"", "DW_REQUIRE_TLS=1 needs DW_TLS_CERT and DW_TLS_KEY");
+        goto out;
+    }
     e->ctx = lws_create_context(&info);
     if (!e->ctx) {
         DW_ERROR("cannot listen", "host=%s port=%lld", e->cfg->host, (long long)e->cfg->port);
@@ -825,6 +991,7 @@ int edge_run(edge *e)
     };
     if (edge_jobs_start(&e->jobs, e->bridge, &jc))
         goto out;
+    dw_ping_start(&e->ping, bridge_nc(e->bridge), "edge", e->edge_id, ping_ready, e);
 
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
@@ -845,6 +1012,8 @@ out:
         lws_context_destroy(e->ctx);
         e->ctx = NULL;
     }
+    dw_ping_stop(e->ping);
+    e->ping = NULL;
     edge_jobs_stop(e->jobs);
     e->jobs = NULL;
     if (e->bridge) {
@@ -857,6 +1026,7 @@ out:
     rooms_free(&e->rooms);
     connmap_free(&e->conns);
     pthread_mutex_destroy(&e->wake_lock);
+    admit_free(e);
     dw_metrics_free();
     return rc;
 }

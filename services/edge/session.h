@@ -9,6 +9,7 @@
 #include "dw/bus.h"
 #include "dw/util.h"
 #include "outbox.h"
+#include "ratelimit.h"
 #include "rooms.h"
 
 struct lws;
@@ -44,6 +45,16 @@ typedef struct edge_session {
     char user[129];              /* user id: JWT sub, ?name=, or anon-xxxxxxxx */
     edge_pending_ack *acks, *acks_tail;
     uint32_t nacks;
+    /* admission and throttling (admit.c) */
+    rl_ip ip_key;
+    bool ip_counted;
+    bool has_allowed_rooms;      /* the JWT limits the rooms */
+    char **allowed_rooms;
+    size_t n_allowed_rooms;
+    rl_bucket msgs;
+    rl_strikes strikes;
+    size_t frame_bytes;          /* of the frame being received */
+    int64_t rx_paused_until_ms;  /* a flooder is not read from until then */
     int64_t connected_at_ms;
     int64_t last_active_ms;
     uint64_t msg_counter;

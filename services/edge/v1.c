@@ -85,6 +85,10 @@ static void do_join(edge *e, edge_session *s, const v1_request *req)
         v1_err(s, "bad_request", "a join of this room is in progress", req->ref);
         return;
     }
+    if (!admit_room(s, req->room)) {
+        v1_err(s, "forbidden", "your token does not allow this room", req->ref);
+        return;
+    }
     if (s->nrooms >= e->cfg->max_rooms) {
         v1_err(s, "bad_request", "too many rooms for one connection", req->ref);
         return;

@@ -75,6 +75,7 @@ async def join(ws, room, since=None, ref=None):
 
 class Rooms(StackTest):
     EDGES = 2
+    ENV = {"DW_MSG_RATE": "0"}  # the resume test sends 500 in a burst
 
     def test_rooms_isolate_and_acks_match(self):
         st = self.stack
