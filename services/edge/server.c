@@ -810,8 +810,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 static const struct lws_protocols protocols[] = {
     /* First entry: also serves clients that ask for no subprotocol (plain
      * AWS mode) and plain HTTP. */
-    {"dynamowave", callback, sizeof(edge_session), 4096, 0, NULL, 0},
-    {V1_PROTOCOL, callback, sizeof(edge_session), 4096, 1, NULL, 0},
+    /* A small per-connection receive buffer keeps idle connections cheap;
+     * larger frames simply arrive in several pieces. */
+    {"dynamowave", callback, sizeof(edge_session), 1024, 0, NULL, 0},
+    {V1_PROTOCOL, callback, sizeof(edge_session), 1024, 1, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -952,6 +954,11 @@ int edge_run(edge *e)
     info.pt_serv_buf_size = 32 * 1024;
     info.max_http_header_data = (unsigned short)e->cfg->max_header;
     info.timeout_secs = (unsigned int)e->cfg->handshake_timeout_s;
+    /* Idle and lifetime limits are the edge's own once-a-second sweep: lws
+     * 4.1 keeps its per-connection validity timers in one sorted list, which
+     * makes every new connection cost O(connections). */
+    static const lws_retry_bo_t no_validity_timers = {0};
+    info.retry_and_idle_policy = &no_validity_timers;
     if (e->cfg->tls_cert[0]) {
         /* TLS on the port; plain HTTP still answers (probes on /healthz), and
          * REQUIRE_TLS refuses plain WebSocket upgrades with 426. */
