@@ -8,11 +8,15 @@
 #include <time.h>
 
 #include "dw/bus.h"
+#include "dw/dlq.h"
 #include "dw/log.h"
+#include "dw/metrics.h"
 #include "dw/util.h"
 #include "edges.h"
 #include "fanout.h"
 #include "inbox.h"
+#include "record.h"
+#include "retries.h"
 
 /* A down edge is remembered this long, so it is reported once; past the
  * JetStream dedup window (2 min), a registry that still names it gets a
@@ -27,12 +31,43 @@
 #define FETCH_BACKOFF_MS 100
 #define FETCH_BACKOFF_MAX_MS 2000
 #define ERROR_LOG_EVERY_MS 5000
+/* A dead letter must be durable before the original is terminated. */
+#define DLQ_PUBLISH_WAIT_MS 5000
+
+/* Process-wide, registered once (dispatch_create may run several times
+ * while NATS is coming up). */
+static struct {
+    dw_metric *delivered, *retried, *dead_lettered, *dlq_failed, *redeliveries, *latency;
+} M;
+
+static void metrics_register(void)
+{
+    static const double bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                    0.25,  0.5,    1,     2.5,  5,     10,   30};
+    if (M.delivered) return;
+    M.delivered = dw_counter("dw_dispatcher_messages_total", "result=\"delivered\"",
+                             "Messages settled, by result: delivered (acked), retried (NAK'd "
+                             "with a backoff), dead_lettered (written to DW_DLQ, then terminated)");
+    M.retried = dw_counter("dw_dispatcher_messages_total", "result=\"retried\"", NULL);
+    M.dead_lettered = dw_counter("dw_dispatcher_messages_total", "result=\"dead_lettered\"", NULL);
+    M.redeliveries = dw_counter("dw_dispatcher_retries_total", NULL,
+                                "Redeliveries processed (delivery attempts after the first)");
+    M.dlq_failed = dw_counter("dw_dispatcher_dead_letter_failures_total", NULL,
+                              "Dead letters the dispatcher could not write (left to the "
+                              "max-deliveries advisory)");
+    M.latency = dw_histogram("dw_dispatcher_delivery_seconds", NULL,
+                             "From stored in DW_MSG to every edge confirmed, per delivered message",
+                             bounds, sizeof bounds / sizeof bounds[0]);
+}
 
 struct dispatcher {
     natsConnection *nc;
     jsCtx *js;
     dispatch_cfg cfg;
     fanout_retry retry;
+    retries *rt;
+    int64_t *stored_ns; /* per message of the batch: DW_MSG store time */
+    size_t stored_cap;
 
     natsSubscription *pull;
     natsSubscription *hb_sub;
@@ -168,6 +203,9 @@ static void housekeeping(dispatcher *d)
     }
     if (now < d->next_sweep_ms) return;
     d->next_sweep_ms = now + d->sweep_every_ms;
+    size_t forgotten = retries_sweep(d->rt, now);
+    if (forgotten)
+        DW_DEBUG("retry state swept", "entries=%zu left=%zu", forgotten, retries_count(d->rt));
 
     char **ids = NULL;
     size_t n = 0;
@@ -316,7 +354,7 @@ static void deliver(dispatcher *d)
         if (!m) {
             DW_WARN("edge timeout", "edge=%s items=%zu timeout_ms=%" PRId64, edge_id, dl->count,
                     d->cfg.edge_timeout_ms);
-            fanout_delivery_done(b, i, FANOUT_FAILED);
+            fanout_delivery_done(b, i, FANOUT_TIMEOUT);
         } else if (natsMsg_IsNoResponders(m)) {
             /* Nobody listens on the edge's subject: the edge is gone, and so
              * are its clients. Done for this edge once the registry will
@@ -343,24 +381,147 @@ static void deliver(dispatcher *d)
     free(gone);
 }
 
-/* Names of the edges that failed for m, for the give-up log line. */
-static void failed_edges_text(const fanout_batch *b, const fanout_msg *m, char *buf, size_t len)
+/* --- retries and dead letters --- */
+
+/* The dead-letter reason of a failure that fanout described as `why`. */
+static const char *registry_reason(const char *why)
 {
-    size_t off = 0;
-    buf[0] = '\0';
-    for (size_t k = 0; k < m->n_failed && off + 1 < len; k++) {
-        int w = snprintf(buf + off, len - off, "%s%s", k ? "," : "", b->edges[m->failed[k]].id);
-        if (w < 0) break;
-        off += (size_t)w;
+    if (!why) return DLQ_REASON_DISPATCHER;
+    if (!strcmp(why, "registry_timeout") || !strcmp(why, "registry_unavailable") ||
+        !strcmp(why, "registry_publish_failed"))
+        return DLQ_REASON_REGISTRY;
+    if (!strcmp(why, "registry_error") || !strcmp(why, "registry_bad_reply"))
+        return DLQ_REASON_REGISTRY_ERROR;
+    return DLQ_REASON_DISPATCHER; /* out of memory, unanswered, not planned */
+}
+
+/* Record failed attempt of message mi in the retry table: which edges took
+ * it now, which did not, and why. */
+static void note_failure(dispatcher *d, size_t mi, int64_t wall_ms)
+{
+    fanout_batch *b = &d->batch;
+    fanout_msg *m = &b->msgs[mi];
+    const fanout_room *r = &b->rooms[m->room];
+    int answered = r->answered && !r->error && b->planned;
+    const char **took = NULL, **failed = NULL, **timed_out = NULL;
+    size_t n_took = 0, n_failed = 0, n_timed_out = 0;
+    char reason[DLQ_REASON_MAX];
+
+    if (answered && r->n_edges) {
+        took = malloc(r->n_edges * sizeof *took);
+        failed = malloc(r->n_edges * sizeof *failed);
+        timed_out = malloc(r->n_edges * sizeof *timed_out);
+        if (!took || !failed || !timed_out) answered = 0;
     }
+    if (answered) {
+        for (size_t j = 0; j < r->n_edges; j++) {
+            size_t e = r->edges[j];
+            if (fanout_msg_skips(b, mi, e)) continue; /* took it earlier, or not a replay target */
+            size_t k = 0;
+            while (k < m->n_failed && m->failed[k] != e)
+                k++;
+            if (k == m->n_failed) {
+                took[n_took++] = b->edges[e].id;
+                continue;
+            }
+            failed[n_failed++] = b->edges[e].id;
+            if (m->failed_how[k] != FANOUT_FAILED) timed_out[n_timed_out++] = b->edges[e].id;
+        }
+    }
+    if (!r->answered || r->error || !b->planned)
+        snprintf(reason, sizeof reason, "%s", registry_reason(r->error ? r->error : m->reason));
+    else if (n_timed_out)
+        dlq_reason_edges(reason, sizeof reason, DLQ_REASON_EDGE_TIMEOUT, timed_out, n_timed_out);
+    else if (n_failed)
+        dlq_reason_edges(reason, sizeof reason, DLQ_REASON_EDGE_ERROR, failed, n_failed);
+    else
+        snprintf(reason, sizeof reason, "%s", DLQ_REASON_DISPATCHER);
+
+    if (retries_note(d->rt, m->seq, wall_ms, mono_ms(), reason, (char *const *)took, n_took,
+                     (char *const *)failed, n_failed, answered))
+        DW_WARN("retry state: out of memory", "seq=%" PRIu64, m->seq);
+    free(took);
+    free(failed);
+    free(timed_out);
+}
+
+/* Write message mi's dead letter to DW_DLQ and wait for JetStream's ack.
+ * Its Nats-Msg-Id "dlq.<seq>" is the one the advisory path uses too, so
+ * the two never make two entries. 0 when durable. */
+static int dead_letter(dispatcher *d, size_t mi, int64_t wall_ms)
+{
+    fanout_batch *b = &d->batch;
+    fanout_msg *m = &b->msgs[mi];
+    natsMsg *nm = m->handle;
+    const retry_entry *re = retries_get(d->rt, m->seq);
+    const char *subject = natsMsg_GetSubject(nm);
+    const char *room = dlq_room_of_subject(subject);
+    const char *orig_id = NULL;
+    char dlq_subj[256], msg_id[48];
+    int rc = -1;
+
+    if (natsMsgHeader_Get(nm, "Nats-Msg-Id", &orig_id) != NATS_OK) orig_id = m->chat->id;
+    if (!room || dlq_subject(dlq_subj, sizeof dlq_subj, room)) {
+        DW_ERROR("dead letter: odd subject", "subject=%s seq=%" PRIu64, subject, m->seq);
+        return -1;
+    }
+
+    Dw__DeadLetter dl;
+    dw__dead_letter__init(&dl);
+    dl.subject = (char *)subject;
+    dl.stream_seq = m->seq;
+    dl.msg_id = (char *)orig_id;
+    dl.payload.data = (uint8_t *)natsMsg_GetData(nm);
+    dl.payload.len = (size_t)natsMsg_GetDataLength(nm);
+    dl.reason = (char *)(re && re->reason[0] ? re->reason : registry_reason(m->reason));
+    dl.attempts = (uint32_t)m->attempt;
+    dl.first_failure_ms = re && re->n_attempts ? re->attempt_ms[0] : wall_ms;
+    dl.last_failure_ms = wall_ms;
+    dl.failed_edges = re ? re->failed : NULL;
+    dl.n_failed_edges = re ? re->n_failed : 0;
+    dl.room = (char *)room;
+    dl.source = DLQ_SOURCE_DISPATCHER;
+    dl.attempt_ms = re ? (int64_t *)re->attempt_ms : NULL;
+    dl.n_attempt_ms = re ? re->n_attempts : 0;
+
+    size_t len = 0;
+    uint8_t *buf = dlq_record_pack(&dl, &len);
+    if (!buf) {
+        DW_ERROR("dead letter: cannot encode", "seq=%" PRIu64, m->seq);
+        return -1;
+    }
+    dlq_msg_id(msg_id, sizeof msg_id, m->seq);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    po.MaxWait = DLQ_PUBLISH_WAIT_MS;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_Publish(&pa, d->js, dlq_subj, buf, (int)len, &po, &jerr);
+    if (s == NATS_OK) {
+        DW_WARN("dead-lettered",
+                "id=%s room=%s seq=%" PRIu64 " attempts=%" PRIu64 " reason=%s dlq_seq=%" PRIu64
+                "%s",
+                m->chat->id, room, m->seq, m->attempt, dl.reason, pa->Sequence,
+                pa->Duplicate ? " duplicate=true" : "");
+        rc = 0;
+    } else {
+        DW_ERROR("dead letter not written: left to the max-deliveries advisory",
+                 "id=%s room=%s seq=%" PRIu64 " reason=%s status=%s jserr=%d", m->chat->id, room,
+                 m->seq, dl.reason, natsStatus_GetText(s), (int)jerr);
+    }
+    jsPubAck_Destroy(pa);
+    free(buf);
+    return rc;
 }
 
 /* Tell JetStream what became of each message. */
 static void settle(dispatcher *d)
 {
     fanout_batch *b = &d->batch;
-    size_t acked = 0, naked = 0, termed = 0, ack_failed = 0;
+    size_t acked = 0, naked = 0, dead = 0, ack_failed = 0;
     natsStatus ack_status = NATS_OK;
+    int64_t wall_ms = dw_now_ms();
 
     for (size_t i = 0; i < b->n_msgs; i++) {
         fanout_msg *m = &b->msgs[i];
@@ -369,34 +530,50 @@ static void settle(dispatcher *d)
         switch (m->verdict) {
         case FANOUT_ACK:
             s = natsMsg_Ack(nm, NULL);
+            retries_forget(d->rt, m->seq);
+            dw_metric_inc(M.delivered);
+            if (d->stored_ns[i] > 0) {
+                int64_t ns = wall_ms * 1000000 - d->stored_ns[i];
+                dw_metric_observe_ns(M.latency, ns > 0 ? ns : 0);
+            }
             acked++;
             break;
         case FANOUT_NAK:
+            if (m->chat) {
+                note_failure(d, i, wall_ms);
+                DW_DEBUG("message retried",
+                         "id=%s room=%s seq=%" PRIu64 " attempt=%" PRIu64
+                         " reason=%s delay_ms=%" PRId64,
+                         m->chat->id, m->chat->room, m->seq, m->attempt, m->reason, m->delay_ms);
+            } else {
+                /* Poison: its last NAK ends at MaxDeliver, where JetStream's
+                 * advisory hands it to the deadletter service. */
+                DW_WARN("undecodable message",
+                        "subject=%s seq=%" PRIu64 " attempt=%" PRIu64 " bytes=%d delay_ms=%" PRId64,
+                        natsMsg_GetSubject(nm), m->seq, m->attempt, natsMsg_GetDataLength(nm),
+                        m->delay_ms);
+            }
             s = natsMsg_NakWithDelay(nm, m->delay_ms, NULL);
+            dw_metric_inc(M.retried);
             naked++;
-            DW_DEBUG("message retried",
-                     "id=%s room=%s seq=%" PRIu64 " attempt=%" PRIu64
-                     " reason=%s delay_ms=%" PRId64,
-                     m->chat->id, m->chat->room, m->seq, m->attempt, m->reason, m->delay_ms);
             break;
-        case FANOUT_TERM:
-            DW_WARN("undecodable message terminated", "subject=%s seq=%" PRIu64 " bytes=%d",
-                    natsMsg_GetSubject(nm), m->seq, natsMsg_GetDataLength(nm));
-            s = natsMsg_Term(nm, NULL);
-            termed++;
+        case FANOUT_GIVE_UP:
+            note_failure(d, i, wall_ms);
+            if (dead_letter(d, i, wall_ms) == 0) {
+                /* Durable in DW_DLQ: only now may JetStream let it go. */
+                s = natsMsg_Term(nm, NULL);
+                dw_metric_inc(M.dead_lettered);
+                dead++;
+            } else {
+                /* MaxDeliver is reached: this NAK makes JetStream raise the
+                 * max-deliveries advisory, and the deadletter service
+                 * writes the dead letter (source "advisory"). */
+                s = natsMsg_NakWithDelay(nm, 0, NULL);
+                dw_metric_inc(M.dlq_failed);
+                naked++;
+            }
+            retries_forget(d->rt, m->seq);
             break;
-        case FANOUT_GIVE_UP: {
-            /* Issue #4 dead-letters these; until then the log line is the
-             * record, and Term raises JetStream's terminated advisory. */
-            char edges[512];
-            failed_edges_text(b, m, edges, sizeof edges);
-            DW_ERROR("delivery attempts exhausted",
-                     "id=%s room=%s seq=%" PRIu64 " attempts=%" PRIu64 " reason=%s edges=\"%s\"",
-                     m->chat->id, m->chat->room, m->seq, m->attempt, m->reason, edges);
-            s = natsMsg_Term(nm, NULL);
-            termed++;
-            break;
-        }
         }
         if (s != NATS_OK) {
             ack_failed++;
@@ -407,11 +584,38 @@ static void settle(dispatcher *d)
     if (ack_failed)
         DW_WARN("ack failed", "msgs=%zu of=%zu status=%s", ack_failed, b->n_msgs,
                 natsStatus_GetText(ack_status));
-    if (naked || termed)
-        DW_INFO("batch settled", "msgs=%zu acked=%zu retried=%zu terminated=%zu", b->n_msgs, acked,
-                naked, termed);
+    if (naked || dead)
+        DW_INFO("batch settled", "msgs=%zu acked=%zu retried=%zu dead_lettered=%zu", b->n_msgs,
+                acked, naked, dead);
     else
         DW_DEBUG("batch settled", "msgs=%zu acked=%zu", b->n_msgs, acked);
+}
+
+/* Before planning: a redelivered message skips the edges that took it
+ * earlier; a replay of a partial failure goes only to the edges named in
+ * its Dw-Replay-Edges header. */
+static void restrict_edges(dispatcher *d, size_t mi)
+{
+    fanout_batch *b = &d->batch;
+    fanout_msg *m = &b->msgs[mi];
+    natsMsg *nm = m->handle;
+    const char *only = NULL;
+
+    if (m->attempt > 1) {
+        const retry_entry *re = retries_get(d->rt, m->seq);
+        if (re && re->n_took && fanout_msg_skip(b, mi, re->took, re->n_took))
+            DW_WARN("retry: out of memory, resending to every edge", "seq=%" PRIu64, m->seq);
+    }
+    if (natsMsgHeader_Get(nm, DW_HDR_REPLAY_EDGES, &only) == NATS_OK && only && *only) {
+        char **ids = NULL;
+        size_t n = 0;
+        if (dlq_edges_parse(only, &ids, &n) || fanout_msg_only(b, mi, ids, n)) {
+            /* Sending it everywhere would repeat it to edges that had it. */
+            DW_ERROR("replay: out of memory", "seq=%" PRIu64, m->seq);
+            fanout_room_failed(b, m->room, "out_of_memory");
+        }
+        dlq_edges_free(ids, n);
+    }
 }
 
 static void process_batch(dispatcher *d, natsMsgList *list)
@@ -419,6 +623,13 @@ static void process_batch(dispatcher *d, natsMsgList *list)
     fanout_batch *b = &d->batch;
     int64_t oldest_ns = 0; /* stream store time of the oldest message */
 
+    if ((size_t)list->Count > d->stored_cap) {
+        int64_t *g = realloc(d->stored_ns, (size_t)list->Count * sizeof *g);
+        if (g) {
+            d->stored_ns = g;
+            d->stored_cap = (size_t)list->Count;
+        }
+    }
     for (int i = 0; i < list->Count; i++) {
         natsMsg *nm = list->Msgs[i];
         jsMsgMetaData *meta = NULL;
@@ -428,12 +639,17 @@ static void process_batch(dispatcher *d, natsMsgList *list)
             continue;
         }
         if (!oldest_ns || meta->Timestamp < oldest_ns) oldest_ns = meta->Timestamp;
-        long mi = fanout_add(b, nm, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm),
-                             meta->Sequence.Stream, meta->NumDelivered);
+        if (meta->NumDelivered > 1) dw_metric_inc(M.redeliveries);
+        long mi = (size_t)i < d->stored_cap
+                      ? fanout_add(b, nm, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm),
+                                   meta->Sequence.Stream, meta->NumDelivered)
+                      : -1;
         if (mi < 0) {
             int64_t delay = fanout_retry_delay(&d->retry, meta->NumDelivered);
             DW_ERROR("batch: out of memory", "seq=%" PRIu64, meta->Sequence.Stream);
-            natsMsg_NakWithDelay(nm, delay < 0 ? d->retry.delay_ms : delay, NULL);
+            natsMsg_NakWithDelay(nm, delay < 0 ? 0 : delay, NULL);
+        } else {
+            d->stored_ns[mi] = meta->Timestamp;
         }
         jsMsgMetaData_Destroy(meta);
     }
@@ -444,6 +660,8 @@ static void process_batch(dispatcher *d, natsMsgList *list)
     int64_t waited_us = oldest_ns ? (now_ns - oldest_ns) / 1000 : 0;
     int64_t t0 = dw_mono_ns();
     if (b->n_rooms) ask_registry(d);
+    for (size_t i = 0; i < b->n_msgs; i++)
+        if (b->msgs[i].chat) restrict_edges(d, i);
     int64_t t1 = dw_mono_ns();
     int max_payload = natsConnection_GetMaxPayload(d->nc);
     size_t max_bytes = max_payload > 4096 ? (size_t)max_payload - 1024 : 1024 * 1024 - 1024;
@@ -574,8 +792,10 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     d->nc = nc;
     d->js = js;
     d->cfg = *cfg;
-    d->retry.delay_ms = cfg->retry_delay_ms;
+    d->retry.base_ms = cfg->retry_base_ms;
+    d->retry.max_ms = cfg->retry_max_ms;
     d->retry.max_deliver = (uint64_t)cfg->max_deliver;
+    metrics_register();
     fanout_batch_init(&d->batch);
     atomic_init(&d->seeded, 0);
     d->sweep_every_ms = cfg->edge_dead_ms / 4;
@@ -583,6 +803,12 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     if (d->sweep_every_ms < 10) d->sweep_every_ms = 10;
 
     if (edges_create(&d->edges, cfg->edge_dead_ms, EDGES_FORGET_MS, EDGES_MAX)) goto error;
+    /* Keep a message's progress for as long as its redeliveries can come
+     * back: the whole schedule, each attempt's waits, and an AckWait. */
+    int64_t ttl = fanout_retry_total_ms(&d->retry) + d->cfg.ack_wait_ms +
+                  d->cfg.max_deliver * (d->cfg.registry_timeout_ms + d->cfg.edge_timeout_ms) +
+                  60000;
+    if (retries_create(&d->rt, (size_t)cfg->retry_state_max, ttl)) goto error;
     if (inbox_create(&d->ib, nc)) goto error;
 
     natsInbox *name = NULL;
@@ -617,6 +843,8 @@ void dispatch_destroy(dispatcher *d)
     }
     inbox_destroy(d->ib);
     edges_destroy(d->edges);
+    retries_destroy(d->rt);
     fanout_batch_clear(&d->batch);
+    free(d->stored_ns);
     free(d);
 }

@@ -1,6 +1,9 @@
 /* The dispatcher's loop: pull a batch from DW_MSG, ask the registry which
  * edges hold each room, send one pipelined request per edge, then ack what
- * every edge took and NAK the rest. Also watches edge heartbeats and
+ * every edge took and NAK the rest with an exponential backoff; a retry
+ * goes only to the edges that did not take the message yet (retries.h).
+ * After the last attempt the message is written to DW_DLQ (acked by
+ * JetStream) and only then terminated. Also watches edge heartbeats and
  * declares silent edges down (edges.h). The decisions live in fanout.h;
  * this file does the NATS I/O around them. */
 #ifndef DISPATCHER_DISPATCH_H
@@ -17,7 +20,9 @@ typedef struct dispatch_cfg {
     int64_t max_ack_pending;     /* consumer MaxAckPending */
     int64_t registry_timeout_ms; /* per batch, for all of its room questions */
     int64_t edge_timeout_ms;     /* per batch, for all of its edge requests */
-    int64_t retry_delay_ms;      /* NAK delay */
+    int64_t retry_base_ms;       /* NAK delay after the first failed attempt */
+    int64_t retry_max_ms;        /* cap of the doubling NAK delay */
+    int64_t retry_state_max;     /* messages whose per-edge progress is remembered */
     int64_t edge_dead_ms;        /* heartbeat silence that makes an edge down */
 } dispatch_cfg;
 
@@ -29,7 +34,7 @@ typedef struct dispatcher dispatcher;
 int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispatch_cfg *cfg);
 
 /* Run batches until dw_stop is set; the batch in flight when it is set is
- * finished (acked / NAK'd) before returning. Returns 0. */
+ * finished (acked / NAK'd / dead-lettered) before returning. Returns 0. */
 int dispatch_run(dispatcher *d);
 
 /* Unsubscribe everything (the durable consumer stays) and free. NULL-safe. */

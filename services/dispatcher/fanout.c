@@ -1,5 +1,6 @@
 #include "fanout.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,7 +11,25 @@ int64_t fanout_retry_delay(const fanout_retry *policy, uint64_t attempt)
 {
     /* max_deliver 0 means the consumer retries forever. */
     if (policy->max_deliver > 0 && attempt >= policy->max_deliver) return -1;
-    return policy->delay_ms;
+    int64_t cap = policy->max_ms > 0 ? policy->max_ms : INT64_MAX;
+    int64_t d = policy->base_ms > 0 ? policy->base_ms : 0;
+    /* Double attempt - 1 times, stopping at the cap (no overflow however
+     * large attempt grows). */
+    for (uint64_t a = 1; a < attempt && d < cap; a++)
+        d = d > cap / 2 ? cap : d * 2;
+    return d < cap ? d : cap;
+}
+
+int64_t fanout_retry_total_ms(const fanout_retry *policy)
+{
+    int64_t total = 0;
+    if (policy->max_deliver == 0) return 0;
+    for (uint64_t a = 1; a < policy->max_deliver; a++) {
+        int64_t d = fanout_retry_delay(policy, a);
+        if (d < 0 || total > INT64_MAX - d) break;
+        total += d;
+    }
+    return total;
 }
 
 /* --- small name -> index hash (FNV-1a, open addressing, value = index + 1) --- */
@@ -88,8 +107,17 @@ void fanout_batch_clear(fanout_batch *b)
 {
     if (!b) return;
     for (size_t i = 0; i < b->n_msgs; i++) {
-        if (b->msgs[i].chat) dw__chat_message__free_unpacked(b->msgs[i].chat, NULL);
-        free(b->msgs[i].failed);
+        fanout_msg *m = &b->msgs[i];
+        if (m->chat) dw__chat_message__free_unpacked(m->chat, NULL);
+        free(m->failed);
+        free(m->failed_how);
+        free(m->skip);
+        for (size_t k = 0; k < m->n_skip_names; k++)
+            free(m->skip_names[k]);
+        free(m->skip_names);
+        for (size_t k = 0; k < m->n_only_names; k++)
+            free(m->only_names[k]);
+        free(m->only_names);
     }
     for (size_t i = 0; i < b->n_rooms; i++) {
         free(b->rooms[i].msgs);
@@ -169,6 +197,65 @@ added:
 error:
     dw__chat_message__free_unpacked(chat, NULL);
     return -1;
+}
+
+/* Append copies of ids to a name list. 0 or -1. */
+static int names_add(char ***list, size_t *n, char *const *ids, size_t count)
+{
+    if (!count) return 0;
+    char **g = realloc(*list, (*n + count) * sizeof *g);
+    if (!g) return -1;
+    *list = g;
+    for (size_t i = 0; i < count; i++) {
+        if (!(g[*n] = strdup(ids[i] ? ids[i] : ""))) return -1;
+        (*n)++;
+    }
+    return 0;
+}
+
+static int names_have(char *const *list, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(list[i], id)) return 1;
+    return 0;
+}
+
+int fanout_msg_skip(fanout_batch *b, size_t msg, char *const *edge_ids, size_t n)
+{
+    fanout_msg *m = &b->msgs[msg];
+    return names_add(&m->skip_names, &m->n_skip_names, edge_ids, n);
+}
+
+int fanout_msg_only(fanout_batch *b, size_t msg, char *const *edge_ids, size_t n)
+{
+    fanout_msg *m = &b->msgs[msg];
+    m->has_only = 1;
+    return names_add(&m->only_names, &m->n_only_names, edge_ids, n);
+}
+
+int fanout_msg_skips(const fanout_batch *b, size_t msg, size_t edge)
+{
+    const fanout_msg *m = &b->msgs[msg];
+    for (size_t i = 0; i < m->n_skip; i++)
+        if (m->skip[i] == edge) return 1;
+    return 0;
+}
+
+/* Resolve a message's skip/only names against its room's edges. */
+static int resolve_skips(fanout_batch *b, fanout_msg *m, const fanout_room *r)
+{
+    free(m->skip);
+    m->skip = NULL;
+    m->n_skip = 0;
+    if (!m->n_skip_names && !m->has_only) return 0;
+    if (!(m->skip = malloc(r->n_edges * sizeof *m->skip))) return -1;
+    for (size_t j = 0; j < r->n_edges; j++) {
+        const char *id = b->edges[r->edges[j]].id;
+        if (names_have(m->skip_names, m->n_skip_names, id) ||
+            (m->has_only && !names_have(m->only_names, m->n_only_names, id)))
+            m->skip[m->n_skip++] = r->edges[j];
+    }
+    return 0;
 }
 
 static long edge_intern(fanout_batch *b, const char *id)
@@ -288,10 +375,15 @@ int fanout_plan(fanout_batch *b, size_t max_bytes)
         if (!m->chat) continue;
         const fanout_room *r = &b->rooms[m->room];
         free(m->failed);
+        free(m->failed_how);
         m->failed = NULL;
+        m->failed_how = NULL;
         m->n_failed = 0;
         if (r->error || r->n_edges == 0) continue;
-        if (!(m->failed = malloc(r->n_edges * sizeof *m->failed))) goto error;
+        if (!(m->failed = malloc(r->n_edges * sizeof *m->failed)) ||
+            !(m->failed_how = malloc(r->n_edges * sizeof *m->failed_how)) || resolve_skips(b, m, r))
+            goto error;
+        if (m->n_skip == r->n_edges) continue; /* every edge has it, or may not get it */
         order[n_order].seq = m->seq;
         order[n_order].msg = i;
         n_order++;
@@ -307,7 +399,7 @@ int fanout_plan(fanout_batch *b, size_t max_bytes)
     for (size_t k = 0; k < n_order; k++) {
         const fanout_room *r = &b->rooms[b->msgs[order[k].msg].room];
         for (size_t j = 0; j < r->n_edges; j++)
-            b->edges[r->edges[j]].n_msgs++;
+            if (!fanout_msg_skips(b, order[k].msg, r->edges[j])) b->edges[r->edges[j]].n_msgs++;
     }
     for (size_t e = 0; e < b->n_edges; e++) {
         if (b->edges[e].n_msgs && !(b->edges[e].msgs = malloc(b->edges[e].n_msgs * sizeof(size_t))))
@@ -318,6 +410,7 @@ int fanout_plan(fanout_batch *b, size_t max_bytes)
         size_t mi = order[k].msg;
         const fanout_room *r = &b->rooms[b->msgs[mi].room];
         for (size_t j = 0; j < r->n_edges; j++) {
+            if (fanout_msg_skips(b, mi, r->edges[j])) continue;
             fanout_edge *e = &b->edges[r->edges[j]];
             e->msgs[e->n_msgs++] = mi;
         }
@@ -429,6 +522,7 @@ void fanout_decide(fanout_batch *b, const fanout_retry *policy)
                 fanout_msg *m = &b->msgs[e->msgs[dl->first + k]];
                 /* failed has room for every edge of the room; an edge
                  * appears in at most one request per message. */
+                m->failed_how[m->n_failed] = dl->outcome;
                 m->failed[m->n_failed++] = dl->edge;
             }
         }
@@ -438,7 +532,12 @@ void fanout_decide(fanout_batch *b, const fanout_retry *policy)
         m->delay_ms = 0;
         m->reason = NULL;
         if (!m->chat) {
-            m->verdict = FANOUT_TERM;
+            /* Retried like any failure, but never given up here: on its
+             * last attempt a 0 delay NAK lets the consumer reach MaxDeliver
+             * and raise the advisory the deadletter service captures. */
+            int64_t delay = fanout_retry_delay(policy, m->attempt);
+            m->verdict = FANOUT_NAK;
+            m->delay_ms = delay < 0 ? 0 : delay;
             m->reason = "undecodable";
             continue;
         }

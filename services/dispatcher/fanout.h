@@ -5,12 +5,14 @@
  *
  * The life of a batch:
  *   fanout_add()          once per fetched message (decodes, groups by room)
+ *   fanout_msg_skip() / fanout_msg_only()   edges a message must not be sent to
+ *                         again (a retry) or may only go to (a replay)
  *   fanout_room_edges() / fanout_room_failed()   once per room: the registry's answer
  *   fanout_plan()         builds the requests: per edge, its messages in seq order,
  *                         split so no request exceeds the NATS max payload
  *   fanout_pack()         the Dw__Delivery bytes of one request
  *   fanout_delivery_done() once per request: ok / gone / failed
- *   fanout_decide()       one verdict per message: ack, nak after a delay, term
+ *   fanout_decide()       one verdict per message: ack, nak after a delay, give up
  *   fanout_batch_clear()  before the next batch
  *
  * Threads: a batch belongs to the one thread that fills it. */
@@ -22,30 +24,41 @@
 
 #include "dw/dw.pb-c.h"
 
-/* Retry policy for messages that could not be delivered now. */
+/* Retry policy for messages that could not be delivered now: exponential
+ * backoff, base_ms after the first failed attempt, doubling after each
+ * further one, never more than max_ms. */
 typedef struct fanout_retry {
-    int64_t delay_ms;     /* RETRY_DELAY_MS: wait before the next attempt */
-    uint64_t max_deliver; /* MAX_DELIVER: the consumer's attempt limit */
+    int64_t base_ms;      /* RETRY_BASE_MS: wait after the first failed attempt */
+    int64_t max_ms;       /* RETRY_MAX_MS: the cap of the doubling */
+    uint64_t max_deliver; /* MAX_DELIVER: the consumer's attempt limit (0 = none) */
 } fanout_retry;
 
 /* How long to wait before delivery attempt `attempt` + 1 of a message whose
  * attempt number `attempt` (1 = first delivery, JetStream's NumDelivered)
- * failed; -1 when that was the last attempt the consumer allows. The one
- * place that decides retries (issue #4 makes it exponential). */
+ * failed: min(base_ms * 2^(attempt-1), max_ms); -1 when that was the last
+ * attempt the consumer allows. The one place that decides retries. */
 int64_t fanout_retry_delay(const fanout_retry *policy, uint64_t attempt);
+
+/* The whole schedule: the sum of every delay a message can wait before it
+ * is given up (0 without an attempt limit). */
+int64_t fanout_retry_total_ms(const fanout_retry *policy);
 
 typedef enum {
     FANOUT_PENDING = 0, /* not sent / no answer yet: counts as failed */
     FANOUT_OK,          /* the edge took the items */
     FANOUT_GONE,        /* the edge is gone and its EDGE_DOWN is durable: done */
-    FANOUT_FAILED,      /* timeout or error: the items must be retried */
+    FANOUT_FAILED,      /* error (publish failed, bad reply): the items must be retried */
+    FANOUT_TIMEOUT,     /* no reply in time: the items must be retried */
 } fanout_outcome;
 
 typedef enum {
     FANOUT_ACK = 1, /* every edge is done */
-    FANOUT_NAK,     /* retry after delay_ms */
-    FANOUT_TERM,    /* can never succeed (does not decode): stop redelivery */
-    FANOUT_GIVE_UP, /* failed on its last attempt */
+    FANOUT_NAK,     /* retry after delay_ms. A message that does not decode
+                     * gets it too, also on its last attempt (delay 0): the
+                     * consumer then stops at MaxDeliver and JetStream's
+                     * max-deliveries advisory hands it to the deadletter
+                     * service, as for a message the dispatcher crashes on. */
+    FANOUT_GIVE_UP, /* failed on its last attempt: dead-letter it */
 } fanout_verdict;
 
 typedef struct fanout_msg {
@@ -54,10 +67,21 @@ typedef struct fanout_msg {
     uint64_t seq;          /* DW_MSG stream sequence */
     uint64_t attempt;      /* JetStream NumDelivered, 1 on the first delivery */
     size_t room;           /* index into rooms (chat != NULL only) */
-    /* Edges (indexes into edges) whose request carrying this message failed;
-     * filled by fanout_decide. Issue #4's partial retries start from here. */
+    /* Edges (indexes into edges) whose request carrying this message failed,
+     * and how (FANOUT_FAILED, FANOUT_TIMEOUT or FANOUT_PENDING); filled by
+     * fanout_decide. */
     size_t *failed;
+    fanout_outcome *failed_how;
     size_t n_failed;
+    /* fanout_msg_skip / fanout_msg_only, by edge id (owned); resolved to
+     * indexes (skip, n_skip: room edges it is not sent to) by fanout_plan. */
+    char **skip_names;
+    size_t n_skip_names;
+    char **only_names;
+    size_t n_only_names;
+    int has_only;
+    size_t *skip;
+    size_t n_skip;
     fanout_verdict verdict; /* set by fanout_decide */
     int64_t delay_ms;       /* FANOUT_NAK only */
     const char *reason;     /* static text, for logs: why not FANOUT_ACK */
@@ -111,10 +135,23 @@ void fanout_batch_clear(fanout_batch *b);
 
 /* Add one fetched message: decode it and file it under its room. A payload
  * that does not decode, or names no valid room or id, is kept with
- * chat == NULL and will get FANOUT_TERM. Returns the message's index, or -1
- * when out of memory (the message was not added). */
+ * chat == NULL and is NAK'd until JetStream stops redelivering it (see
+ * FANOUT_NAK). Returns the message's index, or -1 when out of memory (the
+ * message was not added). */
 long fanout_add(fanout_batch *b, void *handle, const void *data, size_t len, uint64_t seq,
                 uint64_t attempt);
+
+/* Message msg already reached these edges (an earlier attempt): do not send
+ * it to them again. Adds to what an earlier call said. 0 or -1 (out of
+ * memory: then it is sent to them again, which edges drop as a repeat). */
+int fanout_msg_skip(fanout_batch *b, size_t msg, char *const *edge_ids, size_t n);
+/* Message msg may only go to these edges (a replay of a partial failure);
+ * the registry's other edges for its room are skipped. 0 or -1 (out of
+ * memory: the caller must not deliver it now, e.g. NAK it). */
+int fanout_msg_only(fanout_batch *b, size_t msg, char *const *edge_ids, size_t n);
+/* After fanout_plan: whether message msg was not sent to edge `edge`
+ * because of fanout_msg_skip / fanout_msg_only. */
+int fanout_msg_skips(const fanout_batch *b, size_t msg, size_t edge);
 
 /* The registry's answer for room `room`: the edges holding its members
  * (duplicates and ids that fail edges_id_valid are skipped; the caller
@@ -136,12 +173,13 @@ int fanout_pack(const fanout_batch *b, size_t d, uint8_t **out, size_t *len);
 /* What happened to request d. */
 void fanout_delivery_done(fanout_batch *b, size_t d, fanout_outcome outcome);
 
-/* One verdict per message: TERM for what did not decode; NAK (or GIVE_UP on
- * the last attempt) when the registry failed for its room, or when any
- * request carrying it is neither OK nor GONE (those edges land in
- * msg->failed); otherwise ACK, also for a room nobody is in. Call once
- * every request has its outcome. Without a successful fanout_plan (out of
- * memory) nothing was sent: every message with edges gets NAK/GIVE_UP. */
+/* One verdict per message: NAK for what did not decode (see FANOUT_NAK);
+ * NAK (or GIVE_UP on the last attempt) when the registry failed for its
+ * room, or when any request carrying it is neither OK nor GONE (those edges
+ * land in msg->failed); otherwise ACK, also for a room nobody is in and
+ * for a message every edge of which is skipped. Call once every request
+ * has its outcome. Without a successful fanout_plan (out of memory)
+ * nothing was sent: every message with edges gets NAK/GIVE_UP. */
 void fanout_decide(fanout_batch *b, const fanout_retry *policy);
 
 #endif

@@ -1,6 +1,8 @@
 /* dispatcher: the SendMessage handler. Pulls accepted chat messages from
  * DW_MSG and hands each to every edge holding members of its room. */
 #include <inttypes.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -10,7 +12,11 @@
 #include "dw/bus.h"
 #include "dw/config.h"
 #include "dw/log.h"
+#include "dw/metrics.h"
+#include "dw/ping.h"
+#include "dw/status.h"
 #include "dw/util.h"
+#include "streams.h"
 
 typedef struct dispatcher_config {
     char *nats_url;
@@ -21,8 +27,11 @@ typedef struct dispatcher_config {
     int64_t max_ack_pending;
     int64_t registry_timeout_ms;
     int64_t edge_timeout_ms;
-    int64_t retry_delay_ms;
+    int64_t retry_base_ms;
+    int64_t retry_max_ms;
+    int64_t retry_state_max;
     int64_t edge_dead_ms;
+    int64_t status_port;
     char *log_level;
 } dispatcher_config;
 
@@ -39,17 +48,25 @@ static const dw_cfg_field fields[] = {
     F("ACK_WAIT_MS", DW_CFG_INT, ack_wait_ms, "30000", 1000, 3600000,
       "redeliver a message not acked within this time (consumer AckWait)"),
     F("MAX_DELIVER", DW_CFG_INT, max_deliver, "6", 1, 1000,
-      "delivery attempts per message (consumer MaxDeliver)"),
+      "delivery attempts per message (consumer MaxDeliver); after the last one the message "
+      "is dead-lettered"),
     F("MAX_ACK_PENDING", DW_CFG_INT, max_ack_pending, "20000", 1, 10000000,
       "messages in flight across all dispatchers (consumer MaxAckPending)"),
     F("REGISTRY_TIMEOUT_MS", DW_CFG_INT, registry_timeout_ms, "2000", 10, 60000,
       "wait this long for the registry's room answers"),
     F("EDGE_TIMEOUT_MS", DW_CFG_INT, edge_timeout_ms, "2000", 10, 60000,
       "wait this long for the edges' delivery replies"),
-    F("RETRY_DELAY_MS", DW_CFG_INT, retry_delay_ms, "250", 0, 3600000,
-      "redeliver a message that failed after this delay"),
+    F("RETRY_BASE_MS", DW_CFG_INT, retry_base_ms, "250", 0, 3600000,
+      "retry a failed message after this delay, doubling with every further attempt"),
+    F("RETRY_MAX_MS", DW_CFG_INT, retry_max_ms, "30000", 1, 86400000,
+      "the longest delay between two attempts"),
+    F("RETRY_STATE_MAX", DW_CFG_INT, retry_state_max, "100000", 1, 100000000,
+      "failing messages whose per-edge progress is remembered (retries go only to the edges "
+      "that did not take them)"),
     F("EDGE_DEAD_MS", DW_CFG_INT, edge_dead_ms, "10000", 100, 3600000,
       "an edge without heartbeat for this long is declared down"),
+    F("STATUS_PORT", DW_CFG_INT, status_port, "9093", 0, 65535,
+      "port of /healthz, /readyz and /metrics (0 = off)"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
@@ -69,16 +86,39 @@ static void on_stop(void *arg)
     if (connecting) _exit(0);
 }
 
+static atomic_bool ready;
+static dw_metric *ready_gauge;
+
+static bool is_ready(void *arg)
+{
+    return atomic_load(&ready);
+}
+
+static void set_ready(bool v)
+{
+    atomic_store(&ready, v);
+    dw_metric_set(ready_gauge, v ? 1 : 0);
+}
+
 /* Connecting, streams and consumer setup are retried until they work or we
  * are told to stop: the dispatcher may start before NATS or JetStream. */
 static int setup(natsConnection *nc, jsCtx *js, const dispatch_cfg *dc, dispatcher **out)
 {
-    dw_stream_opts so;
-    dw_stream_opts_default(&so);
+    dlq_stream_opts dso;
+    dlq_stream_opts_default(&dso);
     int64_t wait = 250;
+    int dlq_ok = 0;
     while (!dw_stop) {
-        if (dw_streams_ensure(js, &so) == NATS_OK && dispatch_create(out, nc, js, dc) == 0)
-            return 0;
+        /* DW_CONN and DW_MSG are the registry's to create; the
+         * dispatcher's NATS user may only look (deploy/nats/auth.conf). */
+        if (dw_streams_exist(js) == NATS_OK) {
+            /* The deadletter service owns DW_DLQ; create it if it is not
+             * there yet, so that a message given up on has somewhere to go.
+             * Not fatal: without it, dead letters take the advisory path. */
+            if (!dlq_ok && !(dlq_ok = dlq_streams_ensure(js, &dso, 0) == NATS_OK))
+                DW_WARN("dead-letter streams not available yet", "stream=%s", DW_STREAM_DLQ);
+            if (dispatch_create(out, nc, js, dc) == 0) return 0;
+        }
         DW_WARN("setup failed, retrying", "retry_ms=%" PRId64, wait);
         nats_Sleep(wait);
         if (wait < 4000) wait *= 2;
@@ -92,6 +132,9 @@ int main(int argc, char **argv)
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     dispatcher *d = NULL;
+    dw_status *status = NULL;
+    dw_ping *ping = NULL;
+    char instance[DW_ID_LEN + 1] = "";
     int rc = 1;
 
     int lr = dw_config_load(&cfg, fields, N_FIELDS, argc, argv, "dispatcher", summary);
@@ -116,9 +159,16 @@ int main(int argc, char **argv)
         .max_ack_pending = cfg.max_ack_pending,
         .registry_timeout_ms = cfg.registry_timeout_ms,
         .edge_timeout_ms = cfg.edge_timeout_ms,
-        .retry_delay_ms = cfg.retry_delay_ms,
+        .retry_base_ms = cfg.retry_base_ms,
+        .retry_max_ms = cfg.retry_max_ms,
+        .retry_state_max = cfg.retry_state_max,
         .edge_dead_ms = cfg.edge_dead_ms,
     };
+
+    ready_gauge = dw_gauge("dw_ready", "service=\"dispatcher\"", "1 when the service is ready");
+    /* Metrics are a side show: a port in use must not stop deliveries. */
+    if (dw_status_start(&status, NULL, (int)cfg.status_port, is_ready, NULL))
+        DW_ERROR("status port not available, running without it", "port=%" PRId64, cfg.status_port);
 
     connecting = 1;
     natsStatus s = dw_bus_connect(&nc, cfg.nats_url, "dispatcher");
@@ -128,19 +178,30 @@ int main(int argc, char **argv)
         DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
         goto done;
     }
+    /* dwctl status lists who runs (dw.ops.ping); not being listed must not
+     * stop deliveries, so a failure here is only logged. */
+    if (dw_id_random(instance) || dw_ping_start(&ping, nc, "dispatcher", instance, is_ready, NULL))
+        DW_WARN("not answering dw.ops.ping", "%s", "");
     if (setup(nc, js, &dc, &d)) {
         rc = 0; /* stopped before we were ready: still a clean stop */
         goto done;
     }
-    DW_INFO("dispatcher ready", "nats=%s batch=%" PRId64 " max_deliver=%" PRId64 " nofile=%ld",
-            cfg.nats_url, cfg.fetch_batch, cfg.max_deliver, nofile);
+    DW_INFO("dispatcher ready",
+            "nats=%s batch=%" PRId64 " max_deliver=%" PRId64 " retry_base_ms=%" PRId64
+            " retry_max_ms=%" PRId64 " nofile=%ld",
+            cfg.nats_url, cfg.fetch_batch, cfg.max_deliver, cfg.retry_base_ms, cfg.retry_max_ms,
+            nofile);
+    set_ready(true);
 
     dispatch_run(d);
+    set_ready(false);
     DW_INFO("stopping", "%s", "");
     rc = 0;
 
 done:
+    dw_ping_stop(ping);
     dispatch_destroy(d);
+    dw_status_stop(status);
     if (nc) {
         /* Drain: the acks of the last batch are on the wire before we close. */
         if (natsConnection_DrainTimeout(nc, 5000) == NATS_OK) {
@@ -154,5 +215,6 @@ done:
     nats_Close();
     if (rc == 0) DW_INFO("stopped", "%s", "");
     dw_config_free(&cfg, fields, N_FIELDS);
+    dw_metrics_free();
     return rc;
 }

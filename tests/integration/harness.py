@@ -109,8 +109,15 @@ class Proc:
 class Stack:
     """One DynamoWave stack: nats-server + registry + dispatcher + N edges."""
 
-    def __init__(self, edges=1, env=None):
+    def __init__(self, edges=1, env=None, nats_conf=None, nats_env=None, service_env=None):
+        """nats_conf: a nats-server config file (-c), started with nats_env
+        added to its environment; service_env: {"edge"|"registry"|
+        "dispatcher"|"deadletter"|"api"|"dwctl": {VAR: value}}, added to
+        that program's environment (e.g. its NATS user and password)."""
         self.dir = tempfile.mkdtemp(prefix="dw-it-")
+        self.nats_conf = nats_conf
+        self.nats_env = nats_env or {}
+        self.service_env = service_env or {}
         self.nats_port = free_port()
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self.extra_env = env or {}
@@ -118,6 +125,8 @@ class Stack:
         self.edges = []
         self.registry = None
         self.dispatcher = None
+        self.deadletter = None
+        self.api = None
         self.nats = None
         self.n_edges = edges
 
@@ -130,6 +139,11 @@ class Stack:
         e.update({(k if k.startswith("DW_") else "DW_" + k): str(v) for k, v in kw.items()})
         return e
 
+    def _svc(self, name, env):
+        """The keyword arguments of env() for one program: its service_env,
+        then the caller's (which win)."""
+        return {**self.service_env.get(name, {}), **env}
+
     def _spawn(self, name, argv, env):
         p = Proc(name, argv, env, os.path.join(self.dir, f"{name}.log")).start()
         self.procs.append(p)
@@ -138,8 +152,10 @@ class Stack:
     def start_nats(self):
         store = os.path.join(self.dir, "nats")
         os.makedirs(store, exist_ok=True)
-        self.nats = self._spawn("nats", [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
-                                         "-sd", store], dict(os.environ))
+        conf = ["-c", self.nats_conf] if self.nats_conf else []
+        self.nats = self._spawn("nats", [NATS_SERVER, "-js", *conf, "-a", "127.0.0.1", "-p",
+                                         str(self.nats_port), "-sd", store],
+                                {**os.environ, **self.nats_env})
 
         def up():
             try:
@@ -150,17 +166,49 @@ class Stack:
         wait_until(up, 10, "nats-server to accept connections")
 
     def start_registry(self, **env):
-        self.registry = self._spawn("registry", [os.path.join(BIN, "registry")], self.env(**env))
+        env.setdefault("STATUS_PORT", self.extra_env.get("DW_STATUS_PORT", 0))  # many per machine
+        self.registry = self._spawn("registry", [os.path.join(BIN, "registry")],
+                                    self.env(**self._svc("registry", env)))
         return self.registry
 
     def start_dispatcher(self, **env):
-        self.dispatcher = self._spawn("dispatcher", [os.path.join(BIN, "dispatcher")], self.env(**env))
+        self.dispatcher = self._spawn("dispatcher", [os.path.join(BIN, "dispatcher")],
+                                      self.env(**self._svc("dispatcher", env)))
         return self.dispatcher
+
+    def start_api(self, **env):
+        """The @connections management API (HTTP on api.mgmt_port, NATS, dw.ops.ping)."""
+        mgmt_port, status_port = free_port(), free_port()
+        p = self._spawn("api", [os.path.join(BIN, "api")],
+                        self.env(**self._svc("api", dict(MGMT_HOST="127.0.0.1", MGMT_PORT=mgmt_port,
+                                                         STATUS_PORT=status_port, **env))))
+        p.mgmt_port = mgmt_port
+        p.status_port = status_port
+        p.base_url = f"http://127.0.0.1:{mgmt_port}"
+        self.api = p
+        wait_until(lambda: self.http_status(status_port, "/readyz") == 200 or not p.alive(), 20,
+                   "api to be ready")
+        assert p.alive(), f"api died:\n{p.tail()}"
+        return p
+
+    def start_deadletter(self, **env):
+        """The dead-letter service (DW_DLQ, advisories, dw.ops.dlq.*); status on .status_port."""
+        status_port = free_port()
+        env.setdefault("STATUS_PORT", status_port)
+        p = self._spawn("deadletter", [os.path.join(BIN, "deadletter")],
+                        self.env(**self._svc("deadletter", env)))
+        p.status_port = int(env["STATUS_PORT"])
+        self.deadletter = p
+        if p.status_port:
+            wait_until(lambda: self.http_status(p.status_port, "/readyz") == 200 or not p.alive(), 20,
+                       "deadletter to be ready")
+        assert p.alive(), f"deadletter died:\n{p.tail()}"
+        return p
 
     def start_edge(self, **env):
         port = free_port()
         p = self._spawn(f"edge{len(self.edges)}", [os.path.join(BIN, "edge")],
-                        self.env(PORT=port, **env))
+                        self.env(**self._svc("edge", dict(PORT=port, **env))))
         p.port = port
         p.url = f"ws://127.0.0.1:{port}/"
         self.edges.append(p)
@@ -174,6 +222,8 @@ class Stack:
             self.start_nats()
             self.start_registry()
             self.start_dispatcher()
+            self.start_deadletter()
+            self.start_api()
             # The registry answers queries once it is up: wait for it.
             wait_until(lambda: self.dwctl_ok("status"), 20, "registry to answer")
             for _ in range(self.n_edges):
@@ -195,7 +245,8 @@ class Stack:
             return None
 
     def dwctl(self, *args, check=True):
-        r = subprocess.run([os.path.join(BIN, "dwctl"), *args], env=self.env(), capture_output=True,
+        r = subprocess.run([os.path.join(BIN, "dwctl"), *args], env=self.env(**self._svc("dwctl", {})),
+                           capture_output=True,
                            text=True, timeout=30)
         if check and r.returncode != 0:
             raise AssertionError(f"dwctl {' '.join(args)} failed ({r.returncode}): {r.stderr}")

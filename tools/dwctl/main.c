@@ -27,12 +27,17 @@ typedef struct dwctl_area {
     const char *synopsis; /* one line per subcommand, for dwctl --help */
 } dwctl_area;
 
+int cmd_dlq(dwctl *ctl, int argc, char **argv); /* cmd_dlq.c */
+
 static const dwctl_area areas[] = {
     {"conn", cmd_conn,
      "  conn list [--edge E] [--json]   list connections (all, or those of edge E)\n"
-     "  conn get ID [--json]            show one connection\n"},
+     "  conn get ID [--json]            show one connection\n"
+     "  conn post|delete ID [...]       post a message to a connection / close it\n"},
     {"status", cmd_status,
-     "  status [--json]                 registry, streams and dispatcher backlog at a glance\n"},
+     "  status [--json]                 services, connections per edge, streams, lag, DLQ\n"},
+    {"dlq", cmd_dlq, "  dlq list|show|replay|purge|stats   dead letters: inspect, replay, purge\n"},
+    {"registry", cmd_registry, "  registry status|checkpoint[s]|restore|resume|rotate-key   checkpoints, restore to a time, keys\n"},
 };
 
 static void usage(FILE *out)

@@ -12,7 +12,7 @@
 #include "dw/bus.h"
 #include "fanout.h"
 
-static const fanout_retry policy = {.delay_ms = 250, .max_deliver = 6};
+static const fanout_retry policy = {.base_ms = 250, .max_ms = 30000, .max_deliver = 6};
 
 /* Pack a chat message the way the edge publishes it. Caller frees. */
 static uint8_t *chat(const char *id, const char *room, const char *text, uint64_t conn_seq,
@@ -93,12 +93,44 @@ static Dw__Delivery *unpack_delivery(const fanout_batch *b, size_t d)
 
 static void test_retry_delay(void **state)
 {
-    for (uint64_t a = 1; a < 6; a++)
-        assert_int_equal(fanout_retry_delay(&policy, a), 250);
-    assert_int_equal(fanout_retry_delay(&policy, 6), -1);
+    /* The default schedule: 250 ms doubling, 6 attempts. */
+    assert_int_equal(fanout_retry_delay(&policy, 1), 250);
+    assert_int_equal(fanout_retry_delay(&policy, 2), 500);
+    assert_int_equal(fanout_retry_delay(&policy, 3), 1000);
+    assert_int_equal(fanout_retry_delay(&policy, 4), 2000);
+    assert_int_equal(fanout_retry_delay(&policy, 5), 4000);
+    assert_int_equal(fanout_retry_delay(&policy, 6), -1); /* the last attempt failed */
     assert_int_equal(fanout_retry_delay(&policy, 7), -1);
-    const fanout_retry forever = {.delay_ms = 10, .max_deliver = 0};
-    assert_int_equal(fanout_retry_delay(&forever, 1000000), 10);
+    assert_int_equal(fanout_retry_total_ms(&policy), 250 + 500 + 1000 + 2000 + 4000);
+    /* attempt 0 (no metadata) is treated as the first */
+    assert_int_equal(fanout_retry_delay(&policy, 0), 250);
+}
+
+static void test_retry_delay_cap(void **state)
+{
+    const fanout_retry capped = {.base_ms = 250, .max_ms = 1500, .max_deliver = 10};
+    assert_int_equal(fanout_retry_delay(&capped, 3), 1000);
+    assert_int_equal(fanout_retry_delay(&capped, 4), 1500);
+    assert_int_equal(fanout_retry_delay(&capped, 9), 1500);
+    assert_int_equal(fanout_retry_delay(&capped, 10), -1);
+    assert_int_equal(fanout_retry_total_ms(&capped), 250 + 500 + 1000 + 6 * 1500);
+
+    /* Without an attempt limit: capped forever, never overflowing. */
+    const fanout_retry forever = {.base_ms = 10, .max_ms = 30000, .max_deliver = 0};
+    assert_int_equal(fanout_retry_delay(&forever, 1), 10);
+    assert_int_equal(fanout_retry_delay(&forever, 64), 30000);
+    assert_int_equal(fanout_retry_delay(&forever, UINT64_MAX), 30000);
+    assert_int_equal(fanout_retry_total_ms(&forever), 0);
+
+    /* A huge base never overflows past the cap either. */
+    const fanout_retry huge = {.base_ms = INT64_MAX / 2 + 1, .max_ms = INT64_MAX, .max_deliver = 0};
+    assert_true(fanout_retry_delay(&huge, 5) > 0);
+
+    /* 0 base: immediate retries (a test setting). */
+    const fanout_retry zero = {.base_ms = 0, .max_ms = 100, .max_deliver = 3};
+    assert_int_equal(fanout_retry_delay(&zero, 1), 0);
+    assert_int_equal(fanout_retry_delay(&zero, 2), 0);
+    assert_int_equal(fanout_retry_delay(&zero, 3), -1);
 }
 
 static void test_group_by_room(void **state)
@@ -151,7 +183,7 @@ static void test_many_rooms(void **state)
     fanout_batch_clear(&b);
 }
 
-static void test_bad_messages_are_terminated(void **state)
+static void test_bad_messages_are_retried_until_max_deliver(void **state)
 {
     fanout_batch b;
     fanout_batch_init(&b);
@@ -172,10 +204,21 @@ static void test_bad_messages_are_terminated(void **state)
     fanout_delivery_done(&b, 0, FANOUT_OK);
     fanout_decide(&b, &policy);
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(b.msgs[i].verdict, FANOUT_TERM);
+        assert_int_equal(b.msgs[i].verdict, FANOUT_NAK);
+        assert_int_equal(b.msgs[i].delay_ms, 250);
         assert_string_equal(b.msgs[i].reason, "undecodable");
     }
     assert_int_equal(b.msgs[3].verdict, FANOUT_ACK);
+    fanout_batch_clear(&b);
+
+    /* On its last attempt it is NAK'd again, never given up here: the
+     * consumer's MaxDeliver and the advisory take it to the DLQ. */
+    fanout_batch_init(&b);
+    assert_int_equal(fanout_add(&b, NULL, junk, sizeof junk, 1, 6), 0);
+    assert_int_equal(fanout_plan(&b, 1 << 20), 0);
+    fanout_decide(&b, &policy);
+    assert_int_equal(b.msgs[0].verdict, FANOUT_NAK);
+    assert_int_equal(b.msgs[0].delay_ms, 0);
     fanout_batch_clear(&b);
 }
 
@@ -480,13 +523,119 @@ static void test_batch_reuse(void **state)
     fanout_batch_clear(&b);
 }
 
+static void test_retry_skips_edges_that_took_it(void **state)
+{
+    /* Attempt 2 of m1 (lobby: edge-a took it last time, edge-b did not). */
+    fanout_batch b;
+    fanout_batch_init(&b);
+    add(&b, "m1", "lobby", 1, 0, 2);
+    add(&b, "m2", "lobby", 2, 0, 1);
+    char *took[] = {"edge-a"};
+    assert_int_equal(fanout_msg_skip(&b, 0, took, 1), 0);
+    set_edges(&b, "lobby", "edge-a", "edge-b");
+    assert_int_equal(fanout_plan(&b, 1 << 20), 0);
+    long ea = edge_index(&b, "edge-a"), eb = edge_index(&b, "edge-b");
+    assert_true(fanout_msg_skips(&b, 0, (size_t)ea));
+    assert_false(fanout_msg_skips(&b, 0, (size_t)eb));
+    assert_false(fanout_msg_skips(&b, 1, (size_t)ea));
+
+    /* edge-a gets only m2; edge-b gets both. */
+    Dw__Delivery *a = unpack_delivery(&b, (size_t)delivery_of(&b, "edge-a"));
+    assert_int_equal(a->n_items, 1);
+    assert_string_equal(a->items[0]->id, "m2");
+    dw__delivery__free_unpacked(a, NULL);
+    Dw__Delivery *bb = unpack_delivery(&b, (size_t)delivery_of(&b, "edge-b"));
+    assert_int_equal(bb->n_items, 2);
+    dw__delivery__free_unpacked(bb, NULL);
+
+    /* edge-b fails again: only it is listed as failed for m1. */
+    done(&b, "edge-a", FANOUT_OK);
+    done(&b, "edge-b", FANOUT_TIMEOUT);
+    fanout_decide(&b, &policy);
+    assert_int_equal(b.msgs[0].verdict, FANOUT_NAK);
+    assert_int_equal(b.msgs[0].delay_ms, 500); /* attempt 2 failed: doubled */
+    assert_int_equal(b.msgs[0].n_failed, 1);
+    assert_int_equal(b.msgs[0].failed[0], (size_t)eb);
+    fanout_batch_clear(&b);
+
+    /* Every edge took it already: nothing is sent, it is acked. */
+    fanout_batch_init(&b);
+    add(&b, "m1", "lobby", 1, 0, 3);
+    char *both[] = {"edge-a", "edge-b"};
+    assert_int_equal(fanout_msg_skip(&b, 0, both, 2), 0);
+    set_edges(&b, "lobby", "edge-a", "edge-b");
+    assert_int_equal(fanout_plan(&b, 1 << 20), 0);
+    assert_int_equal(b.n_deliveries, 0);
+    fanout_decide(&b, &policy);
+    assert_int_equal(b.msgs[0].verdict, FANOUT_ACK);
+    fanout_batch_clear(&b);
+}
+
+static void test_replay_only_to_named_edges(void **state)
+{
+    fanout_batch b;
+    fanout_batch_init(&b);
+    add(&b, "m1", "lobby", 7, 0, 1);
+    char *only[] = {"edge-b", "edge-gone"};
+    assert_int_equal(fanout_msg_only(&b, 0, only, 2), 0);
+    set_edges(&b, "lobby", "edge-a", "edge-b");
+    assert_int_equal(fanout_plan(&b, 1 << 20), 0);
+    assert_int_equal(b.n_deliveries, 1);
+    assert_int_equal(delivery_of(&b, "edge-a"), -1);
+    assert_true(delivery_of(&b, "edge-b") >= 0);
+    done(&b, "edge-b", FANOUT_OK);
+    fanout_decide(&b, &policy);
+    assert_int_equal(b.msgs[0].verdict, FANOUT_ACK);
+    fanout_batch_clear(&b);
+
+    /* None of the named edges holds the room any more: acked, not sent. */
+    fanout_batch_init(&b);
+    add(&b, "m1", "lobby", 7, 0, 1);
+    char *gone[] = {"edge-gone"};
+    assert_int_equal(fanout_msg_only(&b, 0, gone, 1), 0);
+    set_edges(&b, "lobby", "edge-a", NULL);
+    assert_int_equal(fanout_plan(&b, 1 << 20), 0);
+    assert_int_equal(b.n_deliveries, 0);
+    fanout_decide(&b, &policy);
+    assert_int_equal(b.msgs[0].verdict, FANOUT_ACK);
+    fanout_batch_clear(&b);
+}
+
+static void test_timeout_is_told_apart(void **state)
+{
+    fanout_batch b;
+    plan_three_rooms(&b, 1);
+    done(&b, "edge-a", FANOUT_TIMEOUT);
+    done(&b, "edge-b", FANOUT_FAILED);
+    /* edge-c: never answered (PENDING) */
+    fanout_decide(&b, &policy);
+    long ea = edge_index(&b, "edge-a"), eb = edge_index(&b, "edge-b");
+    /* m1 (lobby) went to edge-a and edge-b */
+    assert_int_equal(b.msgs[0].n_failed, 2);
+    for (size_t k = 0; k < 2; k++) {
+        if (b.msgs[0].failed[k] == (size_t)ea)
+            assert_int_equal(b.msgs[0].failed_how[k], FANOUT_TIMEOUT);
+        else if (b.msgs[0].failed[k] == (size_t)eb)
+            assert_int_equal(b.msgs[0].failed_how[k], FANOUT_FAILED);
+        else
+            fail();
+    }
+    assert_int_equal(b.msgs[2].n_failed, 1);
+    assert_int_equal(b.msgs[2].failed_how[0], FANOUT_PENDING);
+    fanout_batch_clear(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_retry_delay),
         cmocka_unit_test(test_group_by_room),
         cmocka_unit_test(test_many_rooms),
-        cmocka_unit_test(test_bad_messages_are_terminated),
+        cmocka_unit_test(test_retry_delay_cap),
+        cmocka_unit_test(test_bad_messages_are_retried_until_max_deliver),
+        cmocka_unit_test(test_retry_skips_edges_that_took_it),
+        cmocka_unit_test(test_replay_only_to_named_edges),
+        cmocka_unit_test(test_timeout_is_told_apart),
         cmocka_unit_test(test_per_edge_deliveries),
         cmocka_unit_test(test_items_in_seq_order),
         cmocka_unit_test(test_registry_edges_dedup_and_invalid),

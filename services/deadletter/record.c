@@ -1,0 +1,205 @@
+#include "record.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MSG_PREFIX_LEN (sizeof DW_SUBJ_MSG_PREFIX - 1)
+
+void dlq_msg_id(char *buf, size_t len, uint64_t stream_seq)
+{
+    snprintf(buf, len, DW_DLQ_MSG_ID_PREFIX "%" PRIu64, stream_seq);
+}
+
+int dlq_replay_msg_id(char *buf, size_t len, const char *orig_msg_id, uint64_t stream_seq,
+                      uint64_t dlq_id)
+{
+    int n;
+    if (orig_msg_id && *orig_msg_id)
+        n = snprintf(buf, len, "%s.r%" PRIu64, orig_msg_id, dlq_id);
+    else
+        n = snprintf(buf, len, DW_DLQ_MSG_ID_PREFIX "%" PRIu64 ".r%" PRIu64, stream_seq, dlq_id);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* Subject tokens as NATS accepts them in a published subject: no empty
+ * token, no wildcard, no white space. Looser than dw_room_valid on purpose:
+ * a message published straight to DW_MSG under any subject must still be
+ * recordable. */
+static int tokens_valid(const char *s)
+{
+    if (!*s || *s == '.') return 0;
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= ' ' || c == 0x7f || c == '*' || c == '>') return 0;
+        if (c == '.' && (p[1] == '.' || p[1] == '\0')) return 0;
+    }
+    return 1;
+}
+
+const char *dlq_room_of_subject(const char *subject)
+{
+    if (!subject || strncmp(subject, DW_SUBJ_MSG_PREFIX, MSG_PREFIX_LEN)) return NULL;
+    const char *room = subject + MSG_PREFIX_LEN;
+    return tokens_valid(room) ? room : NULL;
+}
+
+int dlq_subject(char *buf, size_t len, const char *room)
+{
+    if (!room || !tokens_valid(room)) return -1;
+    int n = snprintf(buf, len, DW_SUBJ_DLQ_PREFIX "%s", room);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+int dlq_reason_edges(char *buf, size_t len, const char *kind, const char *const *edges, size_t n)
+{
+    static const char more[] = ",...";
+    int w = snprintf(buf, len, "%s:", kind);
+    if (w < 0 || (size_t)w >= len) {
+        if (len) buf[0] = '\0';
+        return -1;
+    }
+    size_t off = (size_t)w;
+    for (size_t i = 0; i < n; i++) {
+        size_t need = strlen(edges[i]) + (i ? 1 : 0);
+        /* keep room for the ",..." that says the list was cut */
+        size_t reserve = i + 1 < n ? sizeof more - 1 : 0;
+        if (off + need + reserve + 1 > len) {
+            if (off + sizeof more <= len) snprintf(buf + off, len - off, "%s", i ? more : more + 1);
+            return 0;
+        }
+        off += (size_t)snprintf(buf + off, len - off, "%s%s", i ? "," : "", edges[i]);
+    }
+    return 0;
+}
+
+int dlq_reason_matches(const char *reason, const char *filter)
+{
+    if (!filter || !*filter) return 1;
+    if (!reason) return 0;
+    size_t fl = strlen(filter);
+    return !strncmp(reason, filter, fl) && (reason[fl] == '\0' || reason[fl] == ':');
+}
+
+int dlq_record_valid(const Dw__DeadLetter *dl)
+{
+    if (!dl || !dl->subject || !dl->room) return 0;
+    if (!*dl->subject) {
+        /* Captured after the original had left DW_MSG: nothing to replay. */
+        if (dl->payload.len || *dl->room) return 0;
+    } else {
+        const char *room = dlq_room_of_subject(dl->subject);
+        if (!room || strcmp(dl->room, room)) return 0;
+    }
+    if (dl->stream_seq == 0) return 0;
+    if (!dl->reason || !*dl->reason || strlen(dl->reason) > DLQ_REASON_MAX) return 0;
+    if (!dl->source || !*dl->source) return 0;
+    if (dl->n_attempt_ms > DLQ_ATTEMPTS_MAX) return 0;
+    return 1;
+}
+
+uint8_t *dlq_record_pack(const Dw__DeadLetter *dl, size_t *len)
+{
+    if (!dlq_record_valid(dl)) return NULL;
+    return dw_pb_pack(&dl->base, len);
+}
+
+Dw__DeadLetter *dlq_record_unpack(const void *data, size_t len)
+{
+    Dw__DeadLetter *dl = dw__dead_letter__unpack(NULL, len, data);
+    if (dl && !dlq_record_valid(dl)) {
+        dw__dead_letter__free_unpacked(dl, NULL);
+        dl = NULL;
+    }
+    return dl;
+}
+
+int dlq_edges_parse(const char *text, char ***out, size_t *n)
+{
+    char **v = NULL;
+    size_t cnt = 0, cap = 0;
+    const char *p = text ? text : "";
+
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t l = end ? (size_t)(end - p) : strlen(p);
+        if (l) {
+            if (cnt == cap) {
+                size_t nc = cap ? cap * 2 : 4;
+                char **g = realloc(v, nc * sizeof *g);
+                if (!g) goto error;
+                v = g;
+                cap = nc;
+            }
+            if (!(v[cnt] = strndup(p, l))) goto error;
+            cnt++;
+        }
+        p += l;
+        if (*p == ',') p++;
+    }
+    *out = v;
+    *n = cnt;
+    return 0;
+
+error:
+    dlq_edges_free(v, cnt);
+    *out = NULL;
+    *n = 0;
+    return -1;
+}
+
+char *dlq_edges_join(char *const *edges, size_t n)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(edges[i]) + 1;
+    char *s = malloc(len), *p = s;
+    if (!s) return NULL;
+    *p = '\0';
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "%s%s", i ? "," : "", edges[i]);
+    return s;
+}
+
+void dlq_edges_free(char **edges, size_t n)
+{
+    if (!edges) return;
+    for (size_t i = 0; i < n; i++)
+        free(edges[i]);
+    free(edges);
+}
+
+static int copy_str(char *dst, size_t len, json_t *v)
+{
+    const char *s = json_string_value(v);
+    if (!s || strlen(s) >= len) return -1;
+    memcpy(dst, s, strlen(s) + 1);
+    return 0;
+}
+
+int dlq_advisory_parse(const void *json, size_t len, dlq_advisory *out)
+{
+    json_error_t err;
+    json_t *root = json_loadb(json, len, 0, &err);
+    int rc = -1;
+
+    memset(out, 0, sizeof *out);
+    if (!json_is_object(root)) goto done;
+    const char *type = json_string_value(json_object_get(root, "type"));
+    if (!type || strcmp(type, "io.nats.jetstream.advisory.v1.max_deliver")) goto done;
+    if (copy_str(out->stream, sizeof out->stream, json_object_get(root, "stream")) ||
+        copy_str(out->consumer, sizeof out->consumer, json_object_get(root, "consumer")))
+        goto done;
+    json_t *seq = json_object_get(root, "stream_seq");
+    if (!json_is_integer(seq) || json_integer_value(seq) <= 0) goto done;
+    out->stream_seq = (uint64_t)json_integer_value(seq);
+    json_t *dc = json_object_get(root, "deliveries");
+    if (json_is_integer(dc) && json_integer_value(dc) > 0)
+        out->deliveries = (uint64_t)json_integer_value(dc);
+    rc = 0;
+done:
+    json_decref(root);
+    return rc;
+}

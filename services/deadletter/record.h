@@ -1,0 +1,99 @@
+/* The dead-letter record: how a Dw__DeadLetter is named, encoded, checked
+ * and filtered, and how JetStream's max-deliveries advisory is read. Shared
+ * by the two writers of DW_DLQ (the dispatcher when it gives up, the
+ * deadletter service for advisories) and by the service's ops. No NATS I/O
+ * in here (streams.h does the stream setup). */
+#ifndef DEADLETTER_RECORD_H
+#define DEADLETTER_RECORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dw/dlq.h"
+#include "dw/dw.pb-c.h"
+
+/* Reasons (Dw__DeadLetter.reason). Edge reasons carry the edges after a
+ * colon: "edge_timeout:e1,e2". */
+#define DLQ_REASON_REGISTRY "registry_unavailable" /* no answer from the registry */
+#define DLQ_REASON_REGISTRY_ERROR "registry_error" /* the registry answered with an error */
+#define DLQ_REASON_EDGE_TIMEOUT "edge_timeout"     /* edges that never confirmed */
+#define DLQ_REASON_EDGE_ERROR "edge_error"         /* edges whose reply was unusable */
+#define DLQ_REASON_DISPATCHER "dispatcher_error"   /* the dispatcher could not run it */
+#define DLQ_REASON_POISON "poison"                 /* max deliveries, no reason recorded */
+
+/* DW_DLQ subject of a dead letter whose original was gone ('$' is never
+ * part of a room name). */
+#define DLQ_SUBJECT_LOST DW_SUBJ_DLQ_PREFIX "$lost"
+
+#define DLQ_SOURCE_DISPATCHER "dispatcher"
+#define DLQ_SOURCE_ADVISORY "advisory"
+
+/* Longest reason we write: the kind plus a bounded list of edges. */
+#define DLQ_REASON_MAX 512
+/* Attempt times kept in a record (the schedule is far shorter). */
+#define DLQ_ATTEMPTS_MAX 64
+
+/* Nats-Msg-Id of the dead letter of DW_MSG sequence stream_seq:
+ * "dlq.<stream_seq>" into buf (>= 32 bytes). */
+void dlq_msg_id(char *buf, size_t len, uint64_t stream_seq);
+
+/* Nats-Msg-Id of the republish of DW_DLQ entry dlq_id:
+ * "<orig_msg_id>.r<dlq_id>" ("dlq.<stream_seq>.r<dlq_id>" without an
+ * original id). Distinct from the original's id, whose DW_MSG duplicate
+ * window would swallow an early replay, and the same for every replay of
+ * one entry, so JetStream drops a second one inside that window.
+ * 0, or -1 when it does not fit. */
+int dlq_replay_msg_id(char *buf, size_t len, const char *orig_msg_id, uint64_t stream_seq,
+                      uint64_t dlq_id);
+
+/* The room of a DW_MSG subject ("dw.msg.a.b" -> "a.b"), pointing into
+ * subject; NULL when subject is not a dw.msg.<room> subject. */
+const char *dlq_room_of_subject(const char *subject);
+
+/* "dw.dlq.<room>" into buf; room: subject tokens (what dlq_room_of_subject gives).
+ * 0, or -1 when invalid or too long. */
+int dlq_subject(char *buf, size_t len, const char *room);
+
+/* The reason of an edge failure: "<kind>:<e1>,<e2>..." into buf. Edges that
+ * do not fit are left out and the list ends with ",..." so the text stays
+ * bounded; failed_edges has them all. 0, or -1 when not even the kind fits. */
+int dlq_reason_edges(char *buf, size_t len, const char *kind, const char *const *edges, size_t n);
+
+/* True when reason is filter, or filter is its kind (the part before ':'):
+ * "edge_timeout" matches "edge_timeout:e1". An empty filter matches all. */
+int dlq_reason_matches(const char *reason, const char *filter);
+
+/* Encode a record (malloc'd; caller frees). NULL when dl is not a valid
+ * record (see dlq_record_valid) or out of memory. */
+uint8_t *dlq_record_pack(const Dw__DeadLetter *dl, size_t *len);
+
+/* Decode a DW_DLQ entry; NULL when the bytes are not a valid record.
+ * Caller frees with dw__dead_letter__free_unpacked. */
+Dw__DeadLetter *dlq_record_unpack(const void *data, size_t len);
+
+/* A record is valid when it names its origin (a subject under dw.msg.
+ * with room = its room, a stream_seq > 0), has a reason and a source, and
+ * keeps at most DLQ_ATTEMPTS_MAX attempt times. One exception: captured
+ * from an advisory after the original had left DW_MSG, subject, room and
+ * payload are empty (stored under DLQ_SUBJECT_LOST; nothing to replay). */
+int dlq_record_valid(const Dw__DeadLetter *dl);
+
+/* The edges of a Dw-Replay-Edges header ("e1,e2"): *out is a malloc'd
+ * array of *n malloc'd ids (dlq_edges_free). Empty items are skipped.
+ * 0, or -1 when out of memory. */
+int dlq_edges_parse(const char *text, char ***out, size_t *n);
+/* "e1,e2" (malloc'd), the header value for a replay; NULL when out of memory. */
+char *dlq_edges_join(char *const *edges, size_t n);
+void dlq_edges_free(char **edges, size_t n);
+
+/* Read JetStream's max-deliveries advisory (JSON): the stream, consumer and
+ * stream_seq of the message. 0, or -1 when it is not such an advisory. */
+typedef struct dlq_advisory {
+    char stream[64];
+    char consumer[64];
+    uint64_t stream_seq;
+    uint64_t deliveries;
+} dlq_advisory;
+int dlq_advisory_parse(const void *json, size_t len, dlq_advisory *out);
+
+#endif
