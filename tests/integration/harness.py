@@ -172,6 +172,7 @@ class Stack:
         return self.registry
 
     def start_dispatcher(self, **env):
+        env.setdefault("STATUS_PORT", self.extra_env.get("DW_STATUS_PORT", 0))  # many per machine
         self.dispatcher = self._spawn("dispatcher", [os.path.join(BIN, "dispatcher")],
                                       self.env(**self._svc("dispatcher", env)))
         return self.dispatcher
