@@ -22,10 +22,15 @@ void reg_apply_opts_default(reg_apply_opts *o)
 
 int reg_apply_payload(reg_store *st, uint64_t seq, const void *data, size_t len)
 {
+    return reg_apply_payload_at(st, seq, 0, data, len);
+}
+
+int reg_apply_payload_at(reg_store *st, uint64_t seq, int64_t ts_ms, const void *data, size_t len)
+{
     Dw__ConnEvent *ev = dw__conn_event__unpack(NULL, len, data ? data : (const void *)"");
     if (!ev)
         DW_WARN("undecodable conn event skipped", "seq=%llu len=%zu", (unsigned long long)seq, len);
-    int rc = reg_store_apply(st, seq, ev);
+    int rc = reg_store_apply_at(st, seq, ts_ms, ev);
     dw__conn_event__free_unpacked(ev, NULL);
     return rc;
 }
@@ -36,8 +41,7 @@ static void check_stream(jsCtx *js, uint64_t applied)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, js, DW_STREAM_CONN, NULL, &jerr) != NATS_OK)
-        return;
+    if (js_GetStreamInfo(&si, js, DW_STREAM_CONN, NULL, &jerr) != NATS_OK) return;
     if (si->State.LastSeq < applied)
         DW_ERROR("DW_CONN is behind the table: was the stream reset? wipe the table to rebuild",
                  "stream_last_seq=%llu applied_seq=%llu", (unsigned long long)si->State.LastSeq,
@@ -99,17 +103,20 @@ static natsStatus consumer_start(jsCtx *js, const reg_apply_opts *o, uint64_t ap
     return NATS_OK;
 }
 
+static int stopping(const reg_apply_opts *o)
+{
+    return *o->stop || (o->pause && *o->pause);
+}
+
 /* (Re)start the consumer, retrying until it works or we are told to stop. */
 static int consumer_start_retry(jsCtx *js, reg_store *st, const reg_apply_opts *o,
                                 natsSubscription **sub)
 {
     int64_t backoff = 100;
-    while (!*o->stop) {
-        if (consumer_start(js, o, reg_store_applied_seq(st), sub) == NATS_OK)
-            return 0;
+    while (!stopping(o)) {
+        if (consumer_start(js, o, reg_store_applied_seq(st), sub) == NATS_OK) return 0;
         nats_Sleep(backoff);
-        if (backoff < 2000)
-            backoff *= 2;
+        if (backoff < 2000) backoff *= 2;
     }
     return -1;
 }
@@ -124,21 +131,20 @@ static int apply_msg(reg_store *st, const reg_apply_opts *o, natsMsg *msg, uint6
         return 0;
     }
     uint64_t seq = meta->Sequence.Stream;
+    int64_t ts_ms = meta->Timestamp / 1000000;
     jsMsgMetaData_Destroy(meta);
 
     if (*last && seq > *last + 1)
         DW_INFO("gap in DW_CONN sequences (expired or deleted events)", "from=%llu to=%llu",
                 (unsigned long long)*last, (unsigned long long)seq);
-    int rc = reg_apply_payload(st, seq, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
-    if (rc < 0)
-        return -1; /* not acked: it is redelivered to whoever resumes */
+    int rc = reg_apply_payload_at(st, seq, ts_ms, natsMsg_GetData(msg),
+                                  (size_t)natsMsg_GetDataLength(msg));
+    if (rc < 0) return -1; /* not acked: it is redelivered to whoever resumes */
     /* The ack only keeps the consumer's window moving; the table's own
      * applied_seq is what a restart resumes from, so a lost ack is harmless. */
     natsMsg_Ack(msg, NULL);
-    if (seq > *last)
-        *last = seq;
-    if (rc == 1 && o->on_progress)
-        o->on_progress(o->progress_arg, seq);
+    if (seq > *last) *last = seq;
+    if (rc == 1 && o->on_progress) o->on_progress(o->progress_arg, seq);
     return 0;
 }
 
@@ -149,14 +155,14 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
     uint64_t last = reg_store_applied_seq(st);
     int rc = 0;
 
-    if (consumer_start_retry(js, st, o, &sub))
-        return 0;
-    while (!*o->stop) {
+    if (consumer_start_retry(js, st, o, &sub)) return 0;
+    while (!stopping(o)) {
         natsMsgList list = {0};
         jsErrCode jerr = 0;
         natsStatus s = natsSubscription_Fetch(&list, sub, o->batch, o->fetch_wait_ms, &jerr);
         if (s == NATS_TIMEOUT) {
             failing_since = 0;
+            if (o->on_idle) o->on_idle(o->progress_arg);
             continue;
         }
         if (s != NATS_OK) {
@@ -171,8 +177,7 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
                 natsSubscription_Destroy(sub);
                 sub = NULL;
                 failing_since = 0;
-                if (consumer_start_retry(js, st, o, &sub))
-                    break;
+                if (consumer_start_retry(js, st, o, &sub)) break;
                 continue;
             }
             nats_Sleep(100); /* disconnected: nats.c reconnects in the background */
@@ -182,10 +187,96 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
         for (int i = 0; i < list.Count && rc == 0; i++)
             rc = apply_msg(st, o, list.Msgs[i], &last);
         natsMsgList_Destroy(&list);
-        if (rc)
-            break;
+        if (rc) break;
     }
     natsSubscription_Destroy(sub);
     natsConnection_FlushTimeout(nc, 1000); /* send the last acks */
+    return rc;
+}
+
+/* ---- replay for a restore --------------------------------------------- */
+
+static char *errf(const char *what, natsStatus s, jsErrCode jerr)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: %s (jetstream error %d)", what, natsStatus_GetText(s),
+             (int)jerr);
+    return strdup(msg);
+}
+
+int reg_apply_replay(jsCtx *js, reg_store *st, uint64_t from_seq, uint64_t until_seq, int64_t to_ms,
+                     volatile sig_atomic_t *stop, uint64_t *applied, char **err)
+{
+    natsSubscription *sub = NULL;
+    jsErrCode jerr = 0;
+    int rc = 0, done = 0;
+    *applied = 0;
+    *err = NULL;
+    if (from_seq == 0) from_seq = 1;
+    if (from_seq > until_seq) return 0; /* the starting point already holds everything */
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = DW_STREAM_CONN;
+    so.Config.DeliverPolicy = js_DeliverByStartSequence;
+    so.Config.OptStartSeq = from_seq;
+    so.Config.AckPolicy = js_AckNone;
+    so.Config.MaxAckPending = -1;
+    natsStatus s = js_PullSubscribe(&sub, js, "dw.conn.>", NULL, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        *err = errf("cannot create the replay consumer", s, jerr);
+        return -1;
+    }
+    while (!done && rc == 0) {
+        if (stop && *stop) {
+            *err = strdup("stopped");
+            rc = -1;
+            break;
+        }
+        natsMsgList list = {0};
+        jerr = 0;
+        s = natsSubscription_Fetch(&list, sub, 256, 1000, &jerr);
+        if (s == NATS_TIMEOUT) {
+            /* Nothing more for us: the stream ends before until_seq (its
+             * tail is what the consumer saw as pending, now zero). */
+            jsConsumerInfo *ci = NULL;
+            if (natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr) == NATS_OK) {
+                done = ci->NumPending == 0 && ci->NumAckPending == 0;
+                jsConsumerInfo_Destroy(ci);
+            }
+            continue;
+        }
+        if (s != NATS_OK) {
+            *err = errf("replay fetch failed", s, jerr);
+            rc = -1;
+            break;
+        }
+        for (int i = 0; i < list.Count && !done; i++) {
+            natsMsg *msg = list.Msgs[i];
+            jsMsgMetaData *meta = NULL;
+            if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) continue;
+            uint64_t seq = meta->Sequence.Stream;
+            int64_t ts_ms = meta->Timestamp / 1000000;
+            uint64_t pending = meta->NumPending;
+            jsMsgMetaData_Destroy(meta);
+            /* Events are stored in time order: the first one after to_ms
+             * ends the replay, and so does the end of the stream as it was. */
+            if (ts_ms > to_ms || seq > until_seq) {
+                done = 1;
+                break;
+            }
+            if (reg_apply_payload_at(st, seq, ts_ms, natsMsg_GetData(msg),
+                                     (size_t)natsMsg_GetDataLength(msg)) < 0) {
+                *err = strdup("the new table failed to write");
+                rc = -1;
+                break;
+            }
+            (*applied)++;
+            if (seq >= until_seq || pending == 0) done = 1;
+        }
+        natsMsgList_Destroy(&list);
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
     return rc;
 }

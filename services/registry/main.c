@@ -1,20 +1,38 @@
 /* registry: the connections table. Applies DW_CONN into RocksDB and answers
- * dw.registry.* queries. Crash-only: the table and its applied_seq are
- * written together, so kill -9 at any moment loses nothing that the
- * stream cannot give back. */
+ * dw.registry.* queries; takes checkpoints, restores to a point in time,
+ * rotates its encryption key (node.c, ops.c). Crash-only: the table and its
+ * applied_seq are written together, checkpoints and restores are built
+ * under temporary names and renamed into place, so kill -9 at any moment
+ * leaves a replica that restarts consistent.
+ *
+ *   registry                         run the replica
+ *   registry --restore-to T          offline: rebuild this (stopped) replica's
+ *                                    table as it was at T, then exit; the next
+ *                                    start serves T, held, until
+ *                                    'dwctl registry resume'
+ *   registry --bootstrap-from DIR    a new replica starts from a copied checkpoint */
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <sys/file.h>
+#include <unistd.h>
 
-#include "apply.h"
+#include "checkpoint.h"
 #include "dw/bus.h"
 #include "dw/config.h"
+#include "dw/crypto.h"
 #include "dw/log.h"
+#include "dw/metrics.h"
+#include "dw/ping.h"
+#include "dw/status.h"
 #include "dw/util.h"
-#include "query.h"
+#include "fsutil.h"
+#include "node.h"
+#include "ops.h"
+#include "restore.h"
 #include "store.h"
 
 typedef struct reg_config {
@@ -22,28 +40,71 @@ typedef struct reg_config {
     char *data_dir;
     char *replica_id;
     int64_t query_wait_ms;
+    char *status_host;
+    int64_t status_port;
+    char *checkpoint_dir;
+    int64_t checkpoint_interval_s;
+    int64_t checkpoint_keep;
+    int64_t checkpoint_max_age_s;
+    char *registry_key_file;
+    char *registry_old_key_files;
+    char *bootstrap_from;
+    char *restore_to;
+    int full_replay;
+    int dry_run;
     char *log_level;
 } reg_config;
 
+#define F(name, type, field, def, min, max, help)                                                  \
+    {                                                                                              \
+        name, type, offsetof(reg_config, field), def, min, max, help                               \
+    }
 static const dw_cfg_field reg_fields[] = {
-    {"NATS_URL", DW_CFG_STR, offsetof(reg_config, nats_url), "nats://127.0.0.1:4222", 0, 0,
-     "NATS server URL"},
-    {"DATA_DIR", DW_CFG_STR, offsetof(reg_config, data_dir), "var", 0, 0,
-     "data directory; the table is <DATA_DIR>/registry/<REPLICA_ID>/db"},
-    {"REPLICA_ID", DW_CFG_STR, offsetof(reg_config, replica_id), "r0", 0, 0,
-     "this replica's name ([A-Za-z0-9_-]{1,32}); its DW_CONN durable is registry-<REPLICA_ID>"},
-    {"QUERY_WAIT_MS", DW_CFG_INT, offsetof(reg_config, query_wait_ms), "2000", 0, 60000,
-     "how long a room query waits for the table to reach its min_seq"},
-    {"LOG_LEVEL", DW_CFG_STR, offsetof(reg_config, log_level), "info", 0, 0,
-     "debug, info, warn or error"},
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("DATA_DIR", DW_CFG_STR, data_dir, "var", 0, 0,
+      "data directory; the table is <DATA_DIR>/registry/<REPLICA_ID>/db"),
+    F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
+      "this replica's name ([A-Za-z0-9_-]{1,32}); its DW_CONN durable is registry-<REPLICA_ID>"),
+    F("QUERY_WAIT_MS", DW_CFG_INT, query_wait_ms, "2000", 0, 60000,
+      "how long a room query waits for the table to reach its min_seq"),
+    F("STATUS_HOST", DW_CFG_STR, status_host, "", 0, 0, "address of the status port (empty: all)"),
+    F("STATUS_PORT", DW_CFG_INT, status_port, "9090", 0, 65535,
+      "/healthz /readyz /metrics port (0: none)"),
+    F("CHECKPOINT_DIR", DW_CFG_STR, checkpoint_dir, "", 0, 0,
+      "checkpoints directory (empty: <DATA_DIR>/registry/<REPLICA_ID>/checkpoints); on the "
+      "table's filesystem checkpoints are hard links"),
+    F("CHECKPOINT_INTERVAL_S", DW_CFG_INT, checkpoint_interval_s, "300", 0, 31 * 86400,
+      "seconds between checkpoints (0: only on request)"),
+    F("CHECKPOINT_KEEP", DW_CFG_INT, checkpoint_keep, "24", 0, 100000,
+      "checkpoints kept, newest first (0: no count limit)"),
+    F("CHECKPOINT_MAX_AGE_S", DW_CFG_INT, checkpoint_max_age_s, "3024000", 0, 3650LL * 86400,
+      "checkpoints older than this are deleted (default 35 days, DW_CONN's retention; 0: no "
+      "age limit)"),
+    F("REGISTRY_KEY_FILE", DW_CFG_STR, registry_key_file, "", 0, 0,
+      "AES-256 key (32 raw bytes or 64 hex digits) sealing the table's values; empty: data at "
+      "rest is NOT encrypted"),
+    F("REGISTRY_OLD_KEY_FILES", DW_CFG_STR, registry_old_key_files, "", 0, 0,
+      "comma-separated older key files, still read (key rotation)"),
+    F("BOOTSTRAP_FROM", DW_CFG_STR, bootstrap_from, "", 0, 0,
+      "a new replica (no table yet) starts from this checkpoint directory, copied from another "
+      "replica, and catches up from its sequence"),
+    F("RESTORE_TO", DW_CFG_STR, restore_to, "", 0, 0,
+      "offline point-in-time restore: rebuild the table as it was at this RFC 3339 time and "
+      "exit (the replica must be stopped); it then serves that time until 'dwctl registry "
+      "resume'"),
+    F("FULL_REPLAY", DW_CFG_BOOL, full_replay, "0", 0, 0,
+      "with --restore-to: ignore checkpoints, replay DW_CONN from its start"),
+    F("DRY_RUN", DW_CFG_BOOL, dry_run, "0", 0, 0,
+      "with --restore-to: print the plan, change nothing"),
+    F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
 };
+#undef F
 #define REG_NFIELDS (sizeof reg_fields / sizeof reg_fields[0])
 
 static int replica_id_valid(const char *s)
 {
     size_t n = strlen(s);
-    if (n < 1 || n > 32)
-        return 0;
+    if (n < 1 || n > 32) return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -53,26 +114,74 @@ static int replica_id_valid(const char *s)
     return 1;
 }
 
-/* mkdir -p: create path and its parents (mode 0750). 0 or -1 with errno. */
-static int mkdir_p(const char *path)
+/* One process per replica directory: a second one (or an offline restore
+ * next to a running replica) would swap tables under the first. The lock
+ * goes away with the process, kill -9 included. Returns the fd or -1. */
+static int replica_lock(const char *replica_dir)
 {
-    char buf[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof buf) {
-        errno = ENAMETOOLONG;
+    char path[4200];
+    if (reg_fs_join(path, sizeof path, replica_dir, "registry.lock")) return -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        DW_ERROR("cannot open the replica lock", "file=\"%s\" err=\"%s\"", path, strerror(errno));
         return -1;
     }
-    memcpy(buf, path, n + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0750) && errno != EEXIST)
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        DW_ERROR("another registry process uses this replica directory (same REPLICA_ID and "
+                 "DATA_DIR?)",
+                 "dir=\"%s\"", replica_dir);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The keyring from REGISTRY_KEY_FILE and REGISTRY_OLD_KEY_FILES. 0 or -1. */
+static int keys_load(const reg_config *c, dw_keyring **out)
+{
+    char err[512], hex[16];
+    int warned = 0;
+    uint32_t id = 0;
+    if (dw_keyring_create(out)) return -1;
+    if (!*c->registry_key_file) {
+        if (*c->registry_old_key_files) {
+            DW_ERROR("REGISTRY_OLD_KEY_FILES needs REGISTRY_KEY_FILE (the key to write with)", "%s",
+                     "");
             return -1;
-        *p = '/';
+        }
+        DW_WARN("data at rest is NOT encrypted: connection records (user ids, source IPs, user "
+                "agents) are written in plaintext; set DW_REGISTRY_KEY_FILE",
+                "%s", "");
+        return 0;
     }
-    if (mkdir(buf, 0750) && errno != EEXIST)
+    if (dw_keyring_add_file(*out, c->registry_key_file, 1, &id, err, sizeof err, &warned)) {
+        DW_ERROR("cannot load the encryption key", "err=\"%s\"", err);
         return -1;
+    }
+    if (warned)
+        DW_WARN("the key file can be read by others than its owner: chmod 600 it", "file=\"%s\"",
+                c->registry_key_file);
+    DW_INFO("data at rest is encrypted (AES-256-GCM)", "key_id=%s file=\"%s\"",
+            dw_key_id_hex(id, hex, sizeof hex), c->registry_key_file);
+
+    char *list = strdup(c->registry_old_key_files), *save = NULL;
+    if (!list) return -1;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        size_t n = strlen(tok);
+        while (n && tok[n - 1] == ' ')
+            tok[--n] = '\0';
+        if (!n) continue;
+        if (dw_keyring_add_file(*out, tok, 0, &id, err, sizeof err, &warned)) {
+            DW_ERROR("cannot load an old encryption key", "err=\"%s\"", err);
+            free(list);
+            return -1;
+        }
+        DW_INFO("old key loaded (read only)", "key_id=%s file=\"%s\"",
+                dw_key_id_hex(id, hex, sizeof hex), tok);
+    }
+    free(list);
     return 0;
 }
 
@@ -83,13 +192,59 @@ static int streams_ensure_retry(jsCtx *js)
     dw_stream_opts_default(&so);
     int64_t backoff = 100;
     while (!dw_stop) {
-        if (dw_streams_ensure(js, &so) == NATS_OK)
-            return 0;
+        if (dw_streams_ensure(js, &so) == NATS_OK) return 0;
         nats_Sleep(backoff);
-        if (backoff < 2000)
-            backoff *= 2;
+        if (backoff < 2000) backoff *= 2;
     }
     return -1;
+}
+
+/* --restore-to: rebuild the stopped replica's table and exit. */
+static int restore_offline(const reg_config *c, jsCtx *js, const char *replica_dir,
+                           const char *ckpt_dir, const dw_keyring *keys)
+{
+    int64_t to_ms;
+    reg_restore_plan plan;
+    reg_restore_result res;
+    char *err = NULL, when[32];
+    if (reg_time_parse(c->restore_to, &to_ms)) {
+        fprintf(stderr,
+                "registry: --restore-to '%s' is not an RFC 3339 time with a zone "
+                "(e.g. 2026-11-25T08:54:27Z)\n",
+                c->restore_to);
+        return 2;
+    }
+    dw_iso8601_ms(to_ms, when, sizeof when);
+    if (reg_restore_plan_make(js, ckpt_dir, keys, to_ms, c->full_replay, &plan, &err)) {
+        DW_ERROR("cannot plan the restore", "err=\"%s\"", err ? err : "?");
+        free(err);
+        return 1;
+    }
+    DW_INFO(c->dry_run ? "restore plan (dry run: nothing changes)" : "restore plan",
+            "to=%s checkpoint=%s checkpoint_seq=%llu replay_from=%llu replay_until=%llu "
+            "stream_first_seq=%llu checkpoints_seen=%zu skipped_for_keys=%zu gap=%d",
+            when, plan.has_ckpt ? plan.ckpt.name : "none",
+            (unsigned long long)(plan.has_ckpt ? plan.ckpt.applied_seq : 0),
+            (unsigned long long)plan.from_seq, (unsigned long long)plan.until_seq,
+            (unsigned long long)plan.stream_first_seq, plan.n_ckpts, plan.skipped_keys, plan.gap);
+    if (plan.gap)
+        DW_WARN("events after the checkpoint have expired from DW_CONN: the restore misses them",
+                "checkpoint_seq=%llu stream_first_seq=%llu",
+                (unsigned long long)plan.ckpt.applied_seq,
+                (unsigned long long)plan.stream_first_seq);
+    if (c->dry_run) return 0;
+    if (reg_restore_build(js, replica_dir, &plan, keys, &dw_stop, &res, &err) ||
+        reg_restore_recover(replica_dir) < 0) {
+        DW_ERROR("restore failed; the table is unchanged", "err=\"%s\"",
+                 err ? err : strerror(errno));
+        free(err);
+        return 1;
+    }
+    DW_INFO("restored: the next start serves this state, held, until 'dwctl registry resume'",
+            "to=%s applied_seq=%llu connections=%llu replayed=%llu", when,
+            (unsigned long long)res.applied_seq, (unsigned long long)res.connections,
+            (unsigned long long)res.replayed);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -97,14 +252,19 @@ int main(int argc, char **argv)
     reg_config cfg = {0};
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
+    dw_keyring *keys = NULL;
     reg_store *st = NULL;
-    reg_query *q = NULL;
+    reg_node *node = NULL;
+    reg_ops *ops = NULL;
+    dw_status *status = NULL;
+    dw_ping *ping = NULL;
     char *err = NULL;
-    char dbdir[4096];
-    int rc = 1;
+    char replica_dir[4096], ckpt_dir[4096], dbdir[4200];
+    int rc = 1, lock_fd = -1;
 
     int lr = dw_config_load(&cfg, reg_fields, REG_NFIELDS, argc, argv, "registry",
-                            "DynamoWave registry: the connections table (DW_CONN -> RocksDB).");
+                            "DynamoWave registry: the connections table (DW_CONN -> RocksDB), "
+                            "its checkpoints, point-in-time restore and encryption at rest.");
     if (lr != 0) {
         dw_config_free(&cfg, reg_fields, REG_NFIELDS);
         return lr > 0 ? 0 : 2;
@@ -118,23 +278,57 @@ int main(int argc, char **argv)
     dw_signals_install(NULL, NULL);
     dw_raise_nofile();
 
-    int n = snprintf(dbdir, sizeof dbdir, "%s/registry/%s/db", cfg.data_dir, cfg.replica_id);
-    if (n < 0 || (size_t)n >= sizeof dbdir || mkdir_p(dbdir)) {
-        DW_ERROR("cannot create the data directory", "dir=\"%s\" err=\"%s\"", dbdir, strerror(errno));
+    int n =
+        snprintf(replica_dir, sizeof replica_dir, "%s/registry/%s", cfg.data_dir, cfg.replica_id);
+    if (n < 0 || (size_t)n >= sizeof replica_dir || reg_fs_mkdir_p(replica_dir)) {
+        DW_ERROR("cannot create the data directory", "dir=\"%s\" err=\"%s\"", replica_dir,
+                 strerror(errno));
         goto done;
     }
-    if (reg_store_open(&st, dbdir, &err)) {
-        DW_ERROR("cannot open the table", "dir=\"%s\" err=\"%s\"", dbdir, err ? err : "?");
+    if (*cfg.checkpoint_dir)
+        n = snprintf(ckpt_dir, sizeof ckpt_dir, "%s", cfg.checkpoint_dir);
+    else
+        n = snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", replica_dir);
+    if (n < 0 || (size_t)n >= sizeof ckpt_dir ||
+        reg_fs_join(dbdir, sizeof dbdir, replica_dir, "db")) {
+        DW_ERROR("directory name too long", "dir=\"%s\"", replica_dir);
         goto done;
     }
-    DW_INFO("table opened", "dir=\"%s\" applied_seq=%llu connections=%llu", dbdir,
-            (unsigned long long)reg_store_applied_seq(st), (unsigned long long)reg_store_count(st));
+    if ((lock_fd = replica_lock(replica_dir)) < 0) goto done;
+    if (keys_load(&cfg, &keys)) goto done;
+
+    /* Whatever a kill -9 interrupted: finish a swap, drop a half build,
+     * drop a half checkpoint. */
+    int rec = reg_restore_recover(replica_dir);
+    if (rec < 0) {
+        DW_ERROR("cannot repair the replica directory", "dir=\"%s\" err=\"%s\"", replica_dir,
+                 strerror(errno));
+        goto done;
+    }
+    if (rec > 0)
+        DW_WARN("finished swapping in a restored table after a crash", "dir=\"%s\"", replica_dir);
+    reg_ckpt_cleanup_tmp(ckpt_dir);
+
+    if (*cfg.bootstrap_from) {
+        reg_ckpt c;
+        int b = reg_bootstrap(replica_dir, cfg.bootstrap_from, keys, &c, &err);
+        if (b < 0) {
+            DW_ERROR("bootstrap failed", "from=\"%s\" err=\"%s\"", cfg.bootstrap_from,
+                     err ? err : "?");
+            goto done;
+        }
+        if (b == 0)
+            DW_INFO("the replica has a table already; BOOTSTRAP_FROM ignored", "dir=\"%s\"", dbdir);
+        else
+            DW_INFO("bootstrapped from a checkpoint; catching up from its sequence",
+                    "from=\"%s\" applied_seq=%llu connections=%llu", cfg.bootstrap_from,
+                    (unsigned long long)c.applied_seq, (unsigned long long)c.connections);
+    }
 
     char name[64];
     snprintf(name, sizeof name, "registry-%s", cfg.replica_id);
     natsStatus s = dw_bus_connect(&nc, cfg.nats_url, name);
-    if (s == NATS_OK)
-        s = natsConnection_JetStream(&js, nc, NULL);
+    if (s == NATS_OK) s = natsConnection_JetStream(&js, nc, NULL);
     if (s != NATS_OK) {
         DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
         goto done;
@@ -143,32 +337,58 @@ int main(int argc, char **argv)
         rc = 0; /* stopped while waiting for NATS */
         goto done;
     }
-    if (reg_query_start(&q, nc, st, cfg.query_wait_ms))
+
+    if (*cfg.restore_to) {
+        rc = restore_offline(&cfg, js, replica_dir, ckpt_dir, keys);
         goto done;
-    DW_INFO("registry ready", "replica=%s applied_seq=%llu connections=%llu", cfg.replica_id,
+    }
+
+    reg_store_opts so = {.keys = keys};
+    if (reg_store_open_opts(&st, dbdir, &so, &err)) {
+        DW_ERROR("cannot open the table", "dir=\"%s\" err=\"%s\"", dbdir, err ? err : "?");
+        goto done;
+    }
+    DW_INFO("table opened", "dir=\"%s\" applied_seq=%llu connections=%llu", dbdir,
             (unsigned long long)reg_store_applied_seq(st), (unsigned long long)reg_store_count(st));
 
-    reg_apply_opts ao;
-    reg_apply_opts_default(&ao);
-    ao.replica_id = cfg.replica_id;
-    ao.on_progress = reg_query_notify;
-    ao.progress_arg = q;
-    if (reg_apply_run(nc, js, st, &ao) == 0) {
+    reg_node_cfg nc_cfg = {
+        .replica_id = cfg.replica_id,
+        .replica_dir = replica_dir,
+        .ckpt_dir = ckpt_dir,
+        .query_wait_ms = cfg.query_wait_ms,
+        .ckpt_interval_s = cfg.checkpoint_interval_s,
+        .ckpt_keep = cfg.checkpoint_keep,
+        .ckpt_max_age_s = cfg.checkpoint_max_age_s,
+        .keys = keys,
+    };
+    int node_rc = reg_node_create(&node, &nc_cfg, st, nc, js);
+    st = NULL; /* the node owns it now */
+    if (node_rc) goto done;
+    if (reg_ops_start(&ops, nc, node, cfg.replica_id)) goto done;
+    /* dwctl status lists the replicas that answer. */
+    if (dw_ping_start(&ping, nc, "registry", cfg.replica_id, reg_node_ready, node)) goto done;
+    if (dw_status_start(&status, cfg.status_host, (int)cfg.status_port, reg_node_ready, node)) {
+        DW_ERROR("cannot start the status port", "port=%lld", (long long)cfg.status_port);
+        goto done;
+    }
+    if (reg_node_run(node) == 0) {
         rc = 0;
-        DW_INFO("stopping", "applied_seq=%llu", (unsigned long long)reg_store_applied_seq(st));
-    } else {
-        DW_ERROR("apply failed; exiting to resume from the table's applied_seq",
-                 "applied_seq=%llu", (unsigned long long)reg_store_applied_seq(st));
+        DW_INFO("stopping", "replica=%s", cfg.replica_id);
     }
 
 done:
-    reg_query_stop(q);
-    reg_query_free(q);
+    dw_status_stop(status);
+    dw_ping_stop(ping);
+    if (reg_ops_stop(ops)) node = NULL; /* an operation may still use it: leave it to the exit */
+    reg_node_free(node);
     reg_store_close(st);
     free(err);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     nats_CloseAndWait(2000);
+    dw_keyring_free(keys);
+    dw_metrics_free();
+    if (lock_fd >= 0) close(lock_fd);
     dw_config_free(&cfg, reg_fields, REG_NFIELDS);
     return rc;
 }

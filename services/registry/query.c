@@ -1,6 +1,7 @@
 #include "query.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,21 +18,28 @@ typedef struct parked {
     int64_t deadline_ns; /* dw_mono_ns clock */
 } parked;
 
+#define N_SUBS 4
+
 struct reg_query {
     natsConnection *nc;
+    /* The table can be swapped under us (a restore): readers hold stlock
+     * for reading while they use st, the swap holds it for writing. No
+     * other lock is ever taken while holding it. */
+    pthread_rwlock_t stlock;
     reg_store *st;
+    _Atomic uint64_t applied; /* st's applied_seq as last notified */
     int64_t wait_ms;
-    natsSubscription *subs[3];
+    natsSubscription *subs[N_SUBS];
     pthread_t waiter;
     int waiter_started;
 
     pthread_mutex_t mu;
-    pthread_cond_t cv;  /* parked queries or the apply progress changed */
+    pthread_cond_t cv;   /* parked queries or the apply progress changed */
     pthread_cond_t idle; /* active dropped to 0 */
     parked *head, *tail; /* FIFO: same wait for all, so the head expires first */
     size_t n_parked;
-    int active;  /* callbacks inside the store */
-    int closing; /* callbacks return without touching the store */
+    int active;    /* callbacks inside the store */
+    int closing;   /* callbacks return without touching the store */
     int undrained; /* a subscription may still call us: never free q */
 };
 
@@ -43,8 +51,7 @@ const char *reg_query_room_parse(const void *data, size_t len, char *room, uint6
     const char *err = NULL;
     room[0] = '\0';
     *min_seq = 0;
-    if (!rq)
-        return "bad_request";
+    if (!rq) return "bad_request";
     size_t n = rq->room ? strlen(rq->room) : 0;
     if (!dw_room_valid(rq->room, n)) {
         err = "bad_request: room";
@@ -60,8 +67,7 @@ uint8_t *reg_query_room_reply(reg_store *st, const char *room, const char *err, 
 {
     Dw__RoomEdges re = DW__ROOM_EDGES__INIT;
     reg_strs edges = {0};
-    if (!err && reg_store_room_edges(st, room, &edges))
-        err = "internal";
+    if (!err && reg_store_room_edges(st, room, &edges)) err = "internal";
     if (err) {
         re.ok = 0;
         re.error = (char *)err;
@@ -91,17 +97,18 @@ uint8_t *reg_query_list_reply(reg_store *st, const void *data, size_t len, size_
                               size_t *outlen)
 {
     Dw__ListQuery *lq = dw__list_query__unpack(NULL, len, data ? data : (const void *)"");
-    if (!lq)
-        return list_error(st, "bad_request", reg_store_count(st), outlen);
+    if (!lq) return list_error(st, "bad_request", reg_store_count(st), outlen);
     const char *edge = lq->edge_id ? lq->edge_id : "", *conn = lq->conn_id ? lq->conn_id : "";
-    if ((*edge && !reg_id_valid(edge)) || (*conn && !reg_id_valid(conn))) {
+    const char *after = lq->after_conn_id ? lq->after_conn_id : "";
+    if ((*edge && !reg_id_valid(edge)) || (*conn && !reg_id_valid(conn)) ||
+        (*after && !reg_id_valid(after))) {
         dw__list_query__free_unpacked(lq, NULL);
         return list_error(st, "bad_request: id", reg_store_count(st), outlen);
     }
 
     reg_conns conns;
     uint8_t *buf = NULL;
-    if (reg_store_list(st, edge, conn, lq->limit, &conns)) {
+    if (reg_store_list(st, edge, conn, lq->after_conn_id, lq->limit, &conns)) {
         buf = list_error(st, "internal", reg_store_count(st), outlen);
         goto done;
     }
@@ -135,7 +142,76 @@ uint8_t *reg_query_edges_reply(reg_store *st, size_t *outlen)
     return buf;
 }
 
+static uint8_t *presence_error(const char *err, size_t *outlen)
+{
+    Dw__PresenceReply pr = DW__PRESENCE_REPLY__INIT;
+    pr.ok = 0;
+    pr.error = (char *)err;
+    return dw_pb_pack(&pr.base, outlen);
+}
+
+uint8_t *reg_query_presence_reply(reg_store *st, const void *data, size_t len, size_t max_bytes,
+                                  size_t *outlen)
+{
+    Dw__PresenceQuery *pq = dw__presence_query__unpack(NULL, len, data ? data : (const void *)"");
+    if (!pq) return presence_error("bad_request", outlen);
+    const char *room = pq->room ? pq->room : "";
+    uint8_t *buf = NULL;
+    if (!dw_room_valid(room, strlen(room))) {
+        buf = presence_error("bad_request: room", outlen);
+        goto done;
+    }
+    size_t limit = pq->limit ? pq->limit : REG_PRESENCE_DEFAULT_PAGE;
+    if (limit > REG_PRESENCE_MAX_PAGE) limit = REG_PRESENCE_MAX_PAGE;
+    reg_presence p;
+    if (reg_store_presence(st, room, pq->after_user, limit, &p)) {
+        buf = presence_error("internal", outlen);
+        goto done;
+    }
+    Dw__PresenceReply pr = DW__PRESENCE_REPLY__INIT;
+    Dw__PresenceUser *users = calloc(p.n ? p.n : 1, sizeof *users);
+    Dw__PresenceUser **ptrs = calloc(p.n ? p.n : 1, sizeof *ptrs);
+    if (!users || !ptrs) {
+        free(users);
+        free(ptrs);
+        reg_presence_free(&p);
+        buf = presence_error("internal", outlen);
+        goto done;
+    }
+    for (size_t i = 0; i < p.n; i++) {
+        dw__presence_user__init(&users[i]);
+        users[i].user_id = p.users[i];
+        users[i].connections = p.conns[i];
+        ptrs[i] = &users[i];
+    }
+    pr.ok = 1;
+    pr.users = ptrs;
+    pr.n_users = p.n;
+    pr.more = p.more;
+    if (max_bytes && protobuf_c_message_get_packed_size(&pr.base) > max_bytes)
+        buf = presence_error("too_large: set a smaller limit", outlen);
+    else
+        buf = dw_pb_pack(&pr.base, outlen);
+    free(ptrs);
+    free(users);
+    reg_presence_free(&p);
+done:
+    dw__presence_query__free_unpacked(pq, NULL);
+    return buf;
+}
+
 /* ---- NATS side -------------------------------------------------------- */
+
+static reg_store *store_acquire(reg_query *q)
+{
+    pthread_rwlock_rdlock(&q->stlock);
+    return q->st;
+}
+
+static void store_release(reg_query *q)
+{
+    pthread_rwlock_unlock(&q->stlock);
+}
 
 static void respond(reg_query *q, const char *reply, uint8_t *buf, size_t len)
 {
@@ -144,15 +220,15 @@ static void respond(reg_query *q, const char *reply, uint8_t *buf, size_t len)
         return;
     }
     natsStatus s = natsConnection_Publish(q->nc, reply, buf, (int)len);
-    if (s != NATS_OK)
-        DW_WARN("reply failed", "status=%s", natsStatus_GetText(s));
+    if (s != NATS_OK) DW_WARN("reply failed", "status=%s", natsStatus_GetText(s));
     free(buf);
 }
 
 static void respond_room(reg_query *q, const char *reply, const char *room, const char *err)
 {
     size_t len = 0;
-    uint8_t *buf = reg_query_room_reply(q->st, room, err, &len);
+    uint8_t *buf = reg_query_room_reply(store_acquire(q), room, err, &len);
+    store_release(q);
     respond(q, reply, buf, len);
 }
 
@@ -161,8 +237,7 @@ static int callback_enter(reg_query *q)
 {
     pthread_mutex_lock(&q->mu);
     int ok = !q->closing;
-    if (ok)
-        q->active++;
+    if (ok) q->active++;
     pthread_mutex_unlock(&q->mu);
     return ok;
 }
@@ -170,8 +245,7 @@ static int callback_enter(reg_query *q)
 static void callback_leave(reg_query *q)
 {
     pthread_mutex_lock(&q->mu);
-    if (--q->active == 0)
-        pthread_cond_broadcast(&q->idle);
+    if (--q->active == 0) pthread_cond_broadcast(&q->idle);
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -185,9 +259,9 @@ static void on_room(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     }
     char room[DW_ROOM_MAX + 1];
     uint64_t min_seq;
-    const char *err =
-        reg_query_room_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), room, &min_seq);
-    if (err || min_seq <= reg_store_applied_seq(q->st)) {
+    const char *err = reg_query_room_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                                           room, &min_seq);
+    if (err || min_seq <= atomic_load(&q->applied)) {
         respond_room(q, reply, room, err);
         goto done;
     }
@@ -201,7 +275,7 @@ static void on_room(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
      * check and before this lock would otherwise be missed. */
     const char *now_err = NULL;
     int answer_now = 0;
-    if (min_seq <= reg_store_applied_seq(q->st)) {
+    if (min_seq <= atomic_load(&q->applied)) {
         answer_now = 1;
     } else if (q->n_parked >= REG_QUERY_MAX_PARKED) {
         answer_now = 1;
@@ -229,8 +303,7 @@ static void on_room(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
         }
     }
     pthread_mutex_unlock(&q->mu);
-    if (answer_now)
-        respond_room(q, reply, room, now_err);
+    if (answer_now) respond_room(q, reply, room, now_err);
 done:
     callback_leave(q);
     natsMsg_Destroy(msg);
@@ -243,9 +316,10 @@ static void on_list(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     if (reply && *reply && callback_enter(q)) {
         size_t len = 0;
         int64_t maxp = natsConnection_GetMaxPayload(q->nc);
-        uint8_t *buf = reg_query_list_reply(q->st, natsMsg_GetData(msg),
+        uint8_t *buf = reg_query_list_reply(store_acquire(q), natsMsg_GetData(msg),
                                             (size_t)natsMsg_GetDataLength(msg),
                                             maxp > 0 ? (size_t)maxp : 0, &len);
+        store_release(q);
         respond(q, reply, buf, len);
         callback_leave(q);
     }
@@ -258,7 +332,25 @@ static void on_edges(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     const char *reply = natsMsg_GetReply(msg);
     if (reply && *reply && callback_enter(q)) {
         size_t len = 0;
-        uint8_t *buf = reg_query_edges_reply(q->st, &len);
+        uint8_t *buf = reg_query_edges_reply(store_acquire(q), &len);
+        store_release(q);
+        respond(q, reply, buf, len);
+        callback_leave(q);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static void on_presence(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
+{
+    reg_query *q = arg;
+    const char *reply = natsMsg_GetReply(msg);
+    if (reply && *reply && callback_enter(q)) {
+        size_t len = 0;
+        int64_t maxp = natsConnection_GetMaxPayload(q->nc);
+        uint8_t *buf = reg_query_presence_reply(store_acquire(q), natsMsg_GetData(msg),
+                                                (size_t)natsMsg_GetDataLength(msg),
+                                                maxp > 0 ? (size_t)maxp : 0, &len);
+        store_release(q);
         respond(q, reply, buf, len);
         callback_leave(q);
     }
@@ -269,15 +361,14 @@ static void on_edges(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
  * all of them when stopping) off the list, in order. Called with q->mu held. */
 static parked *take_ready(reg_query *q, int all)
 {
-    uint64_t applied = reg_store_applied_seq(q->st);
+    uint64_t applied = atomic_load(&q->applied);
     int64_t now = dw_mono_ns();
     parked *ready = NULL, **rtail = &ready, **pp = &q->head, *prev = NULL;
     while (*pp) {
         parked *p = *pp;
         if (all || p->min_seq <= applied || p->deadline_ns <= now) {
             *pp = p->next;
-            if (q->tail == p)
-                q->tail = prev;
+            if (q->tail == p) q->tail = prev;
             p->next = NULL;
             *rtail = p;
             rtail = &p->next;
@@ -296,8 +387,7 @@ static void answer_parked(reg_query *q, parked *list, int stopping)
         parked *p = list;
         list = p->next;
         const char *err = NULL;
-        if (p->min_seq > reg_store_applied_seq(q->st))
-            err = stopping ? "shutting_down" : "behind";
+        if (p->min_seq > atomic_load(&q->applied)) err = stopping ? "shutting_down" : "behind";
         respond_room(q, p->reply, p->room, err);
         free(p->reply);
         free(p);
@@ -335,24 +425,35 @@ static void *waiter_main(void *arg)
 void reg_query_notify(void *arg, uint64_t seq)
 {
     reg_query *q = arg;
-    (void)seq;
+    /* Only forward: a late caller with an older seq must not undo a newer
+     * one (a swapped-in table sets it directly, see reg_query_unlock_store). */
+    uint64_t cur = atomic_load(&q->applied);
+    while (seq > cur && !atomic_compare_exchange_weak(&q->applied, &cur, seq))
+        ;
     pthread_mutex_lock(&q->mu);
-    if (q->head)
-        pthread_cond_signal(&q->cv);
+    if (q->head) pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
 }
 
 int reg_query_start(reg_query **out, natsConnection *nc, reg_store *st, int64_t wait_ms)
 {
-    static const char *const subjects[3] = {DW_SUBJ_REG_ROOM, DW_SUBJ_REG_LIST, DW_SUBJ_REG_EDGES};
-    static natsMsgHandler const handlers[3] = {on_room, on_list, on_edges};
+    static const char *const subjects[N_SUBS] = {DW_SUBJ_REG_ROOM, DW_SUBJ_REG_LIST,
+                                                 DW_SUBJ_REG_EDGES, DW_SUBJ_REG_PRESENCE};
+    static natsMsgHandler const handlers[N_SUBS] = {on_room, on_list, on_edges, on_presence};
     reg_query *q = calloc(1, sizeof *q);
     *out = NULL;
-    if (!q)
-        return -1;
+    if (!q) return -1;
     q->nc = nc;
     q->st = st;
+    atomic_store(&q->applied, reg_store_applied_seq(st));
     q->wait_ms = wait_ms;
+    /* Writer preference: a swap must get in under a steady query load
+     * (safe: no reader takes the lock twice). */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&q->stlock, &ra);
+    pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&q->mu, NULL);
     /* The waiter's deadlines are on the monotonic clock (dw_mono_ns). */
     pthread_condattr_t ca;
@@ -362,14 +463,14 @@ int reg_query_start(reg_query **out, natsConnection *nc, reg_store *st, int64_t 
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&q->idle, NULL);
 
-    if (pthread_create(&q->waiter, NULL, waiter_main, q))
-        goto error;
+    if (pthread_create(&q->waiter, NULL, waiter_main, q)) goto error;
     q->waiter_started = 1;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N_SUBS; i++) {
         natsStatus s = natsConnection_QueueSubscribe(&q->subs[i], nc, subjects[i], DW_REG_QUEUE,
                                                      handlers[i], q);
         if (s != NATS_OK) {
-            DW_ERROR("subscribe failed", "subject=%s status=%s", subjects[i], natsStatus_GetText(s));
+            DW_ERROR("subscribe failed", "subject=%s status=%s", subjects[i],
+                     natsStatus_GetText(s));
             goto error;
         }
     }
@@ -384,18 +485,15 @@ error:
 
 void reg_query_stop(reg_query *q)
 {
-    if (!q)
-        return;
+    if (!q) return;
     /* Drain: no new requests, but the ones already delivered to us are
      * answered. Room callbacks never block, so this is quick. */
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < N_SUBS; i++)
         if (q->subs[i] && natsSubscription_Drain(q->subs[i]) != NATS_OK)
             natsSubscription_Unsubscribe(q->subs[i]);
-    for (int i = 0; i < 3; i++) {
-        if (!q->subs[i])
-            continue;
-        if (natsSubscription_WaitForDrainCompletion(q->subs[i], 5000) != NATS_OK)
-            q->undrained = 1;
+    for (int i = 0; i < N_SUBS; i++) {
+        if (!q->subs[i]) continue;
+        if (natsSubscription_WaitForDrainCompletion(q->subs[i], 5000) != NATS_OK) q->undrained = 1;
         natsSubscription_Destroy(q->subs[i]);
         q->subs[i] = NULL;
     }
@@ -414,8 +512,7 @@ void reg_query_stop(reg_query *q)
 
 void reg_query_free(reg_query *q)
 {
-    if (!q)
-        return;
+    if (!q) return;
     if (q->undrained) {
         /* Its callback may still run (and find closing set): better a
          * leak at exit than a use after free. */
@@ -425,5 +522,22 @@ void reg_query_free(reg_query *q)
     pthread_cond_destroy(&q->cv);
     pthread_cond_destroy(&q->idle);
     pthread_mutex_destroy(&q->mu);
+    pthread_rwlock_destroy(&q->stlock);
     free(q);
+}
+
+void reg_query_lock_store(reg_query *q)
+{
+    pthread_rwlock_wrlock(&q->stlock);
+}
+
+void reg_query_unlock_store(reg_query *q, reg_store *st)
+{
+    q->st = st;
+    atomic_store(&q->applied, reg_store_applied_seq(st));
+    pthread_rwlock_unlock(&q->stlock);
+    /* Parked queries see the new table's position. */
+    pthread_mutex_lock(&q->mu);
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
 }

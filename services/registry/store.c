@@ -14,30 +14,44 @@
 #define KEY_MAX 512
 
 #define KEY_APPLIED "m/applied_seq"
+#define KEY_APPLIED_TS "m/applied_ts"
 #define KEY_COUNT "m/count"
+#define KEY_KEY_IDS "m/key_ids"
+#define KEY_HOLD "m/restored_to"
+
+/* Values re-sealed per write batch by reg_store_rotate (the writer waits
+ * for one batch at most). */
+#define ROTATE_BATCH 512
 
 struct reg_store {
     rocksdb_t *db;
     rocksdb_options_t *opts;
     rocksdb_block_based_table_options_t *topts;
     rocksdb_writeoptions_t *wopts;
+    rocksdb_writeoptions_t *sync_wopts; /* metadata that must survive a power cut */
     rocksdb_readoptions_t *ropts;
     pthread_mutex_t wmu; /* one writer at a time: apply reads, then writes */
     _Atomic uint64_t applied_seq;
+    _Atomic int64_t applied_ts;
     _Atomic uint64_t count;
+    _Atomic int64_t hold;
+    const dw_keyring *keys;               /* borrowed */
+    uint32_t cur_key;                     /* 0: values are written in plaintext */
+    _Atomic int allow_plain;              /* 0 is in m/key_ids: plaintext values are legitimate */
+    uint32_t key_ids[DW_KEYRING_MAX + 1]; /* m/key_ids, under wmu */
+    size_t n_key_ids;
+    int read_only;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
 
 int reg_id_valid(const char *s)
 {
-    if (!s)
-        return 0;
+    if (!s) return 0;
     size_t n = 0;
     for (; s[n]; n++) {
         unsigned char c = (unsigned char)s[n];
-        if (c <= 0x20 || c >= 0x7f || c == '/' || n >= REG_ID_MAX)
-            return 0;
+        if (c <= 0x20 || c >= 0x7f || c == '/' || n >= REG_ID_MAX) return 0;
     }
     return n > 0;
 }
@@ -76,6 +90,59 @@ static size_t key_join(char *buf, const char *a, const char *b, const char *c, c
     return (n > 0 && n < KEY_MAX) ? (size_t)n : 0;
 }
 
+/* ---- values: sealed or plaintext -------------------------------------- */
+
+/* The stored form of a packed record under key: sealed with the current
+ * key (bound to the key, so a value copied to another row does not open),
+ * or the packed bytes themselves without a key. *out is malloc'd. 0 or -1. */
+static int value_encode(reg_store *st, const char *key, size_t klen, const uint8_t *packed,
+                        size_t len, uint8_t **out, size_t *outlen)
+{
+    if (!st->cur_key) {
+        *out = malloc(len ? len : 1);
+        if (!*out) return -1;
+        memcpy(*out, packed, len);
+        *outlen = len;
+        return 0;
+    }
+    int rc = dw_crypto_seal(st->keys, key, klen, packed, len, out, outlen);
+    if (rc) {
+        DW_ERROR("cannot seal a record", "err=\"%s\"", dw_crypto_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* Decode the value under key. NULL when it cannot be read (logged): a
+ * sealed value that does not open, or plaintext where none may be. */
+static Dw__ConnRecord *value_decode(reg_store *st, const char *key, size_t klen, const char *val,
+                                    size_t vlen)
+{
+    Dw__ConnRecord *rec = NULL;
+    uint32_t kid = 0;
+    if (dw_crypto_is_sealed(val, vlen, &kid)) {
+        uint8_t *pt = NULL;
+        size_t ptlen = 0;
+        int rc = dw_crypto_open(st->keys, key, klen, val, vlen, &pt, &ptlen, NULL);
+        if (rc) {
+            char hex[16];
+            DW_ERROR("cannot open a sealed record", "key=\"%.*s\" key_id=%s err=\"%s\"", (int)klen,
+                     key, dw_key_id_hex(kid, hex, sizeof hex), dw_crypto_strerror(rc));
+            return NULL;
+        }
+        rec = dw__conn_record__unpack(NULL, ptlen, pt);
+        free(pt);
+    } else if (atomic_load(&st->allow_plain)) {
+        rec = dw__conn_record__unpack(NULL, vlen, (const uint8_t *)val);
+    } else {
+        /* An encrypted table never holds plaintext: someone wrote it. */
+        DW_ERROR("plaintext record in an encrypted table", "key=\"%.*s\"", (int)klen, key);
+        return NULL;
+    }
+    if (!rec) DW_ERROR("undecodable record", "key=\"%.*s\"", (int)klen, key);
+    return rec;
+}
+
 /* Read a big-endian u64 under key; *found tells whether it exists. */
 static int read_u64(reg_store *st, const rocksdb_readoptions_t *ro, const char *key, uint64_t *v,
                     int *found)
@@ -96,7 +163,7 @@ static int read_u64(reg_store *st, const rocksdb_readoptions_t *ro, const char *
 
 /* Look up c/<conn_id>. Returns 1 with *rec (free with
  * dw__conn_record__free_unpacked), 0 when absent, -1 on a RocksDB error.
- * An undecodable value counts as absent: the caller overwrites or deletes
+ * An unreadable value counts as absent: the caller overwrites or deletes
  * the key, which repairs it. */
 static int get_record(reg_store *st, const rocksdb_readoptions_t *ro, const char *conn_id,
                       Dw__ConnRecord **rec)
@@ -104,35 +171,27 @@ static int get_record(reg_store *st, const rocksdb_readoptions_t *ro, const char
     char key[KEY_MAX], *err = NULL;
     size_t klen = key_join(key, "c", conn_id, NULL, NULL), vlen = 0;
     *rec = NULL;
-    if (!klen)
-        return 0;
+    if (!klen) return 0;
     char *val = rocksdb_get(st->db, ro, key, klen, &vlen, &err);
     if (err) {
         DW_ERROR("rocksdb get failed", "key=c/%s err=\"%s\"", conn_id, err);
         rocksdb_free(err);
         return -1;
     }
-    if (!val)
-        return 0;
-    *rec = dw__conn_record__unpack(NULL, vlen, (const uint8_t *)val);
+    if (!val) return 0;
+    *rec = value_decode(st, key, klen, val, vlen);
     rocksdb_free(val);
-    if (!*rec) {
-        DW_ERROR("undecodable record", "conn_id=%s", conn_id);
-        return 0;
-    }
-    return 1;
+    return *rec ? 1 : 0;
 }
 
 static void batch_put_empty(rocksdb_writebatch_t *b, const char *key, size_t klen)
 {
-    if (klen)
-        rocksdb_writebatch_put(b, key, klen, "", 0);
+    if (klen) rocksdb_writebatch_put(b, key, klen, "", 0);
 }
 
 static void batch_delete(rocksdb_writebatch_t *b, const char *key, size_t klen)
 {
-    if (klen)
-        rocksdb_writebatch_delete(b, key, klen);
+    if (klen) rocksdb_writebatch_delete(b, key, klen);
 }
 
 /* ---- open / close ----------------------------------------------------- */
@@ -157,7 +216,124 @@ static int count_scan(reg_store *st, uint64_t *n)
     return 0;
 }
 
+static int key_ids_has(const reg_store *st, uint32_t id)
+{
+    for (size_t i = 0; i < st->n_key_ids; i++)
+        if (st->key_ids[i] == id) return 1;
+    return 0;
+}
+
+/* m/key_ids into st->key_ids; *found tells whether the key exists. */
+static int key_ids_read(reg_store *st, int *found)
+{
+    char *err = NULL;
+    size_t vlen = 0;
+    char *val = rocksdb_get(st->db, st->ropts, KEY_KEY_IDS, strlen(KEY_KEY_IDS), &vlen, &err);
+    if (err) {
+        DW_ERROR("rocksdb get failed", "key=%s err=\"%s\"", KEY_KEY_IDS, err);
+        rocksdb_free(err);
+        return -1;
+    }
+    *found = val != NULL;
+    st->n_key_ids = 0;
+    for (size_t i = 0; val && i + 4 <= vlen && st->n_key_ids < DW_KEYRING_MAX + 1; i += 4) {
+        const uint8_t *p = (const uint8_t *)val + i;
+        st->key_ids[st->n_key_ids++] =
+            ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    }
+    rocksdb_free(val);
+    return 0;
+}
+
+/* Put st->key_ids into b. */
+static void key_ids_put(reg_store *st, rocksdb_writebatch_t *b)
+{
+    uint8_t v[4 * (DW_KEYRING_MAX + 1)];
+    for (size_t i = 0; i < st->n_key_ids; i++) {
+        v[4 * i] = (uint8_t)(st->key_ids[i] >> 24);
+        v[4 * i + 1] = (uint8_t)(st->key_ids[i] >> 16);
+        v[4 * i + 2] = (uint8_t)(st->key_ids[i] >> 8);
+        v[4 * i + 3] = (uint8_t)st->key_ids[i];
+    }
+    rocksdb_writebatch_put(b, KEY_KEY_IDS, strlen(KEY_KEY_IDS), (const char *)v, 4 * st->n_key_ids);
+}
+
+/* Write a batch with fsync. 0 or -1 (logged). */
+static int write_sync(reg_store *st, rocksdb_writebatch_t *b, const char *what)
+{
+    char *err = NULL;
+    rocksdb_write(st->db, st->sync_wopts, b, &err);
+    if (err) {
+        DW_ERROR("rocksdb write failed", "what=%s err=\"%s\"", what, err);
+        rocksdb_free(err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Refuse a table whose values need a key we lack; record the current key
+ * before anything is sealed with it. 0 or -1 with *err. */
+static int keys_check(reg_store *st, char **err)
+{
+    char hex[16], cur_hex[16], msg[512];
+    int found;
+    if (key_ids_read(st, &found)) goto read_error;
+    if (!found) {
+        /* A table from before encryption existed: its rows are plaintext. */
+        st->n_key_ids = 0;
+        if (atomic_load(&st->count) > 0) st->key_ids[st->n_key_ids++] = 0;
+    }
+    for (size_t i = 0; i < st->n_key_ids; i++) {
+        uint32_t id = st->key_ids[i];
+        if (!id || dw_keyring_has(st->keys, id)) continue;
+        dw_key_id_hex(id, hex, sizeof hex);
+        if (!st->cur_key)
+            snprintf(msg, sizeof msg,
+                     "the table is encrypted (values sealed with key id %s) and no key is "
+                     "configured: refusing to start rather than read garbage; set the key file "
+                     "with id %s",
+                     hex, hex);
+        else
+            snprintf(msg, sizeof msg,
+                     "the table holds values sealed with key id %s, which is not in the keyring "
+                     "(current key id %s): refusing to start rather than read garbage; add the "
+                     "key file with id %s as an old key",
+                     hex, dw_key_id_hex(st->cur_key, cur_hex, sizeof cur_hex), hex);
+        *err = strdup(msg);
+        return -1;
+    }
+    if (!key_ids_has(st, st->cur_key)) {
+        if (st->n_key_ids >= DW_KEYRING_MAX + 1) {
+            *err =
+                strdup("the table names too many keys: run a key rotation with the keys it needs");
+            return -1;
+        }
+        st->key_ids[st->n_key_ids++] = st->cur_key;
+        rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+        key_ids_put(st, b);
+        int rc = write_sync(st, b, "key_ids");
+        rocksdb_writebatch_destroy(b);
+        if (rc) goto read_error;
+    }
+    atomic_store(&st->allow_plain, key_ids_has(st, 0));
+    if (st->cur_key && key_ids_has(st, 0) && atomic_load(&st->count) > 0)
+        DW_WARN(
+            "the table still holds plaintext values: run 'dwctl registry rotate-key' to seal them",
+            "connections=%llu", (unsigned long long)atomic_load(&st->count));
+    return 0;
+
+read_error:
+    *err = strdup("cannot read or write the table's key ids");
+    return -1;
+}
+
 int reg_store_open(reg_store **out, const char *dir, char **err)
+{
+    reg_store_opts o = {0};
+    return reg_store_open_opts(out, dir, &o, err);
+}
+
+int reg_store_open_opts(reg_store **out, const char *dir, const reg_store_opts *o, char **err)
 {
     char *rerr = NULL;
     reg_store *st = calloc(1, sizeof *st);
@@ -168,9 +344,12 @@ int reg_store_open(reg_store **out, const char *dir, char **err)
         return -1;
     }
     pthread_mutex_init(&st->wmu, NULL);
+    st->keys = o->keys;
+    st->cur_key = dw_keyring_current(o->keys);
+    st->read_only = o->read_only;
 
     st->opts = rocksdb_options_create();
-    rocksdb_options_set_create_if_missing(st->opts, 1);
+    rocksdb_options_set_create_if_missing(st->opts, !o->read_only);
     rocksdb_options_increase_parallelism(st->opts, 2);
     /* The process shares a 20,000 file limit with its sockets. */
     rocksdb_options_set_max_open_files(st->opts, 512);
@@ -182,9 +361,14 @@ int reg_store_open(reg_store **out, const char *dir, char **err)
 
     st->wopts = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(st->wopts, 0);
+    st->sync_wopts = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(st->sync_wopts, 1);
     st->ropts = rocksdb_readoptions_create();
 
-    st->db = rocksdb_open(st->opts, dir, &rerr);
+    if (o->read_only)
+        st->db = rocksdb_open_for_read_only(st->opts, dir, 0, &rerr);
+    else
+        st->db = rocksdb_open(st->opts, dir, &rerr);
     if (rerr) {
         *err = strdup(rerr);
         rocksdb_free(rerr);
@@ -193,14 +377,21 @@ int reg_store_open(reg_store **out, const char *dir, char **err)
 
     uint64_t v;
     int found;
-    if (read_u64(st, st->ropts, KEY_APPLIED, &v, &found))
-        goto read_error;
+    if (read_u64(st, st->ropts, KEY_APPLIED, &v, &found)) goto read_error;
     atomic_store(&st->applied_seq, v);
-    if (read_u64(st, st->ropts, KEY_COUNT, &v, &found))
-        goto read_error;
-    if (!found && count_scan(st, &v))
-        goto read_error;
+    if (read_u64(st, st->ropts, KEY_APPLIED_TS, &v, &found)) goto read_error;
+    atomic_store(&st->applied_ts, (int64_t)v);
+    if (read_u64(st, st->ropts, KEY_HOLD, &v, &found)) goto read_error;
+    atomic_store(&st->hold, (int64_t)v);
+    if (read_u64(st, st->ropts, KEY_COUNT, &v, &found)) goto read_error;
+    if (!found && count_scan(st, &v)) goto read_error;
     atomic_store(&st->count, v);
+    if (o->read_only) {
+        if (key_ids_read(st, &found)) goto read_error;
+        atomic_store(&st->allow_plain, !found || key_ids_has(st, 0));
+    } else if (keys_check(st, err)) {
+        goto error;
+    }
     *out = st;
     return 0;
 
@@ -213,12 +404,11 @@ error:
 
 void reg_store_close(reg_store *st)
 {
-    if (!st)
-        return;
-    if (st->db)
-        rocksdb_close(st->db);
+    if (!st) return;
+    if (st->db) rocksdb_close(st->db);
     rocksdb_readoptions_destroy(st->ropts);
     rocksdb_writeoptions_destroy(st->wopts);
+    rocksdb_writeoptions_destroy(st->sync_wopts);
     rocksdb_options_destroy(st->opts);
     rocksdb_block_based_options_destroy(st->topts);
     pthread_mutex_destroy(&st->wmu);
@@ -241,13 +431,10 @@ uint64_t reg_store_count(const reg_store *st)
  * is full. The pointer is borrowed, not copied. */
 static int rooms_add(const char **rooms, size_t *n, const char *room)
 {
-    if (!room || !dw_room_valid(room, strlen(room)))
-        return 0;
+    if (!room || !dw_room_valid(room, strlen(room))) return 0;
     for (size_t i = 0; i < *n; i++)
-        if (!strcmp(rooms[i], room))
-            return 0;
-    if (*n >= REG_ROOMS_MAX)
-        return 0;
+        if (!strcmp(rooms[i], room)) return 0;
+    if (*n >= REG_ROOMS_MAX) return 0;
     rooms[(*n)++] = room;
     return 1;
 }
@@ -255,22 +442,22 @@ static int rooms_add(const char **rooms, size_t *n, const char *room)
 static int rooms_has(char *const *rooms, size_t n, const char *room)
 {
     for (size_t i = 0; i < n; i++)
-        if (rooms[i] && !strcmp(rooms[i], room))
-            return 1;
+        if (rooms[i] && !strcmp(rooms[i], room)) return 1;
     return 0;
 }
 
 /* Put the record plus its room and edge keys. */
-static int batch_put_record(rocksdb_writebatch_t *b, const Dw__ConnRecord *rec)
+static int batch_put_record(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnRecord *rec)
 {
     char key[KEY_MAX];
-    size_t len = 0;
-    uint8_t *val = dw_pb_pack(&rec->base, &len);
-    if (!val)
-        return -1;
+    size_t len = 0, vlen = 0;
+    uint8_t *packed = dw_pb_pack(&rec->base, &len), *val = NULL;
+    if (!packed) return -1;
     size_t klen = key_join(key, "c", rec->conn_id, NULL, NULL);
-    if (klen)
-        rocksdb_writebatch_put(b, key, klen, (const char *)val, len);
+    int rc = klen ? value_encode(st, key, klen, packed, len, &val, &vlen) : 0;
+    free(packed);
+    if (rc) return -1;
+    if (klen) rocksdb_writebatch_put(b, key, klen, (const char *)val, vlen);
     free(val);
     batch_put_empty(b, key, key_join(key, "e", rec->edge_id, rec->conn_id, NULL));
     for (size_t i = 0; i < rec->n_rooms; i++)
@@ -293,8 +480,7 @@ static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
 {
     Dw__ConnRecord *old = NULL;
     int rc = get_record(st, st->ropts, ev->conn_id, &old);
-    if (rc < 0)
-        return -1;
+    if (rc < 0) return -1;
     /* A reused id replaces the old row cleanly: its old rooms and edge go. */
     if (old) {
         batch_delete_record(b, old);
@@ -305,8 +491,7 @@ static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
 
     size_t cap = ev->n_rooms < REG_ROOMS_MAX ? ev->n_rooms : REG_ROOMS_MAX;
     const char **rooms = calloc(cap ? cap : 1, sizeof *rooms);
-    if (!rooms)
-        return -1;
+    if (!rooms) return -1;
     size_t n = 0;
     for (size_t i = 0; i < ev->n_rooms; i++)
         rooms_add(rooms, &n, ev->rooms[i]);
@@ -322,7 +507,7 @@ static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
     rec.has_user_agent = ev->has_user_agent;
     rec.connected_at_ms = ev->ts_ms;
     rec.conn_seq = seq;
-    rc = batch_put_record(b, &rec);
+    rc = batch_put_record(st, b, &rec);
     free(rooms);
     return rc;
 }
@@ -340,8 +525,7 @@ static int apply_disconnect(reg_store *st, rocksdb_writebatch_t *b, const Dw__Co
 {
     Dw__ConnRecord *old = NULL;
     int rc = get_record(st, st->ropts, ev->conn_id, &old);
-    if (rc <= 0)
-        return rc;
+    if (rc <= 0) return rc;
     if (!same_edge(ev, old)) {
         dw__conn_record__free_unpacked(old, NULL);
         return 0;
@@ -357,8 +541,7 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
 {
     Dw__ConnRecord *rec = NULL;
     int rc = get_record(st, st->ropts, ev->conn_id, &rec);
-    if (rc <= 0)
-        return rc;
+    if (rc <= 0) return rc;
     if (!same_edge(ev, rec)) {
         dw__conn_record__free_unpacked(rec, NULL);
         return 0;
@@ -382,15 +565,14 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
         rooms_add(rooms, &n, rec->rooms[i]);
     }
     for (size_t i = 0; join && i < ev->n_rooms; i++) {
-        if (rooms_add(rooms, &n, ev->rooms[i]))
-            changed = 1;
+        if (rooms_add(rooms, &n, ev->rooms[i])) changed = 1;
     }
     if (changed) {
         char **saved = rec->rooms;
         size_t saved_n = rec->n_rooms;
         rec->rooms = (char **)rooms;
         rec->n_rooms = n;
-        rc = batch_put_record(b, rec);
+        rc = batch_put_record(st, b, rec);
         rec->rooms = saved; /* free_unpacked must free its own array */
         rec->n_rooms = saved_n;
     }
@@ -404,8 +586,7 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
 {
     char prefix[KEY_MAX], upper[KEY_MAX];
     size_t plen = key_join(prefix, "e", ev->edge_id, "", NULL);
-    if (!plen)
-        return 0;
+    if (!plen) return 0;
     memcpy(upper, prefix, plen);
     upper[plen - 1] = '/' + 1;
 
@@ -419,8 +600,7 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
         size_t klen;
         const char *k = rocksdb_iter_key(it, &klen);
         char conn_id[REG_ID_MAX + 1];
-        if (klen - plen > REG_ID_MAX)
-            continue;
+        if (klen - plen > REG_ID_MAX) continue;
         memcpy(conn_id, k + plen, klen - plen);
         conn_id[klen - plen] = '\0';
         /* The index entry goes even if its record is missing: self-repair. */
@@ -453,21 +633,17 @@ static int apply_event(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
     int conn_ok = reg_id_valid(ev->conn_id), edge_ok = reg_id_valid(ev->edge_id);
     switch (ev->kind) {
     case DW__CONN_EVENT__KIND__CONNECT:
-        if (!conn_ok || !edge_ok)
-            break;
+        if (!conn_ok || !edge_ok) break;
         return apply_connect(st, b, seq, ev, delta);
     case DW__CONN_EVENT__KIND__DISCONNECT:
-        if (!conn_ok)
-            break;
+        if (!conn_ok) break;
         return apply_disconnect(st, b, ev, delta);
     case DW__CONN_EVENT__KIND__JOIN:
     case DW__CONN_EVENT__KIND__LEAVE:
-        if (!conn_ok)
-            break;
+        if (!conn_ok) break;
         return apply_rooms(st, b, ev, ev->kind == DW__CONN_EVENT__KIND__JOIN);
     case DW__CONN_EVENT__KIND__EDGE_DOWN:
-        if (!edge_ok)
-            break;
+        if (!edge_ok) break;
         return apply_edge_down(st, b, ev, delta);
     default:
         DW_WARN("unknown event kind ignored", "seq=%llu kind=%d", (unsigned long long)seq,
@@ -482,6 +658,11 @@ static int apply_event(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
 
 int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
 {
+    return reg_store_apply_at(st, seq, 0, ev);
+}
+
+int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__ConnEvent *ev)
+{
     int rc = 0;
     int64_t delta = 0;
     char *err = NULL;
@@ -492,8 +673,7 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
         return 0;
     }
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    if (ev)
-        rc = apply_event(st, b, seq, ev, &delta);
+    if (ev) rc = apply_event(st, b, seq, ev, &delta);
     uint64_t count = atomic_load(&st->count);
     if (delta < 0 && (uint64_t)-delta > count)
         count = 0; /* never wrap, even if the index was inconsistent */
@@ -505,6 +685,10 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
         rocksdb_writebatch_put(b, KEY_COUNT, strlen(KEY_COUNT), (const char *)v, 8);
         u64_put_be(v, seq);
         rocksdb_writebatch_put(b, KEY_APPLIED, strlen(KEY_APPLIED), (const char *)v, 8);
+        if (ts_ms > 0) {
+            u64_put_be(v, (uint64_t)ts_ms);
+            rocksdb_writebatch_put(b, KEY_APPLIED_TS, strlen(KEY_APPLIED_TS), (const char *)v, 8);
+        }
         rocksdb_write(st->db, st->wopts, b, &err);
         if (err) {
             DW_ERROR("rocksdb write failed", "seq=%llu err=\"%s\"", (unsigned long long)seq, err);
@@ -515,6 +699,7 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
     if (rc == 0) {
         atomic_store(&st->count, count);
         atomic_store(&st->applied_seq, seq);
+        if (ts_ms > 0) atomic_store(&st->applied_ts, ts_ms);
     }
     rocksdb_writebatch_destroy(b);
     pthread_mutex_unlock(&st->wmu);
@@ -525,8 +710,7 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
 
 void reg_strs_free(reg_strs *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     for (size_t i = 0; i < s->n; i++)
         free(s->v[i]);
     free(s->v);
@@ -536,8 +720,7 @@ void reg_strs_free(reg_strs *s)
 
 void reg_conns_free(reg_conns *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     for (size_t i = 0; i < c->n; i++)
         dw__conn_record__free_unpacked(c->conns[i], NULL);
     free(c->conns);
@@ -576,14 +759,12 @@ static int strs_push(reg_strs *s, size_t *cap, const char *p, size_t len)
     if (s->n == *cap) {
         size_t ncap = *cap ? *cap * 2 : 8;
         char **nv = realloc(s->v, ncap * sizeof *nv);
-        if (!nv)
-            return -1;
+        if (!nv) return -1;
         s->v = nv;
         *cap = ncap;
     }
     char *copy = strndup(p, len);
-    if (!copy)
-        return -1;
+    if (!copy) return -1;
     s->v[s->n++] = copy;
     return 0;
 }
@@ -675,8 +856,7 @@ static int conns_push(reg_conns *c, size_t *cap, Dw__ConnRecord *rec)
     if (c->n == *cap) {
         size_t ncap = *cap ? *cap * 2 : 16;
         Dw__ConnRecord **nv = realloc(c->conns, ncap * sizeof *nv);
-        if (!nv)
-            return -1;
+        if (!nv) return -1;
         c->conns = nv;
         *cap = ncap;
     }
@@ -684,13 +864,13 @@ static int conns_push(reg_conns *c, size_t *cap, Dw__ConnRecord *rec)
     return 0;
 }
 
-int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, size_t limit,
-                   reg_conns *out)
+int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, const char *after,
+                   size_t limit, reg_conns *out)
 {
     read_view v;
-    char prefix[KEY_MAX], upper[KEY_MAX];
-    size_t cap = 0, plen;
-    int rc = 0, by_edge = edge_id && *edge_id;
+    char prefix[KEY_MAX], upper[KEY_MAX], start[KEY_MAX];
+    size_t cap = 0, plen, slen;
+    int rc = 0, by_edge = edge_id && *edge_id, has_after = after && *after;
     char *err = NULL;
 
     memset(out, 0, sizeof *out);
@@ -705,6 +885,7 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, size
 
     if (conn_id && *conn_id) {
         Dw__ConnRecord *rec = NULL;
+        if (has_after && strcmp(conn_id, after) <= 0) goto done;
         rc = get_record(st, v.ro, conn_id, &rec);
         if (rc == 1) {
             rc = 0;
@@ -714,30 +895,40 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, size
         goto done;
     }
 
-    plen = by_edge ? key_join(prefix, "e", edge_id, "", NULL) : key_join(prefix, "c", "", NULL, NULL);
+    plen =
+        by_edge ? key_join(prefix, "e", edge_id, "", NULL) : key_join(prefix, "c", "", NULL, NULL);
     memcpy(upper, prefix, plen);
     upper[plen - 1] = '/' + 1;
+    /* Paging: start at prefix + after; the id itself is stepped over below.
+     * An after too long to be an id sorts after every id of its prefix. */
+    memcpy(start, prefix, plen);
+    slen = plen;
+    if (has_after) {
+        size_t alen = strlen(after);
+        if (plen + alen > KEY_MAX) goto done;
+        memcpy(start + plen, after, alen);
+        slen += alen;
+    }
     rocksdb_readoptions_set_iterate_upper_bound(v.ro, upper, plen);
     rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, v.ro);
-    for (rocksdb_iter_seek(it, prefix, plen); rocksdb_iter_valid(it) && (!limit || out->n < limit);
+    for (rocksdb_iter_seek(it, start, slen); rocksdb_iter_valid(it) && (!limit || out->n < limit);
          rocksdb_iter_next(it)) {
         Dw__ConnRecord *rec = NULL;
+        size_t klen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        if (has_after && klen == slen && !memcmp(k, start, slen)) continue;
         if (by_edge) {
-            size_t klen;
-            const char *k = rocksdb_iter_key(it, &klen);
             char id[REG_ID_MAX + 1];
-            if (klen - plen > REG_ID_MAX)
-                continue;
+            if (klen - plen > REG_ID_MAX) continue;
             memcpy(id, k + plen, klen - plen);
             id[klen - plen] = '\0';
             rc = get_record(st, v.ro, id, &rec);
-            if (rc < 0)
-                break;
+            if (rc < 0) break;
             rc = 0;
         } else {
             size_t vlen;
             const char *val = rocksdb_iter_value(it, &vlen);
-            rec = dw__conn_record__unpack(NULL, vlen, (const uint8_t *)val);
+            rec = value_decode(st, k, klen, val, vlen);
         }
         if (rec && conns_push(out, &cap, rec)) {
             dw__conn_record__free_unpacked(rec, NULL);
@@ -754,7 +945,282 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, size
     rocksdb_iter_destroy(it);
 done:
     view_close(st, &v);
-    if (rc)
-        reg_conns_free(out);
+    if (rc) reg_conns_free(out);
     return rc;
+}
+
+/* ---- presence --------------------------------------------------------- */
+
+void reg_presence_free(reg_presence *p)
+{
+    if (!p) return;
+    for (size_t i = 0; i < p->n; i++)
+        free(p->users[i]);
+    free(p->users);
+    free(p->conns);
+    p->users = NULL;
+    p->conns = NULL;
+    p->n = 0;
+}
+
+int reg_store_presence(reg_store *st, const char *room, const char *after_user, size_t limit,
+                       reg_presence *out)
+{
+    read_view v;
+    char prefix[KEY_MAX], upper[KEY_MAX];
+    reg_strs users = {0};
+    size_t cap = 0;
+    int rc = 0;
+    char *err = NULL;
+
+    memset(out, 0, sizeof *out);
+    if (view_open(st, &v)) {
+        view_close(st, &v);
+        return -1;
+    }
+    out->applied_seq = v.applied_seq;
+    size_t plen =
+        room && dw_room_valid(room, strlen(room)) ? key_join(prefix, "r", room, "", NULL) : 0;
+    if (!plen) goto done;
+
+    /* One user id per member connection; grouped after sorting. */
+    memcpy(upper, prefix, plen);
+    upper[plen - 1] = '/' + 1;
+    rocksdb_readoptions_set_iterate_upper_bound(v.ro, upper, plen);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, v.ro);
+    for (rocksdb_iter_seek(it, prefix, plen); rc == 0 && rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const char *slash = memchr(k + plen, '/', klen - plen); /* <edge>/<conn> */
+        if (!slash) continue;
+        size_t idlen = klen - (size_t)(slash + 1 - k);
+        char id[REG_ID_MAX + 1];
+        if (idlen == 0 || idlen > REG_ID_MAX) continue;
+        memcpy(id, slash + 1, idlen);
+        id[idlen] = '\0';
+        Dw__ConnRecord *rec = NULL;
+        rc = get_record(st, v.ro, id, &rec);
+        if (rc < 0) break;
+        rc = 0;
+        if (rec && rec->user_id && *rec->user_id &&
+            (!after_user || !*after_user || strcmp(rec->user_id, after_user) > 0))
+            rc = strs_push(&users, &cap, rec->user_id, strlen(rec->user_id));
+        dw__conn_record__free_unpacked(rec, NULL);
+    }
+    rocksdb_iter_get_error(it, &err);
+    if (err) {
+        DW_ERROR("rocksdb scan failed", "err=\"%s\"", err);
+        rocksdb_free(err);
+        rc = -1;
+    }
+    rocksdb_iter_destroy(it);
+    if (rc || !users.n) goto done;
+
+    qsort(users.v, users.n, sizeof *users.v, cmp_str);
+    out->users = calloc(users.n, sizeof *out->users);
+    out->conns = calloc(users.n, sizeof *out->conns);
+    if (!out->users || !out->conns) {
+        rc = -1;
+        goto done;
+    }
+    for (size_t i = 0; i < users.n; i++) {
+        if (out->n && !strcmp(out->users[out->n - 1], users.v[i])) {
+            out->conns[out->n - 1]++;
+            continue;
+        }
+        if (limit && out->n == limit) {
+            out->more = 1;
+            break;
+        }
+        out->users[out->n] = users.v[i];
+        users.v[i] = NULL; /* moved */
+        out->conns[out->n++] = 1;
+    }
+done:
+    reg_strs_free(&users);
+    view_close(st, &v);
+    if (rc) reg_presence_free(out);
+    return rc;
+}
+
+/* ---- metadata, hold, checkpoints, rotation ---------------------------- */
+
+void reg_store_info_get(reg_store *st, reg_store_info *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&st->wmu);
+    out->applied_seq = atomic_load(&st->applied_seq);
+    out->applied_ts_ms = atomic_load(&st->applied_ts);
+    out->count = atomic_load(&st->count);
+    out->restored_to_ms = atomic_load(&st->hold);
+    out->n_key_ids = st->n_key_ids;
+    memcpy(out->key_ids, st->key_ids, st->n_key_ids * sizeof *st->key_ids);
+    pthread_mutex_unlock(&st->wmu);
+}
+
+int64_t reg_store_hold(reg_store *st)
+{
+    return atomic_load(&st->hold);
+}
+
+int reg_store_set_hold(reg_store *st, int64_t restored_to_ms)
+{
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    uint8_t v[8];
+    if (restored_to_ms > 0) {
+        u64_put_be(v, (uint64_t)restored_to_ms);
+        rocksdb_writebatch_put(b, KEY_HOLD, strlen(KEY_HOLD), (const char *)v, 8);
+    } else {
+        rocksdb_writebatch_delete(b, KEY_HOLD, strlen(KEY_HOLD));
+    }
+    pthread_mutex_lock(&st->wmu);
+    int rc = write_sync(st, b, "hold");
+    if (rc == 0) atomic_store(&st->hold, restored_to_ms > 0 ? restored_to_ms : 0);
+    pthread_mutex_unlock(&st->wmu);
+    rocksdb_writebatch_destroy(b);
+    return rc;
+}
+
+int reg_store_flush(reg_store *st)
+{
+    char *err = NULL;
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    rocksdb_flush(st->db, fo, &err);
+    rocksdb_flushoptions_destroy(fo);
+    if (err) {
+        DW_ERROR("rocksdb flush failed", "err=\"%s\"", err);
+        rocksdb_free(err);
+        return -1;
+    }
+    return 0;
+}
+
+int reg_store_checkpoint(reg_store *st, const char *dir, char **err)
+{
+    char *rerr = NULL;
+    *err = NULL;
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(st->db, &rerr);
+    /* log_size_for_flush 0: flush first, so the checkpoint is table files
+     * (hard links) plus an empty WAL rather than a copy of a long WAL. */
+    if (!rerr) rocksdb_checkpoint_create(cp, dir, 0, &rerr);
+    rocksdb_checkpoint_object_destroy(cp);
+    if (rerr) {
+        *err = strdup(rerr);
+        rocksdb_free(rerr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Re-seal up to ROTATE_BATCH values from start (a key under c/), holding
+ * the writer lock so that no event changes a row between our read and our
+ * write. *next receives the key to continue from ("" when done). */
+static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uint64_t *rewritten,
+                        char **err)
+{
+    char *rerr = NULL;
+    int rc = 0, n = 0;
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_upper_bound(ro, "c0", 2);
+
+    pthread_mutex_lock(&st->wmu);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    *done = 1;
+    for (rocksdb_iter_seek(it, start, *slen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        if (n == ROTATE_BATCH) {
+            /* Continue from this key next time (not yet looked at). */
+            if (klen <= KEY_MAX) {
+                memcpy(start, k, klen);
+                *slen = klen;
+                *done = 0;
+            }
+            break;
+        }
+        uint32_t kid = 0;
+        if (dw_crypto_is_sealed(val, vlen, &kid) && kid == st->cur_key) continue;
+        Dw__ConnRecord *rec = value_decode(st, k, klen, val, vlen);
+        if (!rec) {
+            char msg[KEY_MAX + 128];
+            snprintf(msg, sizeof msg, "the value of %.*s cannot be read (see the log)", (int)klen,
+                     k);
+            *err = strdup(msg);
+            rc = -1;
+            break;
+        }
+        size_t plen = 0, slen2 = 0;
+        uint8_t *packed = dw_pb_pack(&rec->base, &plen), *sealed = NULL;
+        dw__conn_record__free_unpacked(rec, NULL);
+        if (!packed || value_encode(st, k, klen, packed, plen, &sealed, &slen2)) {
+            free(packed);
+            *err = strdup("cannot seal a value");
+            rc = -1;
+            break;
+        }
+        rocksdb_writebatch_put(b, k, klen, (const char *)sealed, slen2);
+        free(packed);
+        free(sealed);
+        n++;
+    }
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    if (!rc && !rerr && n) rocksdb_write(st->db, st->wopts, b, &rerr);
+    pthread_mutex_unlock(&st->wmu);
+    if (rerr) {
+        *err = strdup(rerr);
+        rocksdb_free(rerr);
+        rc = -1;
+    }
+    if (!rc) *rewritten += (uint64_t)n;
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_writebatch_destroy(b);
+    return rc;
+}
+
+int reg_store_rotate(reg_store *st, uint64_t *rewritten, char **err)
+{
+    char start[KEY_MAX];
+    size_t slen = 2;
+    int done = 0;
+    *rewritten = 0;
+    *err = NULL;
+    if (!st->cur_key) {
+        *err = strdup("no current key: set the key file to rotate to");
+        return -1;
+    }
+    memcpy(start, "c/", 2);
+    while (!done)
+        if (rotate_batch(st, start, &slen, &done, rewritten, err)) return -1;
+
+    /* Every value is now sealed with the current key (the writer only seals
+     * with it): the others are no longer needed. */
+    pthread_mutex_lock(&st->wmu);
+    uint32_t saved[DW_KEYRING_MAX + 1];
+    size_t saved_n = st->n_key_ids;
+    memcpy(saved, st->key_ids, sizeof saved);
+    st->key_ids[0] = st->cur_key;
+    st->n_key_ids = 1;
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    key_ids_put(st, b);
+    int rc = write_sync(st, b, "key_ids");
+    rocksdb_writebatch_destroy(b);
+    if (rc) {
+        memcpy(st->key_ids, saved, sizeof saved);
+        st->n_key_ids = saved_n;
+    } else {
+        atomic_store(&st->allow_plain, 0);
+    }
+    pthread_mutex_unlock(&st->wmu);
+    if (rc) {
+        *err = strdup("cannot write the table's key ids");
+        return -1;
+    }
+    /* Old ciphertexts (and plaintext) stay in table files until compacted. */
+    rocksdb_compact_range(st->db, NULL, 0, NULL, 0);
+    return 0;
 }

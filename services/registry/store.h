@@ -2,26 +2,43 @@
  *
  * Key layout (the one-byte prefixes keep each kind of key in its own range,
  * so every query is a bounded prefix scan):
- *   c/<conn_id>                  -> packed Dw__ConnRecord
+ *   c/<conn_id>                  -> Dw__ConnRecord, sealed (see below)
  *   r/<room>/<edge_id>/<conn_id> -> ""   room membership
  *   e/<edge_id>/<conn_id>        -> ""   edge index
  *   m/applied_seq                -> uint64 big-endian: last DW_CONN seq applied
+ *   m/applied_ts                 -> int64 big-endian: its JetStream timestamp, ms
  *   m/count                      -> uint64 big-endian: rows under c/
+ *   m/key_ids                    -> uint32 big-endian each: the keys values
+ *                                   may be sealed with (0 = plaintext)
+ *   m/restored_to                -> int64 big-endian ms: present while the
+ *                                   table holds a point-in-time restore and
+ *                                   must not apply newer events (the hold)
  *
- * Every event is applied as one WriteBatch holding the change, m/count and
- * m/applied_seq, so the table and its position in the stream never disagree.
- * Writes go to the WAL without fsync: DW_CONN is the source of truth, and a
- * tail lost in a power cut is simply fetched again from applied_seq + 1.
+ * Personal data (user id, source IP, user agent) lives only in the values.
+ * With a current key in the keyring every value is sealed with AES-256-GCM
+ * (dw/crypto.h), bound to its key c/<conn_id>; keys stay in plaintext and
+ * hold only room, edge and connection ids. m/key_ids says which keys the
+ * values need: a table that needs a key the keyring lacks is refused at
+ * open rather than read as garbage. reg_store_rotate re-seals every value
+ * with the current key and then forgets the others.
  *
- * Threads: one writer (reg_store_apply, serialized internally) and any
- * number of readers at the same time. Readers see a consistent snapshot:
- * the applied_seq a read returns is the one its rows belong to. */
+ * Every event is applied as one WriteBatch holding the change, m/count,
+ * m/applied_seq and m/applied_ts, so the table and its position in the
+ * stream never disagree. Writes go to the WAL without fsync: DW_CONN is the
+ * source of truth, and a tail lost in a power cut is simply fetched again
+ * from applied_seq + 1.
+ *
+ * Threads: one writer (reg_store_apply*, reg_store_rotate, serialized
+ * internally) and any number of readers at the same time. Readers see a
+ * consistent snapshot: the applied_seq a read returns is the one its rows
+ * belong to. */
 #ifndef REG_STORE_H
 #define REG_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dw/crypto.h"
 #include "dw/dw.pb-c.h"
 
 /* Longest conn_id / edge_id the table accepts. Ids are printable ASCII
@@ -52,10 +69,25 @@ typedef struct reg_conns {
 } reg_conns;
 void reg_conns_free(reg_conns *c);
 
+typedef struct reg_store_opts {
+    /* Borrowed; must outlive the store. NULL or no current key: values are
+     * written in plaintext (and a table that needs a key is refused). */
+    const dw_keyring *keys;
+    /* Open an existing table read-only, e.g. a checkpoint, to read its
+     * metadata (reg_store_info_get): no writes, keys are not checked. */
+    int read_only;
+} reg_store_opts;
+
 /* Open (creating if missing) the table in directory dir, which must exist
- * or be creatable by RocksDB. On failure *err holds a malloc'd message
- * (caller frees) and -1 is returned. */
+ * or be creatable by RocksDB, with default options (no keys). On failure
+ * *err holds a malloc'd message (caller frees) and -1 is returned. */
 int reg_store_open(reg_store **out, const char *dir, char **err);
+
+/* The same with options. Refuses (-1, *err says which key id is missing
+ * and what to set) a table holding values sealed with a key the keyring
+ * lacks. Otherwise records the current key id in m/key_ids (synced) before
+ * anything is sealed with it. */
+int reg_store_open_opts(reg_store **out, const char *dir, const reg_store_opts *o, char **err);
 
 /* Close the database. No reader or writer may be running. NULL-safe. */
 void reg_store_close(reg_store *st);
@@ -65,6 +97,40 @@ uint64_t reg_store_applied_seq(const reg_store *st);
 
 /* Connections in the table. Cheap, any thread. */
 uint64_t reg_store_count(const reg_store *st);
+
+/* What a table says about itself (the m/ keys), e.g. for a checkpoint tag. */
+typedef struct reg_store_info {
+    uint64_t applied_seq;
+    int64_t applied_ts_ms; /* JetStream time of that event, 0 when unknown */
+    uint64_t count;
+    int64_t restored_to_ms; /* the hold; 0 = none */
+    uint32_t key_ids[DW_KEYRING_MAX + 1];
+    size_t n_key_ids;
+} reg_store_info;
+/* Any thread. */
+void reg_store_info_get(reg_store *st, reg_store_info *out);
+
+/* The hold: while m/restored_to is set the table shows DW_CONN as it was at
+ * that time and the registry must not apply newer events. Set (ms > 0) or
+ * clear (0), synced. 0 or -1. */
+int reg_store_set_hold(reg_store *st, int64_t restored_to_ms);
+int64_t reg_store_hold(reg_store *st);
+
+/* Flush the memtable into synced table files: after it the table survives
+ * a power cut without its WAL (before a directory swap). 0 or -1. */
+int reg_store_flush(reg_store *st);
+
+/* Take a RocksDB checkpoint (hard links where possible) into dir, which
+ * must not exist. Consistent while the writer runs. 0 or -1 (*err malloc'd). */
+int reg_store_checkpoint(reg_store *st, const char *dir, char **err);
+
+/* Re-seal every value that is not sealed with the keyring's current key
+ * (plaintext values included), a batch at a time so that the writer keeps
+ * running, then set m/key_ids to the current key only and compact, so that
+ * older ciphertexts leave the table files. *rewritten: values re-sealed.
+ * 0, or -1 with *err (malloc'd): no current key, a value that does not
+ * open, a RocksDB error. Rerunning after a failure is safe. */
+int reg_store_rotate(reg_store *st, uint64_t *rewritten, char **err);
 
 /* Apply the event at DW_CONN sequence seq:
  *   CONNECT    inserts the row (a known id is replaced, old rooms and edge
@@ -82,6 +148,10 @@ uint64_t reg_store_count(const reg_store *st);
  * the caller must not advance past seq). */
 int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev);
 
+/* reg_store_apply that also records ts_ms, the event's JetStream timestamp
+ * (m/applied_ts: what point-in-time restore compares with). */
+int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__ConnEvent *ev);
+
 /* Distinct edge ids that hold members of room, sorted (strcmp). Costs one seek per
  * edge, not one step per member. 0 or -1 (RocksDB error). */
 int reg_store_room_edges(reg_store *st, const char *room, reg_strs *out);
@@ -90,9 +160,27 @@ int reg_store_room_edges(reg_store *st, const char *room, reg_strs *out);
 int reg_store_edges(reg_store *st, reg_strs *out);
 
 /* Connections filtered by edge_id and/or conn_id (NULL or "" = any), at
- * most limit of them (0 = no limit), in key order. 0 or -1. */
-int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, size_t limit,
-                   reg_conns *out);
+ * most limit of them (0 = no limit), in id order (bytewise), starting
+ * after the id after (NULL or "" = from the first). 0 or -1. */
+int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, const char *after,
+                   size_t limit, reg_conns *out);
+
+/* Members of a room by user: user ids (sorted bytewise) with the number of
+ * their connections in the room. Connections without a user id are not
+ * counted (there is no one to name). Owned by the caller: reg_presence_free. */
+typedef struct reg_presence {
+    char **users;
+    uint32_t *conns;
+    size_t n;
+    int more; /* users after the last one listed exist */
+    uint64_t applied_seq;
+} reg_presence;
+void reg_presence_free(reg_presence *p);
+
+/* At most limit users (0 = no limit) after after_user (NULL/"" = from the
+ * first). An invalid room has no members. 0 or -1. */
+int reg_store_presence(reg_store *st, const char *room, const char *after_user, size_t limit,
+                       reg_presence *out);
 
 /* True when s can be used as a conn_id / edge_id key part. */
 int reg_id_valid(const char *s);

@@ -101,5 +101,6 @@ void dwctl_table_free(dwctl_table *t);
 /* The command areas: argv[0] is the area name. */
 int cmd_conn(dwctl *ctl, int argc, char **argv);
 int cmd_status(dwctl *ctl, int argc, char **argv);
+int cmd_registry(dwctl *ctl, int argc, char **argv);
 
 #endif

@@ -25,7 +25,7 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
 }
 
 static void add_conn(reg_store *st, uint64_t seq, const char *conn, const char *edge,
-                    const char *room)
+                     const char *room)
 {
     Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
     char *rooms[] = {(char *)room};
@@ -112,8 +112,9 @@ static void test_room_garbage(void **state)
     assert_string_equal(room, "");
 
     Dw__RoomQuery rq = DW__ROOM_QUERY__INIT;
-    const char *bad[] = {"", "a/b", ".a", "a..b", "a b",
-                         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+    const char *bad[] = {
+        "",     "a/b", ".a",
+        "a..b", "a b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t len;
         rq.room = (char *)bad[i];
@@ -139,8 +140,8 @@ static void test_room_garbage(void **state)
     }
 }
 
-static Dw__ListReply *list_reply(reg_store *st, const char *edge, const char *conn,
-                                 uint32_t limit, size_t max_bytes)
+static Dw__ListReply *list_reply(reg_store *st, const char *edge, const char *conn, uint32_t limit,
+                                 size_t max_bytes)
 {
     Dw__ListQuery lq = DW__LIST_QUERY__INIT;
     lq.edge_id = (char *)(edge ? edge : "");
@@ -250,6 +251,118 @@ static void test_edges(void **state)
     dw__edges_reply__free_unpacked(er, NULL);
 }
 
+static void test_list_paging(void **state)
+{
+    fixture *f = *state;
+    Dw__ListQuery lq = DW__LIST_QUERY__INIT;
+    size_t len, outlen;
+    lq.after_conn_id = "c1";
+    lq.limit = 1;
+    uint8_t *req = dw_pb_pack(&lq.base, &len);
+    uint8_t *buf = reg_query_list_reply(f->st, req, len, 0, &outlen);
+    free(req);
+    Dw__ListReply *lr = dw__list_reply__unpack(NULL, outlen, buf);
+    free(buf);
+    assert_true(lr->ok);
+    assert_int_equal(lr->n_conns, 1);
+    assert_string_equal(lr->conns[0]->conn_id, "c2");
+    assert_int_equal(lr->total, 3);
+    dw__list_reply__free_unpacked(lr, NULL);
+
+    lq.after_conn_id = "a/b"; /* not an id: no page starts there */
+    req = dw_pb_pack(&lq.base, &len);
+    buf = reg_query_list_reply(f->st, req, len, 0, &outlen);
+    free(req);
+    lr = dw__list_reply__unpack(NULL, outlen, buf);
+    free(buf);
+    assert_false(lr->ok);
+    assert_non_null(strstr(lr->error, "bad_request"));
+    dw__list_reply__free_unpacked(lr, NULL);
+}
+
+static Dw__PresenceReply *presence_reply(reg_store *st, const char *room, const char *after,
+                                         uint32_t limit, size_t max_bytes)
+{
+    Dw__PresenceQuery pq = DW__PRESENCE_QUERY__INIT;
+    pq.room = (char *)room;
+    pq.after_user = (char *)(after ? after : "");
+    pq.limit = limit;
+    size_t len, outlen = 0;
+    uint8_t *req = dw_pb_pack(&pq.base, &len);
+    uint8_t *buf = reg_query_presence_reply(st, req, len, max_bytes, &outlen);
+    free(req);
+    assert_non_null(buf);
+    Dw__PresenceReply *pr = dw__presence_reply__unpack(NULL, outlen, buf);
+    free(buf);
+    assert_non_null(pr);
+    return pr;
+}
+
+static void test_presence(void **state)
+{
+    fixture *f = *state;
+    /* 150 users in "big", one with two connections. */
+    for (int i = 0; i < 150; i++) {
+        Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+        char conn[16], user[16];
+        char *rooms[] = {"big"};
+        snprintf(conn, sizeof conn, "p%03d", i);
+        snprintf(user, sizeof user, "user%03d", i == 149 ? 0 : i);
+        ev.kind = DW__CONN_EVENT__KIND__CONNECT;
+        ev.conn_id = conn;
+        ev.edge_id = "e1";
+        ev.user_id = user;
+        ev.rooms = rooms;
+        ev.n_rooms = 1;
+        assert_int_equal(reg_store_apply(f->st, 10 + (uint64_t)i, &ev), 1);
+    }
+    Dw__PresenceReply *pr = presence_reply(f->st, "big", NULL, 0, 0);
+    assert_true(pr->ok);
+    assert_int_equal(pr->n_users, REG_PRESENCE_DEFAULT_PAGE);
+    assert_true(pr->more);
+    assert_string_equal(pr->users[0]->user_id, "user000");
+    assert_int_equal(pr->users[0]->connections, 2);
+    assert_int_equal(pr->users[1]->connections, 1);
+    char last[32];
+    snprintf(last, sizeof last, "%s", pr->users[pr->n_users - 1]->user_id);
+    dw__presence_reply__free_unpacked(pr, NULL);
+
+    pr = presence_reply(f->st, "big", last, 0, 0); /* the next page: the rest */
+    assert_true(pr->ok);
+    assert_int_equal(pr->n_users, 149 - REG_PRESENCE_DEFAULT_PAGE);
+    assert_false(pr->more);
+    dw__presence_reply__free_unpacked(pr, NULL);
+
+    pr = presence_reply(f->st, "big", NULL, 100000, 0); /* capped at the maximum */
+    assert_int_equal(pr->n_users, 149);
+    dw__presence_reply__free_unpacked(pr, NULL);
+
+    /* The seed connections have no user: nobody to name. */
+    pr = presence_reply(f->st, "lobby", NULL, 0, 0);
+    assert_true(pr->ok);
+    assert_int_equal(pr->n_users, 0);
+    dw__presence_reply__free_unpacked(pr, NULL);
+
+    pr = presence_reply(f->st, "big", NULL, 0, 64);
+    assert_false(pr->ok);
+    assert_non_null(strstr(pr->error, "too_large"));
+    dw__presence_reply__free_unpacked(pr, NULL);
+
+    pr = presence_reply(f->st, "no/room", NULL, 0, 0);
+    assert_false(pr->ok);
+    assert_string_equal(pr->error, "bad_request: room");
+    dw__presence_reply__free_unpacked(pr, NULL);
+
+    const uint8_t junk[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f};
+    size_t outlen = 0;
+    uint8_t *buf = reg_query_presence_reply(f->st, junk, sizeof junk, 0, &outlen);
+    pr = dw__presence_reply__unpack(NULL, outlen, buf);
+    free(buf);
+    assert_false(pr->ok);
+    assert_string_equal(pr->error, "bad_request");
+    dw__presence_reply__free_unpacked(pr, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +371,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_paging, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

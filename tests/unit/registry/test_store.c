@@ -13,6 +13,7 @@
 
 #include "apply.h"
 #include "dw/bus.h"
+#include "dw/crypto.h"
 #include "store.h"
 
 typedef struct fixture {
@@ -87,8 +88,7 @@ static const char *room_edges(reg_store *st, const char *room)
     assert_int_equal(reg_store_room_edges(st, room, &s), 0);
     buf[0] = '\0';
     for (size_t i = 0; i < s.n; i++) {
-        if (i)
-            strcat(buf, ",");
+        if (i) strcat(buf, ",");
         strcat(buf, s.v[i]);
     }
     assert_int_equal(s.applied_seq, reg_store_applied_seq(st));
@@ -103,8 +103,7 @@ static const char *all_edges(reg_store *st)
     assert_int_equal(reg_store_edges(st, &s), 0);
     buf[0] = '\0';
     for (size_t i = 0; i < s.n; i++) {
-        if (i)
-            strcat(buf, ",");
+        if (i) strcat(buf, ",");
         strcat(buf, s.v[i]);
     }
     reg_strs_free(&s);
@@ -116,11 +115,10 @@ static const char *list_ids(reg_store *st, const char *edge, const char *conn, s
 {
     static char buf[4096];
     reg_conns c;
-    assert_int_equal(reg_store_list(st, edge, conn, limit, &c), 0);
+    assert_int_equal(reg_store_list(st, edge, conn, NULL, limit, &c), 0);
     buf[0] = '\0';
     for (size_t i = 0; i < c.n; i++) {
-        if (i)
-            strcat(buf, ",");
+        if (i) strcat(buf, ",");
         strcat(buf, c.conns[i]->conn_id);
     }
     assert_int_equal(c.total, reg_store_count(st));
@@ -132,7 +130,7 @@ static const char *list_ids(reg_store *st, const char *edge, const char *conn, s
 static Dw__ConnRecord *get(reg_store *st, const char *conn)
 {
     reg_conns c;
-    assert_int_equal(reg_store_list(st, NULL, conn, 0, &c), 0);
+    assert_int_equal(reg_store_list(st, NULL, conn, NULL, 0, &c), 0);
     assert_int_equal(c.n, 1);
     Dw__ConnRecord *r = c.conns[0];
     c.n = 0;
@@ -254,7 +252,7 @@ static void test_join_leave(void **state)
     assert_int_equal(r->n_rooms, 3); /* lobby, a, b: no duplicates, no invalid names */
     dw__conn_record__free_unpacked(r, NULL);
 
-    ev(f, JOIN, "c2", "e2", ROOMS("a")); /* duplicate join: harmless */
+    ev(f, JOIN, "c2", "e2", ROOMS("a"));         /* duplicate join: harmless */
     ev(f, JOIN, "ghost", "e2", ROOMS("a", "z")); /* unknown id: no-op */
     assert_string_equal(room_edges(f->st, "z"), "");
     assert_int_equal(reg_store_count(f->st), 2);
@@ -389,7 +387,7 @@ static void test_room_edges_distinct(void **state)
     assert_string_equal(all_edges(f->st), "e,e-x,e1,e1-,e9,eZ");
 
     reg_conns c;
-    assert_int_equal(reg_store_list(f->st, "e1", NULL, 0, &c), 0);
+    assert_int_equal(reg_store_list(f->st, "e1", NULL, NULL, 0, &c), 0);
     assert_int_equal(c.n, 200);
     reg_conns_free(&c);
     ev(f, EDGE_DOWN, NULL, "e1", NULL);
@@ -420,6 +418,272 @@ static void test_reopen(void **state)
     assert_int_equal(reg_store_count(f->st), 2);
     assert_int_equal(ev_at(f->st, 5, DISCONNECT, "c3", NULL, NULL), 1);
     assert_int_equal(reg_store_count(f->st), 1);
+}
+
+/* ---- paging, presence, hold ------------------------------------------- */
+
+static void test_list_after(void **state)
+{
+    fixture *f = *state;
+    ev(f, CONNECT, "c3", "e1", NULL);
+    ev(f, CONNECT, "c1", "e2", NULL);
+    ev(f, CONNECT, "c2", "e1", NULL);
+    ev(f, CONNECT, "c10", "e1", NULL);
+    reg_conns c;
+    const char *pages[][2] = {{NULL, "c1,c10"}, {"c10", "c2,c3"}, {"c3", ""},
+                              {"c0", "c1,c10"}, {"c11", "c2,c3"}, {"zz", ""}};
+    for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
+        char buf[64] = "";
+        assert_int_equal(reg_store_list(f->st, NULL, NULL, pages[i][0], 2, &c), 0);
+        for (size_t j = 0; j < c.n; j++) {
+            strcat(buf, j ? "," : "");
+            strcat(buf, c.conns[j]->conn_id);
+        }
+        assert_string_equal(buf, pages[i][1]);
+        assert_int_equal(c.total, 4);
+        reg_conns_free(&c);
+    }
+    /* By edge, the same way. */
+    assert_int_equal(reg_store_list(f->st, "e1", NULL, "c10", 0, &c), 0);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.conns[0]->conn_id, "c2");
+    assert_string_equal(c.conns[1]->conn_id, "c3");
+    reg_conns_free(&c);
+    /* One id: listed only when it is after "after". */
+    assert_int_equal(reg_store_list(f->st, NULL, "c2", "c1", 0, &c), 0);
+    assert_int_equal(c.n, 1);
+    reg_conns_free(&c);
+    assert_int_equal(reg_store_list(f->st, NULL, "c2", "c2", 0, &c), 0);
+    assert_int_equal(c.n, 0);
+    reg_conns_free(&c);
+}
+
+static void connect_user(fixture *f, const char *conn, const char *edge, const char *user,
+                         const char *const *rooms)
+{
+    Dw__ConnEvent e = DW__CONN_EVENT__INIT;
+    size_t n = 0;
+    while (rooms && rooms[n])
+        n++;
+    e.kind = CONNECT;
+    e.conn_id = (char *)conn;
+    e.edge_id = (char *)edge;
+    e.user_id = (char *)user;
+    e.rooms = (char **)rooms;
+    e.n_rooms = n;
+    assert_int_equal(reg_store_apply(f->st, ++f->seq, &e), 1);
+}
+
+/* "user:n,user:n" of a presence page, and its "more" flag. */
+static const char *presence(reg_store *st, const char *room, const char *after, size_t limit,
+                            int *more)
+{
+    static char buf[256];
+    reg_presence p;
+    assert_int_equal(reg_store_presence(st, room, after, limit, &p), 0);
+    buf[0] = '\0';
+    for (size_t i = 0; i < p.n; i++)
+        sprintf(buf + strlen(buf), "%s%s:%u", i ? "," : "", p.users[i], p.conns[i]);
+    *more = p.more;
+    assert_int_equal(p.applied_seq, reg_store_applied_seq(st));
+    reg_presence_free(&p);
+    return buf;
+}
+
+static void test_presence(void **state)
+{
+    fixture *f = *state;
+    int more;
+    connect_user(f, "c1", "e1", "bob", ROOMS("lobby"));
+    connect_user(f, "c2", "e2", "alice", ROOMS("lobby", "x"));
+    connect_user(f, "c3", "e1", "bob", ROOMS("lobby"));
+    connect_user(f, "c4", "e1", "", ROOMS("lobby")); /* anonymous: not named */
+    connect_user(f, "c5", "e3", "carol", ROOMS("lobby"));
+    connect_user(f, "c6", "e3", "dave", ROOMS("x"));
+
+    assert_string_equal(presence(f->st, "lobby", NULL, 0, &more), "alice:1,bob:2,carol:1");
+    assert_false(more);
+    assert_string_equal(presence(f->st, "lobby", NULL, 2, &more), "alice:1,bob:2");
+    assert_true(more);
+    assert_string_equal(presence(f->st, "lobby", "bob", 2, &more), "carol:1");
+    assert_false(more);
+    assert_string_equal(presence(f->st, "lobby", "b", 1, &more), "bob:2");
+    assert_true(more);
+    assert_string_equal(presence(f->st, "lobby", "carol", 5, &more), "");
+    assert_false(more);
+    assert_string_equal(presence(f->st, "x", "", 0, &more), "alice:1,dave:1");
+    assert_string_equal(presence(f->st, "nobody-here", NULL, 0, &more), "");
+    assert_string_equal(presence(f->st, "bad/room", NULL, 0, &more), "");
+    ev(f, DISCONNECT, "c3", NULL, NULL);
+    assert_string_equal(presence(f->st, "lobby", NULL, 0, &more), "alice:1,bob:1,carol:1");
+}
+
+static void test_hold_and_event_time_survive_reopen(void **state)
+{
+    fixture *f = *state;
+    char *err = NULL;
+    Dw__ConnEvent e = DW__CONN_EVENT__INIT;
+    e.kind = CONNECT;
+    e.conn_id = "c1";
+    e.edge_id = "e1";
+    assert_int_equal(reg_store_apply_at(f->st, 1, 1700000001234, &e), 1);
+    assert_int_equal(reg_store_apply_at(f->st, 2, 1700000005678, NULL), 1);
+    assert_int_equal(reg_store_hold(f->st), 0);
+    assert_int_equal(reg_store_set_hold(f->st, 1700000009000), 0);
+    reg_store_close(f->st);
+    assert_int_equal(reg_store_open(&f->st, f->dir, &err), 0);
+    reg_store_info info;
+    reg_store_info_get(f->st, &info);
+    assert_int_equal(info.applied_seq, 2);
+    assert_int_equal(info.applied_ts_ms, 1700000005678);
+    assert_int_equal(info.count, 1);
+    assert_int_equal(info.restored_to_ms, 1700000009000);
+    assert_int_equal(reg_store_hold(f->st), 1700000009000);
+    assert_int_equal(reg_store_set_hold(f->st, 0), 0);
+    reg_store_close(f->st);
+    assert_int_equal(reg_store_open(&f->st, f->dir, &err), 0);
+    assert_int_equal(reg_store_hold(f->st), 0);
+}
+
+/* ---- encryption at rest ----------------------------------------------- */
+
+static const uint8_t K1[DW_KEY_LEN] = "0123456789abcdef0123456789abcde";
+static const uint8_t K2[DW_KEY_LEN] = "fedcba9876543210fedcba987654321";
+
+static dw_keyring *ring(const uint8_t *current, const uint8_t *old)
+{
+    dw_keyring *kr = NULL;
+    assert_int_equal(dw_keyring_create(&kr), 0);
+    if (old) dw_keyring_add(kr, old, 0, NULL);
+    if (current) dw_keyring_add(kr, current, 1, NULL);
+    return kr;
+}
+
+static int reopen(fixture *f, const dw_keyring *kr, char **err)
+{
+    reg_store_opts o = {.keys = kr};
+    reg_store_close(f->st);
+    f->st = NULL;
+    *err = NULL;
+    return reg_store_open_opts(&f->st, f->dir, &o, err);
+}
+
+/* 1 when any file under dir holds needle. */
+static const char *g_needle;
+static int g_found;
+static int grep_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    if (flag != FTW_F) return 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    char *buf = malloc((size_t)sb->st_size + 1);
+    size_t n = fread(buf, 1, (size_t)sb->st_size, fp);
+    fclose(fp);
+    if (memmem(buf, n, g_needle, strlen(g_needle))) g_found = 1;
+    free(buf);
+    return 0;
+}
+static int grep_dir(const char *dir, const char *needle)
+{
+    g_needle = needle;
+    g_found = 0;
+    nftw(dir, grep_one, 16, FTW_PHYS);
+    return g_found;
+}
+
+static const char *user_of(reg_store *st, const char *conn)
+{
+    static char buf[64];
+    reg_conns c;
+    assert_int_equal(reg_store_list(st, NULL, conn, NULL, 0, &c), 0);
+    if (c.n != 1) {
+        reg_conns_free(&c);
+        return NULL;
+    }
+    snprintf(buf, sizeof buf, "%s", c.conns[0]->user_id);
+    reg_conns_free(&c);
+    return buf;
+}
+
+static void test_sealed_values(void **state)
+{
+    fixture *f = *state;
+    char *err = NULL;
+    dw_keyring *k1 = ring(K1, NULL);
+    assert_int_equal(reopen(f, k1, &err), 0);
+    connect_user(f, "c1", "e1", "user-known-4c1d", ROOMS("lobby"));
+    assert_string_equal(user_of(f->st, "c1"), "user-known-4c1d");
+    reg_store_flush(f->st);
+    reg_store_close(f->st);
+    f->st = NULL;
+    /* Keys are there in clear (room and ids), the user id is not. */
+    assert_true(grep_dir(f->dir, "c/c1"));
+    assert_false(grep_dir(f->dir, "user-known-4c1d"));
+
+    /* No key, or another key: refused, with the reason. */
+    assert_int_equal(reopen(f, NULL, &err), -1);
+    assert_non_null(strstr(err, "no key is configured"));
+    free(err);
+    dw_keyring *k2 = ring(K2, NULL);
+    assert_int_equal(reopen(f, k2, &err), -1);
+    assert_non_null(strstr(err, "not in the keyring"));
+    free(err);
+    assert_int_equal(reopen(f, k1, &err), 0);
+    assert_string_equal(user_of(f->st, "c1"), "user-known-4c1d");
+    dw_keyring_free(k1);
+    dw_keyring_free(k2);
+}
+
+static void test_rotation(void **state)
+{
+    fixture *f = *state;
+    char *err = NULL;
+    uint64_t n = 0;
+    dw_keyring *plain = ring(NULL, NULL), *k1 = ring(K1, NULL), *k21 = ring(K2, K1);
+    dw_keyring *k2 = ring(K2, NULL);
+
+    /* A plaintext table (from before encryption) ... */
+    assert_int_equal(reopen(f, plain, &err), 0);
+    connect_user(f, "c1", "e1", "u1", ROOMS("lobby"));
+    assert_int_equal(reg_store_rotate(f->st, &n, &err), -1); /* nothing to rotate to */
+    free(err);
+    /* ... gets a key: old values read, new ones are sealed. */
+    assert_int_equal(reopen(f, k1, &err), 0);
+    connect_user(f, "c2", "e1", "u2", ROOMS("lobby"));
+    assert_string_equal(user_of(f->st, "c1"), "u1");
+    reg_store_info info;
+    reg_store_info_get(f->st, &info);
+    assert_int_equal(info.n_key_ids, 2);
+    assert_int_equal(reg_store_rotate(f->st, &n, &err), 0);
+    assert_int_equal(n, 1); /* c1 */
+    reg_store_info_get(f->st, &info);
+    assert_int_equal(info.n_key_ids, 1);
+    assert_int_equal(info.key_ids[0], dw_key_id(K1));
+
+    /* Key 2 current, key 1 old: every value moves to key 2. */
+    assert_int_equal(reopen(f, k21, &err), 0);
+    for (int i = 0; i < 1200; i++) { /* more than one rotation batch */
+        char id[16];
+        snprintf(id, sizeof id, "m%04d", i);
+        connect_user(f, id, "e2", i % 2 ? "odd" : "even", ROOMS("lobby"));
+    }
+    connect_user(f, "c3", "e1", "u3", NULL);
+    assert_string_equal(user_of(f->st, "c2"), "u2");
+    assert_int_equal(reg_store_rotate(f->st, &n, &err), 0);
+    assert_int_equal(n, 2); /* c1 and c2; the rest was written with key 2 */
+    assert_int_equal(reg_store_rotate(f->st, &n, &err), 0);
+    assert_int_equal(n, 0);
+
+    /* Key 1 can go. */
+    assert_int_equal(reopen(f, k2, &err), 0);
+    assert_string_equal(user_of(f->st, "c1"), "u1");
+    assert_string_equal(user_of(f->st, "c2"), "u2");
+    assert_string_equal(user_of(f->st, "m0007"), "odd");
+    assert_int_equal(reg_store_count(f->st), 1203);
+    dw_keyring_free(plain);
+    dw_keyring_free(k1);
+    dw_keyring_free(k21);
+    dw_keyring_free(k2);
 }
 
 static void test_open_error(void **state)
@@ -466,6 +730,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_room_edges_distinct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_after, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_and_event_time_survive_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test(test_open_error),
         cmocka_unit_test(test_id_valid),
     };
