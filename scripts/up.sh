@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Run DynamoWave locally, in the foreground: nats-server (JetStream), then
-# the registry, the dispatcher and the edge. Ctrl-C (or SIGTERM) stops them
-# all: the services first, each with SIGTERM and up to 10 s before SIGKILL,
-# then nats-server. If any process dies on its own, everything is stopped
-# and the exit status is 1.
+# the registry, the dispatcher, the api and the edge. Ctrl-C (or SIGTERM)
+# stops them all: the services first, each with SIGTERM and up to 10 s
+# before SIGKILL, then nats-server. If any process dies on its own,
+# everything is stopped and the exit status is 1.
 #
 #   scripts/up.sh [--no-build]
 #
 # Environment (defaults in brackets):
 #   DW_PORT       WebSocket/HTTP port of the edge [8080]
 #   DW_NATS_PORT  nats-server client port [4222]
-#   DW_DATA_DIR   JetStream store, service data and logs [var]
+#   DW_MGMT_PORT  the api's @connections port, loopback only [8081]
+#   DW_DATA_DIR   JetStream store, service data, secrets and logs [var]
 #   DW_BUILD_DIR  CMake build directory [build]
+#   DW_TLS        self-signed: the edge serves wss:// and https:// with a
+#                 certificate made once in $DW_DATA_DIR/tls [off]
+# NATS runs with one user per service (deploy/nats/auth.conf); the
+# passwords and the JetStream store key are made on the first run in
+# $DW_DATA_DIR/secrets (mode 0600). To use dwctl against this stack:
+#   DW_NATS_USER=dwctl DW_NATS_PASSWORD_FILE=$DW_DATA_DIR/secrets/nats_dwctl dwctl status
 # Logs: $DW_DATA_DIR/log/<process>.log, also shown here with a prefix.
-# Two stacks run side by side with different DW_PORT, DW_NATS_PORT and
-# DW_DATA_DIR.
+# Two stacks run side by side with different DW_PORT, DW_NATS_PORT,
+# DW_MGMT_PORT and DW_DATA_DIR.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,13 +30,14 @@ build_first=1
 case "${1:-}" in
     "") ;;
     --no-build) build_first=0 ;;
-    -h|--help) sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,26s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "up.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
 esac
 
 DW_PORT="${DW_PORT:-8080}"
 DW_NATS_PORT="${DW_NATS_PORT:-4222}"
-for v in DW_PORT DW_NATS_PORT; do
+DW_MGMT_PORT="${DW_MGMT_PORT:-8081}"
+for v in DW_PORT DW_NATS_PORT DW_MGMT_PORT; do
     if ! [[ "${!v}" =~ ^[0-9]+$ ]] || (( ${!v} < 1 || ${!v} > 65535 )); then
         echo "up.sh: $v='${!v}' is not a port number" >&2
         exit 2
@@ -45,9 +53,12 @@ data_dir="$(cd "$data_dir" && pwd)"
 log_dir="$data_dir/log"
 cd "$root"
 
-export DW_PORT DW_DATA_DIR="$data_dir" DW_NATS_URL="nats://127.0.0.1:$DW_NATS_PORT"
+export DW_PORT DW_MGMT_PORT DW_DATA_DIR="$data_dir" DW_NATS_URL="nats://127.0.0.1:$DW_NATS_PORT"
 
-SERVICES=(registry dispatcher edge)   # start order; stopped in reverse
+SERVICES=(registry dispatcher api edge)   # start order; stopped in reverse
+# One NATS user each (deploy/nats/auth.conf); deadletter's is ready for it.
+NATS_USERS=(edge registry dispatcher deadletter api dwctl)
+secrets_dir="$data_dir/secrets"
 NATS_TIMEOUT_S=10
 READY_TIMEOUT_S=30
 STOP_TIMEOUT_S=10
@@ -135,6 +146,51 @@ start() {
     started+=("$name")
 }
 
+# secret NAME PREFIX BYTES: $secrets_dir/NAME holds PREFIX and BYTES random
+# bytes in hex, made once and never overwritten (the store key cannot
+# change, and the passwords must match what nats-server was given). The
+# prefix is a letter: nats-server reads a bare 2e3f... as a number.
+secret() {
+    local f="$secrets_dir/$1"
+    [[ -s "$f" ]] && return 0
+    ( umask 077
+      printf '%s%s\n' "$2" "$(od -An -v -tx1 -N"$3" /dev/urandom | tr -d ' \n')" > "$f.tmp" )
+    mv -f "$f.tmp" "$f"
+    say "created $f"
+}
+
+make_secrets() {
+    ( umask 077; mkdir -p "$secrets_dir" )
+    chmod 700 "$secrets_dir"
+    secret js_key k 32
+    local u
+    for u in "${NATS_USERS[@]}"; do
+        secret "nats_$u" p 24
+    done
+}
+
+# DW_TLS=self-signed: a certificate for localhost and 127.0.0.1, made once.
+make_tls() {
+    local dir="$data_dir/tls"
+    if [[ ! -s "$dir/cert.pem" || ! -s "$dir/key.pem" ]]; then
+        ( umask 077; mkdir -p "$dir" )
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+            -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null ||
+            fail "openssl could not make a self-signed certificate in $dir"
+        say "created a self-signed certificate: $dir/cert.pem"
+    fi
+    export DW_TLS_CERT="$dir/cert.pem" DW_TLS_KEY="$dir/key.pem"
+}
+
+# Run a command as one of the NATS users: its user name and the file
+# holding its password (never the password itself on a command line).
+as_user() {
+    local u="$1"
+    shift
+    env DW_NATS_USER="$u" DW_NATS_PASSWORD_FILE="$secrets_dir/nats_$u" "$@"
+}
+
 trap on_signal INT TERM HUP
 trap stop_all EXIT
 
@@ -150,9 +206,28 @@ done
 # Someone else on our ports would answer our readiness checks: refuse early.
 port_open "$DW_NATS_PORT" && fail "port $DW_NATS_PORT is in use (another nats-server? set DW_NATS_PORT)"
 port_open "$DW_PORT" && fail "port $DW_PORT is in use (another stack? set DW_PORT)"
+port_open "$DW_MGMT_PORT" && fail "port $DW_MGMT_PORT is in use (another stack? set DW_MGMT_PORT)"
 
+make_secrets
+case "${DW_TLS:-}" in
+    ""|off|0) ;;
+    self-signed) make_tls ;;
+    *) fail "DW_TLS='${DW_TLS}': only 'self-signed' is known (or set DW_TLS_CERT and DW_TLS_KEY)" ;;
+esac
+
+# nats-server alone gets the passwords and the store key, through its
+# environment (local.conf reads $DW_NATS_PASS_<USER> and $DW_JS_KEY).
+for u in "${NATS_USERS[@]}"; do
+    declare -x "DW_NATS_PASS_${u^^}=$(< "$secrets_dir/nats_$u")"
+done
+DW_JS_KEY="${DW_JS_KEY:-$(< "$secrets_dir/js_key")}"
+export DW_JS_KEY
 start nats nats-server -js -c "$root/deploy/nats/local.conf" \
     -a 127.0.0.1 -p "$DW_NATS_PORT" -sd "$data_dir/nats"
+for u in "${NATS_USERS[@]}"; do
+    unset "DW_NATS_PASS_${u^^}"
+done
+unset DW_JS_KEY
 deadline=$(( $(now_ms) + NATS_TIMEOUT_S * 1000 ))
 until port_open "$DW_NATS_PORT"; do
     alive nats || { last_lines nats; fail "nats-server exited during start"; }
@@ -161,20 +236,21 @@ until port_open "$DW_NATS_PORT"; do
 done
 
 for svc in "${SERVICES[@]}"; do
-    start "$svc" "$build_dir/bin/$svc"
+    start "$svc" env DW_NATS_USER="$svc" DW_NATS_PASSWORD_FILE="$secrets_dir/nats_$svc" \
+        "$build_dir/bin/$svc"
 done
 
 # Up = the edge says it is ready and `dwctl status` finds the registry
 # answering, both streams and the dispatcher's consumer.
 ready() {
     curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$DW_PORT/readyz" 2>/dev/null &&
-        "$build_dir/bin/dwctl" status --timeout-ms 1000 >/dev/null 2>&1
+        as_user dwctl "$build_dir/bin/dwctl" status --timeout-ms 1000 >/dev/null 2>&1
 }
 # Only the reason: stderr to the caller, stdout away.
 # shellcheck disable=SC2069
 ready_why() {
     curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$DW_PORT/readyz" 2>&1 ||
-        "$build_dir/bin/dwctl" status --timeout-ms 1000 2>&1 >/dev/null
+        as_user dwctl "$build_dir/bin/dwctl" status --timeout-ms 1000 2>&1 >/dev/null
 }
 deadline=$(( $(now_ms) + READY_TIMEOUT_S * 1000 ))
 until ready; do
@@ -191,7 +267,10 @@ until ready; do
     sleep 0.2
 done
 
-echo "DynamoWave is up: ws://localhost:$DW_PORT/"
+scheme=ws
+[[ -n "${DW_TLS_CERT:-}" ]] && scheme=wss
+echo "DynamoWave is up: $scheme://localhost:$DW_PORT/ (management API: http://127.0.0.1:$DW_MGMT_PORT/@connections/{id})"
+echo "dwctl: DW_NATS_URL=$DW_NATS_URL DW_NATS_USER=dwctl DW_NATS_PASSWORD_FILE=$secrets_dir/nats_dwctl $build_dir/bin/dwctl status"
 
 # Foreground until a signal (handled by on_signal) or until a process dies.
 pids=()

@@ -221,11 +221,11 @@ static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *ms
 static void *setup_main(void *arg)
 {
     edge_bridge *b = arg;
-    dw_stream_opts so;
-    dw_stream_opts_default(&so);
     while (!atomic_load(&b->stopping)) {
+        /* The registry creates the streams; the edge's NATS user may only
+         * look at them (deploy/nats/auth.conf). */
         if (natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED &&
-            dw_streams_ensure(b->js, &so) == NATS_OK) {
+            dw_streams_exist(b->js) == NATS_OK) {
             char subj[128];
             dw_subj_edge_deliver(subj, sizeof subj, b->cfg.edge_id);
             char csubj[128];

@@ -29,6 +29,15 @@ int dwctl_connect(dwctl *ctl)
     if (s == NATS_OK) s = natsOptions_SetTimeout(opts, ctl->cfg.timeout_ms);
     /* Fail fast: no background reconnects, no retry of the first connect. */
     if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, false);
+    /* The same DW_NATS_USER / DW_NATS_PASSWORD_FILE / DW_NATS_CA as the
+     * services (deploy/nats/auth.conf has a dwctl user). */
+    char err[512];
+    if (s == NATS_OK && dw_bus_options_env(opts, err, sizeof err)) {
+        natsOptions_Destroy(opts);
+        dwctl_err("%s", err);
+        ctl->nc = NULL;
+        return DWCTL_FAIL;
+    }
     if (s == NATS_OK) s = natsConnection_Connect(&ctl->nc, opts);
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {

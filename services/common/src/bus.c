@@ -1,10 +1,16 @@
 #include "dw/bus.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "dw/log.h"
+#include "dw/metrics.h"
 
 int dw_room_valid(const char *room, size_t len)
 {
@@ -55,17 +61,188 @@ static void on_connected(natsConnection *nc, void *closure)
     DW_INFO("nats connected", "name=%s", (const char *)closure);
 }
 
+static dw_metric *reconnects;
+
+static void register_metrics(void)
+{
+    reconnects = dw_counter("dw_nats_reconnects_total", NULL, "times the NATS connection came back");
+}
+
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     DW_INFO("nats reconnected", "name=%s", (const char *)closure);
+    dw_metric_inc(reconnects);
+}
+
+/* With reconnects forever, a connection closes on its own only when the
+ * server refused our credentials twice in a row: then nothing will bring
+ * it back, and the operator must hear why. */
+static void on_closed(natsConnection *nc, void *closure)
+{
+    const char *text = NULL;
+    natsStatus s = natsConnection_GetLastError(nc, &text);
+    if (s == NATS_CONNECTION_AUTH_FAILED || (text && strstr(text, "Authorization Violation")))
+        DW_ERROR("nats refused this service's credentials; no more reconnects: check "
+                 "DW_NATS_USER and DW_NATS_PASSWORD_FILE, then restart",
+                 "name=%s err=\"%s\"", (const char *)closure, text ? text : "");
+}
+
+/* nats.c reports what the server refused (a publish or subscribe outside
+ * this user's permissions) and slow consumers only here: without it they
+ * would be silent, and a refused publish looks like a timeout. */
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    const char *text = NULL;
+    natsConnection_GetLastError(nc, &text);
+    if (err == NATS_NOT_PERMITTED)
+        DW_ERROR("nats refused an operation: not in this user's permissions", "name=%s err=\"%s\"",
+                 (const char *)closure, text ? text : "");
+    else
+        DW_WARN("nats async error", "name=%s status=%s subject=%s err=\"%s\"",
+                (const char *)closure, natsStatus_GetText(err),
+                sub ? natsSubscription_GetSubject(sub) : "-", text ? text : "");
+}
+
+void dw_bus_env_help(FILE *out)
+{
+    fprintf(out,
+            "\nNATS credentials and TLS (environment only; docs/security.md):\n"
+            "  DW_NATS_USER             NATS user of this service (empty: no authentication)\n"
+            "  DW_NATS_PASSWORD_FILE    file holding its password (mode 0600; trailing newline "
+            "ignored)\n"
+            "  DW_NATS_PASSWORD         the password itself, when there is no file\n"
+            "  DW_NATS_CA               PEM CA bundle: connect with TLS and verify the server\n"
+            "  DW_NATS_CERT, DW_NATS_KEY  PEM client certificate and key (TLS client auth)\n"
+            "  DW_NATS_TLS_HOSTNAME     name expected in the server certificate (default: the "
+            "URL's host)\n");
+}
+
+/* A secret from a file: at most 1 KB, trailing newlines dropped. Returns a
+ * malloc'd string or NULL with err set. */
+static char *read_secret_file(const char *path, char *err, size_t errlen)
+{
+    char buf[1025];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "DW_NATS_PASSWORD_FILE %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && (sb.st_mode & (S_IRWXG | S_IRWXO)))
+        DW_WARN("the NATS password file can be read by others than its owner: chmod 600 it",
+                "file=\"%s\"", path);
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof buf && (r = read(fd, buf + n, sizeof buf - n)) != 0) {
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            snprintf(err, errlen, "DW_NATS_PASSWORD_FILE %s: %s", path, strerror(errno));
+            close(fd);
+            return NULL;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    if (n == sizeof buf) {
+        snprintf(err, errlen, "DW_NATS_PASSWORD_FILE %s: longer than 1024 bytes", path);
+        return NULL;
+    }
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    if (!n || memchr(buf, '\0', n)) {
+        snprintf(err, errlen, "DW_NATS_PASSWORD_FILE %s: empty or not text", path);
+        return NULL;
+    }
+    char *out = strndup(buf, n);
+    explicit_bzero(buf, sizeof buf);
+    if (!out) snprintf(err, errlen, "out of memory");
+    return out;
+}
+
+static const char *env_or_null(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+/* A user name that is one subject token: usable in the inbox prefix. */
+static int token_ok(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '-' || *s == '_'))
+            return 0;
+    return 1;
+}
+
+int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen)
+{
+    const char *user = env_or_null("DW_NATS_USER");
+    const char *pass_file = env_or_null("DW_NATS_PASSWORD_FILE");
+    const char *pass_env = env_or_null("DW_NATS_PASSWORD");
+    const char *ca = env_or_null("DW_NATS_CA");
+    const char *cert = env_or_null("DW_NATS_CERT");
+    const char *key = env_or_null("DW_NATS_KEY");
+    const char *host = env_or_null("DW_NATS_TLS_HOSTNAME");
+    char *pass = NULL;
+    natsStatus s = NATS_OK;
+
+    if ((pass_file || pass_env) && !user) {
+        snprintf(err, errlen, "a NATS password is set but DW_NATS_USER is not");
+        return -1;
+    }
+    if (user) {
+        if (pass_file)
+            pass = read_secret_file(pass_file, err, errlen);
+        else if (pass_env)
+            pass = strdup(pass_env);
+        else
+            snprintf(err, errlen, "DW_NATS_USER is set but neither DW_NATS_PASSWORD_FILE nor "
+                                  "DW_NATS_PASSWORD");
+        if (!pass) return -1;
+        s = natsOptions_SetUserInfo(opts, user, pass);
+        explicit_bzero(pass, strlen(pass));
+        free(pass);
+        if (s != NATS_OK) goto nats_error;
+        /* Replies to this process come to _INBOX.<user>.>, so the server
+         * can keep each user to its own replies (deploy/nats/auth.conf). */
+        if (token_ok(user)) {
+            char prefix[160];
+            snprintf(prefix, sizeof prefix, "_INBOX.%s", user);
+            if ((s = natsOptions_SetCustomInboxPrefix(opts, prefix)) != NATS_OK) goto nats_error;
+        }
+    }
+    if ((cert != NULL) != (key != NULL)) {
+        snprintf(err, errlen, "DW_NATS_CERT and DW_NATS_KEY go together");
+        return -1;
+    }
+    if (ca || cert) {
+        s = natsOptions_SetSecure(opts, true);
+        if (s == NATS_OK && ca) s = natsOptions_LoadCATrustedCertificates(opts, ca);
+        if (s == NATS_OK && cert) s = natsOptions_LoadCertificatesChain(opts, cert, key);
+        if (s == NATS_OK && host) s = natsOptions_SetExpectedHostname(opts, host);
+        if (s != NATS_OK) goto nats_error;
+    }
+    return 0;
+nats_error:
+    snprintf(err, errlen, "NATS credentials/TLS options: %s (%s)", natsStatus_GetText(s),
+             nats_GetLastError(NULL));
+    return -1;
 }
 
 natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_metrics);
     natsOptions *opts = NULL;
+    char err[512];
     natsStatus s = natsOptions_Create(&opts);
     if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
     if (s == NATS_OK) s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK && dw_bus_options_env(opts, err, sizeof err)) {
+        DW_ERROR("bad NATS credentials or TLS settings", "name=%s err=\"%s\"", name, err);
+        s = NATS_INVALID_ARG;
+    }
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
     /* With a connected callback, Connect returns at once while NATS is
@@ -79,10 +256,24 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
     if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, on_reconnected, (void *)name);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, on_async_error, (void *)name);
+    if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_closed, (void *)name);
     if (s == NATS_OK) s = natsConnection_Connect(out, opts);
     natsOptions_Destroy(opts);
-    if (s == NATS_NOT_YET_CONNECTED)
-        s = NATS_OK; /* retrying in the background */
+    if (s == NATS_NOT_YET_CONNECTED) {
+        /* Retrying in the background; say why the first attempt failed, so
+         * that refused credentials do not pass for a server still starting. */
+        const char *text = NULL;
+        natsStatus why = natsConnection_GetLastError(*out, &text);
+        if (why == NATS_CONNECTION_AUTH_FAILED || (text && strstr(text, "Authorization")))
+            DW_ERROR("nats refused this service's credentials; retrying: check DW_NATS_USER and "
+                     "DW_NATS_PASSWORD_FILE",
+                     "name=%s err=\"%s\"", name, text ? text : "");
+        else
+            DW_WARN("nats not reachable yet; retrying in the background", "name=%s err=\"%s\"",
+                    name, text && *text ? text : "no server answered");
+        s = NATS_OK;
+    }
     return s;
 }
 
@@ -94,21 +285,95 @@ void dw_stream_opts_default(dw_stream_opts *o)
     o->replicas = 1;
 }
 
+/* Does the stream as it is have what cfg asks for? Compares the fields
+ * dw_streams_ensure sets; the server fills in the rest. */
+static int stream_matches(const jsStreamConfig *have, const jsStreamConfig *want)
+{
+    if (have->SubjectsLen != want->SubjectsLen || have->Storage != want->Storage ||
+        have->Retention != want->Retention || have->MaxAge != want->MaxAge ||
+        have->Duplicates != want->Duplicates || have->Replicas != want->Replicas)
+        return 0;
+    for (int i = 0; i < want->SubjectsLen; i++)
+        if (strcmp(have->Subjects[i], want->Subjects[i])) return 0;
+    return 1;
+}
+
+/* How long a create or update may take before we try again. Short: a
+ * service whose NATS user may not manage streams gets no answer at all
+ * (the server drops the refused request), and it should look again soon
+ * for the stream its owner made meanwhile. */
+#define STREAM_WRITE_WAIT_MS 2000
+
 static natsStatus ensure_one(jsCtx *js, jsStreamConfig *cfg)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_AddStream(&si, js, cfg, NULL, &jerr);
-    /* "Subjects overlap" is what a second process gets when another one
-     * created the same stream a moment earlier: then it exists; update. */
-    if (s != NATS_OK && (jerr == JSStreamNameExistErr || jerr == JSStreamSubjectOverlapErr)) {
-        s = js_UpdateStream(&si, js, cfg, NULL, &jerr);
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Wait = STREAM_WRITE_WAIT_MS;
+    /* Look first: when the stream is already as wanted nothing is written,
+     * so the services that only use it need no right to manage it. */
+    natsStatus s = js_GetStreamInfo(&si, js, cfg->Name, NULL, &jerr);
+    if (s == NATS_OK && stream_matches(si->Config, cfg)) {
+        jsStreamInfo_Destroy(si);
+        return NATS_OK;
     }
-    if (s != NATS_OK)
+    int exists = s == NATS_OK;
+    jsStreamInfo_Destroy(si);
+    si = NULL;
+    if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr) {
+        DW_WARN("stream info failed", "stream=%s status=%s jserr=%d", cfg->Name,
+                natsStatus_GetText(s), (int)jerr);
+        return s;
+    }
+    jerr = 0;
+    if (exists) {
+        s = js_UpdateStream(&si, js, cfg, &o, &jerr);
+    } else {
+        s = js_AddStream(&si, js, cfg, &o, &jerr);
+        /* "Subjects overlap" is what a second process gets when another one
+         * created the same stream a moment earlier: then it exists; update. */
+        if (s != NATS_OK && (jerr == JSStreamNameExistErr || jerr == JSStreamSubjectOverlapErr)) {
+            jsStreamInfo_Destroy(si);
+            si = NULL;
+            s = js_UpdateStream(&si, js, cfg, &o, &jerr);
+        }
+    }
+    if (s == NATS_TIMEOUT)
+        DW_WARN("stream setup not answered: not created yet by its owner, or this NATS user may "
+                "not manage it",
+                "stream=%s", cfg->Name);
+    else if (s != NATS_OK)
         DW_ERROR("stream setup failed", "stream=%s status=%s jserr=%d last=\"%s\"", cfg->Name,
                  natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
     jsStreamInfo_Destroy(si);
     return s;
+}
+
+static void conn_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
+{
+    jsStreamConfig_Init(cfg);
+    cfg->Name = DW_STREAM_CONN;
+    cfg->Subjects = subj;
+    cfg->SubjectsLen = 1;
+    cfg->Storage = js_FileStorage;
+    cfg->Retention = js_LimitsPolicy;
+    cfg->MaxAge = o->conn_max_age_s * 1000000000LL;
+    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
+    cfg->Replicas = o->replicas;
+}
+
+static void msg_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
+{
+    jsStreamConfig_Init(cfg);
+    cfg->Name = DW_STREAM_MSG;
+    cfg->Subjects = subj;
+    cfg->SubjectsLen = 1;
+    cfg->Storage = js_FileStorage;
+    cfg->Retention = js_LimitsPolicy;
+    cfg->MaxAge = o->msg_max_age_s * 1000000000LL;
+    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
+    cfg->Replicas = o->replicas;
 }
 
 natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
@@ -117,29 +382,27 @@ natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
     const char *conn_subj[] = {"dw.conn.>"};
     const char *msg_subj[] = {"dw.msg.>"};
 
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = DW_STREAM_CONN;
-    cfg.Subjects = conn_subj;
-    cfg.SubjectsLen = 1;
-    cfg.Storage = js_FileStorage;
-    cfg.Retention = js_LimitsPolicy;
-    cfg.MaxAge = o->conn_max_age_s * 1000000000LL;
-    cfg.Duplicates = o->dedup_window_s * 1000000000LL;
-    cfg.Replicas = o->replicas;
+    conn_config(&cfg, o, conn_subj);
     natsStatus s = ensure_one(js, &cfg);
     if (s != NATS_OK)
         return s;
-
-    jsStreamConfig_Init(&cfg);
-    cfg.Name = DW_STREAM_MSG;
-    cfg.Subjects = msg_subj;
-    cfg.SubjectsLen = 1;
-    cfg.Storage = js_FileStorage;
-    cfg.Retention = js_LimitsPolicy;
-    cfg.MaxAge = o->msg_max_age_s * 1000000000LL;
-    cfg.Duplicates = o->dedup_window_s * 1000000000LL;
-    cfg.Replicas = o->replicas;
+    msg_config(&cfg, o, msg_subj);
     return ensure_one(js, &cfg);
+}
+
+natsStatus dw_streams_exist(jsCtx *js)
+{
+    static const char *const names[] = {DW_STREAM_CONN, DW_STREAM_MSG};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetStreamInfo(&si, js, names[i], NULL, &jerr);
+        jsStreamInfo_Destroy(si);
+        if (s == NATS_OK) continue;
+        if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) return NATS_NOT_FOUND;
+        return s;
+    }
+    return NATS_OK;
 }
 
 uint8_t *dw_pb_pack(const ProtobufCMessage *m, size_t *len)

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dw/bus.h"
+
 static void flag_name(const char *name, char *out, size_t len)
 {
     size_t i = 0;
@@ -82,6 +84,14 @@ void dw_config_usage(const dw_cfg_field *fields, size_t n, const char *prog,
     }
     printf("  --%-22s %-25s %s\n", "help", "", "print this help and exit");
     printf("  --%-22s %-25s %s\n", "version", "", "print the version and exit");
+    /* Binaries on the bus also read their NATS credentials and TLS files. */
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(fields[i].name, "NATS_URL")) {
+            fflush(stdout);
+            dw_bus_env_help(stdout);
+            break;
+        }
+    }
 }
 
 static const dw_cfg_field *find_flag(const dw_cfg_field *fields, size_t n,

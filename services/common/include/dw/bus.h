@@ -6,6 +6,7 @@
 #include <nats/nats.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "dw/dw.pb-c.h"
 
@@ -41,12 +42,33 @@ void dw_subj_edge_conn(char *buf, size_t len, const char *edge_id);
 const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind);
 
 /* Connect with reconnect forever (the services outlive NATS restarts).
- * name shows in the server's connection list. On success *out is owned by
- * the caller (natsConnection_Destroy). */
+ * name shows in the server's connection list. Credentials and TLS come
+ * from the environment (dw_bus_options_env); a bad setting there fails
+ * with NATS_INVALID_ARG (logged). On success *out is owned by the caller
+ * (natsConnection_Destroy). */
 natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name);
 
-/* Create or update the streams (idempotent). msg_max_age_s / conn_max_age_s:
- * retention; replicas: 1 locally, 3 in a cluster. */
+/* Apply this process's NATS credentials and TLS settings from the
+ * environment to opts; for a connection not made by dw_bus_connect (dwctl).
+ *   DW_NATS_USER + DW_NATS_PASSWORD_FILE (or DW_NATS_PASSWORD): the user
+ *     (deploy/nats/auth.conf); replies then come to _INBOX.<user>.>;
+ *   DW_NATS_CA: TLS, the server verified against this PEM bundle;
+ *   DW_NATS_CERT + DW_NATS_KEY: a client certificate;
+ *   DW_NATS_TLS_HOSTNAME: the name expected in the server's certificate.
+ * Nothing set: no authentication, no TLS. 0, or -1 with a message in err
+ * (no secret in it). */
+int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen);
+
+/* The --help lines for the variables above (dw_config_usage prints them for
+ * every binary with a NATS_URL field). */
+void dw_bus_env_help(FILE *out);
+
+/* Create or update the streams DW_CONN and DW_MSG (idempotent): the
+ * registry's job (their owner). Looks first and writes nothing when they
+ * are already as asked, so a caller whose NATS user may only read them
+ * succeeds once the owner made them (until then: an error after ~2 s).
+ * msg_max_age_s / conn_max_age_s: retention; replicas: 1 locally, 3 in a
+ * cluster. */
 typedef struct dw_stream_opts {
     int64_t conn_max_age_s;   /* DW_CONN: the PITR window (35 days) */
     int64_t msg_max_age_s;    /* DW_MSG: the history window (24 h) */
@@ -55,6 +77,12 @@ typedef struct dw_stream_opts {
 } dw_stream_opts;
 void dw_stream_opts_default(dw_stream_opts *o);
 natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o);
+
+/* For the services that use DW_CONN and DW_MSG without owning them (edge,
+ * dispatcher, api, deadletter): NATS_OK when both exist, NATS_NOT_FOUND
+ * while they do not (the caller retries), another status when NATS does
+ * not answer. Needs only $JS.API.STREAM.INFO. */
+natsStatus dw_streams_exist(jsCtx *js);
 
 /* Pack a protobuf message into a malloc'd buffer (caller frees). */
 uint8_t *dw_pb_pack(const ProtobufCMessage *m, size_t *len);
