@@ -196,8 +196,12 @@ static void on_seed(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 static void housekeeping(dispatcher *d)
 {
     int64_t now = mono_ms();
-    if (!atomic_load(&d->seeded) && now >= d->next_seed_ms) {
-        /* Asynchronous: the answer lands in on_seed, the loop never waits. */
+    if (now >= d->next_seed_ms) {
+        /* Asynchronous: the answer lands in on_seed, the loop never waits.
+         * Asked again from time to time, not only at start: an edge that
+         * holds connections but never got a heartbeat through to us (it
+         * died or stopped right after starting) is then tracked too, and
+         * declared down once it stays silent. */
         natsConnection_PublishRequest(d->nc, DW_SUBJ_REG_EDGES, d->seed_inbox, NULL, 0);
         d->next_seed_ms = now + SEED_RETRY_MS;
     }

@@ -86,7 +86,7 @@ class EdgeDeclaredDownWhileAlive(StackTest):
     declared down and its connections leave the registry; when it resumes it
     announces them again, and its clients are reachable once more."""
     EDGES = 2
-    ENV = {"DW_EDGE_DEAD_MS": "1500"}
+    ENV = {"DW_EDGE_DEAD_MS": "1500", "DW_HEARTBEAT_MS": "300"}
 
     def test_resumed_edge_reannounces(self):
         import signal
