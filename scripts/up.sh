@@ -10,7 +10,9 @@
 # Environment (defaults in brackets):
 #   DW_PORT       WebSocket/HTTP port of the edge [8080]
 #   DW_NATS_PORT  nats-server client port [4222]
-#   DW_MGMT_PORT  the api's @connections port, loopback only [8081]
+#   DW_MGMT_PORT  the api's @connections port, loopback only [DW_PORT + 1]
+#   the status ports (/healthz /readyz /metrics) of registry, api, deadletter
+#   and dispatcher are DW_PORT + 10, 11, 12, 13, so stacks side by side differ
 #   DW_DATA_DIR   JetStream store, service data, secrets and logs [var]
 #   DW_BUILD_DIR  CMake build directory [build]
 #   DW_TLS        self-signed: the edge serves wss:// and https:// with a
@@ -36,7 +38,7 @@ esac
 
 DW_PORT="${DW_PORT:-8080}"
 DW_NATS_PORT="${DW_NATS_PORT:-4222}"
-DW_MGMT_PORT="${DW_MGMT_PORT:-8081}"
+DW_MGMT_PORT="${DW_MGMT_PORT:-$((DW_PORT + 1))}"
 for v in DW_PORT DW_NATS_PORT DW_MGMT_PORT; do
     if ! [[ "${!v}" =~ ^[0-9]+$ ]] || (( ${!v} < 1 || ${!v} > 65535 )); then
         echo "up.sh: $v='${!v}' is not a port number" >&2
@@ -55,7 +57,9 @@ cd "$root"
 
 export DW_PORT DW_MGMT_PORT DW_DATA_DIR="$data_dir" DW_NATS_URL="nats://127.0.0.1:$DW_NATS_PORT"
 
-SERVICES=(registry dispatcher api edge)   # start order; stopped in reverse
+SERVICES=(registry dispatcher deadletter api edge)   # start order; stopped in reverse
+declare -A STATUS_PORT=([registry]=$((DW_PORT + 10)) [api]=$((DW_PORT + 11))
+                        [deadletter]=$((DW_PORT + 12)) [dispatcher]=$((DW_PORT + 13)) [edge]=0)
 # One NATS user each (deploy/nats/auth.conf); deadletter's is ready for it.
 NATS_USERS=(edge registry dispatcher deadletter api dwctl)
 secrets_dir="$data_dir/secrets"
@@ -237,7 +241,7 @@ done
 
 for svc in "${SERVICES[@]}"; do
     start "$svc" env DW_NATS_USER="$svc" DW_NATS_PASSWORD_FILE="$secrets_dir/nats_$svc" \
-        "$build_dir/bin/$svc"
+        DW_STATUS_PORT="${STATUS_PORT[$svc]}" "$build_dir/bin/$svc"
 done
 
 # Up = the edge says it is ready and `dwctl status` finds the registry
@@ -269,7 +273,8 @@ done
 
 scheme=ws
 [[ -n "${DW_TLS_CERT:-}" ]] && scheme=wss
-echo "DynamoWave is up: $scheme://localhost:$DW_PORT/ (management API: http://127.0.0.1:$DW_MGMT_PORT/@connections/{id})"
+echo "DynamoWave is up: $scheme://localhost:$DW_PORT/"
+echo "management API: http://127.0.0.1:$DW_MGMT_PORT/@connections/{id}"
 echo "dwctl: DW_NATS_URL=$DW_NATS_URL DW_NATS_USER=dwctl DW_NATS_PASSWORD_FILE=$secrets_dir/nats_dwctl $build_dir/bin/dwctl status"
 
 # Foreground until a signal (handled by on_signal) or until a process dies.
