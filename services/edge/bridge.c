@@ -355,26 +355,27 @@ int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m)
     return publish_async(b, subj, m->id, &m->base);
 }
 
-int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r)
+/* A core publish of a protobuf message: buffered by nats.c, never waits for
+ * the network (send-asap only shortens how long it sits in the buffer). */
+static int publish_pb(edge_bridge *b, const char *subj, const ProtobufCMessage *pb)
 {
     size_t len;
-    uint8_t *buf = dw_pb_pack(&r->base, &len);
+    uint8_t *buf = dw_pb_pack(pb, &len);
     if (!buf)
         return -1;
-    natsStatus s = natsConnection_Publish(b->nc, reply, buf, (int)len);
+    natsStatus s = natsConnection_Publish(b->nc, subj, buf, (int)len);
     free(buf);
     return s == NATS_OK ? 0 : -1;
 }
 
+int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r)
+{
+    return publish_pb(b, reply, &r->base);
+}
+
 int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r)
 {
-    size_t len;
-    uint8_t *buf = dw_pb_pack(&r->base, &len);
-    if (!buf)
-        return -1;
-    natsStatus s = natsConnection_Publish(b->nc, reply, buf, (int)len);
-    free(buf);
-    return s == NATS_OK ? 0 : -1;
+    return publish_pb(b, reply, &r->base);
 }
 
 int bridge_heartbeat(edge_bridge *b, uint32_t connections)
@@ -384,13 +385,7 @@ int bridge_heartbeat(edge_bridge *b, uint32_t connections)
     hb.ts_ms = dw_now_ms();
     hb.connections = connections;
     hb.version = DW_VERSION;
-    size_t len;
-    uint8_t *buf = dw_pb_pack(&hb.base, &len);
-    if (!buf)
-        return -1;
-    natsStatus s = natsConnection_Publish(b->nc, DW_SUBJ_EDGE_HEARTBEAT, buf, (int)len);
-    free(buf);
-    return s == NATS_OK ? 0 : -1;
+    return publish_pb(b, DW_SUBJ_EDGE_HEARTBEAT, &hb.base);
 }
 
 void bridge_flush(edge_bridge *b, int64_t timeout_ms)
