@@ -3,7 +3,9 @@
 # - deploy/compose/dw-probe (the image's healthcheck): 0 on HTTP 200, 1 on
 #   any other status or a closed port, 2 on bad usage; never hangs.
 # - deploy/compose/init-secrets.sh: creates every secret once (64 hex
-#   digits, mode 0600), never overwrites one.
+#   digits, mode 0600; a NATS password for every user of
+#   deploy/nats/auth.conf, starting with a letter), never overwrites one, and
+#   gives each consumer's volume exactly the files that consumer needs.
 set -euo pipefail
 repo="$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")/../..}" && pwd)"
 probe="$repo/deploy/compose/dw-probe"
@@ -91,6 +93,22 @@ for f in js_key jwt_secret registry_key admin_token; do
         echo "FAIL init-secrets: $f is '$v' with mode '$mode'"; failed=$((failed + 1))
     fi
 done
+# One password per NATS user of auth.conf; nats-server reads a bare value
+# that starts with a digit as a number, so they start with a letter.
+mapfile -t users < <(sed -n 's/^[[:space:]]*user:[[:space:]]*\([A-Za-z0-9_-]*\).*/\1/p' "$repo/deploy/nats/auth.conf")
+if (( ${#users[@]} == 0 )); then
+    echo "FAIL deploy/nats/auth.conf defines no user"; failed=$((failed + 1))
+fi
+for u in "${users[@]}"; do
+    f="nats_$u"
+    v="$(cat "$tmp/secrets/$f" 2>/dev/null || true)"
+    mode="$(stat -c %a "$tmp/secrets/$f" 2>/dev/null || true)"
+    if [[ "$v" =~ ^[a-z][0-9a-f]{64}$ && "$mode" == 600 ]]; then
+        echo "ok   init-secrets: $f is a letter and 64 hex digits, mode 600"; passed=$((passed + 1))
+    else
+        echo "FAIL init-secrets: $f is '$v' with mode '$mode'"; failed=$((failed + 1))
+    fi
+done
 before="$(cat "$tmp/secrets/"*)"
 check "init-secrets: second run" 0 bash "$init" "$tmp/secrets"
 if [[ "$(cat "$tmp/secrets/"*)" == "$before" ]]; then
@@ -98,11 +116,56 @@ if [[ "$(cat "$tmp/secrets/"*)" == "$before" ]]; then
 else
     echo "FAIL init-secrets: a second run changed a secret"; failed=$((failed + 1))
 fi
-if [[ "$(cat "$tmp/secrets/js_key")" != "$(cat "$tmp/secrets/jwt_secret")" ]]; then
+if [[ "$(for f in "$tmp/secrets/"*; do cat "$f"; echo; done | sort | uniq -d)" == "" ]]; then
     echo "ok   init-secrets: secrets differ"; passed=$((passed + 1))
 else
     echo "FAIL init-secrets: two secrets are equal"; failed=$((failed + 1))
 fi
+
+# Least privilege: each consumer's volume holds exactly what it reads.
+declare -A want=(
+    [nats]="js_key $(printf 'nats_%s ' "${users[@]}")"
+    [registry]="nats_registry registry_key"
+    [dispatcher]="nats_dispatcher"
+    [deadletter]="nats_deadletter"
+    [api]="nats_api admin_token"
+    [edge]="nats_edge jwt_secret"
+    [dwctl]="nats_dwctl"
+)
+share="$tmp/share"
+for c in "${!want[@]}"; do mkdir -p "$share/$c"; done
+# shares() CONSUMER EXTRA...: the consumer's volume holds exactly its files
+# (plus EXTRA), each equal to the original and readable by its owner only.
+shares() {
+    local c="$1" f problem=""
+    shift
+    local expect have
+    expect="$(printf '%s\n' ${want[$c]} "$@" | sort | tr '\n' ' ')"
+    have="$(ls -A "$share/$c" | sort | tr '\n' ' ')"
+    [[ "$have" == "$expect" ]] || problem="has '$have', expected '$expect'"
+    for f in ${want[$c]} "$@"; do
+        [[ -z "$problem" ]] || break
+        cmp -s "$tmp/secrets/$f" "$share/$c/$f" || problem="$f differs from the original"
+        [[ "$(stat -c %a "$share/$c/$f")" == 400 ]] || problem="$f is not mode 400"
+    done
+    if [[ -z "$problem" ]]; then
+        echo "ok   init-secrets: $c gets $(echo ${want[$c]} "$@")"; passed=$((passed + 1))
+    else
+        echo "FAIL init-secrets: $c $problem"; failed=$((failed + 1))
+    fi
+}
+check "init-secrets: with the consumers' volumes" 0 bash "$init" "$tmp/secrets" "$share"
+for c in nats registry dispatcher deadletter api edge dwctl; do shares "$c"; done
+# Optional files reach the edge when present and leave when removed.
+printf 'cert\n' > "$tmp/secrets/tls.crt"
+printf 'key\n' > "$tmp/secrets/tls.key"
+check "init-secrets: with a TLS certificate" 0 bash "$init" "$tmp/secrets" "$share"
+shares edge tls.crt tls.key
+rm "$tmp/secrets/tls.crt" "$tmp/secrets/tls.key"
+check "init-secrets: without it again" 0 bash "$init" "$tmp/secrets" "$share"
+shares edge
+rm -rf "${share:?}/dwctl"
+check "init-secrets: a consumer's volume missing is an error" 1 bash "$init" "$tmp/secrets" "$share"
 
 echo "$passed passed, $failed failed"
 (( failed == 0 ))
