@@ -40,6 +40,7 @@ typedef struct reg_config {
     char *data_dir;
     char *replica_id;
     int64_t query_wait_ms;
+    int64_t stream_replicas;
     char *status_host;
     int64_t status_port;
     char *checkpoint_dir;
@@ -65,6 +66,8 @@ static const dw_cfg_field reg_fields[] = {
       "data directory; the table is <DATA_DIR>/registry/<REPLICA_ID>/db"),
     F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
       "this replica's name ([A-Za-z0-9_-]{1,32}); its DW_CONN durable is registry-<REPLICA_ID>"),
+    F("STREAM_REPLICAS", DW_CFG_INT, stream_replicas, "1", 1, 5,
+      "replicas of DW_CONN and DW_MSG, which the registry creates (3 in a cluster)"),
     F("QUERY_WAIT_MS", DW_CFG_INT, query_wait_ms, "2000", 0, 60000,
       "how long a room query waits for the table to reach its min_seq"),
     F("STATUS_HOST", DW_CFG_STR, status_host, "", 0, 0, "address of the status port (empty: all)"),
@@ -186,10 +189,11 @@ static int keys_load(const reg_config *c, dw_keyring **out)
 }
 
 /* Streams must exist before the consumer; NATS may still be coming up. */
-static int streams_ensure_retry(jsCtx *js)
+static int streams_ensure_retry(jsCtx *js, int replicas)
 {
     dw_stream_opts so;
     dw_stream_opts_default(&so);
+    so.replicas = replicas;
     int64_t backoff = 100;
     while (!dw_stop) {
         if (dw_streams_ensure(js, &so) == NATS_OK) return 0;
@@ -333,7 +337,7 @@ int main(int argc, char **argv)
         DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
         goto done;
     }
-    if (streams_ensure_retry(js)) {
+    if (streams_ensure_retry(js, (int)cfg.stream_replicas)) {
         rc = 0; /* stopped while waiting for NATS */
         goto done;
     }

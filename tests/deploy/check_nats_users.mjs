@@ -247,7 +247,7 @@ const MUTATIONS = [
 ];
 if (knobs.size) {
   MUTATIONS.push(
-    ["a knob the binary does not read (k8s)", "k8s/base/registry.yaml", /- name: DW_REPLICA_ID\n/, '- name: DW_STREAM_REPLICAS\n              value: "3"\n            - name: DW_REPLICA_ID\n', "DW_STREAM_REPLICAS is not read by registry"],
+    ["a knob the binary does not read (k8s)", "k8s/base/registry.yaml", /- name: DW_REPLICA_ID\n/, '- name: DW_RETRY_BASE_MS\n              value: "3"\n            - name: DW_REPLICA_ID\n', "DW_RETRY_BASE_MS is not read by registry"],
     ["a knob the binary does not read (compose)", "docker-compose.yml", /DW_RETRY_BASE_MS: /, "DW_RETRY_DELAY_MS: ", "DW_RETRY_DELAY_MS is not read by dispatcher"],
   );
 }
