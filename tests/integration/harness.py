@@ -282,6 +282,23 @@ class Stack:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                       "WARNING: ThreadSanitizer")
+
+    def sanitizer_reports(self):
+        """Lines of sanitizer reports in any service's log: a test whose
+        services leaked or raced fails, even when the chat itself worked."""
+        found = []
+        for p in self.procs:
+            try:
+                with open(p.log_path, errors="replace") as f:
+                    for n, line in enumerate(f):
+                        if any(m in line for m in self.SANITIZER_MARKS):
+                            found.append(f"{p.name}:{n + 1}: {line.strip()}")
+            except OSError:
+                pass
+        return found
+
     def logs(self):
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs)
 
@@ -309,7 +326,11 @@ class StackTest(unittest.TestCase):
     def _cleanup(self):
         if getattr(self, "_failed_now", True) or self._count_problems() > self._problems:
             print(self.stack.logs())
+        self.stack.stop()
+        reports = self.stack.sanitizer_reports()
         self.stack.cleanup()
+        if reports:
+            raise AssertionError("sanitizer reports in service logs:\n" + "\n".join(reports))
 
     def run_async(self, coro, timeout=120):
         return asyncio.run(asyncio.wait_for(coro, timeout))
