@@ -166,15 +166,18 @@ class Stack:
         wait_until(up, 10, "nats-server to accept connections")
 
     def start_registry(self, **env):
-        env.setdefault("STATUS_PORT", self.extra_env.get("DW_STATUS_PORT", 0))  # many per machine
+        # A free status port each: many stacks run on one machine.
+        env.setdefault("STATUS_PORT", self.extra_env.get("DW_STATUS_PORT", free_port()))
         self.registry = self._spawn("registry", [os.path.join(BIN, "registry")],
                                     self.env(**self._svc("registry", env)))
+        self.registry.status_port = int(env["STATUS_PORT"])
         return self.registry
 
     def start_dispatcher(self, **env):
-        env.setdefault("STATUS_PORT", self.extra_env.get("DW_STATUS_PORT", 0))  # many per machine
+        env.setdefault("STATUS_PORT", self.extra_env.get("DW_STATUS_PORT", free_port()))
         self.dispatcher = self._spawn("dispatcher", [os.path.join(BIN, "dispatcher")],
                                       self.env(**self._svc("dispatcher", env)))
+        self.dispatcher.status_port = int(env["STATUS_PORT"])
         return self.dispatcher
 
     def start_api(self, **env):
