@@ -410,8 +410,15 @@ class AbuseDoesNotHurtOthers(StackTest):
         base, under, flood = self.run_async(go(), timeout=300)
         print(f"good client p99: {base * 1000:.1f} ms alone, {under * 1000:.1f} ms under abuse; "
               f"flooder: {flood}")
-        # The flooder was throttled, then closed 1008 after its strikes.
-        self.assertIn("closed 1008", flood)
+        # The flooder was closed: for its strikes, or as a slow reader when it
+        # reads its "Too Many Requests" replies slower than it floods (1008
+        # when it reads the close frame in time, 1006 when it does not); the
+        # edge's counters say which.
+        self.assertTrue(flood.startswith("closed"), flood)
+        port = self.stack.edges[0].port
+        closed = (metric(port, 'dw_edge_closed_total{reason="rate_limit"}') +
+                  metric(port, 'dw_edge_closed_total{reason="slow_reader"}'))
+        self.assertGreaterEqual(closed, 1)
         # Generous enough to be deterministic on a shared 2-core machine.
         self.assertLess(under, max(2 * base, base + 0.05))
 
