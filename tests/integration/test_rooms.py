@@ -73,6 +73,24 @@ async def join(ws, room, since=None, ref=None):
     return await recv_type(ws, "joined")
 
 
+def purge_keep(port, stream, keep):
+    """$JS.API.STREAM.PURGE over the NATS text protocol (the test stack's
+    NATS has no users)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.recv(4096)
+        body = json.dumps({"keep": keep}).encode()
+        s.sendall(b'CONNECT {"verbose":false}\r\nSUB _INBOX.purge 1\r\n' +
+                  f"PUB $JS.API.STREAM.PURGE.{stream} _INBOX.purge {len(body)}\r\n".encode() +
+                  body + b"\r\nPING\r\n")
+        buf = b""
+        while b'"success":true' not in buf:
+            chunk = s.recv(4096)
+            assert chunk, buf
+            buf += chunk
+            assert b'"error"' not in buf, buf
+
+
 class Rooms(StackTest):
     EDGES = 2
     ENV = {"DW_MSG_RATE": "0"}  # the resume test sends 500 in a burst
@@ -180,6 +198,27 @@ class Rooms(StackTest):
             page = await recv_type(a, "history")
             self.assertEqual([m["data"] for m in page["messages"]], list(range(0, 20)))
             self.assertFalse(page["more"])
+
+        self.run_async(scenario())
+
+    def test_resume_past_the_window_is_not_recovered(self):
+        st = self.stack
+
+        async def scenario():
+            a = await v1(st.edges[0].url, "w")
+            await join(a, "win")
+            for i in range(5):
+                await a.send(json.dumps({"action": "sendmessage", "room": "win", "data": i}))
+            first = (await recv_type(a, "ack"))["seq"]
+            for _ in range(4):
+                await recv_type(a, "ack")
+            # What the history window would do after 24 h: the stream drops
+            # its oldest messages (here: a purge keeping the newest one).
+            await asyncio.to_thread(purge_keep, st.nats_port, "DW_MSG", 1)
+            b = await v1(st.edges[1].url, "late")
+            j = await join(b, "win", since=first)
+            self.assertFalse(j["recovered"])
+            self.assertIsNone(await nothing_of(b, "message"))
 
         self.run_async(scenario())
 
