@@ -44,11 +44,11 @@ static const dw_cfg_field fields[] = {
       "bytes of queued frames written to a socket in one call (as the edge)"),
     F("EVENT_LIB", DW_CFG_STR, event_lib, "poll", 0, 0,
       "lws event loop: poll (lws's own, as the edge), ev (libev: epoll) or uv (libuv)"),
-    F("VALIDITY", DW_CFG_BOOL, validity, "1", 0, 0,
-      "keep lws's default idle-validity timer per connection (0: none; lws 4.1 keeps timers "
-      "in one sorted list, so each one costs O(connections) to arm)"),
-    F("RX_BUFFER", DW_CFG_INT, rx_buffer, "4096", 0, 1024 * 1024,
-      "lws per-connection receive buffer (the protocol's rx_buffer_size; the edge uses 4096)"),
+    F("VALIDITY", DW_CFG_BOOL, validity, "0", 0, 0,
+      "keep lws's default idle-validity timer per connection (0: none, as the edge; lws 4.1 "
+      "keeps timers in one sorted list, so each one costs O(connections) to arm)"),
+    F("RX_BUFFER", DW_CFG_INT, rx_buffer, "1024", 0, 1024 * 1024,
+      "lws per-connection receive buffer (the protocol's rx_buffer_size; the edge uses 1024)"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
@@ -216,9 +216,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 /* Not const: rx_buffer_size comes from the config (by default the edge's,
- * so that RSS compares too). */
+ * so that RSS compares too), and so does tx_packet_size. */
 static struct lws_protocols protocols[] = {
-    {"dwbench-baseline", callback, sizeof(bl_session), 4096, 0, NULL, 0},
+    {"dwbench-baseline", callback, sizeof(bl_session), 1024, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -280,6 +280,10 @@ int main(int argc, char **argv)
     info.port = (int)cfg.port;
     info.iface = cfg.host[0] ? cfg.host : NULL;
     protocols[0].rx_buffer_size = (size_t)cfg.rx_buffer;
+    /* lws 4.1 cuts every send to tx_packet_size, and when that is 0 to
+     * rx_buffer_size: a 1 KB receive buffer would split one coalesced write
+     * into many send() calls (and the reader into as many reads). */
+    protocols[0].tx_packet_size = (size_t)cfg.write_coalesce;
     info.protocols = protocols;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     info.pt_serv_buf_size = 32 * 1024;
