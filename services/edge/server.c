@@ -811,9 +811,11 @@ static const struct lws_protocols protocols[] = {
     /* First entry: also serves clients that ask for no subprotocol (plain
      * AWS mode) and plain HTTP. */
     /* A small per-connection receive buffer keeps idle connections cheap;
-     * larger frames simply arrive in several pieces. */
-    {"dynamowave", callback, sizeof(edge_session), 1024, 0, NULL, 0},
-    {V1_PROTOCOL, callback, sizeof(edge_session), 1024, 1, NULL, 0},
+     * larger frames simply arrive in several pieces. tx_packet_size must be
+     * set: at 0, lws 4.1 caps every send() at the receive buffer's size,
+     * which would split each coalesced write into 1 KB syscalls. */
+    {"dynamowave", callback, sizeof(edge_session), 1024, 0, NULL, 65536},
+    {V1_PROTOCOL, callback, sizeof(edge_session), 1024, 1, NULL, 65536},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
