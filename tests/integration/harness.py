@@ -235,6 +235,8 @@ class Stack:
         except BaseException:
             self.stop()
             print(self.logs())
+            # setUp never got to register the cleanup: remove the temp dir here.
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise
         return self
 
