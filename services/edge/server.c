@@ -559,7 +559,7 @@ static void on_delivery(edge *e, edge_event *ev)
                 edge_membership *m = rooms_membership(s, room);
                 if (m && m->joining)
                     hold(m, fv1, it->seq);
-                else
+                else if (!m || it->seq > m->floor_seq)
                     session_deliver(e, s, fv1);
             }
             if (room && it->seq > room->last_seq)

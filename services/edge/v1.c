@@ -267,6 +267,9 @@ static void join_done(edge *e, edge_session *s, edge_job *job)
             session_deliver(e, s, h->frame);
     rooms_release_held(m);
     m->joining = false;
+    /* A message stored before the join took effect may still be on its way
+     * from the dispatcher: the replay already gave it to this member. */
+    m->floor_seq = upto;
     if (r->last_seq < job->last_seq)
         r->last_seq = job->last_seq;
     if (m->leave_after_join) {
