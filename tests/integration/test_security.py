@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -65,14 +66,11 @@ class Tls(unittest.TestCase):
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
                         "-keyout", self.key, "-out", self.cert], check=True, capture_output=True)
+        # Registered first, so the certificate goes even if the stack fails.
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.stack = Stack(edges=1, env={"DW_TLS_CERT": self.cert, "DW_TLS_KEY": self.key,
                                          "DW_REQUIRE_TLS": "1"}).start()
-
-    def tearDown(self):
-        self.stack.cleanup()
-        for f in (self.cert, self.key):
-            os.unlink(f)
-        os.rmdir(self.dir)
+        self.addCleanup(self.stack.cleanup)
 
     def test_wss_works_and_plain_upgrade_is_refused(self):
         port = self.stack.edges[0].port
