@@ -80,11 +80,9 @@ void admit_free(edge *e)
 
 bool admit_network(edge *e, int fd)
 {
-    if (!e->admit.deny.n)
-        return true;
+    if (!e->admit.deny.n) return true;
     char ip[64];
-    if (!lws_get_peer_simple_fd(fd, ip, sizeof ip))
-        return false;
+    if (!lws_get_peer_simple_fd(fd, ip, sizeof ip)) return false;
     if (nf_denylist_match(&e->admit.deny, ip)) {
         dw_metric_inc(e->m->rejected_deny);
         return false;
@@ -95,10 +93,8 @@ bool admit_network(edge *e, int fd)
 static char *header(struct lws *wsi, enum lws_token_indexes h, char *buf, size_t len)
 {
     int n = lws_hdr_total_length(wsi, h);
-    if (n <= 0 || (size_t)n >= len)
-        return NULL;
-    if (lws_hdr_copy(wsi, buf, (int)len, h) < 0)
-        return NULL;
+    if (n <= 0 || (size_t)n >= len) return NULL;
+    if (lws_hdr_copy(wsi, buf, (int)len, h) < 0) return NULL;
     return buf;
 }
 
@@ -116,8 +112,7 @@ static unsigned check_jwt(edge *e, struct lws *wsi, edge_session *s, const char 
     if (auth_token_from_request(&rq, token, sizeof token, &tlen, why) <= 0)
         return 401; /* 0: no token, < 0: a malformed one */
     auth_identity id;
-    if (auth_jwt_verify(&e->admit.jwt_cfg, token, tlen, dw_now_ms() / 1000, &id, why))
-        return 401;
+    if (auth_jwt_verify(&e->admit.jwt_cfg, token, tlen, dw_now_ms() / 1000, &id, why)) return 401;
     snprintf(s->user, sizeof s->user, "%s", id.user_id);
     if (id.has_rooms) {
         /* The session takes the room list over. */
@@ -137,7 +132,8 @@ unsigned admit_upgrade(edge *e, struct lws *wsi, edge_session *s, const char **w
     edge_admit *a = &e->admit;
     int64_t now = dw_mono_ns();
 
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) + lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS) >
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) +
+            lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS) >
         c->max_url) {
         *why = "url too long";
         return 414;
@@ -196,20 +192,16 @@ int64_t admit_message(edge *e, edge_session *s, bool *close)
 {
     int64_t now = dw_mono_ns();
     int64_t wait = rl_take(&s->msgs, now, 1);
-    if (!wait)
-        wait = rl_take(&e->admit.edge_msgs, now, 1);
+    if (!wait) wait = rl_take(&e->admit.edge_msgs, now, 1);
     *close = false;
-    if (wait)
-        *close = rl_strike(&s->strikes, &e->admit.strikes, now) == RL_STRIKE_CLOSE;
+    if (wait) *close = rl_strike(&s->strikes, &e->admit.strikes, now) == RL_STRIKE_CLOSE;
     return wait;
 }
 
 bool admit_room(const edge_session *s, const char *room)
 {
-    if (!s->has_allowed_rooms)
-        return true;
+    if (!s->has_allowed_rooms) return true;
     for (size_t i = 0; i < s->n_allowed_rooms; i++)
-        if (!strcmp(s->allowed_rooms[i], room))
-            return true;
+        if (!strcmp(s->allowed_rooms[i], room)) return true;
     return false;
 }

@@ -19,7 +19,7 @@ struct edge_session;
 struct lws;
 
 typedef struct edge_admit {
-    bool jwt;                 /* AUTH=jwt */
+    bool jwt; /* AUTH=jwt */
     auth_jwt_config jwt_cfg;
     uint8_t *secret, *secret_prev;
     size_t secret_len, secret_prev_len;

@@ -29,8 +29,8 @@ void auth_jwt_config_default(auth_jwt_config *c)
 
 static int is_b64url_char(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
 }
 
 /* Decode unpadded base64url through OpenSSL: translate to the standard
@@ -40,16 +40,13 @@ static int b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap, siz
 {
     unsigned char std[AUTH_TOKEN_MAX + 4];
     unsigned char again[AUTH_TOKEN_MAX + 5];
-    if (n > AUTH_TOKEN_MAX || n % 4 == 1)
-        return -1;
+    if (n > AUTH_TOKEN_MAX || n % 4 == 1) return -1;
     size_t pad = (4 - n % 4) % 4;
     size_t total = n + pad;
-    if (total / 4 * 3 > cap)
-        return -1;
+    if (total / 4 * 3 > cap) return -1;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)in[i];
-        if (!is_b64url_char(c))
-            return -1;
+        if (!is_b64url_char(c)) return -1;
         std[i] = c == '-' ? '+' : c == '_' ? '/' : c;
     }
     memset(std + n, '=', pad);
@@ -58,12 +55,10 @@ static int b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap, siz
         return 0;
     }
     int got = EVP_DecodeBlock(out, std, (int)total);
-    if (got < 0 || (size_t)got < pad)
-        return -1;
+    if (got < 0 || (size_t)got < pad) return -1;
     size_t dl = (size_t)got - pad;
     int elen = EVP_EncodeBlock(again, out, (int)dl);
-    if (elen < 0 || (size_t)elen != total || memcmp(again, std, total) != 0)
-        return -1;
+    if (elen < 0 || (size_t)elen != total || memcmp(again, std, total) != 0) return -1;
     *outlen = dl;
     return 0;
 }
@@ -72,8 +67,7 @@ static json_t *decode_json_object(const char *in, size_t n)
 {
     uint8_t buf[AUTH_TOKEN_MAX / 4 * 3 + 3];
     size_t len;
-    if (b64url_decode(in, n, buf, sizeof buf, &len))
-        return NULL;
+    if (b64url_decode(in, n, buf, sizeof buf, &len)) return NULL;
     /* Duplicate claims are refused: two "sub"s must not mean two things to
      * two parsers. Without JSON_ALLOW_NUL jansson also refuses "\u0000". */
     json_t *o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, NULL);
@@ -86,10 +80,8 @@ static json_t *decode_json_object(const char *in, size_t n)
 
 static int64_t sat_add(int64_t a, int64_t b)
 {
-    if (b > 0 && a > INT64_MAX - b)
-        return INT64_MAX;
-    if (b < 0 && a < INT64_MIN - b)
-        return INT64_MIN;
+    if (b > 0 && a > INT64_MAX - b) return INT64_MAX;
+    if (b < 0 && a < INT64_MIN - b) return INT64_MIN;
     return a + b;
 }
 
@@ -101,8 +93,7 @@ static int numeric_date(json_t *v, int round_up, int64_t *out)
         *out = (int64_t)json_integer_value(v);
         return 0;
     }
-    if (!json_is_real(v))
-        return -1;
+    if (!json_is_real(v)) return -1;
     double d = json_real_value(v);
     if (d >= 9.2e18) {
         *out = INT64_MAX;
@@ -124,12 +115,10 @@ static int numeric_date(json_t *v, int round_up, int64_t *out)
  * already checked that it is valid UTF-8. */
 static int user_id_valid(const char *s, size_t n)
 {
-    if (n == 0 || n > AUTH_USER_MAX || strlen(s) != n)
-        return 0;
+    if (n == 0 || n > AUTH_USER_MAX || strlen(s) != n) return 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f)
-            return 0;
+        if (c < 0x20 || c == 0x7f) return 0;
         if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
             (unsigned char)s[i + 1] <= 0x9f)
             return 0;
@@ -140,8 +129,7 @@ static int user_id_valid(const char *s, size_t n)
 static int audience_ok(json_t *aud, const char *want, const char **why)
 {
     if (json_is_string(aud)) {
-        if (strcmp(json_string_value(aud), want) == 0)
-            return AUTH_OK;
+        if (strcmp(json_string_value(aud), want) == 0) return AUTH_OK;
         *why = "audience mismatch";
         return AUTH_ERR_AUDIENCE;
     }
@@ -158,11 +146,9 @@ static int audience_ok(json_t *aud, const char *want, const char **why)
             *why = "bad aud claim";
             return AUTH_ERR_CLAIMS;
         }
-        if (strcmp(json_string_value(v), want) == 0)
-            found = 1;
+        if (strcmp(json_string_value(v), want) == 0) found = 1;
     }
-    if (found)
-        return AUTH_OK;
+    if (found) return AUTH_OK;
     *why = "audience mismatch";
     return AUTH_ERR_AUDIENCE;
 }
@@ -175,8 +161,7 @@ static int take_rooms(json_t *rooms, auth_identity *out, const char **why)
     }
     size_t n = json_array_size(rooms);
     out->has_rooms = 1;
-    if (n == 0)
-        return AUTH_OK;
+    if (n == 0) return AUTH_OK;
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(rooms, i);
         if (!json_is_string(v) || !dw_room_valid(json_string_value(v), json_string_length(v))) {
@@ -185,12 +170,10 @@ static int take_rooms(json_t *rooms, auth_identity *out, const char **why)
         }
     }
     out->rooms = calloc(n, sizeof *out->rooms);
-    if (!out->rooms)
-        goto oom;
+    if (!out->rooms) goto oom;
     for (size_t i = 0; i < n; i++) {
         out->rooms[i] = strdup(json_string_value(json_array_get(rooms, i)));
-        if (!out->rooms[i])
-            goto oom;
+        if (!out->rooms[i]) goto oom;
         out->nrooms = i + 1;
     }
     return AUTH_OK;
@@ -239,8 +222,7 @@ static int check_claims(const auth_jwt_config *cfg, json_t *claims, int64_t now_
             return AUTH_ERR_AUDIENCE;
         }
         int rc = audience_ok(v, cfg->audience, why);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     v = json_object_get(claims, "sub");
     if (!v) {
@@ -253,8 +235,7 @@ static int check_claims(const auth_jwt_config *cfg, json_t *claims, int64_t now_
     }
     memcpy(out->user_id, json_string_value(v), json_string_length(v) + 1);
     v = json_object_get(claims, "rooms");
-    if (v)
-        return take_rooms(v, out, why);
+    if (v) return take_rooms(v, out, why);
     return AUTH_OK;
 }
 
@@ -306,8 +287,7 @@ int auth_jwt_verify(const auth_jwt_config *cfg, const char *token, size_t len, i
                     auth_identity *out, const char **why)
 {
     const char *dummy;
-    if (!why)
-        why = &dummy;
+    if (!why) why = &dummy;
     memset(out, 0, sizeof *out);
     json_t *hdr = NULL, *claims = NULL;
     int rc = AUTH_ERR_MALFORMED;
@@ -340,8 +320,7 @@ int auth_jwt_verify(const auth_jwt_config *cfg, const char *token, size_t len, i
         goto error;
     }
     rc = check_header(hdr, why);
-    if (rc)
-        goto error;
+    if (rc) goto error;
 
     uint8_t sig[SHA256_LEN + 3];
     size_t siglen = 0;
@@ -375,8 +354,7 @@ int auth_jwt_verify(const auth_jwt_config *cfg, const char *token, size_t len, i
         goto error;
     }
     rc = check_claims(cfg, claims, now_s, out, why);
-    if (rc)
-        goto error;
+    if (rc) goto error;
     json_decref(claims);
     json_decref(hdr);
     *why = "ok";
@@ -391,8 +369,7 @@ error:
 
 void auth_identity_free(auth_identity *id)
 {
-    if (!id)
-        return;
+    if (!id) return;
     for (size_t i = 0; i < id->nrooms; i++)
         free(id->rooms[i]);
     free(id->rooms);
@@ -402,8 +379,7 @@ void auth_identity_free(auth_identity *id)
 int auth_load_secret(const char *path, uint8_t **out, size_t *len, const char **why)
 {
     const char *dummy;
-    if (!why)
-        why = &dummy;
+    if (!why) why = &dummy;
     *out = NULL;
     *len = 0;
     uint8_t *buf = NULL;
@@ -429,14 +405,12 @@ int auth_load_secret(const char *path, uint8_t **out, size_t *len, const char **
     }
     for (;;) {
         ssize_t r = read(fd, buf + n, SECRET_FILE_MAX + 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
+        if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             *why = "cannot read the JWT secret file";
             goto error;
         }
-        if (r == 0)
-            break;
+        if (r == 0) break;
         n += (size_t)r;
         if (n > SECRET_FILE_MAX) {
             *why = "the JWT secret file is larger than 64 KB";
@@ -456,28 +430,23 @@ int auth_load_secret(const char *path, uint8_t **out, size_t *len, const char **
     return 0;
 
 error:
-    if (buf)
-        auth_secret_free(buf, SECRET_FILE_MAX + 1);
+    if (buf) auth_secret_free(buf, SECRET_FILE_MAX + 1);
     close(fd);
     return -1;
 }
 
 void auth_secret_free(uint8_t *secret, size_t len)
 {
-    if (!secret)
-        return;
+    if (!secret) return;
     OPENSSL_cleanse(secret, len);
     free(secret);
 }
 
 static int hexval(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -489,22 +458,18 @@ static int url_decode(const char *in, size_t n, char *out, size_t cap, size_t *l
     for (size_t i = 0; i < n; i++) {
         char c = in[i];
         if (c == '%') {
-            if (n - i < 3)
-                return -1;
+            if (n - i < 3) return -1;
             int hi = hexval(in[i + 1]), lo = hexval(in[i + 2]);
-            if (hi < 0 || lo < 0)
-                return -1;
+            if (hi < 0 || lo < 0) return -1;
             c = (char)(hi << 4 | lo);
             i += 2;
         } else if (c == '+') {
             c = ' ';
         }
-        if (c == '\0' || o + 1 >= cap)
-            return -1;
+        if (c == '\0' || o + 1 >= cap) return -1;
         out[o++] = c;
     }
-    if (cap == 0)
-        return -1;
+    if (cap == 0) return -1;
     out[o] = '\0';
     *len = o;
     return 0;
@@ -516,26 +481,22 @@ int auth_token_from_query(const char *query, size_t qlen, char *out, size_t cap,
     const size_t nlen = sizeof name - 1;
     int found = 0;
     size_t i = 0;
-    if (qlen > 0 && query[0] == '?')
-        i = 1;
+    if (qlen > 0 && query[0] == '?') i = 1;
     while (i <= qlen) {
         const char *amp = i < qlen ? memchr(query + i, '&', qlen - i) : NULL;
         size_t end = amp ? (size_t)(amp - query) : qlen;
         const char *p = query + i;
         size_t plen = end - i;
-        int is_token = (plen == nlen || (plen > nlen && p[nlen] == '=')) &&
-                       memcmp(p, name, nlen) == 0;
+        int is_token =
+            (plen == nlen || (plen > nlen && p[nlen] == '=')) && memcmp(p, name, nlen) == 0;
         if (is_token) {
             /* Two tokens could mean two things to two parsers: refuse. */
-            if (found)
-                return -1;
+            if (found) return -1;
             found = 1;
             size_t vstart = plen > nlen ? nlen + 1 : plen;
-            if (url_decode(p + vstart, plen - vstart, out, cap, len))
-                return -1;
+            if (url_decode(p + vstart, plen - vstart, out, cap, len)) return -1;
         }
-        if (!amp)
-            break;
+        if (!amp) break;
         i = end + 1;
     }
     return found;
@@ -559,11 +520,9 @@ int auth_token_from_bearer(const char *value, size_t vlen, const char **tok, siz
     size_t end = vlen;
     while (end > i && is_space(value[end - 1]))
         end--;
-    if (end == i)
-        return 0;
+    if (end == i) return 0;
     for (size_t j = i; j < end; j++)
-        if (is_space(value[j]))
-            return 0;
+        if (is_space(value[j])) return 0;
     *tok = value + i;
     *toklen = end - i;
     return 1;
@@ -622,8 +581,7 @@ int auth_token_from_request(const auth_request_view *rq, char *out, size_t cap, 
                             const char **why)
 {
     const char *dummy;
-    if (!why)
-        why = &dummy;
+    if (!why) why = &dummy;
     const char *tok;
     size_t n;
     *why = "no token";
@@ -634,8 +592,7 @@ int auth_token_from_request(const auth_request_view *rq, char *out, size_t cap, 
         return copy_token(tok, n, out, cap, len, why);
     if (rq->query) {
         int rc = auth_token_from_query(rq->query, strlen(rq->query), out, cap, len);
-        if (rc < 0)
-            *why = "malformed token parameter";
+        if (rc < 0) *why = "malformed token parameter";
         return rc;
     }
     return 0;

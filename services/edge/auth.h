@@ -55,9 +55,9 @@ void auth_jwt_config_default(auth_jwt_config *c);
  * and the array); release with auth_identity_free(). */
 typedef struct auth_identity {
     char user_id[AUTH_USER_MAX + 1];
-    int64_t exp;       /* the exp claim in seconds, 0 when absent */
-    int has_rooms;     /* 1: the token carried a "rooms" claim */
-    char **rooms;      /* valid room names (dw_room_valid), NUL-terminated */
+    int64_t exp;   /* the exp claim in seconds, 0 when absent */
+    int has_rooms; /* 1: the token carried a "rooms" claim */
+    char **rooms;  /* valid room names (dw_room_valid), NUL-terminated */
     size_t nrooms;
 } auth_identity;
 

@@ -23,7 +23,7 @@ struct edge_bridge {
     atomic_bool setup_done;
     atomic_bool stopping;
 
-    pthread_mutex_t lock;   /* guards the event queue */
+    pthread_mutex_t lock; /* guards the event queue */
     edge_event *head, *tail;
 };
 
@@ -65,16 +65,11 @@ edge_event *bridge_take(edge_bridge *b)
 
 void bridge_event_free(edge_event *ev)
 {
-    if (!ev)
-        return;
-    if (ev->delivery)
-        dw__delivery__free_unpacked(ev->delivery, NULL);
-    if (ev->conn_request)
-        dw__conn_request__free_unpacked(ev->conn_request, NULL);
-    if (ev->conn_event)
-        dw__conn_event__free_unpacked(ev->conn_event, NULL);
-    if (ev->job)
-        edge_job_free(ev->job);
+    if (!ev) return;
+    if (ev->delivery) dw__delivery__free_unpacked(ev->delivery, NULL);
+    if (ev->conn_request) dw__conn_request__free_unpacked(ev->conn_request, NULL);
+    if (ev->conn_event) dw__conn_event__free_unpacked(ev->conn_event, NULL);
+    if (ev->job) edge_job_free(ev->job);
     free(ev->reply);
     free(ev);
 }
@@ -103,8 +98,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
                  idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
     } else if (!strncmp(subj, "dw.conn.", 8) && strcmp(subj, "dw.conn.disconnect")) {
         /* leave (join is published synchronously by a job): only log failures */
-        if (!pa)
-            DW_WARN("membership event not durable", "subject=%s id=%s", subj, msg_id);
+        if (!pa) DW_WARN("membership event not durable", "subject=%s id=%s", subj, msg_id);
         free(ev);
         natsMsg_Destroy(msg);
         return;
@@ -162,8 +156,7 @@ static void on_conn_request(natsConnection *nc, natsSubscription *sub, natsMsg *
                                                   (const uint8_t *)natsMsg_GetData(msg));
     edge_event *ev = r && reply ? calloc(1, sizeof *ev) : NULL;
     if (!ev || !(ev->reply = strdup(reply))) {
-        if (r)
-            dw__conn_request__free_unpacked(r, NULL);
+        if (r) dw__conn_request__free_unpacked(r, NULL);
         free(ev);
         natsMsg_Destroy(msg);
         return;
@@ -188,8 +181,7 @@ static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg
             enqueue(b, ev);
         }
     }
-    if (ce)
-        dw__conn_event__free_unpacked(ce, NULL);
+    if (ce) dw__conn_event__free_unpacked(ce, NULL);
     natsMsg_Destroy(msg);
 }
 
@@ -202,8 +194,7 @@ static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *ms
     Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                (const uint8_t *)natsMsg_GetData(msg));
     natsMsg_Destroy(msg);
-    if (!ce)
-        return;
+    if (!ce) return;
     if (!ce->n_rooms || ce->kind == DW__CONN_EVENT__KIND__EDGE_DOWN) {
         dw__conn_event__free_unpacked(ce, NULL);
         return;
@@ -231,20 +222,19 @@ static void *setup_main(void *arg)
             char csubj[128];
             dw_subj_edge_conn(csubj, sizeof csubj, b->cfg.edge_id);
             natsStatus s = natsConnection_Subscribe(&b->deliver_sub, b->nc, subj, on_delivery, b);
-            if (s == NATS_OK)
-                s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
+            if (s == NATS_OK) s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
             if (s == NATS_OK && !b->conn_sub)
                 s = natsConnection_Subscribe(&b->conn_sub, b->nc, csubj, on_conn_request, b);
             if (s == NATS_OK && !b->presence_sub)
-                s = natsConnection_Subscribe(&b->presence_sub, b->nc, "dw.conn.*", on_membership, b);
+                s = natsConnection_Subscribe(&b->presence_sub, b->nc, "dw.conn.*", on_membership,
+                                             b);
             if (s == NATS_OK)
                 s = natsSubscription_SetPendingLimits(b->presence_sub, 65536, 64 * 1024 * 1024);
             if (s == NATS_OK && !b->down_sub)
                 s = natsConnection_Subscribe(&b->down_sub, b->nc,
                                              dw_subj_conn_event(DW__CONN_EVENT__KIND__EDGE_DOWN),
                                              on_edge_down, b);
-            if (s == NATS_OK)
-                s = natsConnection_Flush(b->nc);
+            if (s == NATS_OK) s = natsConnection_Flush(b->nc);
             if (s == NATS_OK) {
                 atomic_store(&b->setup_done, true);
                 DW_INFO("bus ready", "edge=%s deliver=%s", b->cfg.edge_id, subj);
@@ -264,12 +254,12 @@ static void *setup_main(void *arg)
 int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
 {
     edge_bridge *b = calloc(1, sizeof *b);
-    if (!b)
-        return -1;
+    if (!b) return -1;
     b->cfg = *cfg;
     pthread_mutex_init(&b->lock, NULL);
     if (dw_bus_connect(&b->nc, cfg->nats_url, "edge") != NATS_OK) {
-        DW_ERROR("nats connect failed", "url=%s err=\"%s\"", cfg->nats_url, nats_GetLastError(NULL));
+        DW_ERROR("nats connect failed", "url=%s err=\"%s\"", cfg->nats_url,
+                 nats_GetLastError(NULL));
         goto error;
     }
     jsOptions jo;
@@ -279,10 +269,8 @@ int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
     jo.PublishAsync.AckHandlerClosure = b;
     /* Past MaxPending a publish fails at once instead of stalling the loop. */
     jo.PublishAsync.StallWait = 1;
-    if (natsConnection_JetStream(&b->js, b->nc, &jo) != NATS_OK)
-        goto error;
-    if (pthread_create(&b->setup_thread, NULL, setup_main, b))
-        goto error;
+    if (natsConnection_JetStream(&b->js, b->nc, &jo) != NATS_OK) goto error;
+    if (pthread_create(&b->setup_thread, NULL, setup_main, b)) goto error;
     b->setup_started = true;
     *out = b;
     return 0;
@@ -302,8 +290,7 @@ static int publish_async(edge_bridge *b, const char *subj, const char *msg_id,
 {
     size_t len;
     uint8_t *buf = dw_pb_pack(pb, &len);
-    if (!buf)
-        return -1;
+    if (!buf) return -1;
     natsMsg *m = NULL;
     natsStatus s = natsMsg_Create(&m, subj, NULL, (const char *)buf, (int)len);
     free(buf);
@@ -326,9 +313,8 @@ int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev)
     char msg_id[64];
     const char *kind = ev->kind == DW__CONN_EVENT__KIND__CONNECT      ? "connect"
                        : ev->kind == DW__CONN_EVENT__KIND__DISCONNECT ? "disconnect"
-                                                                       : NULL;
-    if (!kind)
-        return -1; /* joins/leaves come with the rooms protocol */
+                                                                      : NULL;
+    if (!kind) return -1; /* joins/leaves come with the rooms protocol */
     snprintf(msg_id, sizeof msg_id, "%s.%s", kind, ev->conn_id);
     return publish_async(b, dw_subj_conn_event(ev->kind), msg_id, &ev->base);
 }
@@ -361,8 +347,7 @@ static int publish_pb(edge_bridge *b, const char *subj, const ProtobufCMessage *
 {
     size_t len;
     uint8_t *buf = dw_pb_pack(pb, &len);
-    if (!buf)
-        return -1;
+    if (!buf) return -1;
     natsStatus s = natsConnection_Publish(b->nc, subj, buf, (int)len);
     free(buf);
     return s == NATS_OK ? 0 : -1;
@@ -399,26 +384,19 @@ void bridge_flush(edge_bridge *b, int64_t timeout_ms)
 
 void bridge_destroy(edge_bridge *b)
 {
-    if (!b)
-        return;
+    if (!b) return;
     atomic_store(&b->stopping, true);
-    if (b->setup_started)
-        pthread_join(b->setup_thread, NULL);
-    if (b->deliver_sub)
-        natsSubscription_Unsubscribe(b->deliver_sub);
+    if (b->setup_started) pthread_join(b->setup_thread, NULL);
+    if (b->deliver_sub) natsSubscription_Unsubscribe(b->deliver_sub);
     natsSubscription_Destroy(b->deliver_sub);
-    if (b->conn_sub)
-        natsSubscription_Unsubscribe(b->conn_sub);
+    if (b->conn_sub) natsSubscription_Unsubscribe(b->conn_sub);
     natsSubscription_Destroy(b->conn_sub);
-    if (b->down_sub)
-        natsSubscription_Unsubscribe(b->down_sub);
+    if (b->down_sub) natsSubscription_Unsubscribe(b->down_sub);
     natsSubscription_Destroy(b->down_sub);
-    if (b->presence_sub)
-        natsSubscription_Unsubscribe(b->presence_sub);
+    if (b->presence_sub) natsSubscription_Unsubscribe(b->presence_sub);
     natsSubscription_Destroy(b->presence_sub);
     /* Close first so that no callback runs while the queue is freed. */
-    if (b->nc)
-        natsConnection_Close(b->nc);
+    if (b->nc) natsConnection_Close(b->nc);
     jsCtx_Destroy(b->js);
     natsConnection_Destroy(b->nc);
     edge_event *ev = bridge_take(b);

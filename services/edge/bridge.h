@@ -16,14 +16,14 @@
 typedef struct edge_bridge edge_bridge;
 
 typedef enum {
-    BEV_CONNECT_ACK,     /* the connect event of conn_id is durable (or failed) */
+    BEV_CONNECT_ACK, /* the connect event of conn_id is durable (or failed) */
     BEV_DISCONNECT_ACK,
-    BEV_MSG_ACK,         /* a chat message of conn_id is durable (or failed) */
-    BEV_DELIVERY,        /* the dispatcher hands us messages to write */
-    BEV_CONN_REQUEST,    /* info / post / close for one connection (@connections) */
-    BEV_EDGE_DOWN_SELF,  /* someone declared this edge down: announce again */
-    BEV_JOB_DONE,        /* a join / history / presence job finished (jobs.h) */
-    BEV_PRESENCE,        /* someone joined or left a room (presence events) */
+    BEV_MSG_ACK,        /* a chat message of conn_id is durable (or failed) */
+    BEV_DELIVERY,       /* the dispatcher hands us messages to write */
+    BEV_CONN_REQUEST,   /* info / post / close for one connection (@connections) */
+    BEV_EDGE_DOWN_SELF, /* someone declared this edge down: announce again */
+    BEV_JOB_DONE,       /* a join / history / presence job finished (jobs.h) */
+    BEV_PRESENCE,       /* someone joined or left a room (presence events) */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -31,11 +31,11 @@ typedef struct edge_event {
     edge_event_kind kind;
     char conn_id[DW_ID_LEN + 1];
     char msg_id[64];
-    uint64_t seq;           /* stream sequence on success */
+    uint64_t seq; /* stream sequence on success */
     bool ok;
-    char error[96];         /* why not, when !ok */
-    Dw__Delivery *delivery; /* BEV_DELIVERY: owned by the event */
-    char *reply;            /* BEV_DELIVERY, BEV_CONN_REQUEST: reply subject, owned */
+    char error[96];                /* why not, when !ok */
+    Dw__Delivery *delivery;        /* BEV_DELIVERY: owned by the event */
+    char *reply;                   /* BEV_DELIVERY, BEV_CONN_REQUEST: reply subject, owned */
     Dw__ConnRequest *conn_request; /* BEV_CONN_REQUEST: owned by the event */
     struct edge_job *job;          /* BEV_JOB_DONE: owned by the event */
     Dw__ConnEvent *conn_event;     /* BEV_PRESENCE: owned by the event */

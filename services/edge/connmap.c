@@ -15,11 +15,9 @@ static int grow(edge_connmap *m)
 {
     size_t n = m->nslots ? m->nslots * 2 : 64;
     connmap_slot *s = calloc(n, sizeof *s);
-    if (!s)
-        return -1;
+    if (!s) return -1;
     for (size_t i = 0; i < m->nslots; i++) {
-        if (!m->slots[i].value)
-            continue;
+        if (!m->slots[i].value) continue;
         size_t j = hash_id(m->slots[i].id, n - 1);
         while (s[j].value)
             j = (j + 1) & (n - 1);
@@ -33,8 +31,7 @@ static int grow(edge_connmap *m)
 
 int connmap_put(edge_connmap *m, const char *id, void *value)
 {
-    if ((m->count + 1) * 2 > m->nslots && grow(m))
-        return -1;
+    if ((m->count + 1) * 2 > m->nslots && grow(m)) return -1;
     size_t mask = m->nslots - 1, i = hash_id(id, mask);
     while (m->slots[i].value) {
         if (!memcmp(m->slots[i].id, id, DW_ID_LEN)) {
@@ -51,12 +48,10 @@ int connmap_put(edge_connmap *m, const char *id, void *value)
 
 void *connmap_get(const edge_connmap *m, const char *id, size_t len)
 {
-    if (!m->nslots || len != DW_ID_LEN)
-        return NULL;
+    if (!m->nslots || len != DW_ID_LEN) return NULL;
     size_t mask = m->nslots - 1, i = hash_id(id, mask);
     while (m->slots[i].value) {
-        if (!memcmp(m->slots[i].id, id, DW_ID_LEN))
-            return m->slots[i].value;
+        if (!memcmp(m->slots[i].id, id, DW_ID_LEN)) return m->slots[i].value;
         i = (i + 1) & mask;
     }
     return NULL;
@@ -64,23 +59,19 @@ void *connmap_get(const edge_connmap *m, const char *id, size_t len)
 
 void connmap_del(edge_connmap *m, const char *id)
 {
-    if (!m->nslots)
-        return;
+    if (!m->nslots) return;
     size_t mask = m->nslots - 1, i = hash_id(id, mask);
     while (memcmp(m->slots[i].id, id, DW_ID_LEN) || !m->slots[i].value) {
-        if (!m->slots[i].value)
-            return;
+        if (!m->slots[i].value) return;
         i = (i + 1) & mask;
     }
     m->count--;
     size_t j = i;
     for (;;) {
         j = (j + 1) & mask;
-        if (!m->slots[j].value)
-            break;
+        if (!m->slots[j].value) break;
         size_t k = hash_id(m->slots[j].id, mask);
-        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j))
-            continue;
+        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j)) continue;
         m->slots[i] = m->slots[j];
         i = j;
     }

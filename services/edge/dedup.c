@@ -10,8 +10,7 @@ static uint32_t slot_of(const edge_dedup *d, uint64_t seq)
 
 int dedup_init(edge_dedup *d, uint32_t window)
 {
-    if (!window)
-        return -1;
+    if (!window) return -1;
     uint32_t n = 2;
     while (n < 2 * window)
         n <<= 1;
@@ -38,10 +37,8 @@ void dedup_free(edge_dedup *d)
 static int set_has(const edge_dedup *d, uint64_t seq)
 {
     for (uint32_t i = slot_of(d, seq);; i = (i + 1) & (d->nslots - 1)) {
-        if (d->slots[i] == seq)
-            return 1;
-        if (!d->slots[i])
-            return 0;
+        if (d->slots[i] == seq) return 1;
+        if (!d->slots[i]) return 0;
     }
 }
 
@@ -58,19 +55,16 @@ static void set_del(edge_dedup *d, uint64_t seq)
 {
     uint32_t mask = d->nslots - 1, i = slot_of(d, seq);
     while (d->slots[i] != seq) {
-        if (!d->slots[i])
-            return;
+        if (!d->slots[i]) return;
         i = (i + 1) & mask;
     }
     uint32_t j = i;
     for (;;) {
         j = (j + 1) & mask;
-        if (!d->slots[j])
-            break;
+        if (!d->slots[j]) break;
         uint32_t k = slot_of(d, d->slots[j]);
         /* Move slots[j] into the hole at i unless its home k lies cyclically in (i, j]. */
-        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j))
-            continue;
+        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j)) continue;
         d->slots[i] = d->slots[j];
         i = j;
     }
@@ -79,10 +73,8 @@ static void set_del(edge_dedup *d, uint64_t seq)
 
 int dedup_check_add(edge_dedup *d, uint64_t seq)
 {
-    if (!seq)
-        return 0;
-    if (set_has(d, seq))
-        return 1;
+    if (!seq) return 0;
+    if (set_has(d, seq)) return 1;
     if (d->count == d->window) {
         set_del(d, d->ring[d->head]);
         d->ring[d->head] = seq;

@@ -8,10 +8,10 @@
 #include <stdint.h>
 
 typedef struct edge_dedup {
-    uint64_t *ring;     /* insertion order, for eviction */
-    uint64_t *slots;    /* open addressing set, 0 = empty */
-    uint32_t window;    /* how many sequences are remembered */
-    uint32_t nslots;    /* power of two, >= 2 * window */
+    uint64_t *ring;  /* insertion order, for eviction */
+    uint64_t *slots; /* open addressing set, 0 = empty */
+    uint32_t window; /* how many sequences are remembered */
+    uint32_t nslots; /* power of two, >= 2 * window */
     uint32_t head, count;
 } edge_dedup;
 

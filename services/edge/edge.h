@@ -17,25 +17,25 @@
 
 typedef struct edge_config {
     char *nats_url;
-    char *host;              /* listen address; empty = all */
+    char *host; /* listen address; empty = all */
     int64_t port;
-    char *edge_id;           /* empty = random per start */
-    int64_t max_message;     /* reassembled message, bytes */
-    int64_t max_pending_rx;  /* messages held per connection before READY */
+    char *edge_id;          /* empty = random per start */
+    int64_t max_message;    /* reassembled message, bytes */
+    int64_t max_pending_rx; /* messages held per connection before READY */
     int64_t publish_timeout_ms;
     int64_t publish_max_pending;
     int64_t heartbeat_ms;
     int64_t dedup_window;
-    int64_t write_coalesce;  /* bytes per write call */
-    int64_t max_rooms;       /* v1 rooms per connection */
-    int64_t resume_max;      /* missed messages replayed on resume */
-    int64_t job_threads;     /* workers for joins, history, presence */
+    int64_t write_coalesce;   /* bytes per write call */
+    int64_t max_rooms;        /* v1 rooms per connection */
+    int64_t resume_max;       /* missed messages replayed on resume */
+    int64_t job_threads;      /* workers for joins, history, presence */
     int64_t max_pending_acks; /* v1 sends awaiting their ack, per connection */
-    char *web_dir;           /* the static chat page */
+    char *web_dir;            /* the static chat page */
     /* TLS, authentication, limits (docs/security.md) */
     char *tls_cert, *tls_key;
     int require_tls;
-    char *auth;              /* none | jwt */
+    char *auth; /* none | jwt */
     char *jwt_secret_file, *jwt_secret_prev_file, *jwt_audience;
     int64_t jwt_leeway_s;
     int64_t msg_rate, msg_burst, edge_msg_rate, edge_msg_burst;
@@ -50,11 +50,11 @@ typedef struct edge_config {
 } edge_config;
 
 typedef struct edge_metrics {
-    dw_metric *connections, *ready, *msgs_in, *msgs_accepted, *msgs_failed, *deliveries,
-        *dups, *writes, *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny,
+    dw_metric *connections, *ready, *msgs_in, *msgs_accepted, *msgs_failed, *deliveries, *dups,
+        *writes, *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny,
         *rejected_auth, *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls,
-        *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle,
-        *closed_lifetime, *closed_too_large;
+        *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime,
+        *closed_too_large;
 } edge_metrics;
 
 typedef struct edge {

@@ -14,8 +14,7 @@ edge_frame *frame_text(const void *payload, size_t len)
     size_t hlen = frame_header_len(len);
     /* LWS_PRE headroom lets a large frame be handed to lws_write directly. */
     edge_frame *f = malloc(sizeof *f + LWS_PRE + hlen + len);
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     f->refs = 1;
     f->len = (uint32_t)(hlen + len);
     f->bytes = f->data + LWS_PRE;
@@ -32,13 +31,11 @@ edge_frame *frame_text(const void *payload, size_t len)
         for (int i = 0; i < 8; i++)
             h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
     }
-    if (len)
-        memcpy(h + hlen, payload, len);
+    if (len) memcpy(h + hlen, payload, len);
     return f;
 }
 
 void frame_unref(edge_frame *f)
 {
-    if (f && --f->refs == 0)
-        free(f);
+    if (f && --f->refs == 0) free(f);
 }

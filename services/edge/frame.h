@@ -12,8 +12,8 @@
 
 typedef struct edge_frame {
     uint32_t refs;
-    uint32_t len;          /* header + payload */
-    unsigned char *bytes;  /* points into data, after the lws headroom */
+    uint32_t len;         /* header + payload */
+    unsigned char *bytes; /* points into data, after the lws headroom */
     unsigned char data[];
 } edge_frame;
 

@@ -22,13 +22,11 @@ struct edge_jobs {
 
 void edge_job_free(edge_job *job)
 {
-    if (!job)
-        return;
+    if (!job) return;
     for (size_t i = 0; i < job->nmsgs; i++)
         dw__chat_message__free_unpacked(job->msgs[i].m, NULL);
     free(job->msgs);
-    if (job->presence)
-        dw__presence_reply__free_unpacked(job->presence, NULL);
+    if (job->presence) dw__presence_reply__free_unpacked(job->presence, NULL);
     free(job->ref);
     free(job);
 }
@@ -53,8 +51,7 @@ static int last_seq_of(edge_jobs *j, const char *room, uint64_t *out)
         *out = 0;
         return 0;
     }
-    if (s != NATS_OK)
-        return -1;
+    if (s != NATS_OK) return -1;
     *out = natsMsg_GetSequence(m);
     natsMsg_Destroy(m);
     return 0;
@@ -67,8 +64,7 @@ static int first_seq_of_stream(edge_jobs *j, uint64_t *out)
     jsOptions o;
     jsOptions_Init(&o);
     o.Wait = j->cfg.timeout_ms;
-    if (js_GetStreamInfo(&si, bridge_js(j->b), DW_STREAM_MSG, &o, &jerr) != NATS_OK)
-        return -1;
+    if (js_GetStreamInfo(&si, bridge_js(j->b), DW_STREAM_MSG, &o, &jerr) != NATS_OK) return -1;
     *out = si->State.FirstSeq;
     jsStreamInfo_Destroy(si);
     return 0;
@@ -78,8 +74,7 @@ static int push_msg(edge_job *job, size_t *cap, uint64_t seq, natsMsg *m)
 {
     Dw__ChatMessage *cm = dw__chat_message__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
                                                    (const uint8_t *)natsMsg_GetData(m));
-    if (!cm)
-        return 0; /* not ours to show: skip it */
+    if (!cm) return 0; /* not ours to show: skip it */
     if (job->nmsgs == *cap) {
         size_t ncap = *cap ? *cap * 2 : 64;
         edge_job_msg *n = realloc(job->msgs, ncap * sizeof *n);
@@ -104,8 +99,7 @@ static int read_range(edge_jobs *j, edge_job *job, uint64_t from, uint64_t to, u
 {
     char subj[DW_ROOM_MAX + 16];
     room_subject(subj, sizeof subj, job->room);
-    if (from > to)
-        return 0;
+    if (from > to) return 0;
     jsSubOptions so;
     jsSubOptions_Init(&so);
     so.Ordered = true;
@@ -114,8 +108,7 @@ static int read_range(edge_jobs *j, edge_job *job, uint64_t from, uint64_t to, u
     so.Stream = DW_STREAM_MSG;
     natsSubscription *sub = NULL;
     jsErrCode jerr = 0;
-    if (js_SubscribeSync(&sub, bridge_js(j->b), subj, NULL, &so, &jerr) != NATS_OK)
-        return -1;
+    if (js_SubscribeSync(&sub, bridge_js(j->b), subj, NULL, &so, &jerr) != NATS_OK) return -1;
     int rc = 0;
     size_t cap = 0;
     for (;;) {
@@ -153,8 +146,7 @@ static int read_range(edge_jobs *j, edge_job *job, uint64_t from, uint64_t to, u
             job->nmsgs--;
             rc = 1;
         }
-        if (seq >= to || pending == 0)
-            break;
+        if (seq >= to || pending == 0) break;
     }
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
@@ -194,8 +186,8 @@ static void run_join(edge_jobs *j, edge_job *job)
     po.MaxWait = j->cfg.timeout_ms;
     jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_Publish(&pa, bridge_js(j->b), dw_subj_conn_event(ev.kind), buf, (int)len,
-                              &po, &jerr);
+    natsStatus s =
+        js_Publish(&pa, bridge_js(j->b), dw_subj_conn_event(ev.kind), buf, (int)len, &po, &jerr);
     free(buf);
     if (s != NATS_OK) {
         job->error = "unavailable";
@@ -220,16 +212,14 @@ static void run_join(edge_jobs *j, edge_job *job)
                                                      (const uint8_t *)natsMsg_GetData(reply))
                             : NULL;
     bool ok = re && re->ok;
-    if (re)
-        dw__room_edges__free_unpacked(re, NULL);
+    if (re) dw__room_edges__free_unpacked(re, NULL);
     natsMsg_Destroy(reply);
     if (!ok || last_seq_of(j, job->room, &job->last_seq)) {
         job->error = "unavailable";
         return;
     }
     job->recovered = true;
-    if (!job->has_since || job->since >= job->last_seq)
-        return;
+    if (!job->has_since || job->since >= job->last_seq) return;
     uint64_t first = 0;
     if (first_seq_of_stream(j, &first)) {
         job->error = "unavailable";
@@ -257,10 +247,8 @@ static void run_history(edge_jobs *j, edge_job *job)
         return;
     }
     uint64_t end = job->before ? job->before - 1 : last;
-    if (end > last)
-        end = last;
-    if (!end || end < first)
-        return;
+    if (end > last) end = last;
+    if (!end || end < first) return;
     /* Streams read forwards: widen a window backwards until it holds a
      * page, or reaches the start of the stream. */
     uint64_t window = (uint64_t)job->limit * 8;
@@ -298,8 +286,7 @@ static void run_presence(edge_jobs *j, edge_job *job)
         job->presence = dw__presence_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
                                                    (const uint8_t *)natsMsg_GetData(reply));
     natsMsg_Destroy(reply);
-    if (!job->presence || !job->presence->ok)
-        job->error = "unavailable";
+    if (!job->presence || !job->presence->ok) job->error = "unavailable";
 }
 
 static void *worker_main(void *arg)
@@ -315,8 +302,7 @@ static void *worker_main(void *arg)
         }
         edge_job *job = j->head;
         j->head = job->next;
-        if (!j->head)
-            j->tail = NULL;
+        if (!j->head) j->tail = NULL;
         pthread_mutex_unlock(&j->lock);
         job->next = NULL;
 
@@ -339,8 +325,7 @@ static void *worker_main(void *arg)
 int edge_jobs_start(edge_jobs **out, edge_bridge *b, const edge_jobs_config *cfg)
 {
     edge_jobs *j = calloc(1, sizeof *j);
-    if (!j)
-        return -1;
+    if (!j) return -1;
     j->cfg = *cfg;
     j->b = b;
     pthread_mutex_init(&j->lock, NULL);
@@ -376,8 +361,7 @@ void edge_jobs_submit(edge_jobs *j, edge_job *job)
 
 void edge_jobs_stop(edge_jobs *j)
 {
-    if (!j)
-        return;
+    if (!j) return;
     pthread_mutex_lock(&j->lock);
     j->stopping = true;
     pthread_cond_broadcast(&j->cond);

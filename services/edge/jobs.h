@@ -16,7 +16,7 @@ typedef enum { JOB_JOIN, JOB_HISTORY, JOB_PRESENCE } edge_job_kind;
 
 typedef struct edge_job_msg {
     uint64_t seq;
-    Dw__ChatMessage *m;   /* owned */
+    Dw__ChatMessage *m; /* owned */
 } edge_job_msg;
 
 typedef struct edge_job {
@@ -26,18 +26,18 @@ typedef struct edge_job {
     char conn_id[DW_ID_LEN + 1];
     char room[DW_ROOM_MAX + 1];
     char user[V1_USER_MAX + 1];
-    char *ref;              /* the request's ref (JSON text), owned */
+    char *ref; /* the request's ref (JSON text), owned */
     bool has_since;
     uint64_t since;
-    uint64_t before;        /* history: 0 = up to now */
+    uint64_t before; /* history: 0 = up to now */
     uint32_t limit;
     char after[V1_USER_MAX + 1];
     /* output */
-    const char *error;      /* NULL, or a v1 error code ("unavailable") */
-    uint64_t last_seq;      /* join: the room's last seq when the join took effect */
+    const char *error; /* NULL, or a v1 error code ("unavailable") */
+    uint64_t last_seq; /* join: the room's last seq when the join took effect */
     bool recovered;
     bool more;
-    edge_job_msg *msgs;     /* oldest first */
+    edge_job_msg *msgs; /* oldest first */
     size_t nmsgs;
     Dw__PresenceReply *presence;
 } edge_job;
@@ -47,8 +47,8 @@ typedef struct edge_jobs edge_jobs;
 typedef struct edge_jobs_config {
     const char *edge_id;
     int threads;
-    int64_t timeout_ms;       /* each bus call */
-    uint32_t resume_max;      /* more missed messages than this: recovered=false */
+    int64_t timeout_ms;  /* each bus call */
+    uint32_t resume_max; /* more missed messages than this: recovered=false */
 } edge_jobs_config;
 
 int edge_jobs_start(edge_jobs **out, edge_bridge *b, const edge_jobs_config *cfg);

@@ -7,8 +7,10 @@
 #include "dw/log.h"
 #include "edge.h"
 
-#define F(name, type, field, def, min, max, help) \
-    {name, type, offsetof(edge_config, field), def, min, max, help}
+#define F(name, type, field, def, min, max, help)                                                  \
+    {                                                                                              \
+        name, type, offsetof(edge_config, field), def, min, max, help                              \
+    }
 
 static const dw_cfg_field fields[] = {
     F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
@@ -46,7 +48,8 @@ static const dw_cfg_field fields[] = {
     F("JWT_SECRET_FILE", DW_CFG_STR, jwt_secret_file, "", 0, 0, "HS256 secret (>= 32 bytes)"),
     F("JWT_SECRET_PREV_FILE", DW_CFG_STR, jwt_secret_prev_file, "", 0, 0,
       "the previous secret, still accepted during a rotation"),
-    F("JWT_AUDIENCE", DW_CFG_STR, jwt_audience, "", 0, 0, "required aud claim (empty: not checked)"),
+    F("JWT_AUDIENCE", DW_CFG_STR, jwt_audience, "", 0, 0,
+      "required aud claim (empty: not checked)"),
     F("JWT_LEEWAY_S", DW_CFG_INT, jwt_leeway_s, "30", 0, 3600, "clock skew allowed on exp and nbf"),
     F("MSG_RATE", DW_CFG_INT, msg_rate, "10", 0, 1000000000,
       "messages/s per connection (0: unlimited)"),

@@ -22,8 +22,7 @@ static int for_each_entry(const char *spec, int (*fn)(const char *, size_t, void
     const char *p = spec;
     for (;;) {
         const char *end = strchr(p, ',');
-        if (!end)
-            end = p + strlen(p);
+        if (!end) end = p + strlen(p);
         const char *s = p, *e = end;
         while (s < e && is_space(*s))
             s++;
@@ -31,11 +30,9 @@ static int for_each_entry(const char *spec, int (*fn)(const char *, size_t, void
             e--;
         if (e > s) {
             int rc = fn(s, (size_t)(e - s), arg);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
-        if (!*end)
-            return 0;
+        if (!*end) return 0;
         p = end + 1;
     }
 }
@@ -64,10 +61,8 @@ static int addr_parse(const char *text, uint8_t out[16])
 static int prefix_match(const uint8_t *a, const uint8_t *net, unsigned prefix)
 {
     unsigned full = prefix / 8, rest = prefix % 8;
-    if (memcmp(a, net, full) != 0)
-        return 0;
-    if (rest == 0)
-        return 1;
+    if (memcmp(a, net, full) != 0) return 0;
+    if (rest == 0) return 1;
     uint8_t mask = (uint8_t)(0xff00u >> rest);
     return (a[full] & mask) == (net[full] & mask);
 }
@@ -118,8 +113,7 @@ static int deny_entry(const char *s, size_t n, void *arg)
         return -1;
     }
     long max = v4 ? 32 : 128;
-    if (prefix < 0)
-        prefix = max;
+    if (prefix < 0) prefix = max;
     if (prefix > max) {
         c->why = "CIDR prefix length out of range";
         return -1;
@@ -150,11 +144,9 @@ static int deny_entry(const char *s, size_t n, void *arg)
 int nf_denylist_parse(const char *spec, nf_denylist *out, const char **why)
 {
     const char *dummy;
-    if (!why)
-        why = &dummy;
+    if (!why) why = &dummy;
     memset(out, 0, sizeof *out);
-    if (!spec)
-        return 0;
+    if (!spec) return 0;
     struct deny_ctx c = {.l = out, .cap = 0, .why = NULL};
     if (for_each_entry(spec, deny_entry, &c)) {
         *why = c.why;
@@ -166,8 +158,7 @@ int nf_denylist_parse(const char *spec, nf_denylist *out, const char **why)
 
 void nf_denylist_free(nf_denylist *l)
 {
-    if (!l)
-        return;
+    if (!l) return;
     free(l->v);
     l->v = NULL;
     l->n = 0;
@@ -176,16 +167,14 @@ void nf_denylist_free(nf_denylist *l)
 int nf_denylist_match16(const nf_denylist *l, const uint8_t addr[16])
 {
     for (size_t i = 0; i < l->n; i++)
-        if (prefix_match(addr, l->v[i].addr, l->v[i].prefix))
-            return 1;
+        if (prefix_match(addr, l->v[i].addr, l->v[i].prefix)) return 1;
     return 0;
 }
 
 int nf_denylist_match(const nf_denylist *l, const char *ip)
 {
     uint8_t a[16];
-    if (!ip || addr_parse(ip, a) < 0)
-        return -1;
+    if (!ip || addr_parse(ip, a) < 0) return -1;
     return nf_denylist_match16(l, a);
 }
 
@@ -224,24 +213,20 @@ static int origin_parse(const char *s, size_t n, origin_view *v)
     size_t h = i;
     if (i < n && s[i] == '[') {
         const char *close = memchr(s + i, ']', n - i);
-        if (!close)
-            return -1;
+        if (!close) return -1;
         size_t inner = (size_t)(close - (s + i)) - 1;
         char buf[INET6_ADDRSTRLEN + 1];
         uint8_t a[16];
-        if (inner == 0 || inner > INET6_ADDRSTRLEN)
-            return -1;
+        if (inner == 0 || inner > INET6_ADDRSTRLEN) return -1;
         memcpy(buf, s + i + 1, inner);
         buf[inner] = '\0';
-        if (inet_pton(AF_INET6, buf, a) != 1)
-            return -1;
+        if (inet_pton(AF_INET6, buf, a) != 1) return -1;
         i = (size_t)(close - s) + 1;
     } else {
         while (i < n && (isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '.' || s[i] == '_'))
             i++;
     }
-    if (i == h || i - h > HOST_MAX)
-        return -1;
+    if (i == h || i - h > HOST_MAX) return -1;
     v->host = s + h;
     v->host_len = i - h;
     v->port = default_port(v->scheme, v->scheme_len);
@@ -251,8 +236,7 @@ static int origin_parse(const char *s, size_t n, origin_view *v)
         long port = 0;
         while (i < n && s[i] >= '0' && s[i] <= '9' && i - d < 5)
             port = port * 10 + (s[i++] - '0');
-        if (i == d || port < 1 || port > 65535)
-            return -1;
+        if (i == d || port < 1 || port > 65535) return -1;
         v->port = (int)port;
     }
     return i == n ? 0 : -1;
@@ -261,8 +245,7 @@ static int origin_parse(const char *s, size_t n, origin_view *v)
 static char *lower_dup(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     for (size_t i = 0; i < n; i++)
         d[i] = (char)tolower((unsigned char)s[i]);
     d[n] = '\0';
@@ -290,8 +273,7 @@ static int origin_entry(const char *s, size_t n, void *arg)
     if (c->l->n == c->cap) {
         size_t ncap = c->cap ? c->cap * 2 : 8;
         nf_origin *nv = realloc(c->l->v, ncap * sizeof *nv);
-        if (!nv)
-            goto oom;
+        if (!nv) goto oom;
         c->l->v = nv;
         c->cap = ncap;
     }
@@ -300,8 +282,7 @@ static int origin_entry(const char *s, size_t n, void *arg)
     o->host = lower_dup(v.host, v.host_len);
     o->port = v.port;
     c->l->n++;
-    if (!o->scheme || !o->host)
-        goto oom;
+    if (!o->scheme || !o->host) goto oom;
     return 0;
 oom:
     c->why = "out of memory";
@@ -311,11 +292,9 @@ oom:
 int nf_origins_parse(const char *spec, nf_origins *out, const char **why)
 {
     const char *dummy;
-    if (!why)
-        why = &dummy;
+    if (!why) why = &dummy;
     memset(out, 0, sizeof *out);
-    if (!spec)
-        return 0;
+    if (!spec) return 0;
     struct origin_ctx c = {.l = out, .cap = 0, .why = NULL};
     if (for_each_entry(spec, origin_entry, &c)) {
         *why = c.why;
@@ -327,8 +306,7 @@ int nf_origins_parse(const char *spec, nf_origins *out, const char **why)
 
 void nf_origins_free(nf_origins *l)
 {
-    if (!l)
-        return;
+    if (!l) return;
     for (size_t i = 0; i < l->n; i++) {
         free(l->v[i].scheme);
         free(l->v[i].host);
@@ -341,13 +319,12 @@ void nf_origins_free(nf_origins *l)
 int nf_origins_match(const nf_origins *l, const char *origin)
 {
     origin_view v;
-    if (!origin || origin_parse(origin, strlen(origin), &v))
-        return 0;
+    if (!origin || origin_parse(origin, strlen(origin), &v)) return 0;
     for (size_t i = 0; i < l->n; i++) {
         const nf_origin *o = &l->v[i];
         if (o->port == v.port && strlen(o->scheme) == v.scheme_len &&
-            strncasecmp(o->scheme, v.scheme, v.scheme_len) == 0 &&
-            strlen(o->host) == v.host_len && strncasecmp(o->host, v.host, v.host_len) == 0)
+            strncasecmp(o->scheme, v.scheme, v.scheme_len) == 0 && strlen(o->host) == v.host_len &&
+            strncasecmp(o->host, v.host, v.host_len) == 0)
             return 1;
     }
     return 0;

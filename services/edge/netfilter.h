@@ -44,8 +44,8 @@ int nf_denylist_match16(const nf_denylist *l, const uint8_t addr[16]);
  * "https://a.example" and "https://a.example:443" are the same. */
 typedef struct nf_origin {
     char *scheme;
-    char *host;   /* an IPv6 literal keeps its brackets */
-    int port;     /* -1: no port and no default for the scheme */
+    char *host; /* an IPv6 literal keeps its brackets */
+    int port;   /* -1: no port and no default for the scheme */
 } nf_origin;
 
 typedef struct nf_origins {

@@ -15,7 +15,7 @@
 typedef struct edge_outbox {
     edge_frame **ring;
     uint32_t cap, head, count;
-    size_t bytes;           /* queued frame bytes not yet written */
+    size_t bytes; /* queued frame bytes not yet written */
 } edge_outbox;
 
 /* Queue a new reference to f (the outbox takes it). 0, or -1 out of memory. */

@@ -12,8 +12,7 @@ static void bad(v1_request *r, const char *code, const char *msg)
 
 bool v1_name_valid(const char *name, size_t len)
 {
-    if (!name || len == 0 || len > 64)
-        return false;
+    if (!name || len == 0 || len > 64) return false;
     for (size_t i = 0; i < len; i++) {
         char c = name[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -78,14 +77,12 @@ static int parse_send(json_t *root, v1_request *r)
     if (json_is_string(data)) {
         size_t n = json_string_length(data);
         r->data = malloc(n + 1);
-        if (!r->data)
-            return -1;
+        if (!r->data) return -1;
         memcpy(r->data, json_string_value(data), n + 1);
         r->data_len = n;
     } else {
         r->data = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!r->data)
-            return -1;
+        if (!r->data) return -1;
         r->data_len = strlen(r->data);
         r->data_json = true;
     }
@@ -117,8 +114,7 @@ int v1_parse(const char *buf, size_t len, v1_request *r)
     if (!action) {
         bad(r, "bad_request", "\"action\" is required");
     } else if (!strcmp(action, "sendmessage")) {
-        if (!take_room(root, r))
-            rc = parse_send(root, r);
+        if (!take_room(root, r)) rc = parse_send(root, r);
     } else if (!strcmp(action, "join")) {
         if (!take_room(root, r)) {
             json_t *since = json_object_get(root, "since");
@@ -131,8 +127,7 @@ int v1_parse(const char *buf, size_t len, v1_request *r)
             }
         }
     } else if (!strcmp(action, "leave")) {
-        if (!take_room(root, r))
-            r->action = V1_LEAVE;
+        if (!take_room(root, r)) r->action = V1_LEAVE;
     } else if (!strcmp(action, "history")) {
         if (!take_room(root, r)) {
             json_t *before = json_object_get(root, "before");
@@ -165,8 +160,7 @@ int v1_parse(const char *buf, size_t len, v1_request *r)
         bad(r, "bad_request", "unknown action");
     }
     json_decref(root);
-    if (rc)
-        v1_request_free(r);
+    if (rc) v1_request_free(r);
     return rc;
 }
 
@@ -180,17 +174,14 @@ void v1_request_free(v1_request *r)
 /* Adds "ref" (given as JSON text) to o, then dumps and frees o. */
 static char *finish(json_t *o, const char *ref, size_t *len)
 {
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     if (ref) {
         json_t *rv = json_loads(ref, JSON_DECODE_ANY, NULL);
-        if (rv)
-            json_object_set_new(o, "ref", rv);
+        if (rv) json_object_set_new(o, "ref", rv);
     }
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (s)
-        *len = strlen(s);
+    if (s) *len = strlen(s);
     return s;
 }
 
@@ -238,19 +229,16 @@ char *v1_ack(const char *id, const char *room, uint64_t seq, const char *ref, si
 
 char *v1_presence_event(const char *type, const char *room, const char *user, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s, s:o}", "type", type, "room", room, "user", str(user)),
-                  NULL, len);
+    return finish(json_pack("{s:s, s:s, s:o}", "type", type, "room", room, "user", str(user)), NULL,
+                  len);
 }
 
 json_t *v1_message_obj(const v1_msg *m)
 {
     json_t *data = NULL;
-    if (m->data_json)
-        data = json_loadb(m->data, m->data_len, JSON_DECODE_ANY, NULL);
-    if (!data)
-        data = json_stringn(m->data ? m->data : "", m->data_len);
-    if (!data)
-        data = json_string(""); /* not UTF-8: cannot be a JSON string */
+    if (m->data_json) data = json_loadb(m->data, m->data_len, JSON_DECODE_ANY, NULL);
+    if (!data) data = json_stringn(m->data ? m->data : "", m->data_len);
+    if (!data) data = json_string(""); /* not UTF-8: cannot be a JSON string */
     return json_pack("{s:s, s:s, s:I, s:o, s:o, s:o, s:I}", "type", "message", "room", m->room,
                      "seq", (json_int_t)m->seq, "id", str(m->id), "from", str(m->from), "data",
                      data, "ts", (json_int_t)m->ts_ms);
@@ -273,8 +261,8 @@ char *v1_presence(const char *room, const char *const *users, const uint32_t *co
 {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++)
-        json_array_append_new(arr, json_pack("{s:o, s:i}", "user", str(users[i]), "connections",
-                                             (int)conns[i]));
+        json_array_append_new(
+            arr, json_pack("{s:o, s:i}", "user", str(users[i]), "connections", (int)conns[i]));
     return finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "presence", "room", room, "users",
                             arr ? arr : json_array(), "more", more),
                   ref, len);

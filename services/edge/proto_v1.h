@@ -17,7 +17,7 @@
 #define V1_HISTORY_MAX 100
 
 typedef enum {
-    V1_BAD = 0,      /* error_code / error_msg say why */
+    V1_BAD = 0, /* error_code / error_msg say why */
     V1_JOIN,
     V1_LEAVE,
     V1_SEND,
@@ -30,16 +30,16 @@ typedef struct v1_request {
     char room[DW_ROOM_MAX + 1];
     bool has_since;
     uint64_t since;
-    uint64_t before;            /* 0: none */
-    uint32_t limit;             /* history / presence page size */
+    uint64_t before; /* 0: none */
+    uint32_t limit;  /* history / presence page size */
     char after[V1_USER_MAX + 1];
-    char *data;                 /* sendmessage: string content or JSON text */
+    char *data; /* sendmessage: string content or JSON text */
     size_t data_len;
-    bool data_json;             /* data is JSON text, not a string's content */
+    bool data_json; /* data is JSON text, not a string's content */
     char client_id[V1_CLIENT_ID_MAX + 1];
     bool exclude_self;
-    char *ref;                  /* the request's "ref" as JSON text, or NULL */
-    const char *error_code;     /* V1_BAD */
+    char *ref;              /* the request's "ref" as JSON text, or NULL */
+    const char *error_code; /* V1_BAD */
     const char *error_msg;
 } v1_request;
 

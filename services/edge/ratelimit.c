@@ -15,12 +15,9 @@ void rl_bucket_init(rl_bucket *b, uint64_t rate, uint64_t burst, int64_t now_ns)
 {
     /* Both capped at 1e9 so that level (<= burst * 1e9) and a refill step
      * (< need + rate) stay below 2^63. */
-    if (rate > RL_BURST_MAX)
-        rate = RL_BURST_MAX;
-    if (burst < 1)
-        burst = 1;
-    if (burst > RL_BURST_MAX)
-        burst = RL_BURST_MAX;
+    if (rate > RL_BURST_MAX) rate = RL_BURST_MAX;
+    if (burst < 1) burst = 1;
+    if (burst > RL_BURST_MAX) burst = RL_BURST_MAX;
     b->rate = rate;
     b->burst = burst;
     b->level = burst * NS_PER_S;
@@ -29,13 +26,11 @@ void rl_bucket_init(rl_bucket *b, uint64_t rate, uint64_t burst, int64_t now_ns)
 
 static void refill(rl_bucket *b, int64_t now_ns)
 {
-    if (now_ns <= b->last_ns)
-        return;
+    if (now_ns <= b->last_ns) return;
     uint64_t elapsed = (uint64_t)now_ns - (uint64_t)b->last_ns;
     uint64_t full = b->burst * NS_PER_S;
     b->last_ns = now_ns;
-    if (b->level >= full)
-        return;
+    if (b->level >= full) return;
     uint64_t need = full - b->level;
     uint64_t to_full = (need + b->rate - 1) / b->rate;
     if (elapsed >= to_full)
@@ -46,10 +41,8 @@ static void refill(rl_bucket *b, int64_t now_ns)
 
 int64_t rl_take(rl_bucket *b, int64_t now_ns, uint64_t n)
 {
-    if (b->rate == 0)
-        return 0;
-    if (n > b->burst)
-        return RL_NEVER;
+    if (b->rate == 0) return 0;
+    if (n > b->burst) return RL_NEVER;
     refill(b, now_ns);
     uint64_t cost = n * NS_PER_S;
     if (b->level >= cost) {
@@ -63,8 +56,7 @@ int64_t rl_take(rl_bucket *b, int64_t now_ns, uint64_t n)
 
 uint64_t rl_available(rl_bucket *b, int64_t now_ns)
 {
-    if (b->rate == 0)
-        return b->burst;
+    if (b->rate == 0) return b->burst;
     refill(b, now_ns);
     return b->level / NS_PER_S;
 }
@@ -81,8 +73,7 @@ typedef struct rl_ipentry {
 int rl_ip_parse(const char *text, rl_ip *out)
 {
     struct in_addr a4;
-    if (!text)
-        return -1;
+    if (!text) return -1;
     if (inet_pton(AF_INET, text, &a4) == 1) {
         memset(out->b, 0, 10);
         out->b[10] = 0xff;
@@ -90,8 +81,7 @@ int rl_ip_parse(const char *text, rl_ip *out)
         memcpy(out->b + 12, &a4, 4);
         return 0;
     }
-    if (inet_pton(AF_INET6, text, out->b) == 1)
-        return 0;
+    if (inet_pton(AF_INET6, text, out->b) == 1) return 0;
     return -1;
 }
 
@@ -169,8 +159,7 @@ static int is_v4_mapped(const rl_ip *ip)
 static rl_ip key_of(const rl_iptable *t, const rl_ip *ip)
 {
     rl_ip k = *ip;
-    if (is_v4_mapped(ip) || t->cfg.v6_prefix >= 128)
-        return k;
+    if (is_v4_mapped(ip) || t->cfg.v6_prefix >= 128) return k;
     uint32_t bits = t->cfg.v6_prefix;
     for (uint32_t i = 0; i < 16; i++) {
         if (bits >= 8) {
@@ -206,8 +195,7 @@ static void slot_remove(rl_iptable *t, uint32_t s)
     uint32_t j = s;
     for (;;) {
         j = (j + 1) & mask;
-        if (!t->slots[j])
-            return;
+        if (!t->slots[j]) return;
         uint32_t h = home_slot(t, &t->e[t->slots[j] - 1].key);
         /* Move j into the hole unless its home lies cyclically in (s, j]. */
         int stays = s <= j ? (h > s && h <= j) : (h > s || h <= j);
@@ -248,8 +236,7 @@ static void idle_append(rl_iptable *t, uint32_t i)
 int rl_iptable_init(rl_iptable *t, const rl_iptable_config *c, const uint8_t *seed)
 {
     memset(t, 0, sizeof *t);
-    if (c->max_entries == 0 || c->max_entries > (1u << 30) || c->v6_prefix == 0)
-        return -1;
+    if (c->max_entries == 0 || c->max_entries > (1u << 30) || c->v6_prefix == 0) return -1;
     t->cfg = *c;
     uint8_t key[16];
     if (seed)
@@ -263,8 +250,7 @@ int rl_iptable_init(rl_iptable *t, const rl_iptable_config *c, const uint8_t *se
         t->nslots <<= 1;
     t->e = calloc(c->max_entries, sizeof *t->e);
     t->slots = calloc(t->nslots, sizeof *t->slots);
-    if (!t->e || !t->slots)
-        goto error;
+    if (!t->e || !t->slots) goto error;
     t->idle_head = t->idle_tail = NONE;
     return 0;
 
@@ -275,8 +261,7 @@ error:
 
 void rl_iptable_free(rl_iptable *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     free(t->e);
     free(t->slots);
     memset(t, 0, sizeof *t);
@@ -291,8 +276,7 @@ static uint32_t entry_take(rl_iptable *t)
         return t->free_head++;
     }
     uint32_t i = t->idle_head;
-    if (i == NONE)
-        return NONE;
+    if (i == NONE) return NONE;
     idle_unlink(t, i);
     slot_remove(t, find_slot(t, &t->e[i].key));
     return i;
@@ -307,8 +291,7 @@ rl_verdict rl_ip_conn_open(rl_iptable *t, const rl_ip *ip, int64_t now_ns, int64
         i = t->slots[s] - 1;
     } else {
         i = entry_take(t);
-        if (i == NONE)
-            return RL_DENY_TABLE_FULL;
+        if (i == NONE) return RL_DENY_TABLE_FULL;
         /* Eviction may have shifted slots: look for the hole again. */
         s = find_slot(t, &k);
         rl_ipentry *e = &t->e[i];
@@ -320,12 +303,10 @@ rl_verdict rl_ip_conn_open(rl_iptable *t, const rl_ip *ip, int64_t now_ns, int64
         t->slots[s] = i + 1;
     }
     rl_ipentry *e = &t->e[i];
-    if (t->cfg.max_conns && e->conns >= t->cfg.max_conns)
-        return RL_DENY_CONCURRENT;
+    if (t->cfg.max_conns && e->conns >= t->cfg.max_conns) return RL_DENY_CONCURRENT;
     int64_t wait = rl_take(&e->bucket, now_ns, 1);
     if (wait) {
-        if (retry_ms)
-            *retry_ms = wait;
+        if (retry_ms) *retry_ms = wait;
         if (e->conns == 0) {
             /* Still busy knocking: keep it away from eviction. */
             idle_unlink(t, i);
@@ -333,8 +314,7 @@ rl_verdict rl_ip_conn_open(rl_iptable *t, const rl_ip *ip, int64_t now_ns, int64
         }
         return RL_DENY_RATE;
     }
-    if (e->conns++ == 0)
-        idle_unlink(t, i);
+    if (e->conns++ == 0) idle_unlink(t, i);
     return RL_ALLOW;
 }
 
@@ -342,14 +322,11 @@ void rl_ip_conn_close(rl_iptable *t, const rl_ip *ip)
 {
     rl_ip k = key_of(t, ip);
     uint32_t s = find_slot(t, &k);
-    if (!t->slots[s])
-        return;
+    if (!t->slots[s]) return;
     uint32_t i = t->slots[s] - 1;
     rl_ipentry *e = &t->e[i];
-    if (e->conns == 0)
-        return;
-    if (--e->conns == 0)
-        idle_append(t, i);
+    if (e->conns == 0) return;
+    if (--e->conns == 0) idle_append(t, i);
 }
 
 uint32_t rl_ip_conns(const rl_iptable *t, const rl_ip *ip)
@@ -375,8 +352,7 @@ void rl_strike_policy_default(rl_strike_policy *p)
 
 rl_strike_action rl_strike(rl_strikes *s, const rl_strike_policy *p, int64_t now_ns)
 {
-    if (s->count && now_ns - s->first_ns >= p->window_ns)
-        s->count = 0;
+    if (s->count && now_ns - s->first_ns >= p->window_ns) s->count = 0;
     if (s->count == 0) {
         s->count = 1;
         s->first_ns = s->last_ns = now_ns;

@@ -9,17 +9,17 @@
 #include <stdint.h>
 
 /* Defaults (API Gateway's and Pusher's numbers); each has a config knob. */
-#define RL_CONN_MSG_RATE 10       /* per connection: messages/s (Pusher) */
+#define RL_CONN_MSG_RATE 10 /* per connection: messages/s (Pusher) */
 #define RL_CONN_MSG_BURST 20
-#define RL_EDGE_MSG_RATE 10000    /* whole edge: inbound messages/s (API Gateway) */
+#define RL_EDGE_MSG_RATE 10000 /* whole edge: inbound messages/s (API Gateway) */
 #define RL_EDGE_MSG_BURST 5000
-#define RL_EDGE_CONN_RATE 500     /* whole edge: new connections/s (API Gateway) */
+#define RL_EDGE_CONN_RATE 500 /* whole edge: new connections/s (API Gateway) */
 #define RL_EDGE_CONN_BURST 500
-#define RL_IP_MAX_CONNS 100       /* per source IP: concurrent connections */
-#define RL_IP_CONN_RATE 20        /* per source IP: new connections/s */
+#define RL_IP_MAX_CONNS 100 /* per source IP: concurrent connections */
+#define RL_IP_CONN_RATE 20  /* per source IP: new connections/s */
 #define RL_IP_CONN_BURST 50
-#define RL_IP_TABLE_MAX 65536     /* source IPs remembered at once */
-#define RL_IP_V6_PREFIX 64        /* IPv6 sources are counted per /64 */
+#define RL_IP_TABLE_MAX 65536 /* source IPs remembered at once */
+#define RL_IP_V6_PREFIX 64    /* IPv6 sources are counted per /64 */
 
 /* Largest burst a bucket holds (keeps the fixed-point math in 64 bits). */
 #define RL_BURST_MAX 1000000000u
@@ -29,10 +29,10 @@
 /* A token bucket: holds up to `burst` tokens, refilled at `rate` per
  * second. Levels are kept in token-nanoseconds so refills are exact. */
 typedef struct rl_bucket {
-    uint64_t rate;     /* tokens per second; 0 = unlimited */
-    uint64_t burst;    /* capacity in tokens */
-    uint64_t level;    /* tokens * 1e9 */
-    int64_t last_ns;   /* time of the last refill */
+    uint64_t rate;   /* tokens per second; 0 = unlimited */
+    uint64_t burst;  /* capacity in tokens */
+    uint64_t level;  /* tokens * 1e9 */
+    int64_t last_ns; /* time of the last refill */
 } rl_bucket;
 
 /* Start full at now_ns. rate 0 disables the bucket (every take passes);
@@ -58,11 +58,11 @@ typedef struct rl_ip {
 int rl_ip_parse(const char *text, rl_ip *out);
 
 typedef struct rl_iptable_config {
-    uint32_t max_entries;   /* table bound (RL_IP_TABLE_MAX) */
-    uint32_t max_conns;     /* concurrent connections per IP; 0 = unlimited */
-    uint32_t conn_rate;     /* new connections/s per IP; 0 = unlimited */
+    uint32_t max_entries; /* table bound (RL_IP_TABLE_MAX) */
+    uint32_t max_conns;   /* concurrent connections per IP; 0 = unlimited */
+    uint32_t conn_rate;   /* new connections/s per IP; 0 = unlimited */
     uint32_t conn_burst;
-    uint32_t v6_prefix;     /* IPv6 addresses are keyed by this prefix (1..128) */
+    uint32_t v6_prefix; /* IPv6 addresses are keyed by this prefix (1..128) */
 } rl_iptable_config;
 
 /* Fills the RL_IP_* defaults. */
@@ -85,12 +85,12 @@ struct rl_ipentry;
 typedef struct rl_iptable {
     rl_iptable_config cfg;
     struct rl_ipentry *e;
-    uint32_t *slots;           /* open addressing: entry index + 1, 0 = empty */
-    uint32_t nslots;           /* power of two, >= 2 * max_entries */
-    uint32_t used;             /* entries in the table */
-    uint32_t free_head;        /* never-used entries are handed out in order */
+    uint32_t *slots;               /* open addressing: entry index + 1, 0 = empty */
+    uint32_t nslots;               /* power of two, >= 2 * max_entries */
+    uint32_t used;                 /* entries in the table */
+    uint32_t free_head;            /* never-used entries are handed out in order */
     uint32_t idle_head, idle_tail; /* LRU list of entries without connections */
-    uint64_t k0, k1;           /* SipHash key: peers cannot aim at one slot */
+    uint64_t k0, k1;               /* SipHash key: peers cannot aim at one slot */
 } rl_iptable;
 
 /* seed: 16 bytes for the hash key, or NULL to draw them from the OS CSPRNG.
@@ -117,9 +117,9 @@ uint32_t rl_iptable_size(const rl_iptable *t);
  * count as one strike, so a single burst is one strike however many frames
  * it held; more than max_strikes strikes within window closes. */
 typedef struct rl_strike_policy {
-    uint32_t max_strikes;   /* default 5 */
-    int64_t strike_gap_ns;  /* default 1 s; 0 = every violation is a strike */
-    int64_t window_ns;      /* default 60 s */
+    uint32_t max_strikes;  /* default 5 */
+    int64_t strike_gap_ns; /* default 1 s; 0 = every violation is a strike */
+    int64_t window_ns;     /* default 60 s */
 } rl_strike_policy;
 
 void rl_strike_policy_default(rl_strike_policy *p);

@@ -41,37 +41,31 @@ void rooms_free(edge_rooms *rs)
 
 edge_room *rooms_get(const edge_rooms *rs, const char *name)
 {
-    if (!rs->nbuckets)
-        return NULL;
+    if (!rs->nbuckets) return NULL;
     for (edge_room *r = rs->buckets[hash_name(name, rs->nbuckets - 1)]; r; r = r->next)
-        if (!strcmp(r->name, name))
-            return r;
+        if (!strcmp(r->name, name)) return r;
     return NULL;
 }
 
 int rooms_join(edge_rooms *rs, edge_session *s, const char *name)
 {
     size_t nlen = strlen(name);
-    if (nlen > DW_ROOM_MAX)
-        return -1;
+    if (nlen > DW_ROOM_MAX) return -1;
     edge_room *r = rooms_get(rs, name);
     if (r) {
         for (uint16_t i = 0; i < s->nrooms; i++)
-            if (s->rooms[i].room == r)
-                return 1;
+            if (s->rooms[i].room == r) return 1;
     }
     if (s->nrooms == s->rooms_cap) {
         uint16_t ncap = s->rooms_cap ? (uint16_t)(s->rooms_cap * 2) : 1;
         edge_membership *m = realloc(s->rooms, ncap * sizeof *m);
-        if (!m)
-            return -1;
+        if (!m) return -1;
         s->rooms = m;
         s->rooms_cap = ncap;
     }
     if (!r) {
         r = calloc(1, sizeof *r);
-        if (!r)
-            return -1;
+        if (!r) return -1;
         memcpy(r->name, name, nlen + 1);
         size_t b = hash_name(name, rs->nbuckets - 1);
         r->next = rs->buckets[b];
@@ -81,8 +75,7 @@ int rooms_join(edge_rooms *rs, edge_session *s, const char *name)
     if (r->count == r->cap) {
         uint32_t ncap = r->cap ? r->cap * 2 : 8;
         edge_session **m = realloc(r->members, ncap * sizeof *m);
-        if (!m)
-            return -1; /* an empty new room stays; it is reused or freed later */
+        if (!m) return -1; /* an empty new room stays; it is reused or freed later */
         r->members = m;
         r->cap = ncap;
     }
@@ -109,8 +102,7 @@ static void room_unlink(edge_rooms *rs, edge_room *r)
 edge_membership *rooms_membership(edge_session *s, const edge_room *room)
 {
     for (uint16_t i = 0; i < s->nrooms; i++)
-        if (s->rooms[i].room == room)
-            return &s->rooms[i];
+        if (s->rooms[i].room == room) return &s->rooms[i];
     return NULL;
 }
 
@@ -134,21 +126,17 @@ static void detach(edge_rooms *rs, edge_session *s, edge_room *r, uint32_t idx)
     r->count--;
     if (last != s) {
         edge_membership *lm = rooms_membership(last, r);
-        if (lm)
-            lm->idx = idx;
+        if (lm) lm->idx = idx;
     }
-    if (!r->count)
-        room_unlink(rs, r);
+    if (!r->count) room_unlink(rs, r);
 }
 
 void rooms_leave(edge_rooms *rs, edge_session *s, const char *name)
 {
     edge_room *r = rooms_get(rs, name);
-    if (!r)
-        return;
+    if (!r) return;
     for (uint16_t i = 0; i < s->nrooms; i++) {
-        if (s->rooms[i].room != r)
-            continue;
+        if (s->rooms[i].room != r) continue;
         rooms_release_held(&s->rooms[i]);
         detach(rs, s, r, s->rooms[i].idx);
         s->rooms[i] = s->rooms[--s->nrooms];

@@ -43,7 +43,7 @@ typedef struct edge_membership {
     uint32_t idx;
     bool joining;
     bool leave_after_join;
-    uint64_t floor_seq;     /* replayed up to here: live copies of these are dropped */
+    uint64_t floor_seq; /* replayed up to here: live copies of these are dropped */
     edge_held *held, *held_tail;
 } edge_membership;
 

@@ -11,8 +11,7 @@ static int take_text(json_t *v, edge_request *out)
     if (json_is_string(v)) {
         size_t n = json_string_length(v);
         out->data = malloc(n + 1);
-        if (!out->data)
-            return -1;
+        if (!out->data) return -1;
         memcpy(out->data, json_string_value(v), n);
         out->data[n] = '\0';
         out->data_len = n;
@@ -21,8 +20,7 @@ static int take_text(json_t *v, edge_request *out)
     /* The AWS sample posts whatever "data" holds; a non-string goes out as
      * its compact JSON text. */
     out->data = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!out->data)
-        return -1;
+    if (!out->data) return -1;
     out->data_len = strlen(out->data);
     return 0;
 }
@@ -43,8 +41,7 @@ int routes_parse(const char *buf, size_t len, edge_request *out)
         return 0;
     }
     json_t *v = json_object_get(root, "data");
-    if (!v || json_is_null(v))
-        v = json_object_get(root, "message");
+    if (!v || json_is_null(v)) v = json_object_get(root, "message");
     if (!v || json_is_null(v)) {
         out->route = ROUTE_BAD_REQUEST;
         out->error = "sendmessage needs \"data\" or \"message\"";
@@ -53,8 +50,7 @@ int routes_parse(const char *buf, size_t len, edge_request *out)
     }
     int rc = take_text(v, out);
     json_decref(root);
-    if (rc)
-        return -1;
+    if (rc) return -1;
     out->route = ROUTE_SENDMESSAGE;
     return 0;
 }
@@ -74,17 +70,14 @@ char *routes_default_reply(const edge_conn_info *ci, size_t *len)
     /* jansson keeps insertion order, so the keys come out as AWS has them. */
     /* A user agent that is not valid UTF-8 cannot be a JSON string: null. */
     json_t *ua = ci->user_agent ? json_string(ci->user_agent) : NULL;
-    if (!ua)
-        ua = json_null();
+    if (!ua) ua = json_null();
     json_t *o = json_pack("{s:s, s:{s:s, s:o}, s:s, s:s}", "ConnectedAt", connected, "Identity",
                           "SourceIp", ci->source_ip ? ci->source_ip : "", "UserAgent", ua,
                           "LastActiveAt", active, "connectionID", ci->conn_id);
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     char *js = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (!js)
-        return NULL;
+    if (!js) return NULL;
     size_t n = sizeof prefix - 1 + strlen(js);
     char *out = malloc(n + 1);
     if (out) {
@@ -101,11 +94,9 @@ char *routes_error_reply(const char *message, const char *conn_id, const char *r
 {
     json_t *o = json_pack("{s:s, s:s, s:s}", "message", message, "connectionId", conn_id,
                           "requestId", request_id);
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     char *js = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (js)
-        *len = strlen(js);
+    if (js) *len = strlen(js);
     return js;
 }

@@ -8,16 +8,16 @@
 #include <stdint.h>
 
 typedef enum {
-    ROUTE_DEFAULT = 0,  /* not JSON, no action, or an action with no route */
+    ROUTE_DEFAULT = 0, /* not JSON, no action, or an action with no route */
     ROUTE_SENDMESSAGE,
-    ROUTE_BAD_REQUEST,  /* a known route with missing or bad fields */
+    ROUTE_BAD_REQUEST, /* a known route with missing or bad fields */
 } edge_route;
 
 typedef struct edge_request {
     edge_route route;
-    char *data;         /* sendmessage: the text to deliver (malloc'd) */
+    char *data; /* sendmessage: the text to deliver (malloc'd) */
     size_t data_len;
-    const char *error;  /* ROUTE_BAD_REQUEST: why (static string) */
+    const char *error; /* ROUTE_BAD_REQUEST: why (static string) */
 } edge_request;
 
 /* Parse one inbound text message. Never fails for bad input: bad input is
@@ -30,7 +30,7 @@ void routes_request_free(edge_request *r);
 typedef struct edge_conn_info {
     const char *conn_id;
     const char *source_ip;
-    const char *user_agent;   /* NULL -> JSON null */
+    const char *user_agent; /* NULL -> JSON null */
     int64_t connected_at_ms;
     int64_t last_active_ms;
 } edge_conn_info;
@@ -41,7 +41,7 @@ char *routes_default_reply(const edge_conn_info *ci, size_t *len);
 
 /* API Gateway's error body: {"message": "...", "connectionId":"...",
  * "requestId":"..."}. malloc'd. */
-char *routes_error_reply(const char *message, const char *conn_id,
-                         const char *request_id, size_t *len);
+char *routes_error_reply(const char *message, const char *conn_id, const char *request_id,
+                         size_t *len);
 
 #endif

@@ -32,8 +32,7 @@ static void want_write(edge_session *s)
 
 void session_close(edge_session *s, uint16_t code, const char *reason)
 {
-    if (s->state == SESS_CLOSING)
-        return;
+    if (s->state == SESS_CLOSING) return;
     s->state = SESS_CLOSING;
     s->close_code = code;
     s->close_reason = reason;
@@ -45,8 +44,7 @@ void session_close(edge_session *s, uint16_t code, const char *reason)
  * slow client must not grow the edge or delay the others. */
 static bool over_outbound_cap(edge *e, edge_session *s, size_t add)
 {
-    if (s->out.bytes + add <= (size_t)e->cfg->max_outbound)
-        return false;
+    if (s->out.bytes + add <= (size_t)e->cfg->max_outbound) return false;
     if (s->state != SESS_CLOSING) {
         dw_metric_inc(e->m->closed_slow);
         DW_INFO("slow reader closed", "conn=%s queued=%zu", s->id, s->out.bytes);
@@ -60,15 +58,12 @@ static edge *the_edge_for_send(void);
 
 int session_send_text(edge_session *s, const char *text, size_t len)
 {
-    if (over_outbound_cap(the_edge_for_send(), s, len + 10))
-        return 0;
+    if (over_outbound_cap(the_edge_for_send(), s, len + 10)) return 0;
     edge_frame *f = frame_text(text, len);
-    if (!f)
-        return -1;
+    if (!f) return -1;
     int rc = outbox_push(&s->out, f);
     frame_unref(f);
-    if (!rc)
-        want_write(s);
+    if (!rc) want_write(s);
     return rc;
 }
 
@@ -77,7 +72,8 @@ static int on_writeable(edge *e, edge_session *s)
     s->want_write = false;
     if (s->state == SESS_CLOSING) {
         const char *r = s->close_reason ? s->close_reason : "";
-        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)r, strlen(r));
+        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)r,
+                         strlen(r));
         return -1;
     }
     edge_frame *big;
@@ -94,11 +90,9 @@ static int on_writeable(edge *e, edge_session *s)
     } else {
         return 0;
     }
-    if (w < 0)
-        return -1;
+    if (w < 0) return -1;
     dw_metric_inc(e->m->writes);
-    if (s->out.count)
-        want_write(s);
+    if (s->out.count) want_write(s);
     return 0;
 }
 
@@ -108,8 +102,7 @@ static void reply_error(edge_session *s, const char *message, const char *reques
 {
     size_t len;
     char *body = routes_error_reply(message, s->id, request_id, &len);
-    if (body)
-        session_send_text(s, body, len);
+    if (body) session_send_text(s, body, len);
     free(body);
 }
 
@@ -137,8 +130,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
         if (s->v1) {
             size_t tlen = 0;
             char *t = v1_error("rate_limited", "too many messages", NULL, wait_ms, &tlen);
-            if (t)
-                session_send_text(s, t, tlen);
+            if (t) session_send_text(s, t, tlen);
             free(t);
         } else {
             char rid[DW_ID_LEN + 1] = "";
@@ -168,8 +160,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
         m.data.len = req.data_len;
         m.ts_ms = s->last_active_ms;
         m.conn_seq = e->conn_seq_acked;
-        if (bridge_publish_msg(e->bridge, &m))
-            reply_error(s, "Internal server error", id);
+        if (bridge_publish_msg(e->bridge, &m)) reply_error(s, "Internal server error", id);
         break;
     }
     case ROUTE_BAD_REQUEST: {
@@ -184,8 +175,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
         edge_conn_info ci = {s->id, s->ip, s->user_agent, s->connected_at_ms, s->last_active_ms};
         size_t rlen;
         char *reply = routes_default_reply(&ci, &rlen);
-        if (reply)
-            session_send_text(s, reply, rlen);
+        if (reply) session_send_text(s, reply, rlen);
         free(reply);
         dw_metric_inc(e->m->default_replies);
         break;
@@ -196,8 +186,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
 
 static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
 {
-    if (s->state == SESS_CLOSING)
-        return 0;
+    if (s->state == SESS_CLOSING) return 0;
     if (lws_frame_is_binary(s->wsi)) {
         session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
         return 0;
@@ -233,18 +222,15 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         size_t ncap = s->rx_cap ? s->rx_cap : 256;
         while (ncap < s->rx_len + len)
             ncap *= 2;
-        if (ncap > (size_t)e->cfg->max_message)
-            ncap = (size_t)e->cfg->max_message;
+        if (ncap > (size_t)e->cfg->max_message) ncap = (size_t)e->cfg->max_message;
         char *n = realloc(s->rx, ncap);
-        if (!n)
-            return -1;
+        if (!n) return -1;
         s->rx = n;
         s->rx_cap = ncap;
     }
     memcpy(s->rx + s->rx_len, in, len);
     s->rx_len += len;
-    if (!lws_is_final_fragment(s->wsi) || lws_remaining_packet_payload(s->wsi))
-        return 0;
+    if (!lws_is_final_fragment(s->wsi) || lws_remaining_packet_payload(s->wsi)) return 0;
 
     if (s->state == SESS_PENDING) {
         /* rx flow control is off until READY, but lws may already hold
@@ -254,8 +240,7 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
             return 0;
         }
         edge_pending_rx *p = malloc(sizeof *p + s->rx_len);
-        if (!p)
-            return -1;
+        if (!p) return -1;
         p->next = NULL;
         p->len = s->rx_len;
         memcpy(p->data, s->rx, s->rx_len);
@@ -336,16 +321,15 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     }
     int ualen = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_USER_AGENT);
     if (ualen > 0) {
-        if (ualen > 512)
-            ualen = 512;
+        if (ualen > 512) ualen = 512;
         s->user_agent = malloc((size_t)ualen + 1);
-        if (s->user_agent && lws_hdr_copy(wsi, s->user_agent, ualen + 1, WSI_TOKEN_HTTP_USER_AGENT) < 0) {
+        if (s->user_agent &&
+            lws_hdr_copy(wsi, s->user_agent, ualen + 1, WSI_TOKEN_HTTP_USER_AGENT) < 0) {
             free(s->user_agent);
             s->user_agent = NULL;
         }
     }
-    if (connmap_put(&e->conns, s->id, s))
-        return -1;
+    if (connmap_put(&e->conns, s->id, s)) return -1;
 
     Dw__ConnEvent ev;
     char *rooms[] = {DW_ROOM_LOBBY};
@@ -366,20 +350,17 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
 static void on_closed(edge *e, edge_session *s)
 {
     admit_release(e, s);
-    if (!s->id[0])
-        return;
+    if (!s->id[0]) return;
     if (s->connect_published) {
         char *rooms[128];
         size_t n = 0;
         for (uint16_t i = 0; i < s->nrooms && n < 128; i++)
-            if (!s->rooms[i].joining)
-                rooms[n++] = s->rooms[i].room->name;
+            if (!s->rooms[i].joining) rooms[n++] = s->rooms[i].room->name;
         publish_disconnect(e, s->id, s->user, rooms, n,
                            s->close_code ? "closed_by_server" : "closed");
     }
     v1_session_free(s);
-    if (s->state == SESS_READY)
-        dw_metric_set(e->m->connections, --e->nready);
+    if (s->state == SESS_READY) dw_metric_set(e->m->connections, --e->nready);
     rooms_leave_all(&e->rooms, s);
     connmap_del(&e->conns, s->id);
     outbox_clear(&s->out);
@@ -399,10 +380,8 @@ static void on_closed(edge *e, edge_session *s)
 static void on_connect_ack(edge *e, edge_event *ev)
 {
     edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
-    if (ev->ok && ev->seq > e->conn_seq_acked)
-        e->conn_seq_acked = ev->seq;
-    if (!s || s->state != SESS_PENDING)
-        return;
+    if (ev->ok && ev->seq > e->conn_seq_acked) e->conn_seq_acked = ev->seq;
+    if (!s || s->state != SESS_PENDING) return;
     if (!ev->ok) {
         DW_WARN("connect event failed", "conn=%s err=\"%s\"", s->id, ev->error);
         dw_metric_inc(e->m->connect_failed);
@@ -414,8 +393,7 @@ static void on_connect_ack(edge *e, edge_event *ev)
         return;
     }
     s->state = SESS_READY;
-    if (s->v1)
-        v1_on_ready(e, s);
+    if (s->v1) v1_on_ready(e, s);
     dw_metric_set(e->m->connections, ++e->nready);
     while (s->pending && s->state == SESS_READY) {
         edge_pending_rx *p = s->pending;
@@ -438,19 +416,16 @@ static void on_msg_ack(edge *e, edge_event *ev)
         v1_on_msg_ack(e, vs, ev);
         return;
     }
-    if (ev->ok)
-        return;
+    if (ev->ok) return;
     DW_WARN("message not durable", "conn=%s id=%s err=\"%s\"", ev->conn_id, ev->msg_id, ev->error);
     edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
-    if (s && s->state == SESS_READY)
-        reply_error(s, "Internal server error", ev->msg_id);
+    if (s && s->state == SESS_READY) reply_error(s, "Internal server error", ev->msg_id);
 }
 
 static void on_disconnect_ack(edge *e, edge_event *ev)
 {
     if (ev->ok) {
-        if (ev->seq > e->conn_seq_acked)
-            e->conn_seq_acked = ev->seq;
+        if (ev->seq > e->conn_seq_acked) e->conn_seq_acked = ev->seq;
         return;
     }
     /* Try again: a connection left in the registry would be a ghost. The
@@ -461,8 +436,7 @@ static void on_disconnect_ack(edge *e, edge_event *ev)
 
 void session_deliver(edge *e, edge_session *s, edge_frame *f)
 {
-    if (s->state != SESS_READY || over_outbound_cap(e, s, f->len))
-        return;
+    if (s->state != SESS_READY || over_outbound_cap(e, s, f->len)) return;
     if (outbox_push(&s->out, f)) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         return;
@@ -494,8 +468,7 @@ static edge_frame *v1_frame(const Dw__DeliveryItem *it)
 static void hold(edge_membership *m, edge_frame *f, uint64_t seq)
 {
     edge_held *h = malloc(sizeof *h);
-    if (!h)
-        return;
+    if (!h) return;
     h->next = NULL;
     h->seq = seq;
     h->frame = frame_ref(f);
@@ -537,8 +510,7 @@ static void on_delivery(edge *e, edge_event *ev)
                 if (ngone == gone_cap) {
                     size_t nc = gone_cap ? gone_cap * 2 : 8;
                     char **g = realloc(gone, nc * sizeof *g);
-                    if (!g)
-                        continue;
+                    if (!g) continue;
                     gone = g;
                     gone_cap = nc;
                 }
@@ -548,22 +520,19 @@ static void on_delivery(edge *e, edge_event *ev)
             edge_room *room = rooms_get(&e->rooms, it->room);
             for (uint32_t j = 0; room && j < room->count; j++) {
                 edge_session *s = room->members[j];
-                if (it->exclude_sender && it->from_conn && !strcmp(s->id, it->from_conn))
-                    continue;
+                if (it->exclude_sender && it->from_conn && !strcmp(s->id, it->from_conn)) continue;
                 if (!s->v1) {
                     session_deliver(e, s, f);
                     continue;
                 }
-                if (!fv1 && !(fv1 = v1_frame(it)))
-                    continue;
+                if (!fv1 && !(fv1 = v1_frame(it))) continue;
                 edge_membership *m = rooms_membership(s, room);
                 if (m && m->joining)
                     hold(m, fv1, it->seq);
                 else if (!m || it->seq > m->floor_seq)
                     session_deliver(e, s, fv1);
             }
-            if (room && it->seq > room->last_seq)
-                room->last_seq = it->seq;
+            if (room && it->seq > room->last_seq) room->last_seq = it->seq;
         }
         frame_unref(f);
         frame_unref(fv1);
@@ -608,8 +577,7 @@ static void on_conn_request(edge *e, edge_event *ev)
             session_close(s, rq->close_code ? (uint16_t)rq->close_code : LWS_CLOSE_STATUS_NORMAL,
                           "closed by the management API");
             break;
-        default:
-            r.error = "bad_request";
+        default: r.error = "bad_request";
         }
     }
     bridge_reply_conn(e->bridge, ev->reply, &r);
@@ -624,8 +592,7 @@ static void on_edge_down_self(edge *e)
     round++;
     for (size_t i = 0; i < e->conns.nslots; i++) {
         edge_session *s = e->conns.slots[i].value;
-        if (!s || s->state != SESS_READY)
-            continue;
+        if (!s || s->state != SESS_READY) continue;
         char *rooms[64];
         size_t n = 0;
         for (uint16_t j = 0; j < s->nrooms && n < 64; j++)
@@ -665,8 +632,7 @@ static int http_respond(struct lws *wsi, edge_session *s, unsigned int code, con
 {
     unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
     s->state = SESS_HTTP;
-    if (!body)
-        return 1;
+    if (!body) return 1;
     s->http_body = body;
     s->http_len = len;
     s->http_sent = 0;
@@ -686,8 +652,7 @@ static int http_text(struct lws *wsi, edge_session *s, unsigned int code, const 
 
 static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
 {
-    if (!strcmp(uri, "/healthz"))
-        return http_text(wsi, s, 200, "ok\n");
+    if (!strcmp(uri, "/healthz")) return http_text(wsi, s, 200, "ok\n");
     if (!strcmp(uri, "/readyz"))
         return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
                                        : http_text(wsi, s, 503, "not ready: bus\n");
@@ -707,14 +672,12 @@ static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
         {"/style.css", "style.css", "text/css; charset=utf-8"},
     };
     for (size_t i = 0; i < sizeof web / sizeof web[0]; i++) {
-        if (strcmp(uri, web[i].uri))
-            continue;
+        if (strcmp(uri, web[i].uri)) continue;
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", e->cfg->web_dir, web[i].file);
         s->state = SESS_HTTP;
         int n = lws_serve_http_file(wsi, path, web[i].mime, NULL, 0);
-        if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi)))
-            return -1;
+        if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi))) return -1;
         return 0;
     }
     return http_text(wsi, s, 404, "not found\n");
@@ -722,12 +685,10 @@ static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
 
 static int on_http_writeable(struct lws *wsi, edge_session *s)
 {
-    if (!s->http_body)
-        return 0;
+    if (!s->http_body) return 0;
     unsigned char buf[LWS_PRE + 8192];
     size_t n = s->http_len - s->http_sent;
-    if (n > 8192)
-        n = 8192;
+    if (n > 8192) n = 8192;
     memcpy(buf + LWS_PRE, s->http_body + s->http_sent, n);
     s->http_sent += n;
     int final = s->http_sent == s->http_len;
@@ -739,8 +700,7 @@ static int on_http_writeable(struct lws *wsi, edge_session *s)
     }
     free(s->http_body);
     s->http_body = NULL;
-    if (lws_http_transaction_completed(wsi))
-        return -1;
+    if (lws_http_transaction_completed(wsi)) return -1;
     return 0;
 }
 
@@ -753,8 +713,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     edge_session *s = user;
 
     switch (reason) {
-    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-        return admit_network(e, (int)(intptr_t)in) ? 0 : 1;
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: return admit_network(e, (int)(intptr_t)in) ? 0 : 1;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         memset(s, 0, sizeof *s);
         /* Refuse rather than accept a connection we could not register. */
@@ -765,31 +724,23 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         const char *why = "";
         unsigned code = admit_upgrade(e, wsi, s, &why);
-        if (!code)
-            return 0;
-        dw_metric_inc(code == 401   ? e->m->rejected_auth
-                      : code == 403 ? e->m->rejected_origin
-                      : code == 426 ? e->m->rejected_tls
-                      : code == 414 ? e->m->rejected_url
+        if (!code) return 0;
+        dw_metric_inc(code == 401                ? e->m->rejected_auth
+                      : code == 403              ? e->m->rejected_origin
+                      : code == 426              ? e->m->rejected_tls
+                      : code == 414              ? e->m->rejected_url
                       : !strncmp(why, "edge", 4) ? e->m->rejected_rate
                                                  : e->m->rejected_ip);
         DW_INFO("upgrade refused", "code=%u why=\"%s\" ip=%s", code, why, s->ip);
         lws_return_http_status(wsi, code, why);
         return 1;
     }
-    case LWS_CALLBACK_ESTABLISHED:
-        return on_established(e, s, wsi);
-    case LWS_CALLBACK_RECEIVE:
-        return on_receive(e, s, in, len);
-    case LWS_CALLBACK_SERVER_WRITEABLE:
-        return on_writeable(e, s);
-    case LWS_CALLBACK_CLOSED:
-        on_closed(e, s);
-        return 0;
-    case LWS_CALLBACK_HTTP:
-        return s ? on_http(e, wsi, s, in) : -1;
-    case LWS_CALLBACK_HTTP_WRITEABLE:
-        return s ? on_http_writeable(wsi, s) : -1;
+    case LWS_CALLBACK_ESTABLISHED: return on_established(e, s, wsi);
+    case LWS_CALLBACK_RECEIVE: return on_receive(e, s, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(e, s);
+    case LWS_CALLBACK_CLOSED: on_closed(e, s); return 0;
+    case LWS_CALLBACK_HTTP: return s ? on_http(e, wsi, s, in) : -1;
+    case LWS_CALLBACK_HTTP_WRITEABLE: return s ? on_http_writeable(wsi, s) : -1;
     case LWS_CALLBACK_CLOSED_HTTP:
         /* lws also reports closes of connections it never gave user data
          * (e.g. a failed TLS accept). */
@@ -799,11 +750,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        if (e)
-            drain_events(e);
+        if (e) drain_events(e);
         return 0;
-    default:
-        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    default: return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
 
@@ -827,8 +776,7 @@ static void sweep(edge *e)
     int64_t idle = e->cfg->idle_timeout_s * 1000, life = e->cfg->max_lifetime_s * 1000;
     for (size_t i = 0; i < e->conns.nslots; i++) {
         edge_session *s = e->conns.slots[i].value;
-        if (!s || s->state == SESS_CLOSING)
-            continue;
+        if (!s || s->state == SESS_CLOSING) continue;
         if (s->rx_paused_until_ms && now >= s->rx_paused_until_ms) {
             s->rx_paused_until_ms = 0;
             lws_rx_flow_control(s->wsi, 1);
@@ -870,8 +818,7 @@ static void wake(void *arg)
 {
     edge *e = arg;
     pthread_mutex_lock(&e->wake_lock);
-    if (e->wake_ctx)
-        lws_cancel_service(e->wake_ctx);
+    if (e->wake_ctx) lws_cancel_service(e->wake_ctx);
     pthread_mutex_unlock(&e->wake_lock);
 }
 
@@ -891,7 +838,8 @@ int edge_run(edge *e)
     static edge_metrics metrics;
     metrics.connections = dw_gauge("dw_edge_connections", NULL, "connections taking part in chat");
     metrics.ready = dw_gauge("dw_ready", "service=\"edge\"", "1 when the service is ready");
-    metrics.msgs_in = dw_counter("dw_edge_messages_in_total", NULL, "messages received from clients");
+    metrics.msgs_in =
+        dw_counter("dw_edge_messages_in_total", NULL, "messages received from clients");
     metrics.msgs_accepted = dw_counter("dw_edge_messages_accepted_total", NULL,
                                        "chat messages made durable (JetStream acked)");
     metrics.msgs_failed = dw_counter("dw_edge_messages_failed_total", NULL,
@@ -905,34 +853,34 @@ int edge_run(edge *e)
                                             "reason=\"not_ready\"", "upgrades refused");
     metrics.connect_failed = dw_counter("dw_edge_connect_failed_total", NULL,
                                         "connections closed 1011: connect event not durable");
-    metrics.default_replies = dw_counter("dw_edge_default_replies_total", NULL,
-                                        "frames answered by the $default route");
+    metrics.default_replies =
+        dw_counter("dw_edge_default_replies_total", NULL, "frames answered by the $default route");
     metrics.rejected_deny = dw_counter("dw_edge_connections_rejected_total", "reason=\"deny_list\"",
                                        "upgrades refused");
-    metrics.rejected_auth = dw_counter("dw_edge_connections_rejected_total", "reason=\"auth\"",
+    metrics.rejected_auth =
+        dw_counter("dw_edge_connections_rejected_total", "reason=\"auth\"", "upgrades refused");
+    metrics.rejected_rate = dw_counter("dw_edge_connections_rejected_total", "reason=\"edge_rate\"",
                                        "upgrades refused");
-    metrics.rejected_rate = dw_counter("dw_edge_connections_rejected_total",
-                                       "reason=\"edge_rate\"", "upgrades refused");
     metrics.rejected_ip = dw_counter("dw_edge_connections_rejected_total", "reason=\"source_ip\"",
                                      "upgrades refused");
-    metrics.rejected_origin = dw_counter("dw_edge_connections_rejected_total", "reason=\"origin\"",
-                                         "upgrades refused");
-    metrics.rejected_tls = dw_counter("dw_edge_connections_rejected_total", "reason=\"tls\"",
-                                      "upgrades refused");
-    metrics.rejected_url = dw_counter("dw_edge_connections_rejected_total", "reason=\"url\"",
-                                      "upgrades refused");
-    metrics.rate_limited = dw_counter("dw_edge_rate_limited_total", NULL,
-                                      "messages refused by the rate limits");
-    metrics.closed_strikes = dw_counter("dw_edge_closed_total", "reason=\"rate_limit\"",
-                                        "connections the edge closed");
-    metrics.closed_slow = dw_counter("dw_edge_closed_total", "reason=\"slow_reader\"",
-                                     "connections the edge closed");
-    metrics.closed_idle = dw_counter("dw_edge_closed_total", "reason=\"idle\"",
-                                     "connections the edge closed");
-    metrics.closed_lifetime = dw_counter("dw_edge_closed_total", "reason=\"lifetime\"",
-                                         "connections the edge closed");
-    metrics.closed_too_large = dw_counter("dw_edge_closed_total", "reason=\"too_large\"",
-                                          "connections the edge closed");
+    metrics.rejected_origin =
+        dw_counter("dw_edge_connections_rejected_total", "reason=\"origin\"", "upgrades refused");
+    metrics.rejected_tls =
+        dw_counter("dw_edge_connections_rejected_total", "reason=\"tls\"", "upgrades refused");
+    metrics.rejected_url =
+        dw_counter("dw_edge_connections_rejected_total", "reason=\"url\"", "upgrades refused");
+    metrics.rate_limited =
+        dw_counter("dw_edge_rate_limited_total", NULL, "messages refused by the rate limits");
+    metrics.closed_strikes =
+        dw_counter("dw_edge_closed_total", "reason=\"rate_limit\"", "connections the edge closed");
+    metrics.closed_slow =
+        dw_counter("dw_edge_closed_total", "reason=\"slow_reader\"", "connections the edge closed");
+    metrics.closed_idle =
+        dw_counter("dw_edge_closed_total", "reason=\"idle\"", "connections the edge closed");
+    metrics.closed_lifetime =
+        dw_counter("dw_edge_closed_total", "reason=\"lifetime\"", "connections the edge closed");
+    metrics.closed_too_large =
+        dw_counter("dw_edge_closed_total", "reason=\"too_large\"", "connections the edge closed");
     e->m = &metrics;
     char err[256];
     if (admit_init(e, err, sizeof err)) {
@@ -942,8 +890,7 @@ int edge_run(edge *e)
     if (rooms_init(&e->rooms, 1024) || dedup_init(&e->dedup, (uint32_t)e->cfg->dedup_window))
         goto out;
     e->wbuf = malloc(LWS_PRE + (size_t)e->cfg->write_coalesce);
-    if (!e->wbuf)
-        goto out;
+    if (!e->wbuf) goto out;
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
     struct lws_context_creation_info info;
@@ -970,7 +917,8 @@ int edge_run(edge *e)
         info.ssl_cert_filepath = e->cfg->tls_cert;
         info.ssl_private_key_filepath = e->cfg->tls_key[0] ? e->cfg->tls_key : NULL;
     } else if (e->cfg->require_tls) {
-        DW_ERROR("bad configuration", "err=\"%s\"", "DW_REQUIRE_TLS=1 needs DW_TLS_CERT and DW_TLS_KEY");
+        DW_ERROR("bad configuration", "err=\"%s\"",
+                 "DW_REQUIRE_TLS=1 needs DW_TLS_CERT and DW_TLS_KEY");
         goto out;
     }
     e->ctx = lws_create_context(&info);
@@ -990,23 +938,20 @@ int edge_run(edge *e)
     pthread_mutex_lock(&e->wake_lock);
     e->wake_ctx = e->ctx;
     pthread_mutex_unlock(&e->wake_lock);
-    if (bridge_create(&e->bridge, &bc))
-        goto out;
+    if (bridge_create(&e->bridge, &bc)) goto out;
     edge_jobs_config jc = {
         .edge_id = e->edge_id,
         .threads = (int)e->cfg->job_threads,
         .timeout_ms = e->cfg->publish_timeout_ms,
         .resume_max = (uint32_t)e->cfg->resume_max,
     };
-    if (edge_jobs_start(&e->jobs, e->bridge, &jc))
-        goto out;
+    if (edge_jobs_start(&e->jobs, e->bridge, &jc)) goto out;
     dw_ping_start(&e->ping, bridge_nc(e->bridge), "edge", e->edge_id, ping_ready, e);
 
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
     while (!dw_stop) {
-        if (lws_service(e->ctx, 0) < 0)
-            break;
+        if (lws_service(e->ctx, 0) < 0) break;
     }
     DW_INFO("edge stopping", "edge=%s connections=%u", e->edge_id, e->nready);
     rc = 0;

@@ -15,10 +15,10 @@
 struct lws;
 
 typedef enum {
-    SESS_HTTP = 0,   /* a plain HTTP request, not a WebSocket */
-    SESS_PENDING,    /* upgraded; connect event published, not yet durable */
-    SESS_READY,      /* connect event acked: takes part in chat */
-    SESS_CLOSING,    /* close requested; waiting for the writable callback */
+    SESS_HTTP = 0, /* a plain HTTP request, not a WebSocket */
+    SESS_PENDING,  /* upgraded; connect event published, not yet durable */
+    SESS_READY,    /* connect event acked: takes part in chat */
+    SESS_CLOSING,  /* close requested; waiting for the writable callback */
 } edge_session_state;
 
 typedef struct edge_pending_rx {
@@ -31,7 +31,7 @@ typedef struct edge_pending_rx {
  * come back in publish order, so this is a FIFO. */
 typedef struct edge_pending_ack {
     struct edge_pending_ack *next;
-    uint64_t n;                  /* the message counter in its id */
+    uint64_t n; /* the message counter in its id */
     char room[DW_ROOM_MAX + 1];
     char client_id[65];
     char *ref;
@@ -41,38 +41,38 @@ typedef struct edge_session {
     struct lws *wsi;
     char id[DW_ID_LEN + 1];
     char ip[48];
-    char *user_agent;            /* NULL: the client sent none */
-    char user[129];              /* user id: JWT sub, ?name=, or anon-xxxxxxxx */
+    char *user_agent; /* NULL: the client sent none */
+    char user[129];   /* user id: JWT sub, ?name=, or anon-xxxxxxxx */
     edge_pending_ack *acks, *acks_tail;
     uint32_t nacks;
     /* admission and throttling (admit.c) */
     rl_ip ip_key;
     bool ip_counted;
-    bool has_allowed_rooms;      /* the JWT limits the rooms */
+    bool has_allowed_rooms; /* the JWT limits the rooms */
     char **allowed_rooms;
     size_t n_allowed_rooms;
     rl_bucket msgs;
     rl_strikes strikes;
-    size_t frame_bytes;          /* of the frame being received */
-    int64_t rx_paused_until_ms;  /* a flooder is not read from until then */
+    size_t frame_bytes;         /* of the frame being received */
+    int64_t rx_paused_until_ms; /* a flooder is not read from until then */
     int64_t connected_at_ms;
     int64_t last_active_ms;
     uint64_t msg_counter;
     edge_outbox out;
-    char *rx;                    /* the message being reassembled */
+    char *rx; /* the message being reassembled */
     size_t rx_len, rx_cap;
-    edge_pending_rx *pending;    /* whole messages received before READY */
+    edge_pending_rx *pending; /* whole messages received before READY */
     uint32_t npending;
     edge_membership *rooms;
     uint16_t nrooms, rooms_cap;
     uint8_t state;
-    bool v1;                     /* speaks dynamowave.v1 */
+    bool v1; /* speaks dynamowave.v1 */
     bool connect_published;
     bool want_write;
     uint16_t close_code;
     const char *close_reason;
     /* HTTP requests only */
-    char *http_body;             /* malloc'd */
+    char *http_body; /* malloc'd */
     size_t http_len, http_sent;
 } edge_session;
 

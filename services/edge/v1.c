@@ -12,18 +12,17 @@
 
 static void send_owned(edge_session *s, char *text, size_t len)
 {
-    if (text)
-        session_send_text(s, text, len);
+    if (text) session_send_text(s, text, len);
     free(text);
 }
 
 /* Build a frame with f(..., &len_) and send it (argument order matters:
  * the length is known only after the call). */
-#define SEND(s, call)                     \
-    do {                                  \
-        size_t len_ = 0;                  \
-        char *t_ = (call);                \
-        send_owned((s), t_, len_);        \
+#define SEND(s, call)                                                                              \
+    do {                                                                                           \
+        size_t len_ = 0;                                                                           \
+        char *t_ = (call);                                                                         \
+        send_owned((s), t_, len_);                                                                 \
     } while (0)
 
 static void v1_err(edge_session *s, const char *code, const char *msg, const char *ref)
@@ -39,8 +38,7 @@ void v1_on_ready(edge *e, edge_session *s)
 static edge_job *job_new(edge_session *s, edge_job_kind kind, const v1_request *req)
 {
     edge_job *job = calloc(1, sizeof *job);
-    if (!job)
-        return NULL;
+    if (!job) return NULL;
     job->kind = kind;
     memcpy(job->conn_id, s->id, sizeof job->conn_id);
     snprintf(job->room, sizeof job->room, "%s", req->room);
@@ -127,7 +125,7 @@ static void do_send(edge *e, edge_session *s, const v1_request *req)
     }
     if (s->nacks >= (uint32_t)e->cfg->max_pending_acks) {
         SEND(s, v1_error("rate_limited", "too many messages awaiting their ack", req->ref, 100,
-                               &len_));
+                         &len_));
         return;
     }
     edge_pending_ack *pa = calloc(1, sizeof *pa);
@@ -213,8 +211,7 @@ void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
     while (s->acks && s->acks->n <= n) {
         edge_pending_ack *pa = s->acks;
         s->acks = pa->next;
-        if (!s->acks)
-            s->acks_tail = NULL;
+        if (!s->acks) s->acks_tail = NULL;
         s->nacks--;
         if (pa->n == n) {
             if (ev->ok)
@@ -246,8 +243,7 @@ static void join_done(edge *e, edge_session *s, edge_job *job)
 {
     edge_room *r = rooms_get(&e->rooms, job->room);
     edge_membership *m = r ? rooms_membership(s, r) : NULL;
-    if (!m)
-        return;
+    if (!m) return;
     if (job->error) {
         rooms_leave(&e->rooms, s, job->room);
         v1_err(s, job->error, "could not join the room now; try again", job->ref);
@@ -258,20 +254,17 @@ static void join_done(edge *e, edge_session *s, edge_job *job)
     for (size_t i = 0; i < job->nmsgs; i++) {
         v1_msg v = msg_view(job->msgs[i].m, job->msgs[i].seq);
         SEND(s, v1_message(&v, &len_));
-        if (job->msgs[i].seq > upto)
-            upto = job->msgs[i].seq;
+        if (job->msgs[i].seq > upto) upto = job->msgs[i].seq;
     }
     /* Live messages that arrived meanwhile, minus what the replay covered. */
     for (edge_held *h = m->held; h; h = h->next)
-        if (h->seq > upto)
-            session_deliver(e, s, h->frame);
+        if (h->seq > upto) session_deliver(e, s, h->frame);
     rooms_release_held(m);
     m->joining = false;
     /* A message stored before the join took effect may still be on its way
      * from the dispatcher: the replay already gave it to this member. */
     m->floor_seq = upto;
-    if (r->last_seq < job->last_seq)
-        r->last_seq = job->last_seq;
+    if (r->last_seq < job->last_seq) r->last_seq = job->last_seq;
     if (m->leave_after_join) {
         publish_leave(e, s, job->room);
         rooms_leave(&e->rooms, s, job->room);
@@ -281,8 +274,7 @@ static void join_done(edge *e, edge_session *s, edge_job *job)
 void v1_on_job_done(edge *e, edge_job *job)
 {
     edge_session *s = connmap_get(&e->conns, job->conn_id, strlen(job->conn_id));
-    if (!s || s->state != SESS_READY)
-        return;
+    if (!s || s->state != SESS_READY) return;
     switch (job->kind) {
     case JOB_JOIN: join_done(e, s, job); break;
     case JOB_HISTORY: {
@@ -335,18 +327,15 @@ void v1_on_presence(edge *e, const Dw__ConnEvent *ce)
         edge_frame *f = NULL;
         for (uint32_t j = 0; r && j < r->count; j++) {
             edge_session *s = r->members[j];
-            if (!s->v1 || (ce->conn_id && !strcmp(s->id, ce->conn_id)))
-                continue;
+            if (!s->v1 || (ce->conn_id && !strcmp(s->id, ce->conn_id))) continue;
             edge_membership *m = rooms_membership(s, r);
-            if (!m || m->joining)
-                continue;
+            if (!m || m->joining) continue;
             if (!f) {
                 size_t len;
                 char *text = v1_presence_event(type, ce->rooms[i], ce->user_id, &len);
                 f = text ? frame_text(text, len) : NULL;
                 free(text);
-                if (!f)
-                    break;
+                if (!f) break;
             }
             session_deliver(e, s, f);
         }

@@ -36,24 +36,18 @@ static void verify(const char *tok, size_t len, int flags)
     auth_jwt_config_default(&cfg);
     cfg.secret = (const uint8_t *)SECRET;
     cfg.secret_len = sizeof SECRET - 1;
-    if (flags & 4)
-        cfg.audience = "dynamowave";
-    if (flags & 8)
-        cfg.require_exp = 0;
+    if (flags & 4) cfg.audience = "dynamowave";
+    if (flags & 8) cfg.require_exp = 0;
     auth_identity id;
     const char *why = NULL;
     int rc = auth_jwt_verify(&cfg, tok, len, NOW, &id, &why);
-    if (!why)
-        abort();
+    if (!why) abort();
     if (rc == AUTH_OK) {
         size_t n = strlen(id.user_id);
-        if (n == 0 || n > AUTH_USER_MAX)
-            abort();
+        if (n == 0 || n > AUTH_USER_MAX) abort();
         for (size_t i = 0; i < id.nrooms; i++)
-            if (!id.rooms[i] || !id.rooms[i][0])
-                abort();
-        if (id.nrooms && !id.has_rooms)
-            abort();
+            if (!id.rooms[i] || !id.rooms[i][0]) abort();
+        if (id.nrooms && !id.has_rooms) abort();
     } else if (id.user_id[0] || id.rooms || id.nrooms) {
         abort(); /* a refusal leaves nothing behind */
     }
@@ -66,8 +60,7 @@ static void sign_and_verify(const char *input, size_t n, int flags)
     unsigned char md[32];
     unsigned int mdlen = 0;
     char *tok = malloc(n + 1 + 44 + 1);
-    if (!tok)
-        return;
+    if (!tok) return;
     memcpy(tok, input, n);
     tok[n] = '.';
     if (HMAC(EVP_sha256(), SECRET, (int)(sizeof SECRET - 1), (const unsigned char *)input, n, md,
@@ -83,30 +76,25 @@ static void headers(const char *s, size_t n)
     /* The helpers take NUL-terminated header values. */
     char *v = malloc(n + 1);
     char out[AUTH_TOKEN_MAX + 1];
-    if (!v)
-        return;
+    if (!v) return;
     memcpy(v, s, n);
     v[n] = '\0';
     size_t len;
     const char *why;
     auth_request_view rq = {.query = v, .authorization = v, .protocols = v};
     int rc = auth_token_from_request(&rq, out, sizeof out, &len, &why);
-    if (rc == 1 && (len >= sizeof out || out[len] != '\0'))
-        abort();
-    if (rc == 1)
-        verify(out, len, 0);
+    if (rc == 1 && (len >= sizeof out || out[len] != '\0')) abort();
+    if (rc == 1) verify(out, len, 0);
     rq.authorization = NULL;
     rq.protocols = NULL;
     rc = auth_token_from_request(&rq, out, sizeof out, &len, &why);
-    if (rc == 1 && strlen(out) != len)
-        abort();
+    if (rc == 1 && strlen(out) != len) abort();
     free(v);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1)
-        return 0;
+    if (size < 1) return 0;
     int flags = data[0];
     const char *rest = (const char *)data + 1;
     size_t n = size - 1;
@@ -115,9 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         verify(rest, n, flags);
         headers(rest, n);
         break;
-    case 1:
-        sign_and_verify(rest, n, flags);
-        break;
+    case 1: sign_and_verify(rest, n, flags); break;
     case 2:
     case 3: {
         static const char std_hdr[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
@@ -125,18 +111,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t hl = sizeof std_hdr - 1, pn = n;
         if ((flags & 3) == 3) {
             const char *nl = memchr(rest, '\n', n);
-            if (!nl)
-                return 0;
+            if (!nl) return 0;
             hdr = rest;
             hl = (size_t)(nl - rest);
             pl = nl + 1;
             pn = n - hl - 1;
         }
-        if (hl > AUTH_TOKEN_MAX || pn > AUTH_TOKEN_MAX)
-            return 0;
+        if (hl > AUTH_TOKEN_MAX || pn > AUTH_TOKEN_MAX) return 0;
         char *in = malloc((hl + 2) / 3 * 4 + (pn + 2) / 3 * 4 + 4);
-        if (!in)
-            return 0;
+        if (!in) return 0;
         size_t o = b64url((const uint8_t *)hdr, hl, in);
         in[o++] = '.';
         o += b64url((const uint8_t *)pl, pn, in + o);

@@ -12,8 +12,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *s = malloc(size + 1);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     memcpy(s, data, size);
     s[size] = '\0';
 
@@ -28,15 +27,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ready = 1;
     }
     int m = nf_origins_match(&origins, s);
-    if (m != 0 && m != 1)
-        abort();
+    if (m != 0 && m != 1) abort();
     int d = nf_denylist_match(&deny, s);
     rl_ip ip;
     /* The two address parsers agree on what an address is. */
-    if ((d == -1) != (rl_ip_parse(s, &ip) != 0))
-        abort();
-    if (d >= 0 && nf_denylist_match16(&deny, ip.b) != d)
-        abort();
+    if ((d == -1) != (rl_ip_parse(s, &ip) != 0)) abort();
+    if (d >= 0 && nf_denylist_match16(&deny, ip.b) != d) abort();
 
     nf_origins o;
     const char *why = NULL;
@@ -48,8 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 snprintf(buf, sizeof buf, "%s://%s:%d", o.v[i].scheme, o.v[i].host, o.v[i].port);
             else
                 snprintf(buf, sizeof buf, "%s://%s", o.v[i].scheme, o.v[i].host);
-            if (!nf_origins_match(&o, buf))
-                abort();
+            if (!nf_origins_match(&o, buf)) abort();
         }
         nf_origins_free(&o);
     } else if (!why || o.n) {
@@ -58,8 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nf_denylist l;
     if (nf_denylist_parse(s, &l, &why) == 0) {
         for (size_t i = 0; i < l.n; i++) {
-            if (l.v[i].prefix > 128 || !nf_denylist_match16(&l, l.v[i].addr))
-                abort();
+            if (l.v[i].prefix > 128 || !nf_denylist_match16(&l, l.v[i].addr)) abort();
         }
         nf_denylist_free(&l);
     } else if (!why || l.n) {

@@ -16,36 +16,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case ROUTE_SENDMESSAGE:
             /* The text is NUL-terminated at data_len (it goes to sockets
              * and onto the bus with that length). */
-            if (!req.data || req.data[req.data_len] != '\0' || req.error)
-                abort();
+            if (!req.data || req.data[req.data_len] != '\0' || req.error) abort();
             break;
         case ROUTE_BAD_REQUEST:
-            if (!req.error || req.data)
-                abort();
+            if (!req.error || req.data) abort();
             break;
         case ROUTE_DEFAULT:
-            if (req.data)
-                abort();
+            if (req.data) abort();
             break;
-        default:
-            abort();
+        default: abort();
         }
     }
     routes_request_free(&req);
-    if (req.data)
-        abort();
+    if (req.data) abort();
 
     char *s = malloc(size + 1);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     memcpy(s, data, size);
     s[size] = '\0';
-    edge_conn_info ci = {.conn_id = s, .source_ip = s, .user_agent = s,
-                         .connected_at_ms = 1700000000000, .last_active_ms = 1700000000123};
+    edge_conn_info ci = {.conn_id = s,
+                         .source_ip = s,
+                         .user_agent = s,
+                         .connected_at_ms = 1700000000000,
+                         .last_active_ms = 1700000000123};
     size_t len = 0;
     char *reply = routes_default_reply(&ci, &len);
-    if (reply && strlen(reply) != len)
-        abort();
+    if (reply && strlen(reply) != len) abort();
     free(reply);
     free(s);
     return 0;

@@ -12,21 +12,18 @@
  * call, whose evaluation order C leaves open). */
 static void check_frame(char *s, const size_t *len)
 {
-    if (s && strlen(s) != *len)
-        abort();
+    if (s && strlen(s) != *len) abort();
     free(s);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     v1_request r;
-    if (v1_parse((const char *)data, size, &r))
-        return 0; /* out of memory */
+    if (v1_parse((const char *)data, size, &r)) return 0; /* out of memory */
     size_t len = 0;
     switch (r.action) {
     case V1_BAD:
-        if (!r.error_code || !r.error_msg || r.data)
-            abort();
+        if (!r.error_code || !r.error_msg || r.data) abort();
         check_frame(v1_error(r.error_code, r.error_msg, r.ref, -1, &len), &len);
         break;
     case V1_SEND: {
@@ -38,18 +35,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     case V1_HISTORY:
-        if (r.limit == 0 || r.limit > V1_HISTORY_MAX)
-            abort();
+        if (r.limit == 0 || r.limit > V1_HISTORY_MAX) abort();
         /* fall through */
     case V1_JOIN:
     case V1_LEAVE:
     case V1_PRESENCE:
-        if (!dw_room_valid(r.room, strlen(r.room)) || r.data)
-            abort();
+        if (!dw_room_valid(r.room, strlen(r.room)) || r.data) abort();
         check_frame(v1_joined(r.room, r.since, r.has_since, r.ref, &len), &len);
         break;
-    default:
-        abort();
+    default: abort();
     }
     v1_request_free(&r);
     return 0;

@@ -25,8 +25,7 @@ static int run_file(const char *path)
     }
     uint8_t *buf = NULL;
     long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        size = ftell(f);
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
     if (size < 0 || (unsigned long)size > REPLAY_MAX || fseek(f, 0, SEEK_SET) != 0) {
         fprintf(stderr, "%s: cannot size or too large\n", path);
         goto error;
@@ -70,8 +69,7 @@ static int run_dir(const char *dir, int *count)
     int rc = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
+        if (e->d_name[0] == '.') continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 64;
             char **nn = realloc(names, cap * sizeof *nn);
@@ -88,8 +86,7 @@ static int run_dir(const char *dir, int *count)
         n++;
     }
     closedir(d);
-    if (n)
-        qsort(names, n, sizeof *names, cmp_names);
+    if (n) qsort(names, n, sizeof *names, cmp_names);
     for (size_t i = 0; i < n && rc == 0; i++) {
         char path[4096];
         struct stat st;
@@ -121,10 +118,8 @@ int main(int argc, char **argv)
             return 1;
         }
         int rc = S_ISDIR(st.st_mode) ? run_dir(argv[i], &count) : run_file(argv[i]);
-        if (rc == 0 && !S_ISDIR(st.st_mode))
-            count++;
-        if (rc)
-            return 1;
+        if (rc == 0 && !S_ISDIR(st.st_mode)) count++;
+        if (rc) return 1;
     }
     /* An empty corpus would make the test pass while testing nothing. */
     if (count == 0) {

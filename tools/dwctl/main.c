@@ -37,7 +37,9 @@ static const dwctl_area areas[] = {
     {"status", cmd_status,
      "  status [--json]                 services, connections per edge, streams, lag, DLQ\n"},
     {"dlq", cmd_dlq, "  dlq list|show|replay|purge|stats   dead letters: inspect, replay, purge\n"},
-    {"registry", cmd_registry, "  registry status|checkpoint[s]|restore|resume|rotate-key   checkpoints, restore to a time, keys\n"},
+    {"registry", cmd_registry,
+     "  registry status|checkpoint[s]|restore|resume|rotate-key   checkpoints, restore to a time, "
+     "keys\n"},
 };
 
 static void usage(FILE *out)

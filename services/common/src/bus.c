@@ -14,15 +14,13 @@
 
 int dw_room_valid(const char *room, size_t len)
 {
-    if (!room || len == 0 || len > DW_ROOM_MAX)
-        return 0;
+    if (!room || len == 0 || len > DW_ROOM_MAX) return 0;
     for (size_t i = 0; i < len; i++) {
         char c = room[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '-' || c == '_' || c == '.'))
             return 0;
-        if (c == '.' && (i == 0 || i + 1 == len || room[i - 1] == '.'))
-            return 0;
+        if (c == '.' && (i == 0 || i + 1 == len || room[i - 1] == '.')) return 0;
     }
     return 1;
 }
@@ -65,7 +63,8 @@ static dw_metric *reconnects;
 
 static void register_metrics(void)
 {
-    reconnects = dw_counter("dw_nats_reconnects_total", NULL, "times the NATS connection came back");
+    reconnects =
+        dw_counter("dw_nats_reconnects_total", NULL, "times the NATS connection came back");
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
@@ -197,8 +196,9 @@ int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen)
         else if (pass_env)
             pass = strdup(pass_env);
         else
-            snprintf(err, errlen, "DW_NATS_USER is set but neither DW_NATS_PASSWORD_FILE nor "
-                                  "DW_NATS_PASSWORD");
+            snprintf(err, errlen,
+                     "DW_NATS_USER is set but neither DW_NATS_PASSWORD_FILE nor "
+                     "DW_NATS_PASSWORD");
         if (!pass) return -1;
         s = natsOptions_SetUserInfo(opts, user, pass);
         explicit_bzero(pass, strlen(pass));
@@ -248,7 +248,8 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
     /* With a connected callback, Connect returns at once while NATS is
      * away (NATS_NOT_YET_CONNECTED) instead of blocking until it is up, so
      * a service can still be stopped. */
-    if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
     /* Replies and publishes leave at once: without this nats.c holds them
      * up to ~1 ms for batching, which is most of a delivery's latency. */
     if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
@@ -384,8 +385,7 @@ natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
 
     conn_config(&cfg, o, conn_subj);
     natsStatus s = ensure_one(js, &cfg);
-    if (s != NATS_OK)
-        return s;
+    if (s != NATS_OK) return s;
     msg_config(&cfg, o, msg_subj);
     return ensure_one(js, &cfg);
 }
@@ -409,8 +409,7 @@ uint8_t *dw_pb_pack(const ProtobufCMessage *m, size_t *len)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *buf = malloc(n ? n : 1);
-    if (!buf)
-        return NULL;
+    if (!buf) return NULL;
     *len = protobuf_c_message_pack(m, buf);
     return buf;
 }

@@ -16,8 +16,7 @@ static void flag_name(const char *name, char *out, size_t len)
     out[i] = '\0';
 }
 
-int dw_config_set(void *cfg, const dw_cfg_field *f, const char *value,
-                  char *err, size_t errlen)
+int dw_config_set(void *cfg, const dw_cfg_field *f, const char *value, char *err, size_t errlen)
 {
     char *base = cfg;
     switch (f->type) {
@@ -58,7 +57,9 @@ int dw_config_set(void *cfg, const dw_cfg_field *f, const char *value,
                  !strcasecmp(value, "off") || !*value)
             v = 0;
         else {
-            if (err) snprintf(err, errlen, "%s: '%s' is not a boolean (1/0, true/false)", f->name, value);
+            if (err)
+                snprintf(err, errlen, "%s: '%s' is not a boolean (1/0, true/false)", f->name,
+                         value);
             return -1;
         }
         *(int *)(base + f->offset) = v;
@@ -68,8 +69,7 @@ int dw_config_set(void *cfg, const dw_cfg_field *f, const char *value,
     return -1;
 }
 
-void dw_config_usage(const dw_cfg_field *fields, size_t n, const char *prog,
-                     const char *summary)
+void dw_config_usage(const dw_cfg_field *fields, size_t n, const char *prog, const char *summary)
 {
     printf("Usage: %s [--option=value ...]\n\n%s\n\n", prog, summary);
     printf("Every option can also be set with its environment variable.\n"
@@ -78,8 +78,7 @@ void dw_config_usage(const dw_cfg_field *fields, size_t n, const char *prog,
         char flag[64];
         flag_name(fields[i].name, flag, sizeof flag);
         printf("  --%-22s DW_%-22s %s", flag, fields[i].name, fields[i].help);
-        if (fields[i].def && *fields[i].def)
-            printf(" (default: %s)", fields[i].def);
+        if (fields[i].def && *fields[i].def) printf(" (default: %s)", fields[i].def);
         printf("\n");
     }
     printf("  --%-22s %-25s %s\n", "help", "", "print this help and exit");
@@ -94,21 +93,19 @@ void dw_config_usage(const dw_cfg_field *fields, size_t n, const char *prog,
     }
 }
 
-static const dw_cfg_field *find_flag(const dw_cfg_field *fields, size_t n,
-                                     const char *flag, size_t flen)
+static const dw_cfg_field *find_flag(const dw_cfg_field *fields, size_t n, const char *flag,
+                                     size_t flen)
 {
     for (size_t i = 0; i < n; i++) {
         char name[64];
         flag_name(fields[i].name, name, sizeof name);
-        if (strlen(name) == flen && !strncmp(name, flag, flen))
-            return &fields[i];
+        if (strlen(name) == flen && !strncmp(name, flag, flen)) return &fields[i];
     }
     return NULL;
 }
 
-int dw_config_load(void *cfg, const dw_cfg_field *fields, size_t n,
-                   int argc, char **argv, const char *prog,
-                   const char *summary)
+int dw_config_load(void *cfg, const dw_cfg_field *fields, size_t n, int argc, char **argv,
+                   const char *prog, const char *summary)
 {
     char err[256];
 

@@ -12,8 +12,7 @@ static dw_metric *metrics_head, *metrics_tail;
 static dw_metric *add(const char *name, const char *labels, const char *help, dw_metric_type t)
 {
     dw_metric *m = calloc(1, sizeof *m);
-    if (!m)
-        return NULL;
+    if (!m) return NULL;
     m->name = name;
     m->labels = labels;
     m->help = help;
@@ -41,8 +40,7 @@ dw_metric *dw_gauge(const char *name, const char *labels, const char *help)
 dw_metric *dw_histogram(const char *name, const char *labels, const char *help,
                         const double *bounds, size_t nbounds)
 {
-    if (nbounds > DW_HIST_MAX_BUCKETS)
-        nbounds = DW_HIST_MAX_BUCKETS;
+    if (nbounds > DW_HIST_MAX_BUCKETS) nbounds = DW_HIST_MAX_BUCKETS;
     dw_metric *m = add(name, labels, help, DW_METRIC_HISTOGRAM);
     if (m) {
         m->bounds = bounds;
@@ -53,8 +51,7 @@ dw_metric *dw_histogram(const char *name, const char *labels, const char *help,
 
 void dw_metric_observe_ns(dw_metric *m, int64_t ns)
 {
-    if (!m)
-        return;
+    if (!m) return;
     double s = (double)ns / 1e9;
     for (size_t i = 0; i < m->nbounds; i++)
         if (s <= m->bounds[i]) {
@@ -74,8 +71,7 @@ typedef struct sbuf {
 static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(sbuf *b, const char *fmt, ...)
 {
-    if (b->failed)
-        return;
+    if (b->failed) return;
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
@@ -109,16 +105,14 @@ static const char *type_name(dw_metric_type t)
 static int seen_before(const dw_metric *head, const dw_metric *m)
 {
     for (const dw_metric *o = head; o != m; o = o->next)
-        if (!strcmp(o->name, m->name))
-            return 1;
+        if (!strcmp(o->name, m->name)) return 1;
     return 0;
 }
 
 char *dw_metrics_render(size_t *len)
 {
     sbuf b = {malloc(4096), 0, 4096, 0};
-    if (!b.p)
-        return NULL;
+    if (!b.p) return NULL;
     b.p[0] = '\0';
     pthread_mutex_lock(&metrics_lock);
     for (dw_metric *m = metrics_head; m; m = m->next) {

@@ -44,8 +44,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_HTTP: {
         const char *uri = in;
-        if (!strcmp(uri, "/healthz"))
-            return respond(wsi, r, 200, "text/plain", strdup("ok\n"), 3);
+        if (!strcmp(uri, "/healthz")) return respond(wsi, r, 200, "text/plain", strdup("ok\n"), 3);
         if (!strcmp(uri, "/readyz")) {
             bool ok = st->ready ? st->ready(st->arg) : true;
             return respond(wsi, r, ok ? 200 : 503, "text/plain",
@@ -54,24 +53,22 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!strcmp(uri, "/metrics")) {
             size_t n = 0;
             char *text = dw_metrics_render(&n);
-            if (!text)
-                return 1;
+            if (!text) return 1;
             return respond(wsi, r, 200, "text/plain; version=0.0.4", text, n);
         }
         return respond(wsi, r, 404, "text/plain", strdup("not found\n"), 10);
     }
     case LWS_CALLBACK_HTTP_WRITEABLE: {
-        if (!r->body)
-            return 0;
+        if (!r->body) return 0;
         /* Write in chunks; lws wants LWS_PRE of headroom before each. */
         unsigned char buf[LWS_PRE + 8192];
         size_t n = r->len - r->sent;
-        if (n > 8192)
-            n = 8192;
+        if (n > 8192) n = 8192;
         memcpy(buf + LWS_PRE, r->body + r->sent, n);
         r->sent += n;
         int final = r->sent == r->len;
-        if (lws_write(wsi, buf + LWS_PRE, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) != (int)n)
+        if (lws_write(wsi, buf + LWS_PRE, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) !=
+            (int)n)
             return 1;
         if (!final) {
             lws_callback_on_writable(wsi);
@@ -85,8 +82,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         free(r->body);
         r->body = NULL;
         return 0;
-    default:
-        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    default: return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
 
@@ -99,19 +95,16 @@ static void *status_main(void *arg)
 {
     dw_status *st = arg;
     while (!atomic_load(&st->stop))
-        if (lws_service(st->ctx, 0) < 0)
-            break;
+        if (lws_service(st->ctx, 0) < 0) break;
     return NULL;
 }
 
 int dw_status_start(dw_status **out, const char *host, int port, bool (*ready)(void *), void *arg)
 {
     *out = NULL;
-    if (port <= 0)
-        return 0;
+    if (port <= 0) return 0;
     dw_status *st = calloc(1, sizeof *st);
-    if (!st)
-        return -1;
+    if (!st) return -1;
     st->ready = ready;
     st->arg = arg;
     struct lws_context_creation_info info;
@@ -140,8 +133,7 @@ int dw_status_start(dw_status **out, const char *host, int port, bool (*ready)(v
 
 void dw_status_stop(dw_status *st)
 {
-    if (!st)
-        return;
+    if (!st) return;
     atomic_store(&st->stop, true);
     lws_cancel_service(st->ctx);
     pthread_join(st->thread, NULL);

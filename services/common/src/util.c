@@ -42,8 +42,7 @@ static const char id_alphabet[] =
 int dw_id_random(char *out)
 {
     unsigned char raw[12];
-    if (RAND_bytes(raw, sizeof raw) != 1)
-        return -1;
+    if (RAND_bytes(raw, sizeof raw) != 1) return -1;
     /* 12 bytes = 96 bits = 16 x 6 bits: base64url without padding. */
     for (int i = 0; i < 4; i++) {
         uint32_t v = (uint32_t)raw[3 * i] << 16 | (uint32_t)raw[3 * i + 1] << 8 | raw[3 * i + 2];
@@ -58,11 +57,9 @@ int dw_id_random(char *out)
 
 int dw_id_valid(const char *s, size_t len)
 {
-    if (!s || len != DW_ID_LEN)
-        return 0;
+    if (!s || len != DW_ID_LEN) return 0;
     for (size_t i = 0; i < len; i++)
-        if (!memchr(id_alphabet, s[i], sizeof id_alphabet - 1) || !s[i])
-            return 0;
+        if (!memchr(id_alphabet, s[i], sizeof id_alphabet - 1) || !s[i]) return 0;
     return 1;
 }
 
@@ -70,8 +67,7 @@ static void on_signal(int sig)
 {
     (void)sig;
     dw_stop = 1;
-    if (signal_wake)
-        signal_wake(signal_wake_arg);
+    if (signal_wake) signal_wake(signal_wake_arg);
 }
 
 void dw_signals_install(void (*wake)(void *), void *arg)
@@ -90,8 +86,7 @@ void dw_signals_install(void (*wake)(void *), void *arg)
 long dw_raise_nofile(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl))
-        return -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return -1;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);

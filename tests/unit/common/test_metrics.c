@@ -18,8 +18,8 @@ static void test_render_exposition_format(void **state)
     dw_metric_add(c1, 3);
     dw_metric_inc(c2);
     dw_metric_set(g, 42);
-    dw_metric_observe_ns(h, 500000);    /* 0.5 ms */
-    dw_metric_observe_ns(h, 5000000);   /* 5 ms */
+    dw_metric_observe_ns(h, 500000);     /* 0.5 ms */
+    dw_metric_observe_ns(h, 5000000);    /* 5 ms */
     dw_metric_observe_ns(h, 2000000000); /* 2 s: only in +Inf */
 
     size_t len;

@@ -45,8 +45,7 @@ static void test_many_against_reference(void **state)
         uint64_t seq = x % 5000 + 1;
         int expect = 0;
         for (size_t j = 0; j < count; j++)
-            if (recent[(head + j) % W] == seq)
-                expect = 1;
+            if (recent[(head + j) % W] == seq) expect = 1;
         assert_int_equal(dedup_check_add(&d, seq), expect);
         if (!expect) {
             if (count == W) {

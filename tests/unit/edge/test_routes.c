@@ -48,8 +48,14 @@ static void test_sendmessage_without_data_is_bad_request(void **state)
 
 static void test_everything_else_is_default(void **state)
 {
-    const char *inputs[] = {"test", "", "{", "[]", "42", "{\"action\":\"nope\"}",
-                            "{\"action\":5}", "{\"action\":\"$connect\"}",
+    const char *inputs[] = {"test",
+                            "",
+                            "{",
+                            "[]",
+                            "42",
+                            "{\"action\":\"nope\"}",
+                            "{\"action\":5}",
+                            "{\"action\":\"$connect\"}",
                             "{\"action\":\"SENDMESSAGE\",\"data\":\"x\"}",
                             "{\"action\":\"sendmessage\",\"action\":\"x\",\"data\":\"d\"}"};
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {

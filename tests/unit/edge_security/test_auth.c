@@ -25,8 +25,7 @@ static void b64url(const void *in, size_t n, char *out)
     int o = 0;
     for (int i = 0; i < len; i++) {
         char c = out[i];
-        if (c == '=')
-            break;
+        if (c == '=') break;
         out[o++] = c == '+' ? '-' : c == '/' ? '_' : c;
     }
     out[o] = '\0';
@@ -62,8 +61,7 @@ static auth_jwt_config cfg(void)
 }
 
 /* Verify tok with c at NOW; returns the status, *why the reason. */
-static int verify_c(const auth_jwt_config *c, const char *tok, const char **why,
-                    auth_identity *id)
+static int verify_c(const auth_jwt_config *c, const char *tok, const char **why, auth_identity *id)
 {
     return auth_jwt_verify(c, tok, strlen(tok), NOW, id, why);
 }
@@ -109,9 +107,9 @@ static void test_valid_token_gives_sub(void **state)
 
 static void test_typ_is_optional_and_rooms_are_taken(void **state)
 {
-    char *tok = sign_with(SECRET, "{\"alg\":\"HS256\"}",
-                          claims("{\"sub\":\"bob\",\"exp\":%d,\"rooms\":[\"lobby\",\"a.b\"]}",
-                                 NOW + 60));
+    char *tok =
+        sign_with(SECRET, "{\"alg\":\"HS256\"}",
+                  claims("{\"sub\":\"bob\",\"exp\":%d,\"rooms\":[\"lobby\",\"a.b\"]}", NOW + 60));
     auth_jwt_config c = cfg();
     auth_identity id;
     const char *why;
@@ -213,7 +211,8 @@ static void test_audience(void **state)
 
 static void test_previous_secret_accepted_during_rotation(void **state)
 {
-    char *tok = sign_with(OTHER, "{\"alg\":\"HS256\"}", claims("{\"sub\":\"a\",\"exp\":%d}", NOW + 9));
+    char *tok =
+        sign_with(OTHER, "{\"alg\":\"HS256\"}", claims("{\"sub\":\"a\",\"exp\":%d}", NOW + 9));
     const char *why;
     assert_int_equal(verify(tok, &why), AUTH_ERR_SIGNATURE);
     auth_jwt_config c = cfg();
@@ -275,10 +274,12 @@ static void test_refusals_have_distinct_reasons(void **state)
          "token expired"},
         {"not yet valid", sign(claims("{\"sub\":\"a\",%s,\"nbf\":%d}", exp_ok, NOW + 3600)),
          AUTH_ERR_NOT_YET, "token not yet valid"},
-        {"wrong secret", sign_with(OTHER, "{\"alg\":\"HS256\"}", claims("{\"sub\":\"a\",%s}", exp_ok)),
+        {"wrong secret",
+         sign_with(OTHER, "{\"alg\":\"HS256\"}", claims("{\"sub\":\"a\",%s}", exp_ok)),
          AUTH_ERR_SIGNATURE, "bad signature"},
         {"alg none", alg_none, AUTH_ERR_ALG, "alg none refused"},
-        {"alg HS512", sign_with(SECRET, "{\"alg\":\"HS512\"}", claims("{\"sub\":\"a\",%s}", exp_ok)),
+        {"alg HS512",
+         sign_with(SECRET, "{\"alg\":\"HS512\"}", claims("{\"sub\":\"a\",%s}", exp_ok)),
          AUTH_ERR_ALG, "unsupported alg (only HS256)"},
         {"two parts", strdup(two), AUTH_ERR_MALFORMED, "malformed token (expected 3 parts)"},
         {"bad base64", bad_b64, AUTH_ERR_MALFORMED, "malformed header"},
@@ -319,7 +320,14 @@ static void test_more_malformed(void **state)
     char exp_ok[64];
     snprintf(exp_ok, sizeof exp_ok, "\"exp\":%d", NOW + 60);
     const char *bad[] = {
-        "", ".", "..", "...", "a.b.c.d", "a.b.c", "eyJhbGciOiJIUzI1NiJ9..", "eyJhbGciOiJIUzI1NiJ9.e.x",
+        "",
+        ".",
+        "..",
+        "...",
+        "a.b.c.d",
+        "a.b.c",
+        "eyJhbGciOiJIUzI1NiJ9..",
+        "eyJhbGciOiJIUzI1NiJ9.e.x",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(auth_jwt_verify(&c, bad[i], strlen(bad[i]), NOW, &id, &why),
@@ -331,7 +339,8 @@ static void test_more_malformed(void **state)
     assert_int_equal(verify(tok, &why), AUTH_ERR_ALG);
     assert_string_equal(why, "alg none refused");
     free(tok);
-    tok = sign_with(SECRET, "{\"alg\":\"HS256\",\"crit\":[\"b64\"]}", claims("{\"sub\":\"a\",%s}", exp_ok));
+    tok = sign_with(SECRET, "{\"alg\":\"HS256\",\"crit\":[\"b64\"]}",
+                    claims("{\"sub\":\"a\",%s}", exp_ok));
     assert_int_equal(verify(tok, &why), AUTH_ERR_ALG);
     free(tok);
     tok = sign_with(SECRET, "[\"HS256\"]", claims("{\"sub\":\"a\",%s}", exp_ok));
@@ -353,8 +362,7 @@ static void test_more_malformed(void **state)
     /* A non-canonical last character of the signature (unused bits set)
      * decodes to the same bytes but is refused. */
     strcpy(padded, tok);
-    static const char alpha[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     char *last = padded + strlen(padded) - 1;
     *last = alpha[(strchr(alpha, *last) - alpha) | 1];
     assert_int_equal(verify(padded, &why), AUTH_ERR_MALFORMED);
@@ -398,13 +406,15 @@ static void test_sub_validation(void **state)
     assert_int_equal(verify(tok, &why), AUTH_ERR_CLAIMS);
     assert_string_equal(why, "bad sub claim");
     free(tok);
-    const char *bad[] = {"\"\"", "42", "null", "\"a\\u0001b\"", "\"a\\nb\"", "\"a\\u007fb\"",
-                         "\"a\\u0085b\"", "\"a\\u0000b\"", "[\"a\"]"};
+    const char *bad[] = {"\"\"",          "42",
+                         "null",          "\"a\\u0001b\"",
+                         "\"a\\nb\"",     "\"a\\u007fb\"",
+                         "\"a\\u0085b\"", "\"a\\u0000b\"",
+                         "[\"a\"]"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         tok = sign(claims("{\"sub\":%s,%s}", bad[i], exp_ok));
         int rc = verify(tok, &why);
-        if (rc == AUTH_OK)
-            fail_msg("sub %s accepted", bad[i]);
+        if (rc == AUTH_OK) fail_msg("sub %s accepted", bad[i]);
         free(tok);
     }
     /* Non-ASCII printable text is a fine user id. */
@@ -499,7 +509,8 @@ static void test_token_from_headers(void **state)
     v = "  bearer \t aa.bb.cc  ";
     assert_int_equal(auth_token_from_bearer(v, strlen(v), &tok, &n), 1);
     assert_int_equal(n, 8);
-    const char *no[] = {"Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", "Bearerx a.b.c", "Bearer a b", ""};
+    const char *no[] = {"Basic dXNlcjpwYXNz", "Bearer",     "Bearer   ",
+                        "Bearerx a.b.c",      "Bearer a b", ""};
     for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
         assert_int_equal(auth_token_from_bearer(no[i], strlen(no[i]), &tok, &n), 0);
 
@@ -520,7 +531,8 @@ static void test_token_from_request_precedence(void **state)
     char out[64];
     size_t n;
     const char *why;
-    auth_request_view rq = {.query = "token=q.q.q", .authorization = "Bearer h.h.h",
+    auth_request_view rq = {.query = "token=q.q.q",
+                            .authorization = "Bearer h.h.h",
                             .protocols = "dynamowave.v1, p.p.p"};
     assert_int_equal(auth_token_from_request(&rq, out, sizeof out, &n, &why), 1);
     assert_string_equal(out, "h.h.h");

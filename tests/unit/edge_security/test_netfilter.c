@@ -14,16 +14,14 @@ static nf_denylist deny(const char *spec)
 {
     nf_denylist l;
     const char *why = NULL;
-    if (nf_denylist_parse(spec, &l, &why))
-        fail_msg("\"%s\" refused: %s", spec, why);
+    if (nf_denylist_parse(spec, &l, &why)) fail_msg("\"%s\" refused: %s", spec, why);
     return l;
 }
 
 static void expect_matches(const nf_denylist *l, const char *const *ips, size_t n, int want)
 {
     for (size_t i = 0; i < n; i++)
-        if (nf_denylist_match(l, ips[i]) != want)
-            fail_msg("%s: want %d", ips[i], want);
+        if (nf_denylist_match(l, ips[i]) != want) fail_msg("%s: want %d", ips[i], want);
 }
 #define EXPECT(l, want, ...)                                                                       \
     do {                                                                                           \
@@ -104,18 +102,28 @@ static void test_cidr_spacing_and_empties(void **state)
 static void test_cidr_errors(void **state)
 {
     const char *bad[] = {
-        "10.0.0.1/8",    /* host bits */
-        "::1/64",        /* host bits */
-        "10.0.0.0/33",   "::/129",       "10.0.0.0/",     "10.0.0.0/-1",  "10.0.0.0/8x",
-        "10.0.0.0/0008", "300.0.0.0/8",  "10.0.0/8",      "hello",        "10.0.0.0/8,bad",
-        "10.0.0.0 /8",   "fe80::1%eth0", "/8",            "1.2.3.4/+8",
+        "10.0.0.1/8", /* host bits */
+        "::1/64",     /* host bits */
+        "10.0.0.0/33",
+        "::/129",
+        "10.0.0.0/",
+        "10.0.0.0/-1",
+        "10.0.0.0/8x",
+        "10.0.0.0/0008",
+        "300.0.0.0/8",
+        "10.0.0/8",
+        "hello",
+        "10.0.0.0/8,bad",
+        "10.0.0.0 /8",
+        "fe80::1%eth0",
+        "/8",
+        "1.2.3.4/+8",
         "0123:4567:89ab:cdef:0123:4567:89ab:cdef:0123/128",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         nf_denylist l;
         const char *why = NULL;
-        if (nf_denylist_parse(bad[i], &l, &why) != -1)
-            fail_msg("\"%s\" accepted", bad[i]);
+        if (nf_denylist_parse(bad[i], &l, &why) != -1) fail_msg("\"%s\" accepted", bad[i]);
         assert_non_null(why);
         assert_int_equal(l.n, 0);
         assert_null(l.v);
@@ -168,8 +176,7 @@ static void test_origin_allow_list(void **state)
                          "HTTPS://chat.example.com:443", "http://localhost:8080",
                          "https://[::1]:9443"};
     for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
-        if (nf_origins_match(&l, yes[i]) != 1)
-            fail_msg("%s refused", yes[i]);
+        if (nf_origins_match(&l, yes[i]) != 1) fail_msg("%s refused", yes[i]);
     const char *no[] = {
         "http://chat.example.com",           /* scheme */
         "https://chat.example.com:8443",     /* port */
@@ -190,8 +197,7 @@ static void test_origin_allow_list(void **state)
         "chat.example.com",
     };
     for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
-        if (nf_origins_match(&l, no[i]) != 0)
-            fail_msg("%s allowed", no[i]);
+        if (nf_origins_match(&l, no[i]) != 0) fail_msg("%s allowed", no[i]);
     assert_int_equal(nf_origins_match(&l, NULL), 0);
     nf_origins_free(&l);
     nf_origins_free(&l);
@@ -202,7 +208,8 @@ static void test_origin_default_ports_and_other_schemes(void **state)
 {
     nf_origins l;
     const char *why = NULL;
-    assert_int_equal(nf_origins_parse("http://a.example:80,app://local,wss://b.example", &l, &why), 0);
+    assert_int_equal(nf_origins_parse("http://a.example:80,app://local,wss://b.example", &l, &why),
+                     0);
     assert_int_equal(nf_origins_match(&l, "http://a.example"), 1);
     assert_int_equal(nf_origins_match(&l, "app://local"), 1);
     assert_int_equal(nf_origins_match(&l, "app://local:80"), 0);
@@ -218,16 +225,26 @@ static void test_origin_default_ports_and_other_schemes(void **state)
 static void test_origin_errors(void **state)
 {
     const char *bad[] = {
-        "chat.example.com", "https://x.com/path", "https://x.com/", "https://x.com:0",
-        "https://x.com:65536", "https://user@x.com", "https://", "://x.com", "1http://x.com",
-        "https://[::1", "https://[zz::1]:80", "https://x.com:", "https://x.com?q", "*",
+        "chat.example.com",
+        "https://x.com/path",
+        "https://x.com/",
+        "https://x.com:0",
+        "https://x.com:65536",
+        "https://user@x.com",
+        "https://",
+        "://x.com",
+        "1http://x.com",
+        "https://[::1",
+        "https://[zz::1]:80",
+        "https://x.com:",
+        "https://x.com?q",
+        "*",
         "https://x.com:123456",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         nf_origins l;
         const char *why = NULL;
-        if (nf_origins_parse(bad[i], &l, &why) != -1)
-            fail_msg("\"%s\" accepted", bad[i]);
+        if (nf_origins_parse(bad[i], &l, &why) != -1) fail_msg("\"%s\" accepted", bad[i]);
         assert_string_equal(why, "bad origin (want scheme://host[:port], no path)");
         assert_int_equal(l.n, 0);
     }

@@ -99,8 +99,7 @@ static void test_bucket_edge_cases(void **state)
 static rl_ip ip(const char *text)
 {
     rl_ip a;
-    if (rl_ip_parse(text, &a))
-        fail_msg("bad test address %s", text);
+    if (rl_ip_parse(text, &a)) fail_msg("bad test address %s", text);
     return a;
 }
 
@@ -152,7 +151,8 @@ static void test_concurrent_cap_per_ip(void **state)
     rl_ip unknown = ip("198.51.100.1");
     rl_ip_conn_close(&t, &unknown);
     assert_int_equal(rl_ip_conns(&t, &unknown), 0);
-    assert_string_equal(rl_verdict_str(RL_DENY_CONCURRENT), "too many connections from this address");
+    assert_string_equal(rl_verdict_str(RL_DENY_CONCURRENT),
+                        "too many connections from this address");
     rl_iptable_free(&t);
     rl_iptable_free(&t);
     rl_iptable_free(NULL);
@@ -284,13 +284,11 @@ static void test_table_against_reference(void **state)
             rl_ip a = ip4n(k);
             if ((x >> 32) % 3 && ref[k] > 0) {
                 rl_ip_conn_close(&t, &a);
-                if (--ref[k] == 0)
-                    busy--;
+                if (--ref[k] == 0) busy--;
             } else {
                 rl_verdict v = rl_ip_conn_open(&t, &a, i, NULL);
                 if (v == RL_ALLOW) {
-                    if (ref[k]++ == 0)
-                        busy++;
+                    if (ref[k]++ == 0) busy++;
                 } else {
                     assert_int_equal(v, RL_DENY_TABLE_FULL);
                     assert_int_equal(ref[k], 0);
@@ -301,8 +299,7 @@ static void test_table_against_reference(void **state)
         }
         for (uint32_t k = 0; k < N; k++) {
             rl_ip a = ip4n(k);
-            if (ref[k])
-                assert_int_equal(rl_ip_conns(&t, &a), ref[k]);
+            if (ref[k]) assert_int_equal(rl_ip_conns(&t, &a), ref[k]);
         }
         rl_iptable_free(&t);
     }

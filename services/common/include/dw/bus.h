@@ -13,19 +13,19 @@
 #define DW_STREAM_CONN "DW_CONN"
 #define DW_STREAM_MSG "DW_MSG"
 
-#define DW_SUBJ_CONN_PREFIX "dw.conn."       /* + connect|disconnect|join|leave|edge_down */
-#define DW_SUBJ_MSG_PREFIX "dw.msg."         /* + <room> */
-#define DW_SUBJ_REG_ROOM "dw.registry.room"  /* RoomQuery -> RoomEdges */
-#define DW_SUBJ_REG_LIST "dw.registry.list"  /* ListQuery -> ListReply */
+#define DW_SUBJ_CONN_PREFIX "dw.conn."        /* + connect|disconnect|join|leave|edge_down */
+#define DW_SUBJ_MSG_PREFIX "dw.msg."          /* + <room> */
+#define DW_SUBJ_REG_ROOM "dw.registry.room"   /* RoomQuery -> RoomEdges */
+#define DW_SUBJ_REG_LIST "dw.registry.list"   /* ListQuery -> ListReply */
 #define DW_SUBJ_REG_EDGES "dw.registry.edges" /* (empty) -> EdgesReply */
 #define DW_REG_QUEUE "registry"
 #define DW_SUBJ_REG_PRESENCE "dw.registry.presence" /* PresenceQuery -> PresenceReply */
 #define DW_SUBJ_EDGE_HEARTBEAT "dw.edge.heartbeat"
-#define DW_SUBJ_API_POST "dw.api.connections.post"     /* ApiRequest -> ApiReply */
+#define DW_SUBJ_API_POST "dw.api.connections.post" /* ApiRequest -> ApiReply */
 #define DW_SUBJ_API_GET "dw.api.connections.get"
 #define DW_SUBJ_API_DELETE "dw.api.connections.delete"
 #define DW_STREAM_DLQ "DW_DLQ"
-#define DW_SUBJ_DLQ_PREFIX "dw.dlq."                    /* + <room> */
+#define DW_SUBJ_DLQ_PREFIX "dw.dlq." /* + <room> */
 #define DW_DISPATCHER_DURABLE "dispatcher"
 
 /* Room names: 1..64 of letters, digits, '-', '_', '.'; a '.' makes extra
@@ -70,9 +70,9 @@ void dw_bus_env_help(FILE *out);
  * msg_max_age_s / conn_max_age_s: retention; replicas: 1 locally, 3 in a
  * cluster. */
 typedef struct dw_stream_opts {
-    int64_t conn_max_age_s;   /* DW_CONN: the PITR window (35 days) */
-    int64_t msg_max_age_s;    /* DW_MSG: the history window (24 h) */
-    int64_t dedup_window_s;   /* DW_MSG Nats-Msg-Id window (120 s) */
+    int64_t conn_max_age_s; /* DW_CONN: the PITR window (35 days) */
+    int64_t msg_max_age_s;  /* DW_MSG: the history window (24 h) */
+    int64_t dedup_window_s; /* DW_MSG Nats-Msg-Id window (120 s) */
     int replicas;
 } dw_stream_opts;
 void dw_stream_opts_default(dw_stream_opts *o);

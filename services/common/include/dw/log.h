@@ -14,8 +14,8 @@ void dw_log(dw_log_level level, const char *msg, const char *kvfmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define DW_DEBUG(msg, ...) dw_log(DW_LOG_DEBUG, msg, __VA_ARGS__)
-#define DW_INFO(msg, ...)  dw_log(DW_LOG_INFO, msg, __VA_ARGS__)
-#define DW_WARN(msg, ...)  dw_log(DW_LOG_WARN, msg, __VA_ARGS__)
+#define DW_INFO(msg, ...) dw_log(DW_LOG_INFO, msg, __VA_ARGS__)
+#define DW_WARN(msg, ...) dw_log(DW_LOG_WARN, msg, __VA_ARGS__)
 #define DW_ERROR(msg, ...) dw_log(DW_LOG_ERROR, msg, __VA_ARGS__)
 
 #endif

@@ -18,11 +18,11 @@ typedef enum { DW_METRIC_COUNTER, DW_METRIC_GAUGE, DW_METRIC_HISTOGRAM } dw_metr
 
 typedef struct dw_metric {
     struct dw_metric *next;
-    const char *name;     /* static: e.g. "dw_edge_deliveries_total" */
-    const char *help;     /* static */
-    const char *labels;   /* static, e.g. "result=\"delivered\"", or NULL */
+    const char *name;   /* static: e.g. "dw_edge_deliveries_total" */
+    const char *help;   /* static */
+    const char *labels; /* static, e.g. "result=\"delivered\"", or NULL */
     dw_metric_type type;
-    _Atomic int64_t value;                        /* counter / gauge */
+    _Atomic int64_t value; /* counter / gauge */
     /* histogram: upper bounds in seconds, cumulative counts by bucket */
     const double *bounds;
     size_t nbounds;
@@ -40,8 +40,7 @@ dw_metric *dw_histogram(const char *name, const char *labels, const char *help,
 
 static inline void dw_metric_add(dw_metric *m, int64_t n)
 {
-    if (m)
-        atomic_fetch_add_explicit(&m->value, n, memory_order_relaxed);
+    if (m) atomic_fetch_add_explicit(&m->value, n, memory_order_relaxed);
 }
 static inline void dw_metric_inc(dw_metric *m)
 {
@@ -49,8 +48,7 @@ static inline void dw_metric_inc(dw_metric *m)
 }
 static inline void dw_metric_set(dw_metric *m, int64_t v)
 {
-    if (m)
-        atomic_store_explicit(&m->value, v, memory_order_relaxed);
+    if (m) atomic_store_explicit(&m->value, v, memory_order_relaxed);
 }
 void dw_metric_observe_ns(dw_metric *m, int64_t ns);
 
