@@ -8,8 +8,7 @@ int outbox_push(edge_outbox *ob, edge_frame *f)
     if (ob->count == ob->cap) {
         uint32_t ncap = ob->cap ? ob->cap * 2 : 8;
         edge_frame **n = malloc(ncap * sizeof *n);
-        if (!n)
-            return -1;
+        if (!n) return -1;
         for (uint32_t i = 0; i < ob->count; i++)
             n[i] = ob->ring[(ob->head + i) & (ob->cap - 1)];
         free(ob->ring);
@@ -25,15 +24,16 @@ int outbox_push(edge_outbox *ob, edge_frame *f)
 
 void outbox_pop(edge_outbox *ob)
 {
-    if (!ob->count)
-        return;
+    if (!ob->count) return;
     edge_frame *f = ob->ring[ob->head];
     ob->head = (ob->head + 1) & (ob->cap - 1);
     ob->count--;
     ob->bytes -= f->len;
     frame_unref(f);
-    if (!ob->count && ob->cap > 64) {
-        /* Give memory back after a burst: idle connections stay small. */
+    if (!ob->count && ob->cap > 4096) {
+        /* Give memory back after an unusual burst only: a ring that drains
+         * after every batch is reused, not regrown from 8 each time (that
+         * was a malloc per connection per batch on the fan-out path). */
         free(ob->ring);
         ob->ring = NULL;
         ob->cap = 0;
@@ -51,8 +51,7 @@ size_t outbox_fill(edge_outbox *ob, unsigned char *buf, size_t cap, edge_frame *
     }
     while (ob->count) {
         edge_frame *f = ob->ring[ob->head];
-        if (n + f->len > cap)
-            break;
+        if (n + f->len > cap) break;
         memcpy(buf + n, f->bytes, f->len);
         n += f->len;
         outbox_pop(ob);
