@@ -104,7 +104,8 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         return;
     } else if (!strcmp(subj, "dw.conn.disconnect")) {
         ev->kind = BEV_DISCONNECT_ACK;
-        snprintf(ev->conn_id, sizeof ev->conn_id, "%s", msg_id + strlen("disconnect."));
+        snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
+                 idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
     } else {
         ev->kind = BEV_MSG_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%.*s", DW_ID_LEN, msg_id);
@@ -121,6 +122,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     natsMsg_Destroy(msg);
     enqueue(b, ev);
 }
+        /* "disconnect.<id>" or "drop.<round>.<id>": the id ends it. */
 
 static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -356,6 +358,14 @@ static int publish_pb(edge_bridge *b, const char *subj, const ProtobufCMessage *
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r)
 {
     return publish_pb(b, reply, &r->base);
+int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
+{
+    char msg_id[80];
+    snprintf(msg_id, sizeof msg_id, "drop.%llu.%s", (unsigned long long)round, ev->conn_id);
+    return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__DISCONNECT), msg_id,
+                         &ev->base);
+}
+
 }
 
 int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r)

@@ -76,6 +76,9 @@ int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
 /* A LEAVE event (asynchronous; the result is only logged). */
 int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n);
 
+/* A DISCONNECT for an id the registry has and this edge does not hold
+ * (reconciliation): a fresh Nats-Msg-Id per round, for the same reason. */
+int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
 /* For jobs.c: the bus handles and the way back to the lws thread. */
 jsCtx *bridge_js(edge_bridge *b);
 natsConnection *bridge_nc(edge_bridge *b);

@@ -545,11 +545,101 @@ static void on_delivery(edge *e, edge_event *ev)
     free(gone);
 }
 
+/* Reconciliation requests bound their work: one page or one batch of ids. */
+#define RECONCILE_MAX_IDS 10000
+
+/* Bumped per re-announce or drop wave: part of the Nats-Msg-Id, so that a
+ * wave is not taken for a duplicate of an earlier one inside the dedup
+ * window. */
+static uint64_t reannounce_round;
+
+static void reannounce(edge *e, edge_session *s, uint64_t round)
+{
+    char *rooms[64];
+    size_t n = 0;
+    for (uint16_t j = 0; j < s->nrooms && n < 64; j++)
+        rooms[n++] = s->rooms[j].room->name;
+    Dw__ConnEvent ev;
+    connect_event(e, s, &ev, rooms, n);
+    if (bridge_publish_reannounce(e->bridge, &ev, round))
+        DW_WARN("re-announce failed", "conn=%s", s->id);
+}
+
+/* The registry reconciling its table with us (docs/operations.md): list
+ * what we hold, announce what it lacks, drop what we do not hold. ANNOUNCE
+ * and DROP check again here, on the thread that opens and closes sockets,
+ * so a connection that came or went since the LIST is never wronged: a
+ * re-announce is published before any later disconnect of the same id,
+ * and a dropped id is one we do not hold (ids are never reused). */
+static void on_reconcile_request(edge *e, edge_event *ev)
+{
+    Dw__ConnRequest *rq = ev->conn_request;
+    Dw__ConnReply r = DW__CONN_REPLY__INIT;
+    char **ids = NULL;
+    r.found = true;
+    if (rq->op == DW__CONN_REQUEST__OP__LIST) {
+        size_t limit = rq->limit && rq->limit < RECONCILE_MAX_IDS ? rq->limit : RECONCILE_MAX_IDS;
+        size_t i = rq->cursor < e->conns.nslots ? (size_t)rq->cursor : e->conns.nslots;
+        ids = malloc(limit * sizeof *ids);
+        if (!ids) {
+            r.error = "out_of_memory";
+            goto reply;
+        }
+        for (; i < e->conns.nslots && r.n_conn_ids < limit; i++) {
+            edge_session *s = e->conns.slots[i].value;
+            if (s) ids[r.n_conn_ids++] = s->id;
+        }
+        r.conn_ids = ids;
+        r.next_cursor = i;
+        r.more = i < e->conns.nslots;
+    } else if (rq->n_conn_ids > RECONCILE_MAX_IDS) {
+        r.error = "too_many_ids";
+    } else if (rq->op == DW__CONN_REQUEST__OP__ANNOUNCE) {
+        uint64_t round = ++reannounce_round;
+        for (size_t i = 0; i < rq->n_conn_ids; i++) {
+            const char *id = rq->conn_ids[i];
+            edge_session *s =
+                strlen(id) == DW_ID_LEN ? connmap_get(&e->conns, id, DW_ID_LEN) : NULL;
+            if (!s || s->state != SESS_READY) continue; /* pending: its own CONNECT is coming */
+            reannounce(e, s, round);
+            r.count++;
+        }
+        if (r.count) DW_INFO("reconcile: re-announced connections", "count=%u", r.count);
+    } else {
+        uint64_t round = ++reannounce_round;
+        for (size_t i = 0; i < rq->n_conn_ids; i++) {
+            const char *id = rq->conn_ids[i];
+            if (strlen(id) == DW_ID_LEN && connmap_get(&e->conns, id, DW_ID_LEN)) continue;
+            Dw__ConnEvent dev = DW__CONN_EVENT__INIT;
+            dev.kind = DW__CONN_EVENT__KIND__DISCONNECT;
+            dev.conn_id = (char *)id;
+            dev.edge_id = e->edge_id;
+            dev.ts_ms = dw_now_ms();
+            dev.reason = "reconcile: not on this edge";
+            if (bridge_publish_drop(e->bridge, &dev, round)) {
+                DW_WARN("reconcile: disconnect event not published", "conn=%s", id);
+                continue;
+            }
+            r.count++;
+        }
+        if (r.count)
+            DW_INFO("reconcile: dropped connections this edge does not hold", "count=%u", r.count);
+    }
+reply:
+    bridge_reply_conn(e->bridge, ev->reply, &r);
+    free(ids);
+}
+
 /* The @connections operations, asked by the api service for one of ours. */
 static void on_conn_request(edge *e, edge_event *ev)
 {
     Dw__ConnRequest *rq = ev->conn_request;
     Dw__ConnReply r = DW__CONN_REPLY__INIT;
+    if (rq->op == DW__CONN_REQUEST__OP__LIST || rq->op == DW__CONN_REQUEST__OP__ANNOUNCE ||
+        rq->op == DW__CONN_REQUEST__OP__DROP) {
+        on_reconcile_request(e, ev);
+        return;
+    }
     edge_session *s = rq->conn_id ? connmap_get(&e->conns, rq->conn_id, strlen(rq->conn_id)) : NULL;
     char *rooms[1];
     r.conn_id = rq->conn_id;
@@ -588,19 +678,10 @@ static void on_conn_request(edge *e, edge_event *ev)
  * connections: announce each live one again. */
 static void on_edge_down_self(edge *e)
 {
-    static uint64_t round;
-    round++;
+    uint64_t round = ++reannounce_round;
     for (size_t i = 0; i < e->conns.nslots; i++) {
         edge_session *s = e->conns.slots[i].value;
-        if (!s || s->state != SESS_READY) continue;
-        char *rooms[64];
-        size_t n = 0;
-        for (uint16_t j = 0; j < s->nrooms && n < 64; j++)
-            rooms[n++] = s->rooms[j].room->name;
-        Dw__ConnEvent ev;
-        connect_event(e, s, &ev, rooms, n);
-        if (bridge_publish_reannounce(e->bridge, &ev, round))
-            DW_WARN("re-announce failed", "conn=%s", s->id);
+        if (s && s->state == SESS_READY) reannounce(e, s, round);
     }
 }
 

@@ -32,6 +32,7 @@
 #include "fsutil.h"
 #include "node.h"
 #include "ops.h"
+#include "reconcile.h"
 #include "restore.h"
 #include "store.h"
 
@@ -53,6 +54,8 @@ typedef struct reg_config {
     char *restore_to;
     int full_replay;
     int dry_run;
+    int64_t reconcile_edge_ttl_ms;
+    int64_t reconcile_timeout_ms;
     char *log_level;
 } reg_config;
 
@@ -97,6 +100,12 @@ static const dw_cfg_field reg_fields[] = {
       "resume'"),
     F("FULL_REPLAY", DW_CFG_BOOL, full_replay, "0", 0, 0,
       "with --restore-to: ignore checkpoints, replay DW_CONN from its start"),
+    F("RECONCILE_EDGE_TTL_MS", DW_CFG_INT, reconcile_edge_ttl_ms, "6000", 100, 600000,
+      "reconciliation asks every edge heard from (heartbeat) within this long, and every edge "
+      "the table names"),
+    F("RECONCILE_TIMEOUT_MS", DW_CFG_INT, reconcile_timeout_ms, "5000", 100, 60000,
+      "reconciliation: how long one request to an edge may take (an edge that does not answer "
+      "in time is left as it is)"),
     F("DRY_RUN", DW_CFG_BOOL, dry_run, "0", 0, 0,
       "with --restore-to: print the plan, change nothing"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
@@ -260,6 +269,7 @@ int main(int argc, char **argv)
     reg_store *st = NULL;
     reg_node *node = NULL;
     reg_ops *ops = NULL;
+    reg_reconcile *recon = NULL;
     dw_status *status = NULL;
     dw_ping *ping = NULL;
     char *err = NULL;
@@ -355,6 +365,12 @@ int main(int argc, char **argv)
     DW_INFO("table opened", "dir=\"%s\" applied_seq=%llu connections=%llu", dbdir,
             (unsigned long long)reg_store_applied_seq(st), (unsigned long long)reg_store_count(st));
 
+    reg_reconcile_opts ro;
+    reg_reconcile_opts_default(&ro);
+    ro.edge_ttl_ms = cfg.reconcile_edge_ttl_ms;
+    ro.request_timeout_ms = cfg.reconcile_timeout_ms;
+    if (reg_reconcile_start(&recon, nc, js, &ro)) goto done;
+
     reg_node_cfg nc_cfg = {
         .replica_id = cfg.replica_id,
         .replica_dir = replica_dir,
@@ -364,6 +380,7 @@ int main(int argc, char **argv)
         .ckpt_keep = cfg.checkpoint_keep,
         .ckpt_max_age_s = cfg.checkpoint_max_age_s,
         .keys = keys,
+        .reconcile = recon,
     };
     int node_rc = reg_node_create(&node, &nc_cfg, st, nc, js);
     st = NULL; /* the node owns it now */
@@ -383,8 +400,12 @@ int main(int argc, char **argv)
 done:
     dw_status_stop(status);
     dw_ping_stop(ping);
-    if (reg_ops_stop(ops)) node = NULL; /* an operation may still use it: leave it to the exit */
+    if (reg_ops_stop(ops)) { /* an operation may still use them: leave them to the exit */
+        node = NULL;
+        recon = NULL;
+    }
     reg_node_free(node);
+    reg_reconcile_free(recon);
     reg_store_close(st);
     free(err);
     jsCtx_Destroy(js);

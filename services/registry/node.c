@@ -43,6 +43,7 @@ struct reg_node {
     int ckpt_running;
     int has_last_ckpt;
     reg_ckpt last_ckpt;
+    int reconcile_pending; /* a resume lifted a hold: reconcile once caught up (mu) */
 
     struct {
         dw_metric *connections, *applied_seq, *last_ckpt_ts, *ckpts, *ready;
@@ -351,6 +352,16 @@ int reg_node_run(reg_node *n)
                 atomic_store(&n->failed, 1);
                 break;
             }
+            if (n->reconcile_pending && atomic_load(&n->state) == REG_STATE_LIVE) {
+                reg_reconcile_result res;
+                char *err = NULL;
+                n->reconcile_pending = 0;
+                pthread_mutex_unlock(&n->mu);
+                DW_INFO("the restored table caught up: reconciling with the live edges", "%s", "");
+                reg_node_reconcile(n, 0, &res, &err);
+                free(err);
+                pthread_mutex_lock(&n->mu);
+            }
         }
         /* dw_stop comes from a signal handler, which cannot signal cv. */
         struct timespec ts;
@@ -475,6 +486,12 @@ int reg_node_resume(reg_node *n, int *was_held, char **err)
         DW_INFO("resumed: applying DW_CONN up to now", "applied_seq=%llu",
                 (unsigned long long)reg_store_applied_seq(n->st));
     }
+    if (*was_held && n->cfg.reconcile) {
+        pthread_mutex_lock(&n->mu);
+        n->reconcile_pending = 1;
+        pthread_cond_broadcast(&n->cv);
+        pthread_mutex_unlock(&n->mu);
+    }
 done:
     pthread_mutex_unlock(&n->amu);
     return rc;
@@ -496,6 +513,29 @@ int reg_node_rotate(reg_node *n, uint64_t *rewritten, reg_ckpt *ckpt, char **err
     }
     pthread_mutex_unlock(&n->amu);
     if (rc) DW_ERROR("key rotation failed", "err=\"%s\"", *err ? *err : "?");
+    return rc;
+}
+
+int reg_node_reconcile(reg_node *n, int dry_run, reg_reconcile_result *res, char **err)
+{
+    int rc = -1;
+    *err = NULL;
+    memset(res, 0, sizeof *res);
+    if (!n->cfg.reconcile) {
+        *err = errstr("reconciliation is not available");
+        return -1;
+    }
+    pthread_mutex_lock(&n->amu);
+    reg_state st = (reg_state)atomic_load(&n->state);
+    if (st == REG_STATE_HELD || st == REG_STATE_RESTORING)
+        *err = errstr("held at a restore point: 'dwctl registry resume' first (it reconciles "
+                      "once the table has caught up)");
+    else if (st != REG_STATE_LIVE)
+        *err = errstr("catching up: try again once the replica is live");
+    else
+        rc = reg_reconcile_run(n->cfg.reconcile, n->st, dry_run, &dw_stop, res, err);
+    pthread_mutex_unlock(&n->amu);
+    if (rc) DW_WARN("reconcile refused or failed", "err=\"%s\"", *err ? *err : "?");
     return rc;
 }
 

@@ -25,6 +25,7 @@
 
 #include "checkpoint.h"
 #include "dw/crypto.h"
+#include "reconcile.h"
 #include "restore.h"
 #include "store.h"
 
@@ -42,10 +43,11 @@ typedef struct reg_node_cfg {
     const char *replica_dir; /* holds db/ (and restore.* during a restore) */
     const char *ckpt_dir;
     int64_t query_wait_ms;
-    int64_t ckpt_interval_s; /* 0: no periodic checkpoints */
-    int64_t ckpt_keep;       /* 0: no count limit */
-    int64_t ckpt_max_age_s;  /* 0: no age limit */
-    const dw_keyring *keys;  /* borrowed */
+    int64_t ckpt_interval_s;  /* 0: no periodic checkpoints */
+    int64_t ckpt_keep;        /* 0: no count limit */
+    int64_t ckpt_max_age_s;   /* 0: no age limit */
+    const dw_keyring *keys;   /* borrowed */
+    reg_reconcile *reconcile; /* borrowed; NULL: no reconciliation */
 } reg_node_cfg;
 
 typedef struct reg_node reg_node;
@@ -84,12 +86,18 @@ int reg_node_restore(reg_node *n, int64_t to_ms, int dry_run, int full_replay,
                      reg_restore_plan *plan, reg_restore_result *res, char **err);
 
 /* Lift the hold and apply DW_CONN from the restored point to now. *was_held
- * tells whether there was a hold. 0 or -1 with *err. */
+ * tells whether there was a hold; if there was, the run loop reconciles
+ * with the live edges once the table has caught up. 0 or -1 with *err. */
 int reg_node_resume(reg_node *n, int *was_held, char **err);
 
 /* Re-seal every value with the current key (store.h), then checkpoint so
  * that the newest checkpoint needs only the current key. 0 or -1 with *err. */
 int reg_node_rotate(reg_node *n, uint64_t *rewritten, reg_ckpt *ckpt, char **err);
+
+/* Reconcile the table with the live edges now (reconcile.h). Refused while
+ * held or restoring (the corrections are DW_CONN events: a held table
+ * would not apply them) and while catching up. 0 or -1 with *err. */
+int reg_node_reconcile(reg_node *n, int dry_run, reg_reconcile_result *res, char **err);
 
 typedef struct reg_node_status {
     reg_state state;

@@ -8,9 +8,9 @@
 #include "dw/log.h"
 #include "dw/util.h"
 
-#define N_OPS 6
-static const char *const op_names[N_OPS] = {"status",  "checkpoint", "checkpoints",
-                                            "restore", "resume",     "rotate"};
+#define N_OPS 7
+static const char *const op_names[N_OPS] = {"status", "checkpoint", "checkpoints", "restore",
+                                            "resume", "rotate",     "reconcile"};
 
 /* An operation in progress when we stop gets this long to finish. */
 #define OPS_DRAIN_MS 30000
@@ -242,6 +242,34 @@ static char *op_rotate(reg_node *node, const char *rid)
                               (json_int_t)n, "checkpoint", ckpt_json(&c, reg_node_ckpt_dir(node))));
 }
 
+static char *op_reconcile(reg_node *node, const char *rid, const void *data, size_t len)
+{
+    json_error_t jerr;
+    json_t *req = len ? json_loadb(data, len, 0, &jerr) : json_object();
+    int dry = 0;
+    char *r = NULL, *err = NULL;
+    reg_reconcile_result res;
+    if (!req || json_unpack(req, "{s?b}", "dry_run", &dry)) {
+        r = reply_error(rid, "bad_request: expected {\"dry_run\": bool}");
+    } else if (reg_node_reconcile(node, dry, &res, &err)) {
+        r = reply_error(rid, err ? err : "reconcile failed");
+    } else { /* clang-format off */
+        r = reply_ok(rid, json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "dry_run", dry,
+            "edges", (json_int_t)res.edges,
+            "edges_down", (json_int_t)res.edges_down,
+            "edges_unreachable", (json_int_t)res.edges_unreachable,
+            "held", (json_int_t)res.held,
+            "ghosts", (json_int_t)res.ghosts,
+            "missing", (json_int_t)res.missing,
+            "dropped", (json_int_t)res.dropped,
+            "announced", (json_int_t)res.announced));
+    } /* clang-format on */
+    free(err);
+    json_decref(req);
+    return r;
+}
+
 char *reg_ops_handle(reg_node *node, const char *replica_id, const char *op, const void *data,
                      size_t len)
 {
@@ -251,6 +279,7 @@ char *reg_ops_handle(reg_node *node, const char *replica_id, const char *op, con
     if (!strcmp(op, "restore")) return op_restore(node, replica_id, data, len);
     if (!strcmp(op, "resume")) return op_resume(node, replica_id);
     if (!strcmp(op, "rotate")) return op_rotate(node, replica_id);
+    if (!strcmp(op, "reconcile")) return op_reconcile(node, replica_id, data, len);
     return reply_error(replica_id, "bad_request: unknown operation");
 }
 

@@ -10,6 +10,7 @@
  *   restore      {to, dry_run?, full_replay?}  plan {...}, result {...} unless dry_run
  *   resume       {}                            was_held, state
  *   rotate       {}                            key_id, rewritten, checkpoint
+ *   reconcile    {dry_run?}                    edges, held, ghosts, missing, dropped, ...
  *
  * Bodies are JSON objects: this is the operator's control plane, read and
  * printed by dwctl (which speaks JSON to people and scripts), never on a

@@ -105,6 +105,11 @@ def conn_event_connect(conn_id, edge_id, user_id, source_ip, rooms=()):
     return msg
 
 
+def conn_event_disconnect(conn_id):
+    """A packed dw.ConnEvent (kind DISCONNECT)."""
+    return pb_varint(1 << 3) + pb_varint(2) + pb_str(2, conn_id)
+
+
 def js_publish(nats_port, subject, payload, timeout=5):
     """Publish to JetStream over the NATS text protocol and wait for the
     stream's ack; returns the ack (e.g. {"stream": "DW_CONN", "seq": 7})."""
@@ -312,6 +317,85 @@ class Restore(DurabilityTest):
             reg(st, "resume")
             await asyncio.to_thread(wait_ids, st, now_set)
             await close_all(socks[1:] + more[1:] + late)
+
+        self.run_async(scenario())
+
+
+# ---- reconciliation with the live edges ---------------------------------
+
+def conn_rows(st):
+    r = st.dwctl("conn", "list", "--json")
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+class Reconcile(DurabilityTest):
+    # Heartbeats often, so that reconciliation soon knows every live edge.
+    ENV = dict(BASE_ENV, DW_HEARTBEAT_MS="200", DW_RECONCILE_EDGE_TTL_MS="1500")
+
+    def corrupt(self, hidden_id):
+        """Make the table wrong the ways a restore or a lost event can: a
+        ghost on a live edge, a ghost on an edge that is gone, and a live
+        connection the table lacks (its socket stays open). Returns the
+        ghost ids."""
+        st = self.stack
+        edge_id = conn_rows(st)[0]["edgeId"]
+        ghosts = ["GhostOnLiveEdge" + str(len(hidden_id) % 10), "GhostOnGoneEdge1"]
+        js_publish(st.nats_port, "dw.conn.connect",
+                   conn_event_connect(ghosts[0], edge_id, "ghost-user", "10.9.9.9"))
+        js_publish(st.nats_port, "dw.conn.connect",
+                   conn_event_connect(ghosts[1], "edge-long-gone", "ghost-user", "10.9.9.9"))
+        js_publish(st.nats_port, "dw.conn.disconnect", conn_event_disconnect(hidden_id))
+        return ghosts
+
+    def test_reconcile_after_restore_and_on_demand(self):
+        st = self.stack
+        url = st.edges[0].url
+
+        async def scenario():
+            (a, b, c), ids = await open_clients(url, 3)
+            live = set(ids)
+            await asyncio.to_thread(wait_ids, st, live)
+
+            # After a restore: resume reconciles on its own once caught up.
+            ghosts = self.corrupt(ids[1])
+            await asyncio.to_thread(wait_ids, st, (live - {ids[1]}) | set(ghosts),
+                                    what="the corrupted table")
+            reg(st, "restore", "--to", rfc3339(time.time()))
+            self.assertEqual(ids_or_none(st), (live - {ids[1]}) | set(ghosts))
+            self.assertTrue(reg(st, "resume")["was_held"])
+            await asyncio.to_thread(wait_ids, st, live, what="the reconciled table")
+
+            # The one the table had lost is routed to again.
+            await a.send('{"action":"sendmessage","message":"after reconcile"}')
+            for ws in (a, b, c):
+                self.assertEqual(await recv_text(ws), "after reconcile")
+
+            # On demand, with a dry run first that changes nothing.
+            ghosts = self.corrupt(ids[2])
+            wrong = (live - {ids[2]}) | set(ghosts)
+            await asyncio.to_thread(wait_ids, st, wrong, what="the corrupted table")
+            dry = reg(st, "reconcile", "--dry-run")
+            self.assertTrue(dry["dry_run"])
+            self.assertEqual((dry["ghosts"], dry["missing"], dry["edges_down"], dry["held"]),
+                             (2, 1, 1, 3), dry)
+            self.assertEqual((dry["dropped"], dry["announced"]), (0, 0))
+            self.assertEqual(ids_or_none(st), wrong, "a dry run changes nothing")
+            r = reg(st, "reconcile")
+            self.assertEqual((r["ghosts"], r["missing"], r["edges_down"]), (2, 1, 1), r)
+            self.assertEqual((r["dropped"], r["announced"]), (1, 1), r)
+            await asyncio.to_thread(wait_ids, st, live, what="the reconciled table")
+            # Nothing left to correct.
+            r = reg(st, "reconcile")
+            self.assertEqual((r["ghosts"], r["missing"], r["held"]), (0, 0, 3), r)
+
+            # Held tables are not reconciled (their corrections would wait).
+            reg(st, "restore", "--to", rfc3339(time.time()))
+            r = st.dwctl("registry", "reconcile", check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("resume", r.stderr)
+            reg(st, "resume")
+            await asyncio.to_thread(wait_state, st, "live")
+            await close_all((a, b, c))
 
         self.run_async(scenario())
 

@@ -1,5 +1,5 @@
-/* dwctl registry: checkpoints, point-in-time restore, resume, key rotation
- * and the state of a registry replica.
+/* dwctl registry: checkpoints, point-in-time restore, resume, key rotation,
+ * reconciliation with the edges and the state of a registry replica.
  *
  * Talks to the registry's operations subjects (services/registry/ops.h):
  * dw.registry.<op> reaches any one replica, dw.registry.<op>.<replica> the
@@ -27,6 +27,7 @@ static void registry_usage(FILE *out)
         "[--json]\n"
         "       dwctl registry resume       [--replica ID] [--json]\n"
         "       dwctl registry rotate-key   [--replica ID] [--json]\n"
+        "       dwctl registry reconcile    [--dry-run] [--replica ID] [--json]\n"
         "\n"
         "  status       the replica's state (catching_up, live, held, restoring), the DW_CONN\n"
         "               sequence it applied and when that event was stored, connections,\n"
@@ -39,15 +40,21 @@ static void registry_usage(FILE *out)
         "               TIME. The replica then serves that state and applies nothing newer\n"
         "               (state held, kept across restarts) until 'resume'.\n"
         "               --dry-run prints the plan only; --full-replay ignores checkpoints.\n"
-        "  resume       lift the hold: apply DW_CONN from the restored point to now\n"
+        "  resume       lift the hold: apply DW_CONN from the restored point to now, then\n"
+        "               reconcile (below) once the table has caught up\n"
         "  rotate-key   re-seal every value with the replica's current key\n"
         "               (DW_REGISTRY_KEY_FILE), then take a checkpoint; afterwards the old\n"
         "               key is only needed by older checkpoints\n"
+        "  reconcile    ask every live edge which connections it holds and correct the\n"
+        "               table through DW_CONN: ids no edge holds are disconnected, ids an\n"
+        "               edge holds but the table lacks are announced again, edges that are\n"
+        "               gone are declared down. --dry-run counts without correcting.\n"
         "\n"
         "Options:\n"
         "  --replica ID  the replica to ask (default: any one; name it when there are several)\n"
         "  --json        print the registry's reply as one JSON object\n"
-        "  --wait-ms MS  restore, checkpoint, rotate-key: how long to wait for the work to\n"
+        "  --wait-ms MS  restore, checkpoint, rotate-key, reconcile: how long to wait for the work "
+        "to\n"
         "                finish (default %d, 10 min); other requests use --timeout-ms\n",
         REGISTRY_SLOW_TIMEOUT_MS);
     dwctl_print_global_help(out);
@@ -286,9 +293,11 @@ int cmd_registry(dwctl *ctl, int argc, char **argv)
             return DWCTL_USAGE;
         }
     }
-    int is_restore = !strcmp(sub, "restore");
-    if (!is_restore && (to || dry || full)) {
-        dwctl_err("%s: --to, --dry-run and --full-replay belong to 'registry restore'", cmd);
+    int is_restore = !strcmp(sub, "restore"), is_reconcile = !strcmp(sub, "reconcile");
+    if (!is_restore && (to || full || (dry && !is_reconcile))) {
+        dwctl_err("%s: --to, --dry-run and --full-replay belong to 'registry restore' "
+                  "(--dry-run also to 'registry reconcile')",
+                  cmd);
         return DWCTL_USAGE;
     }
 
@@ -323,6 +332,14 @@ int cmd_registry(dwctl *ctl, int argc, char **argv)
     } else if (!strcmp(sub, "rotate-key")) {
         op = "rotate";
         slow = 1;
+    } else if (is_reconcile) {
+        op = "reconcile";
+        slow = 1;
+        body = strdup(dry ? "{\"dry_run\":true}" : "{}");
+        if (!body) {
+            dwctl_err("out of memory");
+            return DWCTL_FAIL;
+        }
     } else {
         dwctl_err("registry: unknown subcommand '%s' (see 'dwctl registry --help')", sub);
         return DWCTL_USAGE;
@@ -350,6 +367,16 @@ int cmd_registry(dwctl *ctl, int argc, char **argv)
         else
             printf("replica %s was not held (state %s)\n", str(reply, "replica"),
                    str(reply, "state"));
+    } else if (!strcmp(op, "reconcile")) {
+        printf("replica %s%s: %lld edges asked (%lld gone, %lld not answering), %lld connections "
+               "held\n"
+               "  in the table but not on their edge: %lld (disconnect events: %lld)\n"
+               "  on an edge but not in the table:    %lld (connect events: %lld)\n",
+               str(reply, "replica"),
+               json_is_true(json_object_get(reply, "dry_run")) ? " (dry run)" : "",
+               num(reply, "edges"), num(reply, "edges_down"), num(reply, "edges_unreachable"),
+               num(reply, "held"), num(reply, "ghosts"), num(reply, "dropped"),
+               num(reply, "missing"), num(reply, "announced"));
     } else {
         const json_t *c = json_object_get(reply, "checkpoint");
         printf("replica %s: %lld values re-sealed with key %s; checkpoint %s taken.\n"
