@@ -1,9 +1,12 @@
 """200 clients x 50 messages: every client receives all 10,000 frames, once."""
 import asyncio
 import collections
+import json
+import os
+import subprocess
 import unittest
 
-from harness import StackTest, connect
+from harness import BIN, StackTest, connect
 
 CLIENTS = 200
 PER_CLIENT = 50
@@ -48,3 +51,27 @@ class Load(StackTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DwbenchRooms(StackTest):
+    """A short dwbench run in its dynamowave.v1 mode (what `make bench`'s
+    ingest scenario uses): 200 connections in 20 rooms of 10, one sender per
+    room. Checks only what cannot depend on speed: every message reached
+    exactly the 10 members of its own room, once."""
+    ENV = Load.ENV
+
+    def test_small_rooms_exactly_once(self):
+        st = self.stack
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DW_")}
+        r = subprocess.run(
+            [os.path.join(BIN, "dwbench"), "--url", st.edges[0].url, "--connections", "200",
+             "--senders", "20", "--rooms", "20", "--rate", "400", "--duration", "1",
+             "--drain", "30", "--log-level", "warn"],
+            env=env, capture_output=True, text=True, timeout=120)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(r.returncode, 0, f"{res}\n{r.stderr[-2000:]}")
+        self.assertEqual((res["receivers"], res["senders"], res["rooms"]), (200, 20, 20))
+        self.assertGreater(res["sent"], 0)
+        self.assertEqual(res["expected"], res["sent"] * 10)
+        self.assertEqual(res["delivered"], res["expected"])
+        self.assertEqual((res["lost"], res["dup"], res["errors"]), (0, 0, 0))

@@ -227,7 +227,8 @@ static void conn_connected(bench *b, uint32_t idx)
     }
     const bench_url *u = &b->urls[c->url];
     char req[512];
-    size_t n = wsc_request(req, sizeof req, u->hostport, u->path, c->key);
+    size_t n = wsc_request(req, sizeof req, u->hostport, u->path, c->key,
+                           b->cfg->rooms ? "dynamowave.v1" : NULL);
     c->state = C_HANDSHAKE;
     ssize_t w = send(c->fd, req, n, MSG_NOSIGNAL);
     if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -261,21 +262,23 @@ static const unsigned char *parse_u64(const unsigned char *p, const unsigned cha
     return p == s ? NULL : p;
 }
 
-static void on_text(bench *b, uint32_t idx, const unsigned char *p, size_t len, int64_t now)
+/* The benchmark's own text: "b:<run>:<sender>:<seq>:<ns>..." or a sync
+ * probe "s:<run>:<n>". 0, or -1 when it is not ours. */
+static int on_payload(bench *b, uint32_t idx, const unsigned char *p, size_t len, int64_t now)
 {
     bconn *c = &b->conns[idx];
     const unsigned char *end = p + len;
     if (len >= 11 && p[1] == ':' && p[10] == ':' && (p[0] == 'b' || p[0] == 's')) {
         if (memcmp(p + 2, b->run, 8)) {
             b->foreign++;
-            return;
+            return 0;
         }
         if (p[0] == 's') {
             if (!c->synced) {
                 c->synced = 1;
                 b->nsynced++;
             }
-            return;
+            return 0;
         }
         uint64_t sender, seq, ts;
         const unsigned char *q = parse_u64(p + 11, end, &sender);
@@ -289,9 +292,9 @@ static void on_text(bench *b, uint32_t idx, const unsigned char *p, size_t len, 
             q = NULL;
         if (!q || sender >= b->nsenders || seq >= b->senders[sender].sent) {
             b->err.bogus++;
-            return;
+            return 0;
         }
-        if (!c->receiver) return;
+        if (!c->receiver) return 0;
         int r =
             seqset_add(&b->seen[(size_t)idx * b->nsenders + sender], seq, b->senders[sender].sent);
         if (r < 0) {
@@ -303,8 +306,68 @@ static void on_text(bench *b, uint32_t idx, const unsigned char *p, size_t len, 
             hist_add(&b->hist, now > (int64_t)ts ? (uint64_t)(now - (int64_t)ts) : 0);
             b->t_last_delivery = now;
         }
-        return;
+        return 0;
     }
+    return -1;
+}
+
+/* The room a measured connection joins with --rooms. */
+static uint32_t room_of(const bench *b, uint32_t idx)
+{
+    return (uint32_t)(idx % (uint64_t)b->cfg->rooms);
+}
+
+/* The string value of "key":"..." in a JSON object whose strings have no
+ * escapes (all the server sends us), or NULL. */
+static const unsigned char *json_str(const unsigned char *p, size_t len, const char *key,
+                                     size_t *vlen)
+{
+    const unsigned char *v = memmem(p, len, key, strlen(key));
+    if (!v) return NULL;
+    v += strlen(key);
+    const unsigned char *q = memchr(v, '"', len - (size_t)(v - p));
+    if (!q) return NULL;
+    *vlen = (size_t)(q - v);
+    return v;
+}
+
+/* dynamowave.v1 frames: hello -> join our room; joined -> ready; message
+ * -> its data is our payload; acks and presence events (join, leave) ->
+ * nothing to do. */
+static int on_v1(bench *b, uint32_t idx, const unsigned char *p, size_t len, int64_t now)
+{
+    bconn *c = &b->conns[idx];
+    size_t tlen = 0, dlen = 0;
+    const unsigned char *type = json_str(p, len < 32 ? len : 32, "{\"type\":\"", &tlen);
+    if (!type) return -1;
+    if (tlen == 7 && !memcmp(type, "message", 7)) {
+        const unsigned char *data = json_str(p, len, ",\"data\":\"", &dlen);
+        return data ? on_payload(b, idx, data, dlen, now) : -1;
+    }
+    if ((tlen == 3 && !memcmp(type, "ack", 3)) || (tlen == 4 && !memcmp(type, "join", 4)) ||
+        (tlen == 5 && !memcmp(type, "leave", 5)))
+        return 0;
+    if (tlen == 5 && !memcmp(type, "hello", 5)) {
+        if (c->churn) return 0; /* churn connections join nothing */
+        char join[64];
+        int n =
+            snprintf(join, sizeof join, "{\"action\":\"join\",\"room\":\"r%u\"}", room_of(b, idx));
+        conn_send_frame(b, idx, WSC_OP_TEXT, join, (size_t)n);
+        return 0;
+    }
+    if (tlen == 6 && !memcmp(type, "joined", 6)) {
+        if (!c->synced) {
+            c->synced = 1;
+            b->nsynced++;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+static void on_text(bench *b, uint32_t idx, const unsigned char *p, size_t len, int64_t now)
+{
+    if ((b->cfg->rooms ? on_v1 : on_payload)(b, idx, p, len, now) == 0) return;
     b->err.other_frames++;
     if (b->err.other_frames <= 3)
         DW_WARN("unexpected text from server", "conn=%u text=\"%.*s\"", idx,
@@ -487,6 +550,7 @@ static char *put_u64(char *p, uint64_t v)
 }
 
 static const char msg_head[] = "{\"action\":\"sendmessage\",\"data\":\"";
+static const char msg_head_v1[] = "{\"action\":\"sendmessage\",\"room\":\"r";
 static const char msg_tail[] = "\"}";
 
 /* The sendmessage JSON carrying "b:<run>:<sender>:<seq>:<ns>[:<padding>]"
@@ -494,8 +558,15 @@ static const char msg_tail[] = "\"}";
 static size_t build_msg(bench *b, char kind, uint64_t sender, uint64_t seq, int64_t ns)
 {
     char *p = b->msg;
-    memcpy(p, msg_head, sizeof msg_head - 1);
-    p += sizeof msg_head - 1;
+    if (b->cfg->rooms) { /* {"action":"sendmessage","room":"r<k>","data":"... */
+        memcpy(p, msg_head_v1, sizeof msg_head_v1 - 1);
+        p = put_u64(p + sizeof msg_head_v1 - 1, room_of(b, b->senders[sender].conn));
+        memcpy(p, "\",\"data\":\"", 10);
+        p += 10;
+    } else {
+        memcpy(p, msg_head, sizeof msg_head - 1);
+        p += sizeof msg_head - 1;
+    }
     char *data = p;
     *p++ = kind;
     *p++ = ':';
@@ -652,12 +723,13 @@ static void begin_run(bench *b, int64_t now)
     for (uint32_t i = 0; i < b->nconns; i++) {
         bconn *c = &b->conns[i];
         if (c->state != C_OPEN) continue;
-        if (cfg->sync && !c->synced) {
+        if ((cfg->sync || cfg->rooms) && !c->synced) {
             b->err.not_ready++;
             continue;
         }
         c->receiver = 1;
         b->nreceivers++;
+        if (cfg->rooms) b->room_receivers[room_of(b, i)]++;
     }
     DW_INFO("ready", "opened=%u failed=%u receivers=%u connect_s=%.3f ready_s=%.3f", b->nopened,
             b->nfailed, b->nreceivers, (double)(b->t_connected - b->t_start) / NS,
@@ -720,7 +792,8 @@ static void step(bench *b, int64_t now)
             b->t_connected = b->t_last_open ? b->t_last_open : now;
             DW_INFO("connected", "opened=%u failed=%u connect_s=%.3f", b->nopened, b->nfailed,
                     (double)(b->t_connected - b->t_start) / NS);
-            if (cfg->sync && b->nalive) {
+            /* v1: a connection is ready once its room answered joined. */
+            if ((cfg->sync || cfg->rooms) && b->nalive) {
                 b->phase = P_SYNC;
                 b->next_sync = now;
             } else {
@@ -732,7 +805,7 @@ static void step(bench *b, int64_t now)
     case P_SYNC:
         if (b->nsynced >= b->nalive || now > b->t_start + cfg->connect_timeout * NS) {
             begin_run(b, now);
-        } else if (now >= b->next_sync) {
+        } else if (now >= b->next_sync && !cfg->rooms) {
             send_sync(b);
             b->next_sync = now + SYNC_EVERY;
         }
@@ -750,7 +823,7 @@ static void step(bench *b, int64_t now)
         /* fall through */
     case P_DRAIN:
         churn_pass(b, now, 0);
-        if (b->delivered >= b->sent * b->nreceivers || now >= b->t_deadline) b->phase = P_DONE;
+        if (b->delivered >= bench_expected(b) || now >= b->t_deadline) b->phase = P_DONE;
         break;
     case P_HOLD:
         churn_pass(b, now, 1);
@@ -771,6 +844,15 @@ static int wait_ms(const bench *b, int64_t now)
     }
     default: return 10;
     }
+}
+
+uint64_t bench_expected(const bench *b)
+{
+    if (!b->cfg->rooms) return b->sent * b->nreceivers;
+    uint64_t n = 0;
+    for (uint32_t s = 0; s < b->nsenders; s++)
+        n += b->senders[s].sent * b->room_receivers[room_of(b, b->senders[s].conn)];
+    return n;
 }
 
 int bench_run(bench *b)
@@ -798,7 +880,8 @@ int bench_run(bench *b)
     b->rbuf = malloc(b->rbuf_cap);
     b->msg_cap = 256 + (size_t)cfg->size;
     b->msg = malloc(b->msg_cap);
-    if (b->ep < 0 || !b->conns || !b->rbuf || !b->msg) {
+    if (cfg->rooms) b->room_receivers = calloc((size_t)cfg->rooms, sizeof *b->room_receivers);
+    if (b->ep < 0 || !b->conns || !b->rbuf || !b->msg || (cfg->rooms && !b->room_receivers)) {
         DW_ERROR("cannot start", "err=\"%s\"", strerror(errno));
         return -1;
     }
@@ -868,6 +951,8 @@ void bench_free(bench *b)
     free(b->rbuf);
     free(b->msg);
     free(b->churn_free);
+    free(b->room_receivers);
+    b->room_receivers = NULL;
     free(b->churn_opening.e);
     free(b->churn_closing.e);
     b->churn_free = NULL;

@@ -28,6 +28,7 @@ typedef struct bench_config {
     int64_t size;             /* data bytes per message (0 = just the header) */
     int64_t churn;            /* extra connections opened and closed per second */
     int64_t churn_hold_ms;    /* how long each churn connection stays open */
+    int64_t rooms;            /* 0: plain protocol, one room; N: dynamowave.v1, N rooms */
     char *pid;                /* NAME=PID, also repeatable */
     int idle;
     int sync;
@@ -101,6 +102,7 @@ typedef struct bench {
     uint32_t sync_rot;
 
     uint64_t sent, delivered, dup, foreign, send_blocked;
+    uint32_t *room_receivers; /* --rooms: receivers per room */
 
     /* churn: slots nconns .. nconns + nchurn - 1 of conns */
     uint32_t nchurn;
@@ -117,6 +119,10 @@ typedef struct bench {
 /* Run the whole benchmark as configured; the figures stay in b for the
  * report. 0, or -1 when it could not start (the reason is logged). */
 int bench_run(bench *b);
+
+/* Deliveries the messages sent so far should make: each to every receiver
+ * of its sender's room (with one room, every receiver). */
+uint64_t bench_expected(const bench *b);
 
 /* Release what bench_run allocated. */
 void bench_free(bench *b);

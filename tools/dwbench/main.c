@@ -49,6 +49,10 @@ static const dw_cfg_field fields[] = {
       "close each after --churn-hold-ms (they are not receivers)"),
     F("CHURN_HOLD_MS", DW_CFG_INT, churn_hold_ms, "1000", 0, 3600000,
       "how long each churn connection stays open before it sends its close frame"),
+    F("ROOMS", DW_CFG_INT, rooms, "0", 0, 100000,
+      "0: the plain (AWS) protocol, everyone in one room; N: the dynamowave.v1 subprotocol, "
+      "connection i joins room r<i mod N> (ready once joined) and each sender sends to its "
+      "own room"),
     F("PID", DW_CFG_STR, pid, "", 0, 0,
       "NAME=PID of a process whose RSS and CPU time to report; repeatable or comma-separated"),
     F("IDLE", DW_CFG_BOOL, idle, "0", 0, 0,
@@ -159,7 +163,7 @@ static json_t *report(const bench *b)
                        : cfg->idle      ? "idle"
                        : cfg->rate      ? "rate"
                                         : "fanout";
-    uint64_t expected = b->sent * b->nreceivers;
+    uint64_t expected = bench_expected(b);
     uint64_t lost = expected > b->delivered ? expected - b->delivered : 0;
     /* Rates over the measured interval: from the first send to the last
      * delivery (or the end of the send phase if nothing arrived). */
@@ -178,6 +182,7 @@ static json_t *report(const bench *b)
     json_object_set_new(o, "receivers", json_integer(b->nreceivers));
     json_object_set_new(o, "senders", json_integer(b->nsenders));
     json_object_set_new(o, "edges", json_integer(b->nurls));
+    json_object_set_new(o, "rooms", json_integer(cfg->rooms));
     json_object_set_new(o, "rate", json_integer(cfg->rate));
     json_object_set_new(o, "window", json_integer(cfg->rate || cfg->idle ? 0 : cfg->window));
     json_object_set_new(o, "duration_s", json_integer(cfg->duration));
@@ -340,7 +345,7 @@ int main(int argc, char **argv)
     ret = b->interrupted || b->err.connect || b->err.handshake || b->err.closed ||
                   b->err.protocol || b->err.not_ready || b->err.bogus || b->err.other_frames ||
                   b->err.oom || b->churn_close_timeouts || b->dup ||
-                  b->delivered != b->sent * b->nreceivers
+                  b->delivered != bench_expected(b)
               ? 3
               : 0;
 out:

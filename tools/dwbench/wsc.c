@@ -28,7 +28,8 @@ void wsc_accept_for(const char *key, char *out)
     EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen);
 }
 
-size_t wsc_request(char *buf, size_t cap, const char *hostport, const char *path, const char *key)
+size_t wsc_request(char *buf, size_t cap, const char *hostport, const char *path, const char *key,
+                   const char *protocol)
 {
     int n = snprintf(buf, cap,
                      "GET %s HTTP/1.1\r\n"
@@ -37,9 +38,11 @@ size_t wsc_request(char *buf, size_t cap, const char *hostport, const char *path
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n"
+                     "%s%s%s"
                      "User-Agent: dwbench\r\n"
                      "\r\n",
-                     path, hostport, key);
+                     path, hostport, key, protocol ? "Sec-WebSocket-Protocol: " : "",
+                     protocol ? protocol : "", protocol ? "\r\n" : "");
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 

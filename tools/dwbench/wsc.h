@@ -28,9 +28,11 @@ int wsc_key_new(char *key);
  * WSC_ACCEPT_LEN + 1 bytes. */
 void wsc_accept_for(const char *key, char *out);
 
-/* The GET request of the opening handshake. Returns its length, or 0 when
- * it does not fit in cap. */
-size_t wsc_request(char *buf, size_t cap, const char *hostport, const char *path, const char *key);
+/* The GET request of the opening handshake, asking for protocol as the
+ * subprotocol unless it is NULL. Returns its length, or 0 when it does not
+ * fit in cap. */
+size_t wsc_request(char *buf, size_t cap, const char *hostport, const char *path, const char *key,
+                   const char *protocol);
 
 /* Check the server's answer in buf[0..len). 1: a complete 101 response with
  * the right accept value, *hdr_len is its length (frames may follow it);

@@ -55,13 +55,19 @@ static void test_response(void **state)
 static void test_request(void **state)
 {
     char buf[512];
-    size_t n = wsc_request(buf, sizeof buf, "127.0.0.1:8080", "/", "dGhlIHNhbXBsZSBub25jZQ==");
+    size_t n =
+        wsc_request(buf, sizeof buf, "127.0.0.1:8080", "/", "dGhlIHNhbXBsZSBub25jZQ==", NULL);
     assert_true(n > 0);
     assert_non_null(strstr(buf, "GET / HTTP/1.1\r\n"));
     assert_non_null(strstr(buf, "Host: 127.0.0.1:8080\r\n"));
     assert_non_null(strstr(buf, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
     assert_memory_equal(buf + n - 4, "\r\n\r\n", 4);
-    assert_int_equal(wsc_request(buf, 20, "127.0.0.1:8080", "/", "x"), 0);
+    assert_int_equal(wsc_request(buf, 20, "127.0.0.1:8080", "/", "x", NULL), 0);
+    assert_null(strstr(buf, "Sec-WebSocket-Protocol"));
+    n = wsc_request(buf, sizeof buf, "h", "/", "k", "dynamowave.v1");
+    assert_true(n > 0);
+    assert_non_null(strstr(buf, "\r\nSec-WebSocket-Protocol: dynamowave.v1\r\n"));
+    assert_memory_equal(buf + n - 4, "\r\n\r\n", 4);
 }
 
 /* Unmask a client frame the way a server does. */
