@@ -114,27 +114,16 @@ static void publish_disconnect(const api_ops *o, const Dw__ConnRecord *rec, cons
     ev.reason = (char *)why;
     snprintf(msg_id, sizeof msg_id, "disconnect.%s", rec->conn_id);
 
-    size_t len = 0;
-    uint8_t *buf = dw_pb_pack(&ev.base, &len);
-    if (!buf) {
-        DW_ERROR("disconnect not published", "conn=%s err=\"out of memory\"", rec->conn_id);
-        return;
-    }
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    po.MaxWait = o->cfg.publish_timeout_ms;
-    jsPubAck *pa = NULL;
+    dw_js_ack ack;
     jsErrCode jerr = 0;
-    natsStatus s = js_Publish(&pa, o->js, dw_subj_conn_event(ev.kind), buf, (int)len, &po, &jerr);
-    free(buf);
+    natsStatus s = dw_js_publish_pb(o->js, dw_subj_conn_event(ev.kind), &ev.base, msg_id,
+                                    o->cfg.publish_timeout_ms, &ack, &jerr);
     if (s == NATS_OK)
         DW_INFO("stale connection removed", "conn=%s edge=%s why=%s seq=%llu", rec->conn_id,
-                rec->edge_id, why, (unsigned long long)pa->Sequence);
+                rec->edge_id, why, (unsigned long long)ack.seq);
     else
         DW_ERROR("disconnect not published", "conn=%s edge=%s status=%s jerr=%d", rec->conn_id,
                  rec->edge_id, natsStatus_GetText(s), (int)jerr);
-    jsPubAck_Destroy(pa);
 }
 
 /* Missing fields of the edge's answer come from the registry's row (an

@@ -268,18 +268,9 @@ static int publish_edge_down(reg_reconcile *r, const char *edge_id)
     /* Not the dispatcher's "edge_down.<id>": one it published within the
      * dedup window may be from before the edge's rows were announced again. */
     snprintf(msg_id, sizeof msg_id, "reconcile.edge_down.%s.%lld", edge_id, (long long)ev.ts_ms);
-    size_t len = 0;
-    uint8_t *buf = dw_pb_pack(&ev.base, &len);
-    if (!buf) return -1;
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    po.MaxWait = r->o.request_timeout_ms;
-    jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_Publish(&pa, r->js, dw_subj_conn_event(ev.kind), buf, (int)len, &po, &jerr);
-    free(buf);
-    jsPubAck_Destroy(pa);
+    natsStatus s = dw_js_publish_pb(r->js, dw_subj_conn_event(ev.kind), &ev.base, msg_id,
+                                    r->o.request_timeout_ms, NULL, &jerr);
     if (s != NATS_OK) {
         DW_ERROR("reconcile: edge_down not published", "edge=%s status=%s jserr=%d", edge_id,
                  natsStatus_GetText(s), (int)jerr);

@@ -413,3 +413,29 @@ uint8_t *dw_pb_pack(const ProtobufCMessage *m, size_t *len)
     *len = protobuf_c_message_pack(m, buf);
     return buf;
 }
+
+natsStatus dw_js_publish_pb(jsCtx *js, const char *subj, const ProtobufCMessage *m,
+                            const char *msg_id, int64_t max_wait_ms, dw_js_ack *ack,
+                            jsErrCode *jerr)
+{
+    size_t len = 0;
+    jsErrCode je = 0;
+    uint8_t *buf = dw_pb_pack(m, &len);
+    if (ack) memset(ack, 0, sizeof *ack);
+    if (jerr) *jerr = 0;
+    if (!buf) return NATS_NO_MEMORY;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    po.MaxWait = max_wait_ms;
+    jsPubAck *pa = NULL;
+    natsStatus s = js_Publish(&pa, js, subj, buf, (int)len, &po, &je);
+    free(buf);
+    if (s == NATS_OK && ack) {
+        ack->seq = pa->Sequence;
+        ack->duplicate = pa->Duplicate;
+    }
+    jsPubAck_Destroy(pa);
+    if (jerr) *jerr = je;
+    return s;
+}

@@ -87,4 +87,19 @@ natsStatus dw_streams_exist(jsCtx *js);
 /* Pack a protobuf message into a malloc'd buffer (caller frees). */
 uint8_t *dw_pb_pack(const ProtobufCMessage *m, size_t *len);
 
+/* Publish m to JetStream on subj and wait up to max_wait_ms for the
+ * stream's ack: for the few events that must be durable before the caller
+ * goes on (the hot paths publish asynchronously instead). msg_id (NULL:
+ * none) lets the stream drop a repeat within its duplicate window. On
+ * NATS_OK, *ack (may be NULL) has the stream sequence and whether the
+ * stream took it as a duplicate; *jerr (may be NULL) is JetStream's error
+ * code for a refusal. */
+typedef struct dw_js_ack {
+    uint64_t seq;
+    int duplicate;
+} dw_js_ack;
+natsStatus dw_js_publish_pb(jsCtx *js, const char *subj, const ProtobufCMessage *m,
+                            const char *msg_id, int64_t max_wait_ms, dw_js_ack *ack,
+                            jsErrCode *jerr);
+
 #endif
