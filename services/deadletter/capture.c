@@ -104,15 +104,12 @@ int capture_advisories_start(dlq_svc *svc)
                  natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
         return -1;
     }
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = DW_STREAM_DLQ_ADVISORIES;
-    so.Consumer = DW_DLQ_ADVISORY_DURABLE;
-    s = js_PullSubscribe(&svc->adv_sub, svc->js, DW_SUBJ_ADV_MAX_DELIVERIES,
-                         DW_DLQ_ADVISORY_DURABLE, NULL, &so, &jerr);
+    /* By hand, not js_PullSubscribe + natsSubscription_Fetch (dw/pull.h). */
+    s = dw_pull_open(&svc->adv_pull, svc->nc, DW_STREAM_DLQ_ADVISORIES, DW_DLQ_ADVISORY_DURABLE,
+                     svc->cfg.fetch_wait_ms);
     if (s != NATS_OK) {
-        DW_ERROR("advisory subscribe failed", "status=%s jserr=%d last=\"%s\"",
-                 natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
+        DW_ERROR("advisory subscribe failed", "status=%s last=\"%s\"", natsStatus_GetText(s),
+                 nats_GetLastError(NULL));
         return -1;
     }
     return 0;
@@ -241,29 +238,22 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len)
 
 int capture_advisories_poll(dlq_svc *svc)
 {
-    jsFetchRequest req;
-    jsFetchRequest_Init(&req);
-    req.Batch = ADVISORY_BATCH;
-    req.NoWait = true;
-    req.Expires = svc->cfg.fetch_wait_ms * 1000000;
-    natsMsgList list = {0};
-    natsStatus s = natsSubscription_FetchRequest(&list, svc->adv_sub, &req);
-    if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return 0;
-    if (s != NATS_OK) {
-        natsMsgList_Destroy(&list);
-        return -1;
-    }
+    natsMsg *msgs[ADVISORY_BATCH];
+    int n = 0;
+    natsStatus s = dw_pull_fetch(svc->adv_pull, msgs, ADVISORY_BATCH, svc->cfg.fetch_wait_ms, &n);
+    if (s == NATS_TIMEOUT) return 0;
+    if (s != NATS_OK) return -1;
     int handled = 0;
-    for (int i = 0; i < list.Count; i++) {
-        natsMsg *m = list.Msgs[i];
+    for (int i = 0; i < n; i++) {
+        natsMsg *m = msgs[i];
         if (capture_advisory(svc, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) == 0) {
             /* Acked only once the dead letter is durable (or was there). */
-            natsMsg_AckSync(m, NULL, NULL);
+            dw_pull_ack_sync(svc->nc, m, svc->cfg.publish_wait_ms);
             handled++;
         } else {
-            natsMsg_NakWithDelay(m, 1000, NULL);
+            dw_pull_nak(svc->nc, m, 1000);
         }
+        natsMsg_Destroy(m);
     }
-    natsMsgList_Destroy(&list);
     return handled;
 }

@@ -132,7 +132,7 @@ static int setup(dlq_svc *svc, const dlq_stream_opts *so)
     while (!dw_stop) {
         if (dlq_streams_ensure(svc->js, so, 1) == NATS_OK &&
             (svc->dlq_sub || capture_index_start(svc) == 0) &&
-            (svc->adv_sub || capture_advisories_start(svc) == 0) &&
+            (svc->adv_pull || capture_advisories_start(svc) == 0) &&
             (svc->ops_sub || ops_start(svc) == 0))
             return 0;
         DW_WARN("setup failed, retrying", "retry_ms=%" PRId64, wait);
@@ -239,10 +239,7 @@ done:
     dw_ping_stop(ping);
     sub_close(svc.ops_sub);
     sub_close(svc.dlq_sub);
-    if (svc.adv_sub) {
-        natsSubscription_Unsubscribe(svc.adv_sub); /* the durable stays */
-        natsSubscription_Destroy(svc.adv_sub);
-    }
+    dw_pull_close(svc.adv_pull); /* the durable stays */
     if (svc.nc) {
         if (natsConnection_DrainTimeout(svc.nc, 5000) == NATS_OK) {
             int64_t deadline = dw_mono_ns() + 6000000000LL;

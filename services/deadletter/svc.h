@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "dw/metrics.h"
+#include "dw/pull.h"
 #include "index.h"
 
 typedef struct dlq_svc_cfg {
@@ -39,7 +40,7 @@ typedef struct dlq_svc {
     uint64_t replays_done; /* republishes acked (crash_after_replays) */
 
     natsSubscription *dlq_sub; /* ordered consumer on DW_DLQ */
-    natsSubscription *adv_sub; /* pull, durable on DW_DLQ_ADVISORIES */
+    dw_pull *adv_pull;         /* the durable on DW_DLQ_ADVISORIES (dw/pull.h) */
     natsSubscription *ops_sub;
 
     struct {

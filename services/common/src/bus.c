@@ -174,6 +174,18 @@ static int token_ok(const char *s)
     return 1;
 }
 
+int dw_bus_new_inbox(char *buf, size_t len)
+{
+    natsInbox *nb = NULL;
+    if (natsInbox_Create(&nb) != NATS_OK) return -1;
+    const char *user = env_or_null("DW_NATS_USER");
+    const char *nuid = strchr(nb, '.'); /* nb is "_INBOX.<nuid>" */
+    int n = user && token_ok(user) ? snprintf(buf, len, "_INBOX.%s.%s", user, nuid ? nuid + 1 : nb)
+                                   : snprintf(buf, len, "%s", nb);
+    natsInbox_Destroy(nb);
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
 int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen)
 {
     const char *user = env_or_null("DW_NATS_USER");

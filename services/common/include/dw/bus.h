@@ -59,6 +59,12 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
  * (no secret in it). */
 int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen);
 
+/* A fresh inbox subject under this process's inbox prefix: _INBOX.<user>
+ * with DW_NATS_USER (what dw_bus_options_env sets, and all the user may
+ * subscribe to), else _INBOX. For subscriptions that receive replies
+ * outside nats.c's own request API (dw/pull.h). 0 or -1. */
+int dw_bus_new_inbox(char *buf, size_t len);
+
 /* The --help lines for the variables above (dw_config_usage prints them for
  * every binary with a NATS_URL field). */
 void dw_bus_env_help(FILE *out);
