@@ -1,6 +1,7 @@
 #include "dispatch.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "edges.h"
 #include "fanout.h"
 #include "inbox.h"
+#include "inflight.h"
 #include "record.h"
 #include "retries.h"
 
@@ -60,25 +62,44 @@ static void metrics_register(void)
                              bounds, sizeof bounds / sizeof bounds[0]);
 }
 
+/* One fetched batch from its fetch to its settling. Filled by the fetch
+ * thread (fetch, registry, requests sent), then handed over whole to the
+ * settle thread (replies, acks): never used by both at once. */
+typedef struct flight {
+    fanout_batch batch;
+    natsMsgList list;   /* owns the messages the batch's handles point to */
+    int64_t *stored_ns; /* per message of the batch: DW_MSG store time */
+    size_t stored_cap;
+    inbox *ib;                               /* this batch's edge replies */
+    int asked;                               /* a round of edge requests is open on ib */
+    int64_t deadline_ns;                     /* for the edge replies */
+    int64_t waited_us, registry_us, sent_ns; /* for the "batch timing" log */
+} flight;
+
 struct dispatcher {
     natsConnection *nc;
     jsCtx *js;
     dispatch_cfg cfg;
     fanout_retry retry;
+    /* Read by the fetch thread (a retry skips the edges that took it),
+     * written by the settle thread: rt_mu guards every use. */
     retries *rt;
-    int64_t *stored_ns; /* per message of the batch: DW_MSG store time */
-    size_t stored_cap;
+    pthread_mutex_t rt_mu;
+    int rt_mu_ok;
 
     natsSubscription *pull;
     natsSubscription *hb_sub;
     natsSubscription *seed_sub;
     char seed_inbox[128];
-    inbox *ib;
+    inbox *ib; /* registry answers (fetch thread only) */
     edges_table *edges;
 
     atomic_int seeded;
     int64_t next_seed_ms, next_sweep_ms, sweep_every_ms;
-    fanout_batch batch;
+    /* Batches between fetch and settle: cfg.max_inflight slots. */
+    flight *flights;
+    size_t n_flights;
+    inflight *q;
 };
 
 static int64_t mono_ms(void)
@@ -207,9 +228,10 @@ static void housekeeping(dispatcher *d)
     }
     if (now < d->next_sweep_ms) return;
     d->next_sweep_ms = now + d->sweep_every_ms;
-    size_t forgotten = retries_sweep(d->rt, now);
-    if (forgotten)
-        DW_DEBUG("retry state swept", "entries=%zu left=%zu", forgotten, retries_count(d->rt));
+    pthread_mutex_lock(&d->rt_mu);
+    size_t forgotten = retries_sweep(d->rt, now), left = retries_count(d->rt);
+    pthread_mutex_unlock(&d->rt_mu);
+    if (forgotten) DW_DEBUG("retry state swept", "entries=%zu left=%zu", forgotten, left);
 
     char **ids = NULL;
     size_t n = 0;
@@ -225,20 +247,14 @@ static void housekeeping(dispatcher *d)
 
 /* --- one batch --- */
 
-/* Put a round of requests on the wire now. nats.c's flusher thread waits
- * ~1 ms to coalesce buffered publishes; a flush (one PING round trip, which
- * overlaps the replies we wait for anyway) skips that wait. */
-static void send_now(dispatcher *d, int64_t timeout_ms)
-{
-    natsStatus s = natsConnection_FlushTimeout(d->nc, timeout_ms);
-    if (s != NATS_OK) DW_DEBUG("flush failed", "status=%s", natsStatus_GetText(s));
-}
+/* No flush after a round of requests: dw_bus_connect sets SendAsap, so
+ * every publish is on the wire when it returns. A flush would only add a
+ * PING round trip the fetch thread waits for before its next fetch. */
 
 /* Ask the registry, once per room and all rooms at once, which edges hold
  * the room's members. */
-static void ask_registry(dispatcher *d)
+static void ask_registry(dispatcher *d, fanout_batch *b)
 {
-    fanout_batch *b = &d->batch;
     size_t n = b->n_rooms, failed = 0;
     const char *why = NULL;
 
@@ -266,7 +282,6 @@ static void ask_registry(dispatcher *d)
         }
     }
     int64_t deadline = dw_mono_ns() + d->cfg.registry_timeout_ms * 1000000;
-    send_now(d, d->cfg.registry_timeout_ms);
     inbox_wait(d->ib, deadline);
 
     int64_t now = mono_ms();
@@ -311,19 +326,23 @@ static void ask_registry(dispatcher *d)
     if (failed) DW_WARN("registry failed", "rooms=%zu of=%zu reason=%s", failed, n, why);
 }
 
-/* Send every planned request at once, then collect the answers. */
-static void deliver(dispatcher *d)
+/* Send every planned request of the batch at once, without waiting for
+ * the replies: the settle thread collects them (collect_replies), and the
+ * fetch thread goes on with the next batch meanwhile. Requests to one edge
+ * leave on one connection in the order they are published, and the edge
+ * handles them in that order, so a later batch never overtakes an earlier
+ * one on the way to an edge. */
+static void send_deliveries(dispatcher *d, flight *f)
 {
-    fanout_batch *b = &d->batch;
+    fanout_batch *b = &f->batch;
     size_t n = b->n_deliveries;
-    /* Per edge in this batch: 0 not asked, 1 gone (EDGE_DOWN durable), -1 publish failed. */
-    signed char *gone = calloc(b->n_edges ? b->n_edges : 1, 1);
 
-    if (!gone || inbox_begin(d->ib, n)) {
+    f->asked = 0;
+    if (inbox_begin(f->ib, n)) {
         DW_ERROR("deliver: out of memory", "requests=%zu", n);
-        free(gone);
         return; /* every request stays PENDING: its messages are retried */
     }
+    f->asked = 1;
     for (size_t i = 0; i < n; i++) {
         const fanout_delivery *dl = &b->deliveries[i];
         uint8_t *buf = NULL;
@@ -332,25 +351,36 @@ static void deliver(dispatcher *d)
         natsStatus s = NATS_NO_MEMORY;
         if (!fanout_pack(b, i, &buf, &len)) {
             dw_subj_edge_deliver(subj, sizeof subj, b->edges[dl->edge].id);
-            inbox_reply_subject(d->ib, i, reply, sizeof reply);
+            inbox_reply_subject(f->ib, i, reply, sizeof reply);
             s = natsConnection_PublishRequest(d->nc, subj, reply, buf, (int)len);
         }
         free(buf);
         if (s != NATS_OK) {
             DW_WARN("delivery publish failed", "edge=%s items=%zu bytes=%zu status=%s",
                     b->edges[dl->edge].id, dl->count, len, natsStatus_GetText(s));
-            inbox_skip(d->ib, i);
+            inbox_skip(f->ib, i);
             fanout_delivery_done(b, i, FANOUT_FAILED);
         }
     }
-    int64_t deadline = dw_mono_ns() + d->cfg.edge_timeout_ms * 1000000;
-    send_now(d, d->cfg.edge_timeout_ms);
-    inbox_wait(d->ib, deadline);
+    f->sent_ns = dw_mono_ns();
+    f->deadline_ns = f->sent_ns + d->cfg.edge_timeout_ms * 1000000;
+}
 
+/* Wait for the replies to the batch's requests (or its deadline) and
+ * record each request's outcome. Settle thread. */
+static void collect_replies(dispatcher *d, flight *f)
+{
+    fanout_batch *b = &f->batch;
+    size_t n = b->n_deliveries;
+    if (!f->asked) return;
+    /* Per edge in this batch: 0 not asked, 1 gone (EDGE_DOWN durable), -1 publish failed. */
+    signed char *gone = calloc(b->n_edges ? b->n_edges : 1, 1);
+
+    inbox_wait(f->ib, f->deadline_ns);
     for (size_t i = 0; i < n; i++) {
         const fanout_delivery *dl = &b->deliveries[i];
         const char *edge_id = b->edges[dl->edge].id;
-        natsMsg *m = inbox_take(d->ib, i);
+        natsMsg *m = inbox_take(f->ib, i);
         if (dl->outcome == FANOUT_FAILED) {
             natsMsg_Destroy(m);
             continue;
@@ -363,8 +393,13 @@ static void deliver(dispatcher *d)
             /* Nobody listens on the edge's subject: the edge is gone, and so
              * are its clients. Done for this edge once the registry will
              * know it; until then the messages are retried. */
-            if (!gone[dl->edge]) gone[dl->edge] = edge_down(d, edge_id, "no_responders") ? -1 : 1;
-            fanout_delivery_done(b, i, gone[dl->edge] > 0 ? FANOUT_GONE : FANOUT_FAILED);
+            if (!gone)
+                fanout_delivery_done(b, i, FANOUT_FAILED);
+            else {
+                if (!gone[dl->edge])
+                    gone[dl->edge] = edge_down(d, edge_id, "no_responders") ? -1 : 1;
+                fanout_delivery_done(b, i, gone[dl->edge] > 0 ? FANOUT_GONE : FANOUT_FAILED);
+            }
         } else {
             Dw__DeliveryReply *r = dw__delivery_reply__unpack(
                 NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
@@ -381,7 +416,8 @@ static void deliver(dispatcher *d)
         }
         natsMsg_Destroy(m);
     }
-    inbox_end(d->ib);
+    inbox_end(f->ib);
+    f->asked = 0;
     free(gone);
 }
 
@@ -401,9 +437,9 @@ static const char *registry_reason(const char *why)
 
 /* Record failed attempt of message mi in the retry table: which edges took
  * it now, which did not, and why. */
-static void note_failure(dispatcher *d, size_t mi, int64_t wall_ms)
+static void note_failure(dispatcher *d, flight *f, size_t mi, int64_t wall_ms)
 {
-    fanout_batch *b = &d->batch;
+    fanout_batch *b = &f->batch;
     fanout_msg *m = &b->msgs[mi];
     const fanout_room *r = &b->rooms[m->room];
     int answered = r->answered && !r->error && b->planned;
@@ -441,9 +477,11 @@ static void note_failure(dispatcher *d, size_t mi, int64_t wall_ms)
     else
         snprintf(reason, sizeof reason, "%s", DLQ_REASON_DISPATCHER);
 
-    if (retries_note(d->rt, m->seq, wall_ms, mono_ms(), reason, (char *const *)took, n_took,
-                     (char *const *)failed, n_failed, answered))
-        DW_WARN("retry state: out of memory", "seq=%" PRIu64, m->seq);
+    pthread_mutex_lock(&d->rt_mu);
+    int nrc = retries_note(d->rt, m->seq, wall_ms, mono_ms(), reason, (char *const *)took, n_took,
+                           (char *const *)failed, n_failed, answered);
+    pthread_mutex_unlock(&d->rt_mu);
+    if (nrc) DW_WARN("retry state: out of memory", "seq=%" PRIu64, m->seq);
     free(took);
     free(failed);
     free(timed_out);
@@ -452,16 +490,16 @@ static void note_failure(dispatcher *d, size_t mi, int64_t wall_ms)
 /* Write message mi's dead letter to DW_DLQ and wait for JetStream's ack.
  * Its Nats-Msg-Id "dlq.<seq>" is the one the advisory path uses too, so
  * the two never make two entries. 0 when durable. */
-static int dead_letter(dispatcher *d, size_t mi, int64_t wall_ms)
+static int dead_letter(dispatcher *d, flight *f, size_t mi, int64_t wall_ms)
 {
-    fanout_batch *b = &d->batch;
+    fanout_batch *b = &f->batch;
     fanout_msg *m = &b->msgs[mi];
     natsMsg *nm = m->handle;
-    const retry_entry *re = retries_get(d->rt, m->seq);
+    const retry_entry *re = NULL;
     const char *subject = natsMsg_GetSubject(nm);
     const char *room = dlq_room_of_subject(subject);
     const char *orig_id = NULL;
-    char dlq_subj[256], msg_id[48];
+    char dlq_subj[256], msg_id[48], reason[RETRIES_REASON_MAX];
     int rc = -1;
 
     if (natsMsgHeader_Get(nm, "Nats-Msg-Id", &orig_id) != NATS_OK) orig_id = m->chat->id;
@@ -470,6 +508,10 @@ static int dead_letter(dispatcher *d, size_t mi, int64_t wall_ms)
         return -1;
     }
 
+    /* The entry is only read while the record is packed: the publish
+     * below may wait seconds, and the fetch thread needs the table. */
+    pthread_mutex_lock(&d->rt_mu);
+    re = retries_get(d->rt, m->seq);
     Dw__DeadLetter dl;
     dw__dead_letter__init(&dl);
     dl.subject = (char *)subject;
@@ -490,6 +532,8 @@ static int dead_letter(dispatcher *d, size_t mi, int64_t wall_ms)
 
     size_t len = 0;
     uint8_t *buf = dlq_record_pack(&dl, &len);
+    snprintf(reason, sizeof reason, "%s", dl.reason);
+    pthread_mutex_unlock(&d->rt_mu);
     if (!buf) {
         DW_ERROR("dead letter: cannot encode", "seq=%" PRIu64, m->seq);
         return -1;
@@ -506,13 +550,13 @@ static int dead_letter(dispatcher *d, size_t mi, int64_t wall_ms)
         DW_WARN("dead-lettered",
                 "id=%s room=%s seq=%" PRIu64 " attempts=%" PRIu64 " reason=%s dlq_seq=%" PRIu64
                 "%s",
-                m->chat->id, room, m->seq, m->attempt, dl.reason, pa->Sequence,
+                m->chat->id, room, m->seq, m->attempt, reason, pa->Sequence,
                 pa->Duplicate ? " duplicate=true" : "");
         rc = 0;
     } else {
         DW_ERROR("dead letter not written: left to the max-deliveries advisory",
                  "id=%s room=%s seq=%" PRIu64 " reason=%s status=%s jserr=%d", m->chat->id, room,
-                 m->seq, dl.reason, natsStatus_GetText(s), (int)jerr);
+                 m->seq, reason, natsStatus_GetText(s), (int)jerr);
     }
     jsPubAck_Destroy(pa);
     free(buf);
@@ -520,9 +564,9 @@ static int dead_letter(dispatcher *d, size_t mi, int64_t wall_ms)
 }
 
 /* Tell JetStream what became of each message. */
-static void settle(dispatcher *d)
+static void settle(dispatcher *d, flight *f)
 {
-    fanout_batch *b = &d->batch;
+    fanout_batch *b = &f->batch;
     size_t acked = 0, naked = 0, dead = 0, ack_failed = 0;
     natsStatus ack_status = NATS_OK;
     int64_t wall_ms = dw_now_ms();
@@ -534,17 +578,22 @@ static void settle(dispatcher *d)
         switch (m->verdict) {
         case FANOUT_ACK:
             s = natsMsg_Ack(nm, NULL);
-            retries_forget(d->rt, m->seq);
+            if (m->attempt > 1) {
+                /* A first attempt that succeeded has no entry to forget. */
+                pthread_mutex_lock(&d->rt_mu);
+                retries_forget(d->rt, m->seq);
+                pthread_mutex_unlock(&d->rt_mu);
+            }
             dw_metric_inc(M.delivered);
-            if (d->stored_ns[i] > 0) {
-                int64_t ns = wall_ms * 1000000 - d->stored_ns[i];
+            if (f->stored_ns[i] > 0) {
+                int64_t ns = wall_ms * 1000000 - f->stored_ns[i];
                 dw_metric_observe_ns(M.latency, ns > 0 ? ns : 0);
             }
             acked++;
             break;
         case FANOUT_NAK:
             if (m->chat) {
-                note_failure(d, i, wall_ms);
+                note_failure(d, f, i, wall_ms);
                 DW_DEBUG("message retried",
                          "id=%s room=%s seq=%" PRIu64 " attempt=%" PRIu64
                          " reason=%s delay_ms=%" PRId64,
@@ -562,8 +611,8 @@ static void settle(dispatcher *d)
             naked++;
             break;
         case FANOUT_GIVE_UP:
-            note_failure(d, i, wall_ms);
-            if (dead_letter(d, i, wall_ms) == 0) {
+            note_failure(d, f, i, wall_ms);
+            if (dead_letter(d, f, i, wall_ms) == 0) {
                 /* Durable in DW_DLQ: only now may JetStream let it go. */
                 s = natsMsg_Term(nm, NULL);
                 dw_metric_inc(M.dead_lettered);
@@ -576,7 +625,9 @@ static void settle(dispatcher *d)
                 dw_metric_inc(M.dlq_failed);
                 naked++;
             }
+            pthread_mutex_lock(&d->rt_mu);
             retries_forget(d->rt, m->seq);
+            pthread_mutex_unlock(&d->rt_mu);
             break;
         }
         if (s != NATS_OK) {
@@ -598,17 +649,20 @@ static void settle(dispatcher *d)
 /* Before planning: a redelivered message skips the edges that took it
  * earlier; a replay of a partial failure goes only to the edges named in
  * its Dw-Replay-Edges header. */
-static void restrict_edges(dispatcher *d, size_t mi)
+static void restrict_edges(dispatcher *d, fanout_batch *b, size_t mi)
 {
-    fanout_batch *b = &d->batch;
     fanout_msg *m = &b->msgs[mi];
     natsMsg *nm = m->handle;
     const char *only = NULL;
 
     if (m->attempt > 1) {
+        /* The earlier attempt was settled (its entry written) before its
+         * NAK went out, so a redelivery always finds it here. */
+        pthread_mutex_lock(&d->rt_mu);
         const retry_entry *re = retries_get(d->rt, m->seq);
-        if (re && re->n_took && fanout_msg_skip(b, mi, re->took, re->n_took))
-            DW_WARN("retry: out of memory, resending to every edge", "seq=%" PRIu64, m->seq);
+        int rc = re && re->n_took ? fanout_msg_skip(b, mi, re->took, re->n_took) : 0;
+        pthread_mutex_unlock(&d->rt_mu);
+        if (rc) DW_WARN("retry: out of memory, resending to every edge", "seq=%" PRIu64, m->seq);
     }
     if (natsMsgHeader_Get(nm, DW_HDR_REPLAY_EDGES, &only) == NATS_OK && only && *only) {
         char **ids = NULL;
@@ -622,16 +676,20 @@ static void restrict_edges(dispatcher *d, size_t mi)
     }
 }
 
-static void process_batch(dispatcher *d, natsMsgList *list)
+/* Fetch thread: decode the fetched batch, ask the registry, plan and send
+ * the edge requests. The replies are the settle thread's (finish). */
+static void prepare(dispatcher *d, flight *f)
 {
-    fanout_batch *b = &d->batch;
+    fanout_batch *b = &f->batch;
+    natsMsgList *list = &f->list;
     int64_t oldest_ns = 0; /* stream store time of the oldest message */
 
-    if ((size_t)list->Count > d->stored_cap) {
-        int64_t *g = realloc(d->stored_ns, (size_t)list->Count * sizeof *g);
+    f->asked = 0;
+    if ((size_t)list->Count > f->stored_cap) {
+        int64_t *g = realloc(f->stored_ns, (size_t)list->Count * sizeof *g);
         if (g) {
-            d->stored_ns = g;
-            d->stored_cap = (size_t)list->Count;
+            f->stored_ns = g;
+            f->stored_cap = (size_t)list->Count;
         }
     }
     for (int i = 0; i < list->Count; i++) {
@@ -644,7 +702,7 @@ static void process_batch(dispatcher *d, natsMsgList *list)
         }
         if (!oldest_ns || meta->Timestamp < oldest_ns) oldest_ns = meta->Timestamp;
         if (meta->NumDelivered > 1) dw_metric_inc(M.redeliveries);
-        long mi = (size_t)i < d->stored_cap
+        long mi = (size_t)i < f->stored_cap
                       ? fanout_add(b, nm, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm),
                                    meta->Sequence.Stream, meta->NumDelivered)
                       : -1;
@@ -653,7 +711,7 @@ static void process_batch(dispatcher *d, natsMsgList *list)
             DW_ERROR("batch: out of memory", "seq=%" PRIu64, meta->Sequence.Stream);
             natsMsg_NakWithDelay(nm, delay < 0 ? 0 : delay, NULL);
         } else {
-            d->stored_ns[mi] = meta->Timestamp;
+            f->stored_ns[mi] = meta->Timestamp;
         }
         jsMsgMetaData_Destroy(meta);
     }
@@ -661,35 +719,72 @@ static void process_batch(dispatcher *d, natsMsgList *list)
     struct timespec now_ts;
     clock_gettime(CLOCK_REALTIME, &now_ts);
     int64_t now_ns = (int64_t)now_ts.tv_sec * 1000000000 + now_ts.tv_nsec;
-    int64_t waited_us = oldest_ns ? (now_ns - oldest_ns) / 1000 : 0;
+    f->waited_us = oldest_ns ? (now_ns - oldest_ns) / 1000 : 0;
     int64_t t0 = dw_mono_ns();
-    if (b->n_rooms) ask_registry(d);
+    if (b->n_rooms) ask_registry(d, b);
     for (size_t i = 0; i < b->n_msgs; i++)
-        if (b->msgs[i].chat) restrict_edges(d, i);
-    int64_t t1 = dw_mono_ns();
+        if (b->msgs[i].chat) restrict_edges(d, b, i);
+    f->registry_us = (dw_mono_ns() - t0) / 1000;
+    f->sent_ns = dw_mono_ns();
     int max_payload = natsConnection_GetMaxPayload(d->nc);
     size_t max_bytes = max_payload > 4096 ? (size_t)max_payload - 1024 : 1024 * 1024 - 1024;
     if (fanout_plan(b, max_bytes))
         DW_ERROR("plan: out of memory", "msgs=%zu", b->n_msgs);
     else if (b->n_deliveries)
-        deliver(d);
+        send_deliveries(d, f);
+}
+
+/* Settle thread: wait for the batch's replies, then ack / NAK / dead-letter
+ * each message, and free the batch. */
+static void finish(dispatcher *d, flight *f)
+{
+    fanout_batch *b = &f->batch;
+    collect_replies(d, f);
     int64_t t2 = dw_mono_ns();
     fanout_decide(b, &d->retry);
-    settle(d);
+    settle(d, f);
     DW_DEBUG("batch timing",
              "msgs=%zu rooms=%zu requests=%zu stored_ago_us=%" PRId64 " registry_us=%" PRId64
              " deliver_us=%" PRId64 " settle_us=%" PRId64,
-             b->n_msgs, b->n_rooms, b->n_deliveries, waited_us, (t1 - t0) / 1000, (t2 - t1) / 1000,
-             (dw_mono_ns() - t2) / 1000);
+             b->n_msgs, b->n_rooms, b->n_deliveries, f->waited_us, f->registry_us,
+             (t2 - f->sent_ns) / 1000, (dw_mono_ns() - t2) / 1000);
     fanout_batch_clear(b);
+    natsMsgList_Destroy(&f->list);
+    memset(&f->list, 0, sizeof f->list);
+}
+
+static void *settle_main(void *arg)
+{
+    dispatcher *d = arg;
+    long slot;
+    while ((slot = inflight_front(d->q)) >= 0) {
+        finish(d, &d->flights[slot]);
+        inflight_pop(d->q);
+    }
+    return NULL;
 }
 
 int dispatch_run(dispatcher *d)
 {
     int64_t backoff = 0, last_err_log = 0;
+    pthread_t settler;
 
+    /* Two threads, so the next batch is fetched and sent while the edges
+     * still work on the earlier ones: an edge replies only after its
+     * write pass, and waiting for that before fetching again left both
+     * the edge and the stream idle (head-of-line blocking). */
+    if (pthread_create(&settler, NULL, settle_main, d)) {
+        DW_ERROR("cannot start the settle thread", "%s", "");
+        return -1;
+    }
     while (!dw_stop) {
         housekeeping(d);
+
+        /* Waits while max_inflight batches await their replies; wakes up
+         * for housekeeping meanwhile. */
+        long slot = inflight_reserve(d->q, dw_mono_ns() + d->sweep_every_ms * 1000000);
+        if (slot < 0) continue;
+        flight *f = &d->flights[slot];
 
         jsFetchRequest req;
         jsFetchRequest_Init(&req);
@@ -700,16 +795,28 @@ int dispatch_run(dispatcher *d)
          * returns after Expires, which paces housekeeping and dw_stop. */
         req.NoWait = true;
         req.Expires = d->cfg.fetch_wait_ms * 1000000;
-        natsMsgList list = {0};
+        /* nats.c 3.4.1's fetch overruns its message array when it starts
+         * with more than half a batch already queued (late deliveries of a
+         * pull request an earlier fetch stopped waiting for; see the
+         * registry's apply.c). Asking for more than twice what is queued
+         * keeps it inside: it then takes the queued ones and at most the
+         * rest of the batch. */
+        int queued = 0;
+        if (natsSubscription_GetPending(d->pull, &queued, NULL) == NATS_OK && queued > 0) {
+            req.Batch = (int)d->cfg.fetch_batch + 2 * queued;
+            DW_DEBUG("fetch starts with queued messages", "queued=%d batch=%d", queued, req.Batch);
+        }
+        memset(&f->list, 0, sizeof f->list);
         int64_t t0 = mono_ms();
-        natsStatus s = natsSubscription_FetchRequest(&list, d->pull, &req);
+        natsStatus s = natsSubscription_FetchRequest(&f->list, d->pull, &req);
         if (s == NATS_OK) {
             backoff = 0;
-            process_batch(d, &list);
-            natsMsgList_Destroy(&list);
+            prepare(d, f);
+            inflight_push(d->q);
             continue;
         }
-        natsMsgList_Destroy(&list);
+        natsMsgList_Destroy(&f->list);
+        memset(&f->list, 0, sizeof f->list);
         int64_t took = mono_ms() - t0;
         if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
             /* The server may answer "nothing" early (another dispatcher's
@@ -728,6 +835,9 @@ int dispatch_run(dispatcher *d)
         }
         if (took < backoff) nats_Sleep(backoff - took);
     }
+    /* Every batch in flight is settled before we return. */
+    inflight_close(d->q);
+    pthread_join(settler, NULL);
     return 0;
 }
 
@@ -800,8 +910,12 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     d->retry.max_ms = cfg->retry_max_ms;
     d->retry.max_deliver = (uint64_t)cfg->max_deliver;
     metrics_register();
-    fanout_batch_init(&d->batch);
     atomic_init(&d->seeded, 0);
+    if (pthread_mutex_init(&d->rt_mu, NULL)) {
+        free(d);
+        return -1;
+    }
+    d->rt_mu_ok = 1;
     d->sweep_every_ms = cfg->edge_dead_ms / 4;
     if (d->sweep_every_ms > 1000) d->sweep_every_ms = 1000;
     if (d->sweep_every_ms < 10) d->sweep_every_ms = 10;
@@ -814,6 +928,12 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
                   60000;
     if (retries_create(&d->rt, (size_t)cfg->retry_state_max, ttl)) goto error;
     if (inbox_create(&d->ib, nc)) goto error;
+    d->n_flights = cfg->max_inflight > 0 ? (size_t)cfg->max_inflight : 1;
+    if (!(d->flights = calloc(d->n_flights, sizeof *d->flights)) ||
+        inflight_create(&d->q, d->n_flights))
+        goto error;
+    for (size_t i = 0; i < d->n_flights; i++)
+        if (inbox_create(&d->flights[i].ib, nc)) goto error;
 
     natsInbox *name = NULL;
     if (natsInbox_Create(&name) != NATS_OK) goto error;
@@ -846,9 +966,17 @@ void dispatch_destroy(dispatcher *d)
         natsSubscription_Destroy(d->pull);
     }
     inbox_destroy(d->ib);
+    for (size_t i = 0; d->flights && i < d->n_flights; i++) {
+        flight *f = &d->flights[i];
+        inbox_destroy(f->ib);
+        fanout_batch_clear(&f->batch);
+        natsMsgList_Destroy(&f->list);
+        free(f->stored_ns);
+    }
+    free(d->flights);
+    inflight_destroy(d->q);
     edges_destroy(d->edges);
     retries_destroy(d->rt);
-    fanout_batch_clear(&d->batch);
-    free(d->stored_ns);
+    if (d->rt_mu_ok) pthread_mutex_destroy(&d->rt_mu);
     free(d);
 }

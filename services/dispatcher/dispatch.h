@@ -2,6 +2,9 @@
  * edges hold each room, send one pipelined request per edge, then ack what
  * every edge took and NAK the rest with an exponential backoff; a retry
  * goes only to the edges that did not take the message yet (retries.h).
+ * Up to max_inflight batches are sent and awaiting their edges' replies at
+ * once: one thread fetches and sends, another collects the replies and
+ * settles the batches in the order they were sent.
  * After the last attempt the message is written to DW_DLQ (acked by
  * JetStream) and only then terminated. Also watches edge heartbeats and
  * declares silent edges down (edges.h). The decisions live in fanout.h;
@@ -24,6 +27,7 @@ typedef struct dispatch_cfg {
     int64_t retry_max_ms;        /* cap of the doubling NAK delay */
     int64_t retry_state_max;     /* messages whose per-edge progress is remembered */
     int64_t edge_dead_ms;        /* heartbeat silence that makes an edge down */
+    int64_t max_inflight;        /* batches sent and not yet settled (>= 1) */
 } dispatch_cfg;
 
 typedef struct dispatcher dispatcher;
@@ -33,8 +37,9 @@ typedef struct dispatcher dispatcher;
  * dispatcher; cfg is copied. 0, or -1 (logged; retry later). */
 int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispatch_cfg *cfg);
 
-/* Run batches until dw_stop is set; the batch in flight when it is set is
- * finished (acked / NAK'd / dead-lettered) before returning. Returns 0. */
+/* Run batches until dw_stop is set; the batches in flight when it is set
+ * are finished (acked / NAK'd / dead-lettered) before returning. Starts and
+ * joins its own settle thread. 0, or -1 when that thread cannot start. */
 int dispatch_run(dispatcher *d);
 
 /* Unsubscribe everything (the durable consumer stays) and free. NULL-safe. */

@@ -31,6 +31,7 @@ typedef struct dispatcher_config {
     int64_t retry_max_ms;
     int64_t retry_state_max;
     int64_t edge_dead_ms;
+    int64_t max_inflight;
     int64_t status_port;
     char *log_level;
 } dispatcher_config;
@@ -65,6 +66,9 @@ static const dw_cfg_field fields[] = {
       "that did not take them)"),
     F("EDGE_DEAD_MS", DW_CFG_INT, edge_dead_ms, "10000", 100, 3600000,
       "an edge without heartbeat for this long is declared down"),
+    F("MAX_INFLIGHT", DW_CFG_INT, max_inflight, "2", 1, 64,
+      "batches sent to the edges and not yet settled: the next batch is fetched and sent while "
+      "the edges still work on earlier ones (requests to one edge keep their order)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9093", 0, 65535,
       "port of /healthz, /readyz and /metrics (0 = off)"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
@@ -163,6 +167,7 @@ int main(int argc, char **argv)
         .retry_max_ms = cfg.retry_max_ms,
         .retry_state_max = cfg.retry_state_max,
         .edge_dead_ms = cfg.edge_dead_ms,
+        .max_inflight = cfg.max_inflight,
     };
 
     ready_gauge = dw_gauge("dw_ready", "service=\"dispatcher\"", "1 when the service is ready");
@@ -187,16 +192,16 @@ int main(int argc, char **argv)
         goto done;
     }
     DW_INFO("dispatcher ready",
-            "nats=%s batch=%" PRId64 " max_deliver=%" PRId64 " retry_base_ms=%" PRId64
-            " retry_max_ms=%" PRId64 " nofile=%ld",
-            cfg.nats_url, cfg.fetch_batch, cfg.max_deliver, cfg.retry_base_ms, cfg.retry_max_ms,
-            nofile);
+            "nats=%s batch=%" PRId64 " max_inflight=%" PRId64 " max_deliver=%" PRId64
+            " retry_base_ms=%" PRId64 " retry_max_ms=%" PRId64 " nofile=%ld",
+            cfg.nats_url, cfg.fetch_batch, cfg.max_inflight, cfg.max_deliver, cfg.retry_base_ms,
+            cfg.retry_max_ms, nofile);
     set_ready(true);
 
-    dispatch_run(d);
+    int run_rc = dispatch_run(d);
     set_ready(false);
     DW_INFO("stopping", "%s", "");
-    rc = 0;
+    rc = run_rc ? 1 : 0;
 
 done:
     dw_ping_stop(ping);
