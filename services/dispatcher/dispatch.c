@@ -12,6 +12,7 @@
 #include "dw/dlq.h"
 #include "dw/log.h"
 #include "dw/metrics.h"
+#include "dw/pull.h"
 #include "dw/util.h"
 #include "edges.h"
 #include "fanout.h"
@@ -67,7 +68,8 @@ static void metrics_register(void)
  * settle thread (replies, acks): never used by both at once. */
 typedef struct flight {
     fanout_batch batch;
-    natsMsgList list;   /* owns the messages the batch's handles point to */
+    natsMsg **msgs;     /* owns the messages the batch's handles point to */
+    int n_msgs;         /* fetched into msgs (capacity: fetch_batch) */
     int64_t *stored_ns; /* per message of the batch: DW_MSG store time */
     size_t stored_cap;
     inbox *ib;                               /* this batch's edge replies */
@@ -87,7 +89,7 @@ struct dispatcher {
     pthread_mutex_t rt_mu;
     int rt_mu_ok;
 
-    natsSubscription *pull;
+    dw_pull *pull; /* the durable (dw/pull.h) */
     natsSubscription *hb_sub;
     natsSubscription *seed_sub;
     char seed_inbox[128];
@@ -577,7 +579,7 @@ static void settle(dispatcher *d, flight *f)
         natsStatus s = NATS_OK;
         switch (m->verdict) {
         case FANOUT_ACK:
-            s = natsMsg_Ack(nm, NULL);
+            s = dw_pull_ack(d->nc, nm);
             if (m->attempt > 1) {
                 /* A first attempt that succeeded has no entry to forget. */
                 pthread_mutex_lock(&d->rt_mu);
@@ -606,7 +608,7 @@ static void settle(dispatcher *d, flight *f)
                         natsMsg_GetSubject(nm), m->seq, m->attempt, natsMsg_GetDataLength(nm),
                         m->delay_ms);
             }
-            s = natsMsg_NakWithDelay(nm, m->delay_ms, NULL);
+            s = dw_pull_nak(d->nc, nm, m->delay_ms);
             dw_metric_inc(M.retried);
             naked++;
             break;
@@ -614,14 +616,14 @@ static void settle(dispatcher *d, flight *f)
             note_failure(d, f, i, wall_ms);
             if (dead_letter(d, f, i, wall_ms) == 0) {
                 /* Durable in DW_DLQ: only now may JetStream let it go. */
-                s = natsMsg_Term(nm, NULL);
+                s = dw_pull_term(d->nc, nm);
                 dw_metric_inc(M.dead_lettered);
                 dead++;
             } else {
                 /* MaxDeliver is reached: this NAK makes JetStream raise the
                  * max-deliveries advisory, and the deadletter service
                  * writes the dead letter (source "advisory"). */
-                s = natsMsg_NakWithDelay(nm, 0, NULL);
+                s = dw_pull_nak(d->nc, nm, 0);
                 dw_metric_inc(M.dlq_failed);
                 naked++;
             }
@@ -676,24 +678,31 @@ static void restrict_edges(dispatcher *d, fanout_batch *b, size_t mi)
     }
 }
 
+/* Destroy the batch's messages (after their acks were published). */
+static void flight_release(flight *f)
+{
+    for (int i = 0; i < f->n_msgs; i++)
+        natsMsg_Destroy(f->msgs[i]);
+    f->n_msgs = 0;
+}
+
 /* Fetch thread: decode the fetched batch, ask the registry, plan and send
  * the edge requests. The replies are the settle thread's (finish). */
 static void prepare(dispatcher *d, flight *f)
 {
     fanout_batch *b = &f->batch;
-    natsMsgList *list = &f->list;
     int64_t oldest_ns = 0; /* stream store time of the oldest message */
 
     f->asked = 0;
-    if ((size_t)list->Count > f->stored_cap) {
-        int64_t *g = realloc(f->stored_ns, (size_t)list->Count * sizeof *g);
+    if ((size_t)f->n_msgs > f->stored_cap) {
+        int64_t *g = realloc(f->stored_ns, (size_t)f->n_msgs * sizeof *g);
         if (g) {
             f->stored_ns = g;
-            f->stored_cap = (size_t)list->Count;
+            f->stored_cap = (size_t)f->n_msgs;
         }
     }
-    for (int i = 0; i < list->Count; i++) {
-        natsMsg *nm = list->Msgs[i];
+    for (int i = 0; i < f->n_msgs; i++) {
+        natsMsg *nm = f->msgs[i];
         jsMsgMetaData *meta = NULL;
         if (natsMsg_GetMetaData(&meta, nm) != NATS_OK) {
             /* Not a JetStream delivery: nothing to ack it with. */
@@ -709,7 +718,7 @@ static void prepare(dispatcher *d, flight *f)
         if (mi < 0) {
             int64_t delay = fanout_retry_delay(&d->retry, meta->NumDelivered);
             DW_ERROR("batch: out of memory", "seq=%" PRIu64, meta->Sequence.Stream);
-            natsMsg_NakWithDelay(nm, delay < 0 ? 0 : delay, NULL);
+            dw_pull_nak(d->nc, nm, delay < 0 ? 0 : delay);
         } else {
             f->stored_ns[mi] = meta->Timestamp;
         }
@@ -749,8 +758,7 @@ static void finish(dispatcher *d, flight *f)
              b->n_msgs, b->n_rooms, b->n_deliveries, f->waited_us, f->registry_us,
              (t2 - f->sent_ns) / 1000, (dw_mono_ns() - t2) / 1000);
     fanout_batch_clear(b);
-    natsMsgList_Destroy(&f->list);
-    memset(&f->list, 0, sizeof f->list);
+    flight_release(f);
 }
 
 static void *settle_main(void *arg)
@@ -786,37 +794,19 @@ int dispatch_run(dispatcher *d)
         if (slot < 0) continue;
         flight *f = &d->flights[slot];
 
-        jsFetchRequest req;
-        jsFetchRequest_Init(&req);
-        req.Batch = (int)d->cfg.fetch_batch;
-        /* NoWait with Expires: the server holds the pull until at least one
-         * message is there, then returns at once with whatever is pending
-         * (up to Batch) instead of waiting to fill the batch. Idle, it
-         * returns after Expires, which paces housekeeping and dw_stop. */
-        req.NoWait = true;
-        req.Expires = d->cfg.fetch_wait_ms * 1000000;
-        /* nats.c 3.4.1's fetch overruns its message array when it starts
-         * with more than half a batch already queued (late deliveries of a
-         * pull request an earlier fetch stopped waiting for; see the
-         * registry's apply.c). Asking for more than twice what is queued
-         * keeps it inside: it then takes the queued ones and at most the
-         * rest of the batch. */
-        int queued = 0;
-        if (natsSubscription_GetPending(d->pull, &queued, NULL) == NATS_OK && queued > 0) {
-            req.Batch = (int)d->cfg.fetch_batch + 2 * queued;
-            DW_DEBUG("fetch starts with queued messages", "queued=%d batch=%d", queued, req.Batch);
-        }
-        memset(&f->list, 0, sizeof f->list);
+        /* Returns as soon as at least one message is there, with whatever
+         * else is pending (up to the batch), instead of waiting to fill the
+         * batch; idle, after fetch_wait_ms, which paces housekeeping and
+         * dw_stop. */
         int64_t t0 = mono_ms();
-        natsStatus s = natsSubscription_FetchRequest(&f->list, d->pull, &req);
+        natsStatus s = dw_pull_fetch(d->pull, f->msgs, (int)d->cfg.fetch_batch,
+                                     d->cfg.fetch_wait_ms, &f->n_msgs);
         if (s == NATS_OK) {
             backoff = 0;
             prepare(d, f);
             inflight_push(d->q);
             continue;
         }
-        natsMsgList_Destroy(&f->list);
-        memset(&f->list, 0, sizeof f->list);
         int64_t took = mono_ms() - t0;
         if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
             /* The server may answer "nothing" early (another dispatcher's
@@ -885,15 +875,11 @@ static int consumer_bind(dispatcher *d)
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) return -1;
 
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = DW_STREAM_MSG;
-    so.Consumer = DW_DISPATCHER_DURABLE;
-    s = js_PullSubscribe(&d->pull, d->js, DW_SUBJ_MSG_PREFIX ">", DW_DISPATCHER_DURABLE, NULL, &so,
-                         &jerr);
+    /* By hand, not js_PullSubscribe + natsSubscription_FetchRequest (dw/pull.h). */
+    s = dw_pull_open(&d->pull, d->nc, DW_STREAM_MSG, DW_DISPATCHER_DURABLE, d->cfg.fetch_wait_ms);
     if (s != NATS_OK) {
-        DW_ERROR("pull subscribe failed", "consumer=%s status=%s jserr=%d last=\"%s\"",
-                 DW_DISPATCHER_DURABLE, natsStatus_GetText(s), (int)jerr, nats_GetLastError(NULL));
+        DW_ERROR("pull subscribe failed", "consumer=%s status=%s last=\"%s\"",
+                 DW_DISPATCHER_DURABLE, natsStatus_GetText(s), nats_GetLastError(NULL));
         return -1;
     }
     return 0;
@@ -933,7 +919,9 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
         inflight_create(&d->q, d->n_flights))
         goto error;
     for (size_t i = 0; i < d->n_flights; i++)
-        if (inbox_create(&d->flights[i].ib, nc)) goto error;
+        if (inbox_create(&d->flights[i].ib, nc) ||
+            !(d->flights[i].msgs = calloc((size_t)cfg->fetch_batch, sizeof(natsMsg *))))
+            goto error;
 
     natsInbox *name = NULL;
     if (natsInbox_Create(&name) != NATS_OK) goto error;
@@ -960,17 +948,14 @@ void dispatch_destroy(dispatcher *d)
     if (!d) return;
     inbox_sub_close(d->hb_sub);
     inbox_sub_close(d->seed_sub);
-    if (d->pull) {
-        /* Bound to the durable: unsubscribing leaves the consumer in place. */
-        natsSubscription_Unsubscribe(d->pull);
-        natsSubscription_Destroy(d->pull);
-    }
+    dw_pull_close(d->pull); /* the durable consumer stays */
     inbox_destroy(d->ib);
     for (size_t i = 0; d->flights && i < d->n_flights; i++) {
         flight *f = &d->flights[i];
         inbox_destroy(f->ib);
         fanout_batch_clear(&f->batch);
-        natsMsgList_Destroy(&f->list);
+        flight_release(f);
+        free(f->msgs);
         free(f->stored_ns);
     }
     free(d->flights);
