@@ -255,10 +255,35 @@ static void housekeeping(dispatcher *d)
 
 /* Ask the registry, once per room and all rooms at once, which edges hold
  * the room's members. */
+/* DW_CONN's last sequence now: every connect acked before this call, on
+ * any edge, is at or below it. 0 when JetStream does not answer (then only
+ * the senders' own connects are waited for; logged now and then). */
+static uint64_t conn_barrier(dispatcher *d)
+{
+    static int64_t last_warn;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = d->cfg.registry_timeout_ms;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, d->js, DW_STREAM_CONN, &jo, &jerr);
+    uint64_t last = s == NATS_OK ? si->State.LastSeq : 0;
+    jsStreamInfo_Destroy(si);
+    if (s != NATS_OK && mono_ms() - last_warn >= ERROR_LOG_EVERY_MS) {
+        last_warn = mono_ms();
+        DW_WARN("DW_CONN's end unknown: a connect on another edge may not be applied yet",
+                "status=%s jserr=%d", natsStatus_GetText(s), (int)jerr);
+    }
+    return last;
+}
+
 static void ask_registry(dispatcher *d, fanout_batch *b)
 {
     size_t n = b->n_rooms, failed = 0;
     const char *why = NULL;
+    /* A sender's edge passes the highest DW_CONN sequence it had acked, so
+     * its own connects are covered; the barrier covers every other edge's. */
+    uint64_t barrier = d->cfg.conn_barrier ? conn_barrier(d) : 0;
 
     if (inbox_begin(d->ib, n)) {
         for (size_t r = 0; r < n; r++)
@@ -269,7 +294,7 @@ static void ask_registry(dispatcher *d, fanout_batch *b)
         Dw__RoomQuery q;
         dw__room_query__init(&q);
         q.room = (char *)b->rooms[r].name;
-        q.min_seq = b->rooms[r].min_seq;
+        q.min_seq = b->rooms[r].min_seq > barrier ? b->rooms[r].min_seq : barrier;
         size_t len = 0;
         uint8_t *buf = dw_pb_pack(&q.base, &len);
         char reply[192];

@@ -28,6 +28,7 @@ typedef struct dispatch_cfg {
     int64_t retry_state_max;     /* messages whose per-edge progress is remembered */
     int64_t edge_dead_ms;        /* heartbeat silence that makes an edge down */
     int64_t max_inflight;        /* batches sent and not yet settled (>= 1) */
+    int conn_barrier;            /* registry applies DW_CONN up to its end first */
 } dispatch_cfg;
 
 typedef struct dispatcher dispatcher;

@@ -32,6 +32,7 @@ typedef struct dispatcher_config {
     int64_t retry_state_max;
     int64_t edge_dead_ms;
     int64_t max_inflight;
+    int conn_barrier;
     int64_t status_port;
     char *log_level;
 } dispatcher_config;
@@ -69,6 +70,11 @@ static const dw_cfg_field fields[] = {
     F("MAX_INFLIGHT", DW_CFG_INT, max_inflight, "2", 1, 64,
       "batches sent to the edges and not yet settled: the next batch is fetched and sent while "
       "the edges still work on earlier ones (requests to one edge keep their order)"),
+    F("CONN_BARRIER", DW_CFG_BOOL, conn_barrier, "1", 0, 0,
+      "before asking the registry for a batch's rooms, read DW_CONN's last sequence and have "
+      "the registry apply up to it, so a message reaches every connection whose connect was "
+      "acked before the message was fetched, on any edge (0: only the sending edge's own "
+      "connects are waited for; one JetStream request less per batch)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9093", 0, 65535,
       "port of /healthz, /readyz and /metrics (0 = off)"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
@@ -168,6 +174,7 @@ int main(int argc, char **argv)
         .retry_state_max = cfg.retry_state_max,
         .edge_dead_ms = cfg.edge_dead_ms,
         .max_inflight = cfg.max_inflight,
+        .conn_barrier = cfg.conn_barrier,
     };
 
     ready_gauge = dw_gauge("dw_ready", "service=\"dispatcher\"", "1 when the service is ready");

@@ -1,9 +1,11 @@
 """Two edges, crashes of the registry and of an edge."""
 import asyncio
 import collections
+import signal
 import unittest
 
 from harness import StackTest, connect, recv_text, no_message, wait_until
+from test_zero_loss import stream_msgs
 
 
 class TwoEdges(StackTest):
@@ -24,6 +26,35 @@ class TwoEdges(StackTest):
             await b[2].send('{"action":"sendmessage","message":"back"}')
             for ws in a + b:
                 self.assertEqual(await recv_text(ws), "back")
+
+        self.run_async(scenario())
+
+    def test_fresh_connect_on_another_edge_gets_the_next_message(self):
+        """A client whose connect was acked on edge 2 gets a message sent
+        right after on edge 1, although the registry had not applied that
+        connect when the message was dispatched: the registry is stopped
+        (SIGSTOP) from before the connect until after the send, so its
+        query and its catching up race when it resumes. The dispatcher
+        makes the registry apply DW_CONN up to its end first."""
+        st = self.stack
+
+        async def scenario():
+            a = await connect(st.edges[0].url)
+            await asyncio.to_thread(st.wait_conn_count, 1)
+            st.registry.signal(signal.SIGSTOP)
+            try:
+                b = await connect(st.edges[1].url)
+                # Answered only once b's connect is durable in DW_CONN.
+                await b.send('{"action":"whoami"}')
+                self.assertIn("Your info", await recv_text(b))
+                before = stream_msgs(st, "DW_MSG")
+                await a.send('{"action":"sendmessage","message":"fresh"}')
+                await asyncio.to_thread(wait_until, lambda: stream_msgs(st, "DW_MSG") > before,
+                                        10, "the message to be stored")
+            finally:
+                st.registry.signal(signal.SIGCONT)
+            for ws in (a, b):
+                self.assertEqual(await recv_text(ws), "fresh")
 
         self.run_async(scenario())
 
