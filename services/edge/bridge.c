@@ -25,6 +25,7 @@ struct edge_bridge {
 
     pthread_mutex_t lock; /* guards the event queue */
     edge_event *head, *tail;
+    atomic_bool leaving; /* our own EDGE_DOWN is out (bridge_publish_edge_down) */
 };
 
 static void enqueue(edge_bridge *b, edge_event *ev)
@@ -103,6 +104,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         natsMsg_Destroy(msg);
         return;
     } else if (!strcmp(subj, "dw.conn.disconnect")) {
+        /* "disconnect.<id>" or "drop.<round>.<id>": the id ends it. */
         ev->kind = BEV_DISCONNECT_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
                  idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
@@ -122,7 +124,6 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     natsMsg_Destroy(msg);
     enqueue(b, ev);
 }
-        /* "disconnect.<id>" or "drop.<round>.<id>": the id ends it. */
 
 static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -174,7 +175,8 @@ static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     edge_bridge *b = closure;
     Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                (const uint8_t *)natsMsg_GetData(msg));
-    if (ce && ce->edge_id && !strcmp(ce->edge_id, b->cfg.edge_id)) {
+    /* While leaving, the EDGE_DOWN for this edge is our own. */
+    if (ce && ce->edge_id && !strcmp(ce->edge_id, b->cfg.edge_id) && !atomic_load(&b->leaving)) {
         DW_WARN("this edge was declared down while alive; announcing its connections again",
                 "edge=%s reason=\"%s\"", b->cfg.edge_id, ce->reason ? ce->reason : "");
         edge_event *ev = calloc(1, sizeof *ev);
@@ -193,6 +195,15 @@ static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg
 static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     edge_bridge *b = closure;
+    /* Every connect and disconnect of the cluster comes through here: with
+     * no v1 member on this edge, none can matter, so do not even decode.
+     * A member joining after this check is still joining when the event
+     * would have been handled, and would have skipped it then too. */
+    if (b->cfg.presence_listeners &&
+        !atomic_load_explicit(b->cfg.presence_listeners, memory_order_relaxed)) {
+        natsMsg_Destroy(msg);
+        return;
+    }
     Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                (const uint8_t *)natsMsg_GetData(msg));
     natsMsg_Destroy(msg);
@@ -328,6 +339,14 @@ int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t 
     return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__CONNECT), msg_id, &ev->base);
 }
 
+int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
+{
+    char msg_id[80];
+    snprintf(msg_id, sizeof msg_id, "drop.%llu.%s", (unsigned long long)round, ev->conn_id);
+    return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__DISCONNECT), msg_id,
+                         &ev->base);
+}
+
 int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n)
 {
     char msg_id[128];
@@ -358,14 +377,6 @@ static int publish_pb(edge_bridge *b, const char *subj, const ProtobufCMessage *
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r)
 {
     return publish_pb(b, reply, &r->base);
-int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
-{
-    char msg_id[80];
-    snprintf(msg_id, sizeof msg_id, "drop.%llu.%s", (unsigned long long)round, ev->conn_id);
-    return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__DISCONNECT), msg_id,
-                         &ev->base);
-}
-
 }
 
 int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r)
@@ -381,6 +392,82 @@ int bridge_heartbeat(edge_bridge *b, uint32_t connections)
     hb.connections = connections;
     hb.version = DW_VERSION;
     return publish_pb(b, DW_SUBJ_EDGE_HEARTBEAT, &hb.base);
+}
+
+/* A publish the server refused for lack of permission fails no request in
+ * nats.c: it only becomes the connection's last error. */
+static bool edge_down_refused(edge_bridge *b)
+{
+    const char *text = NULL;
+    return natsConnection_GetLastError(b->nc, &text) == NATS_NOT_PERMITTED && text &&
+           strstr(text, dw_subj_conn_event(DW__CONN_EVENT__KIND__EDGE_DOWN));
+}
+
+int bridge_publish_edge_down(edge_bridge *b, const char *reason, int64_t timeout_ms)
+{
+    atomic_store(&b->leaving, true);
+    if (!bridge_ready(b)) return -1;
+    const char *subj = dw_subj_conn_event(DW__CONN_EVENT__KIND__EDGE_DOWN);
+    /* A fresh id for every stop: neither the dispatcher's "edge_down.<edge>"
+     * nor the stop of an earlier process with the same DW_EDGE_ID inside
+     * the duplicate window may swallow this one. */
+    char nonce[DW_ID_LEN + 1] = "", msg_id[64], inbox[128];
+    if (dw_id_random(nonce) || dw_bus_new_inbox(inbox, sizeof inbox)) return -1;
+    snprintf(msg_id, sizeof msg_id, "edge_down.%s.stop.%s", b->cfg.edge_id, nonce);
+    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    ev.kind = DW__CONN_EVENT__KIND__EDGE_DOWN;
+    ev.conn_id = "";
+    ev.edge_id = (char *)b->cfg.edge_id;
+    ev.reason = (char *)reason;
+    ev.ts_ms = dw_now_ms();
+    size_t len = 0;
+    uint8_t *buf = dw_pb_pack(&ev.base, &len);
+    if (!buf) return -1;
+
+    /* A request by hand rather than a JetStream publish: a refused publish
+     * fails nothing in nats.c (it only becomes the connection's last
+     * error), and an async one would stay pending until its timeout and
+     * hold up bridge_flush. */
+    int rc = -1;
+    bool refused = false;
+    natsSubscription *sub = NULL;
+    natsMsg *m = NULL, *reply = NULL;
+    natsStatus s = natsConnection_SubscribeSync(&sub, b->nc, inbox);
+    if (s == NATS_OK) s = natsMsg_Create(&m, subj, inbox, (const char *)buf, (int)len);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Msg-Id", msg_id);
+    if (s == NATS_OK) s = natsConnection_PublishMsg(b->nc, m);
+    /* The server answers a refusal before the PONG of this flush. */
+    if (s == NATS_OK) s = natsConnection_FlushTimeout(b->nc, timeout_ms);
+    int64_t deadline = dw_mono_ns() + timeout_ms * 1000000;
+    while (s == NATS_OK && !(refused = edge_down_refused(b)) && dw_mono_ns() < deadline) {
+        /* Short waits: a refusal can only be seen between them. */
+        s = natsSubscription_NextMsg(&reply, sub, 20);
+        if (s == NATS_TIMEOUT) {
+            s = NATS_OK;
+            continue;
+        }
+        if (s != NATS_OK) break;
+        const char *data = natsMsg_GetData(reply);
+        int dlen = natsMsg_GetDataLength(reply);
+        /* {"stream":"DW_CONN","seq":N} or {"error":{...}} */
+        rc = data && dlen > 0 && !strstr(data, "\"error\"") ? 0 : -1; /* NUL-terminated */
+        if (rc) DW_WARN("edge_down not stored", "reply=\"%.*s\"", dlen > 200 ? 200 : dlen, data);
+        break;
+    }
+    if (refused)
+        DW_WARN("edge_down refused: this NATS user may not publish it; disconnecting one by one",
+                "subject=%s", subj);
+    else if (rc && s == NATS_OK && !reply)
+        DW_WARN("edge_down not stored in time; disconnecting one by one", "timeout_ms=%lld",
+                (long long)timeout_ms);
+    else if (rc && s != NATS_OK)
+        DW_WARN("edge_down not published; disconnecting one by one", "status=%s",
+                natsStatus_GetText(s));
+    natsMsg_Destroy(reply);
+    natsMsg_Destroy(m);
+    natsSubscription_Destroy(sub);
+    free(buf);
+    return rc;
 }
 
 void bridge_flush(edge_bridge *b, int64_t timeout_ms)

@@ -7,6 +7,7 @@
 #ifndef EDGE_BRIDGE_H
 #define EDGE_BRIDGE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -48,6 +49,10 @@ typedef struct edge_bridge_config {
     int64_t max_pending;
     void (*wake)(void *arg); /* called on a nats.c thread after queueing */
     void *wake_arg;
+    /* How many local members could receive presence events (rooms.h's
+     * v1_members); while 0, membership events are dropped before they are
+     * decoded. NULL: every one is queued. Must outlive the bridge. */
+    const atomic_uint_fast32_t *presence_listeners;
 } edge_bridge_config;
 
 /* Connects (retrying in the background forever) and starts a setup thread
@@ -71,14 +76,14 @@ int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev);
  * declared down while alive): a fresh Nats-Msg-Id per round, so the
  * stream's duplicate window does not swallow it. */
 int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
+/* A DISCONNECT for an id the registry has and this edge does not hold
+ * (reconciliation): a fresh Nats-Msg-Id per round, for the same reason. */
+int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
 
 /* A LEAVE event (asynchronous; the result is only logged). */
 int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n);
 
-/* A DISCONNECT for an id the registry has and this edge does not hold
- * (reconciliation): a fresh Nats-Msg-Id per round, for the same reason. */
-int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
 /* For jobs.c: the bus handles and the way back to the lws thread. */
 jsCtx *bridge_js(edge_bridge *b);
 natsConnection *bridge_nc(edge_bridge *b);
@@ -88,6 +93,15 @@ void bridge_post(edge_bridge *b, edge_event *ev);
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);
 int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r);
 int bridge_heartbeat(edge_bridge *b, uint32_t connections);
+
+/* Shutdown, with the lws loop stopped: one EDGE_DOWN event for this edge
+ * (the registry drops every connection of edge_id) instead of a DISCONNECT
+ * per connection, and wait up to timeout_ms for JetStream to store it.
+ * From the call on, an EDGE_DOWN naming this edge is taken as our own (no
+ * re-announce). 0 when stored; -1 when not (not connected, refused, e.g.
+ * the NATS user may not publish dw.conn.edge_down, or no ack in time):
+ * then disconnect each connection as usual. */
+int bridge_publish_edge_down(edge_bridge *b, const char *reason, int64_t timeout_ms);
 
 /* Wait up to timeout_ms for outstanding publishes, then flush. Shutdown only. */
 void bridge_flush(edge_bridge *b, int64_t timeout_ms);

@@ -25,6 +25,9 @@ typedef struct edge_config {
     int64_t publish_timeout_ms;
     int64_t publish_max_pending;
     int64_t heartbeat_ms;
+    char *event_loop;       /* poll | libev */
+    int shutdown_edge_down; /* on stop: one EDGE_DOWN, not a DISCONNECT each */
+    int64_t shutdown_wait_ms;
     int64_t dedup_window;
     int64_t write_coalesce;   /* bytes per write call */
     int64_t max_rooms;        /* v1 rooms per connection */
@@ -72,6 +75,7 @@ typedef struct edge {
     unsigned char *wbuf;     /* LWS_PRE + write_coalesce: the coalescing buffer */
     uint64_t conn_seq_acked; /* highest DW_CONN seq acked for our events */
     uint32_t nready;
+    bool edge_down_stored; /* shutdown: one EDGE_DOWN stands for every disconnect */
     int64_t next_heartbeat_ns;
     lws_sorted_usec_list_t tick;
 

@@ -26,6 +26,14 @@ static const dw_cfg_field fields[] = {
       "how long to wait for a JetStream ack"),
     F("PUBLISH_MAX_PENDING", DW_CFG_INT, publish_max_pending, "65536", 1, 10000000,
       "JetStream publishes in flight before new ones are refused"),
+    F("SHUTDOWN_EDGE_DOWN", DW_CFG_BOOL, shutdown_edge_down, "1", 0, 1,
+      "on stop, one edge_down event for all connections instead of a disconnect each "
+      "(the NATS user must be allowed to publish dw.conn.edge_down; else one by one)"),
+    F("SHUTDOWN_WAIT_MS", DW_CFG_INT, shutdown_wait_ms, "3000", 100, 60000,
+      "on stop, how long to wait for the edge_down event to be stored"),
+    F("EVENT_LOOP", DW_CFG_STR, event_loop, "poll", 0, 0,
+      "socket event loop: poll (lws's own poll(): O(connections) per pass), or libev (epoll: "
+      "~40% less CPU per new connection, ~20% more per delivery)"),
     F("HEARTBEAT_MS", DW_CFG_INT, heartbeat_ms, "2000", 100, 60000,
       "how often the edge tells the dispatcher it is alive"),
     F("DEDUP_WINDOW", DW_CFG_INT, dedup_window, "65536", 1, 10000000,

@@ -21,6 +21,7 @@ int rooms_init(edge_rooms *rs, size_t nbuckets)
     rs->buckets = calloc(n, sizeof *rs->buckets);
     rs->nbuckets = rs->buckets ? n : 0;
     rs->count = 0;
+    atomic_init(&rs->v1_members, 0);
     return rs->buckets ? 0 : -1;
 }
 
@@ -31,6 +32,7 @@ void rooms_free(edge_rooms *rs)
         while (r) {
             edge_room *next = r->next;
             free(r->members);
+            free(r->v1);
             free(r);
             r = next;
         }
@@ -79,10 +81,22 @@ int rooms_join(edge_rooms *rs, edge_session *s, const char *name)
         r->members = m;
         r->cap = ncap;
     }
+    if (s->v1 && r->nv1 == r->v1_cap) {
+        uint32_t ncap = r->v1_cap ? r->v1_cap * 2 : 4;
+        edge_session **m = realloc(r->v1, ncap * sizeof *m);
+        if (!m) return -1;
+        r->v1 = m;
+        r->v1_cap = ncap;
+    }
     r->members[r->count] = s;
     memset(&s->rooms[s->nrooms], 0, sizeof s->rooms[s->nrooms]);
     s->rooms[s->nrooms].room = r;
     s->rooms[s->nrooms].idx = r->count;
+    if (s->v1) {
+        r->v1[r->nv1] = s;
+        s->rooms[s->nrooms].v1_idx = r->nv1++;
+        atomic_fetch_add_explicit(&rs->v1_members, 1, memory_order_relaxed);
+    }
     s->nrooms++;
     r->count++;
     return 0;
@@ -96,6 +110,7 @@ static void room_unlink(edge_rooms *rs, edge_room *r)
     *pp = r->next;
     rs->count--;
     free(r->members);
+    free(r->v1);
     free(r);
 }
 
@@ -119,14 +134,26 @@ void rooms_release_held(edge_membership *m)
 
 /* Take s out of r's member array (swap the last member into the hole and
  * fix its back-reference); frees r when it empties. */
-static void detach(edge_rooms *rs, edge_session *s, edge_room *r, uint32_t idx)
+static void detach(edge_rooms *rs, edge_session *s, edge_room *r, const edge_membership *m)
 {
+    uint32_t idx = m->idx;
     edge_session *last = r->members[r->count - 1];
     r->members[idx] = last;
     r->count--;
     if (last != s) {
         edge_membership *lm = rooms_membership(last, r);
         if (lm) lm->idx = idx;
+    }
+    if (s->v1) {
+        uint32_t vidx = m->v1_idx;
+        edge_session *vlast = r->v1[r->nv1 - 1];
+        r->v1[vidx] = vlast;
+        r->nv1--;
+        if (vlast != s) {
+            edge_membership *lm = rooms_membership(vlast, r);
+            if (lm) lm->v1_idx = vidx;
+        }
+        atomic_fetch_sub_explicit(&rs->v1_members, 1, memory_order_relaxed);
     }
     if (!r->count) room_unlink(rs, r);
 }
@@ -138,7 +165,7 @@ void rooms_leave(edge_rooms *rs, edge_session *s, const char *name)
     for (uint16_t i = 0; i < s->nrooms; i++) {
         if (s->rooms[i].room != r) continue;
         rooms_release_held(&s->rooms[i]);
-        detach(rs, s, r, s->rooms[i].idx);
+        detach(rs, s, r, &s->rooms[i]);
         s->rooms[i] = s->rooms[--s->nrooms];
         return;
     }
@@ -148,9 +175,14 @@ void rooms_leave_all(edge_rooms *rs, edge_session *s)
 {
     for (uint16_t i = 0; i < s->nrooms; i++) {
         rooms_release_held(&s->rooms[i]);
-        detach(rs, s, s->rooms[i].room, s->rooms[i].idx);
+        detach(rs, s, s->rooms[i].room, &s->rooms[i]);
     }
     free(s->rooms);
     s->rooms = NULL;
     s->nrooms = s->rooms_cap = 0;
+}
+
+uint32_t rooms_v1_members(const edge_rooms *rs)
+{
+    return (uint32_t)atomic_load_explicit(&rs->v1_members, memory_order_relaxed);
 }

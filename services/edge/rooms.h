@@ -5,6 +5,7 @@
 #ifndef EDGE_ROOMS_H
 #define EDGE_ROOMS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +18,11 @@ typedef struct edge_room {
     char name[DW_ROOM_MAX + 1];
     struct edge_session **members;
     uint32_t count, cap;
+    /* The dynamowave.v1 members again: only they receive presence events,
+     * and a room of thousands of plain clients must not be scanned for
+     * each connect elsewhere to find none. */
+    struct edge_session **v1;
+    uint32_t nv1, v1_cap;
     uint64_t last_seq;      /* newest message delivered here for this room */
     struct edge_room *next; /* hash chain */
 } edge_room;
@@ -24,6 +30,10 @@ typedef struct edge_room {
 typedef struct edge_rooms {
     edge_room **buckets;
     size_t nbuckets, count;
+    /* v1 memberships in every room of this edge. Written on the lws thread
+     * only; read on the NATS thread, which drops presence events unread
+     * while it is 0 (rooms_v1_members). */
+    atomic_uint_fast32_t v1_members;
 } edge_rooms;
 
 struct edge_frame;
@@ -41,6 +51,7 @@ typedef struct edge_held {
 typedef struct edge_membership {
     edge_room *room;
     uint32_t idx;
+    uint32_t v1_idx; /* in room->v1, for a v1 session */
     bool joining;
     bool leave_after_join;
     uint64_t floor_seq; /* replayed up to here: live copies of these are dropped */
@@ -62,5 +73,9 @@ void rooms_leave(edge_rooms *rs, struct edge_session *s, const char *name);
 void rooms_leave_all(edge_rooms *rs, struct edge_session *s);
 /* Release the frames held for a membership. */
 void rooms_release_held(edge_membership *m);
+
+/* How many v1 memberships this edge has now; any thread (a NATS callback
+ * asks whether a presence event can interest anyone here). */
+uint32_t rooms_v1_members(const edge_rooms *rs);
 
 #endif

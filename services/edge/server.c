@@ -1,5 +1,7 @@
 /* The libwebsockets side: one protocol callback for HTTP and WebSocket,
  * the handling of bus events on the lws thread, and the loop. */
+#include <dlfcn.h>
+#include <ev.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,7 +353,7 @@ static void on_closed(edge *e, edge_session *s)
 {
     admit_release(e, s);
     if (!s->id[0]) return;
-    if (s->connect_published) {
+    if (s->connect_published && !e->edge_down_stored) {
         char *rooms[128];
         size_t n = 0;
         for (uint16_t i = 0; i < s->nrooms && n < 128; i++)
@@ -837,6 +839,39 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
+/* libev, loaded only for DW_EVENT_LOOP=libev: the default poll() loop then
+ * needs neither libev nor lws's evlib plugin at run time. The plugin links
+ * the same libev.so.4, so the loop made here is the one it drives. */
+typedef struct edge_libev {
+    void *lib;
+    struct ev_loop *(*loop_new)(unsigned int flags);
+    int (*run)(struct ev_loop *loop, int flags);
+    void (*loop_destroy)(struct ev_loop *loop);
+    struct ev_loop *loop;
+} edge_libev;
+
+static int libev_start(edge_libev *ev)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->lib = dlopen("libev.so.4", RTLD_NOW | RTLD_GLOBAL);
+    if (!ev->lib) return -1;
+    /* POSIX's way to turn dlsym's void * into a function pointer. */
+    *(void **)&ev->loop_new = dlsym(ev->lib, "ev_loop_new");
+    *(void **)&ev->run = dlsym(ev->lib, "ev_run");
+    *(void **)&ev->loop_destroy = dlsym(ev->lib, "ev_loop_destroy");
+    if (!ev->loop_new || !ev->run || !ev->loop_destroy) return -1;
+    ev->loop = ev->loop_new(EVFLAG_AUTO);
+    return ev->loop ? 0 : -1;
+}
+
+/* After lws_context_destroy. Safe on a zeroed or half-started one. */
+static void libev_stop(edge_libev *ev)
+{
+    if (ev->loop) ev->loop_destroy(ev->loop);
+    if (ev->lib) dlclose(ev->lib);
+    memset(ev, 0, sizeof *ev);
+}
+
 static const struct lws_protocols protocols[] = {
     /* First entry: also serves clients that ask for no subprotocol (plain
      * AWS mode) and plain HTTP. */
@@ -914,6 +949,7 @@ static void lws_log_bridge(int level, const char *line)
 int edge_run(edge *e)
 {
     int rc = -1;
+    edge_libev ev = {0}; /* DW_EVENT_LOOP=libev */
     the_edge = e;
     pthread_mutex_init(&e->wake_lock, NULL);
     static edge_metrics metrics;
@@ -1002,6 +1038,26 @@ int edge_run(edge *e)
                  "DW_REQUIRE_TLS=1 needs DW_TLS_CERT and DW_TLS_KEY");
         goto out;
     }
+    /* With libev, lws runs on a loop of ours (a "foreign" loop): lws's own
+     * loop would install its own SIGINT handling, and its lws_service()
+     * would not come back to check dw_stop. lws's poll() backend costs
+     * O(connections) per pass; libev uses epoll. */
+    void *foreign_loops[1] = {NULL};
+    if (!strcmp(e->cfg->event_loop, "libev")) {
+        if (libev_start(&ev)) {
+            const char *why = dlerror();
+            DW_ERROR("cannot create the libev loop (packages libev4, libwebsockets-evlib-ev)",
+                     "err=\"%s\"", why ? why : "ev_loop_new failed");
+            goto out;
+        }
+        foreign_loops[0] = ev.loop;
+        info.foreign_loops = foreign_loops;
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+    } else if (strcmp(e->cfg->event_loop, "poll")) {
+        DW_ERROR("bad configuration", "err=\"DW_EVENT_LOOP must be poll or libev, not %s\"",
+                 e->cfg->event_loop);
+        goto out;
+    }
     e->ctx = lws_create_context(&info);
     if (!e->ctx) {
         DW_ERROR("cannot listen", "host=%s port=%lld", e->cfg->host, (long long)e->cfg->port);
@@ -1015,6 +1071,7 @@ int edge_run(edge *e)
         .max_pending = e->cfg->publish_max_pending,
         .wake = wake,
         .wake_arg = e,
+        .presence_listeners = &e->rooms.v1_members,
     };
     pthread_mutex_lock(&e->wake_lock);
     e->wake_ctx = e->ctx;
@@ -1032,13 +1089,30 @@ int edge_run(edge *e)
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
     while (!dw_stop) {
-        if (lws_service(e->ctx, 0) < 0) break;
+        /* The tick bounds either wait, so dw_stop is seen promptly. */
+        if (ev.loop)
+            ev.run(ev.loop, EVRUN_ONCE);
+        else if (lws_service(e->ctx, 0) < 0)
+            break;
     }
     DW_INFO("edge stopping", "edge=%s connections=%u", e->edge_id, e->nready);
     rc = 0;
+    /* No join may reach the stream after the EDGE_DOWN below. */
+    edge_jobs_stop(e->jobs);
+    e->jobs = NULL;
+    /* One event for every connection: a DISCONNECT each, published and
+     * acked one by one, took longer than a 10 s stop allows at 18,000
+     * connections. Only if it cannot be stored do the closes below publish
+     * their own. */
+    if (e->cfg->shutdown_edge_down && e->conns.count &&
+        !bridge_publish_edge_down(e->bridge, "shutdown", e->cfg->shutdown_wait_ms)) {
+        e->edge_down_stored = true;
+        DW_INFO("edge_down stored", "edge=%s connections=%zu", e->edge_id, e->conns.count);
+    }
 out:
-    /* Destroying the context closes every socket; each close publishes its
-     * disconnect event, which the flush below waits for. */
+    /* Destroying the context closes every socket; unless the EDGE_DOWN
+     * above was stored, each close publishes its disconnect event, which
+     * the flush below waits for. */
     if (e->ctx) {
         pthread_mutex_lock(&e->wake_lock);
         e->wake_ctx = NULL;
@@ -1047,6 +1121,7 @@ out:
         lws_context_destroy(e->ctx);
         e->ctx = NULL;
     }
+    libev_stop(&ev);
     dw_ping_stop(e->ping);
     e->ping = NULL;
     edge_jobs_stop(e->jobs);

@@ -325,9 +325,10 @@ void v1_on_presence(edge *e, const Dw__ConnEvent *ce)
     for (size_t i = 0; i < ce->n_rooms; i++) {
         edge_room *r = rooms_get(&e->rooms, ce->rooms[i]);
         edge_frame *f = NULL;
-        for (uint32_t j = 0; r && j < r->count; j++) {
-            edge_session *s = r->members[j];
-            if (!s->v1 || (ce->conn_id && !strcmp(s->id, ce->conn_id))) continue;
+        /* Only the room's v1 members: the plain ones never see presence. */
+        for (uint32_t j = 0; r && j < r->nv1; j++) {
+            edge_session *s = r->v1[j];
+            if (ce->conn_id && !strcmp(s->id, ce->conn_id)) continue;
             edge_membership *m = rooms_membership(s, r);
             if (!m || m->joining) continue;
             if (!f) {

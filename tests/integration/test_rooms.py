@@ -244,6 +244,38 @@ class Rooms(StackTest):
 
         self.run_async(scenario())
 
+    def test_presence_of_plain_clients_in_the_lobby(self):
+        """Plain clients are lobby members: a v1 member of the lobby sees
+        them come and go, from its own edge (a room of plain and v1
+        members) and from the other one. An edge with no v1 member drops
+        presence events unread; once one joins again, they flow again."""
+        st = self.stack
+
+        async def scenario():
+            v = await v1(st.edges[1].url, "watcher")
+            await join(v, "lobby")
+            for i, edge in enumerate((st.edges[1], st.edges[0])):
+                plain = await connect(edge.url + f"?name=plain{i}")
+                ev = await recv_type(v, "join")
+                self.assertEqual((ev["user"], ev["room"]), (f"plain{i}", "lobby"))
+                await plain.close()
+                ev = await recv_type(v, "leave")
+                self.assertEqual((ev["user"], ev["room"]), (f"plain{i}", "lobby"))
+
+            await v.send(json.dumps({"action": "leave", "room": "lobby"}))
+            await recv_type(v, "left")
+            unseen = await connect(st.edges[0].url + "?name=unseen")
+            await asyncio.to_thread(st.wait_conn_count, 2)
+            await join(v, "lobby")
+            seen = await connect(st.edges[0].url + "?name=seen")
+            ev = await recv_type(v, "join")
+            self.assertEqual((ev["user"], ev["room"]), ("seen", "lobby"))
+            self.assertIsNone(await nothing_of(v, "join"))
+            await seen.close()
+            await unseen.close()
+
+        self.run_async(scenario())
+
     def test_plain_and_v1_share_the_lobby(self):
         st = self.stack
 
