@@ -222,6 +222,28 @@ static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *ms
     enqueue(b, ev);
 }
 
+int bridge_presence_watch(edge_bridge *b, bool on)
+{
+    if (on == (b->presence_sub != NULL)) return 0;
+    if (!on) {
+        natsSubscription_Unsubscribe(b->presence_sub);
+        natsSubscription_Destroy(b->presence_sub);
+        b->presence_sub = NULL;
+        return 0;
+    }
+    if (!bridge_ready(b)) return -1;
+    natsSubscription *sub = NULL;
+    natsStatus s = natsConnection_Subscribe(&sub, b->nc, "dw.conn.*", on_membership, b);
+    if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub, 65536, 64 * 1024 * 1024);
+    if (s != NATS_OK) {
+        DW_WARN("presence subscription failed", "status=%s", natsStatus_GetText(s));
+        natsSubscription_Destroy(sub);
+        return -1;
+    }
+    b->presence_sub = sub;
+    return 0;
+}
+
 static void *setup_main(void *arg)
 {
     edge_bridge *b = arg;
@@ -238,11 +260,6 @@ static void *setup_main(void *arg)
             if (s == NATS_OK) s = natsSubscription_SetPendingLimits(b->deliver_sub, -1, -1);
             if (s == NATS_OK && !b->conn_sub)
                 s = natsConnection_Subscribe(&b->conn_sub, b->nc, csubj, on_conn_request, b);
-            if (s == NATS_OK && !b->presence_sub)
-                s = natsConnection_Subscribe(&b->presence_sub, b->nc, "dw.conn.*", on_membership,
-                                             b);
-            if (s == NATS_OK)
-                s = natsSubscription_SetPendingLimits(b->presence_sub, 65536, 64 * 1024 * 1024);
             if (s == NATS_OK && !b->down_sub)
                 s = natsConnection_Subscribe(&b->down_sub, b->nc,
                                              dw_subj_conn_event(DW__CONN_EVENT__KIND__EDGE_DOWN),

@@ -94,6 +94,17 @@ int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);
 int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r);
 int bridge_heartbeat(edge_bridge *b, uint32_t connections);
 
+/* Hear every edge's membership events (dw.conn.*, for v1 presence) only
+ * while on: the lws thread turns it on while the edge has v1 members.
+ * Besides the decoding, each of those events is a JetStream publish with a
+ * reply subject, and nats-server before 2.10.23 keeps one reply-permission
+ * entry per such delivery to a user with allow_responses and walks them
+ * all on every delivery (nats-io/nats-server#6058): a connect storm with
+ * every edge subscribed brought the server to a crawl. lws thread only;
+ * 0, or -1 when the bus is not ready or the subscription failed (call
+ * again later). */
+int bridge_presence_watch(edge_bridge *b, bool on);
+
 /* Shutdown, with the lws loop stopped: one EDGE_DOWN event for this edge
  * (the registry drops every connection of edge_id) instead of a DISCONNECT
  * per connection, and wait up to timeout_ms for JetStream to store it.

@@ -915,6 +915,7 @@ static void tick(lws_sorted_usec_list_t *sul)
         bridge_heartbeat(e->bridge, e->nready);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
     }
+    bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
     if (now >= e->next_sweep_ns) {
         sweep(e);
         e->next_sweep_ns = now + 1000000000LL;

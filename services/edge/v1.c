@@ -98,6 +98,10 @@ static void do_join(edge *e, edge_session *s, const v1_request *req)
         return;
     }
     membership(e, s, req->room)->joining = true;
+    /* Hear presence before the join is published (same connection, so the
+     * subscription is in place first); the tick turns it off once no v1
+     * member is left. */
+    bridge_presence_watch(e->bridge, true);
     job->has_since = req->has_since;
     job->since = req->since;
     edge_jobs_submit(e->jobs, job);
