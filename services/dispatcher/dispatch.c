@@ -125,18 +125,9 @@ static int publish_conn_event(dispatcher *d, Dw__ConnEvent__Kind kind, const cha
     ev.reason = (char *)reason;
     ev.ts_ms = dw_now_ms();
 
-    size_t len = 0;
-    uint8_t *buf = dw_pb_pack(&ev.base, &len);
-    if (!buf) return -1;
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    po.MaxWait = PUBLISH_WAIT_MS;
-    jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_Publish(&pa, d->js, dw_subj_conn_event(kind), buf, (int)len, &po, &jerr);
-    free(buf);
-    jsPubAck_Destroy(pa);
+    natsStatus s = dw_js_publish_pb(d->js, dw_subj_conn_event(kind), &ev.base, msg_id,
+                                    PUBLISH_WAIT_MS, NULL, &jerr);
     if (s != NATS_OK) {
         DW_ERROR("conn event publish failed", "kind=%s edge=%s conn=%s status=%s jserr=%d",
                  dw_subj_conn_event(kind), edge_id ? edge_id : "", conn_id ? conn_id : "",

@@ -171,41 +171,28 @@ static void run_join(edge_jobs *j, edge_job *job)
     ev.n_rooms = 1;
     ev.user_id = job->user;
     ev.ts_ms = dw_now_ms();
-    size_t len;
-    uint8_t *buf = dw_pb_pack(&ev.base, &len);
-    if (!buf) {
-        job->error = "unavailable";
-        return;
-    }
     char msg_id[128];
     snprintf(msg_id, sizeof msg_id, "join.%s.%s.%llu", job->conn_id, job->room,
              (unsigned long long)atomic_fetch_add(&j->counter, 1));
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    po.MaxWait = j->cfg.timeout_ms;
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s =
-        js_Publish(&pa, bridge_js(j->b), dw_subj_conn_event(ev.kind), buf, (int)len, &po, &jerr);
-    free(buf);
-    if (s != NATS_OK) {
+    dw_js_ack ack;
+    if (dw_js_publish_pb(bridge_js(j->b), dw_subj_conn_event(ev.kind), &ev.base, msg_id,
+                         j->cfg.timeout_ms, &ack, NULL) != NATS_OK) {
         job->error = "unavailable";
         return;
     }
-    uint64_t join_seq = pa->Sequence;
-    jsPubAck_Destroy(pa);
+    uint64_t join_seq = ack.seq;
 
     /* Once the registry has applied the join, every message stored from now
      * on is fanned out to this edge; what was stored before is read below. */
     Dw__RoomQuery q = DW__ROOM_QUERY__INIT;
     q.room = job->room;
     q.min_seq = join_seq;
-    buf = dw_pb_pack(&q.base, &len);
+    size_t len = 0;
+    uint8_t *buf = dw_pb_pack(&q.base, &len);
     natsMsg *reply = NULL;
-    s = buf ? natsConnection_Request(&reply, bridge_nc(j->b), DW_SUBJ_REG_ROOM, buf, (int)len,
-                                     j->cfg.timeout_ms)
-            : NATS_NO_MEMORY;
+    natsStatus s = buf ? natsConnection_Request(&reply, bridge_nc(j->b), DW_SUBJ_REG_ROOM, buf,
+                                                (int)len, j->cfg.timeout_ms)
+                       : NATS_NO_MEMORY;
     free(buf);
     Dw__RoomEdges *re = s == NATS_OK
                             ? dw__room_edges__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
