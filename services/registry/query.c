@@ -309,21 +309,29 @@ done:
     natsMsg_Destroy(msg);
 }
 
-static void on_list(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
+/* A paged query (list, presence): its reply is built from the request and
+ * bounded by the connection's max payload. */
+typedef uint8_t *(*paged_reply_fn)(reg_store *st, const void *data, size_t len, size_t max_bytes,
+                                   size_t *out_len);
+
+static void answer_paged(reg_query *q, natsMsg *msg, paged_reply_fn build)
 {
-    reg_query *q = arg;
     const char *reply = natsMsg_GetReply(msg);
     if (reply && *reply && callback_enter(q)) {
         size_t len = 0;
         int64_t maxp = natsConnection_GetMaxPayload(q->nc);
-        uint8_t *buf = reg_query_list_reply(store_acquire(q), natsMsg_GetData(msg),
-                                            (size_t)natsMsg_GetDataLength(msg),
-                                            maxp > 0 ? (size_t)maxp : 0, &len);
+        uint8_t *buf = build(store_acquire(q), natsMsg_GetData(msg),
+                             (size_t)natsMsg_GetDataLength(msg), maxp > 0 ? (size_t)maxp : 0, &len);
         store_release(q);
         respond(q, reply, buf, len);
         callback_leave(q);
     }
     natsMsg_Destroy(msg);
+}
+
+static void on_list(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
+{
+    answer_paged(arg, msg, reg_query_list_reply);
 }
 
 static void on_edges(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
@@ -342,19 +350,7 @@ static void on_edges(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 
 static void on_presence(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *arg)
 {
-    reg_query *q = arg;
-    const char *reply = natsMsg_GetReply(msg);
-    if (reply && *reply && callback_enter(q)) {
-        size_t len = 0;
-        int64_t maxp = natsConnection_GetMaxPayload(q->nc);
-        uint8_t *buf = reg_query_presence_reply(store_acquire(q), natsMsg_GetData(msg),
-                                                (size_t)natsMsg_GetDataLength(msg),
-                                                maxp > 0 ? (size_t)maxp : 0, &len);
-        store_release(q);
-        respond(q, reply, buf, len);
-        callback_leave(q);
-    }
-    natsMsg_Destroy(msg);
+    answer_paged(arg, msg, reg_query_presence_reply);
 }
 
 /* Take the parked queries that can be answered now (caught up, expired, or

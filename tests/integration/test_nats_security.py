@@ -16,7 +16,7 @@ import tempfile
 import unittest
 import urllib.request
 
-from harness import Stack, connect, recv_text
+from harness import Stack, connect, recv_text, wait_until
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 LOCAL_CONF = os.path.join(ROOT, "deploy", "nats", "local.conf")
@@ -232,6 +232,31 @@ class LeastPrivilege(unittest.TestCase):
             await v.close()
             await ws.close()
         asyncio.run(asyncio.wait_for(scenario(), 60))
+        self.assertEqual(self.violations(), [])
+
+
+    def test_a_stopping_edge_drops_its_connections_with_one_edge_down(self):
+        """SIGTERM: the edge publishes one edge_down for itself (its user may),
+        not a disconnect per connection, and the registry drops them all."""
+        st = self.stack
+        edge = st.start_edge()
+        before = st.conn_ids()
+
+        async def scenario():
+            socks = [await connect(edge.url) for _ in range(3)]
+            mine = await asyncio.to_thread(
+                wait_until, lambda: len(ids := st.conn_ids() - before) == 3 and ids, 20,
+                "the edge's 3 connections in the registry")
+            self.assertEqual(edge.stop(), 0, edge.tail())
+            await asyncio.to_thread(wait_until, lambda: not (st.conn_ids() & mine), 10,
+                                    "the registry to drop the stopped edge's connections")
+            for ws in socks:
+                await ws.close()
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+        with open(edge.log_path, errors="replace") as f:
+            log = f.read()
+        self.assertIn('msg="edge_down stored"', log)
+        self.assertIn("connections=3", log)
         self.assertEqual(self.violations(), [])
 
 
