@@ -44,7 +44,7 @@ typedef struct api_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("MGMT_HOST", DW_CFG_STR, mgmt_host, "127.0.0.1", 0, 0,
       "address of the management listener (empty: all); without ADMIN_TOKEN_FILE only a "
       "loopback address is accepted"),

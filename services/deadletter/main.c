@@ -40,7 +40,7 @@ typedef struct deadletter_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9092", 0, 65535,
       "port of /healthz, /readyz and /metrics (0 = off)"),
     F("STREAM_REPLICAS", DW_CFG_INT, stream_replicas, "1", 1, 5,

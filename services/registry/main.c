@@ -64,7 +64,7 @@ typedef struct reg_config {
         name, type, offsetof(reg_config, field), def, min, max, help                               \
     }
 static const dw_cfg_field reg_fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("DATA_DIR", DW_CFG_STR, data_dir, "var", 0, 0,
       "data directory; the table is <DATA_DIR>/registry/<REPLICA_ID>/db"),
     F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
