@@ -15,32 +15,30 @@
 #include "dw/pull.h"
 #include "dw/util.h"
 #include "edges.h"
-#include "fanout.h"
 #include "inbox.h"
-#include "inflight.h"
+#include "leasekv.h"
+#include "order.h"
 #include "record.h"
-#include "retries.h"
 
 /* A down edge is remembered this long, so it is reported once; past the
  * JetStream dedup window (2 min), a registry that still names it gets a
  * fresh EDGE_DOWN. */
 #define EDGES_FORGET_MS (5 * 60 * 1000)
-/* Heartbeats come from a permissioned subject, but bound the table anyway. */
 #define EDGES_MAX 65536
-#define SEED_RETRY_MS 5000
+#define SEED_EVERY_MS 5000
 #define PUBLISH_WAIT_MS 2000
-/* A fetch that fails at once (NATS closed, consumer gone) is retried after
- * this pause, doubling up to FETCH_BACKOFF_MAX_MS: never a busy loop. */
-#define FETCH_BACKOFF_MS 100
-#define FETCH_BACKOFF_MAX_MS 2000
-#define ERROR_LOG_EVERY_MS 5000
-/* A dead letter must be durable before the original is terminated. */
 #define DLQ_PUBLISH_WAIT_MS 5000
+/* How often the loop looks at its clocks when nothing arrives. */
+#define TICK_MS 50
+/* A pull request is over this long after its expiry, answered or not. */
+#define PULL_GRACE_MS 1000
+#define MAX_REQUESTS 4096
+#define PROGRESS_BATCH 4096
+#define ERROR_LOG_EVERY_MS 5000
 
-/* Process-wide, registered once (dispatch_create may run several times
- * while NATS is coming up). */
 static struct {
-    dw_metric *delivered, *retried, *dead_lettered, *dlq_failed, *redeliveries, *latency;
+    dw_metric *delivered, *retried, *dead_lettered, *dlq_failed, *redeliveries, *latency, *held,
+        *partitions, *resets;
 } M;
 
 static void metrics_register(void)
@@ -49,137 +47,274 @@ static void metrics_register(void)
                                     0.25,  0.5,    1,     2.5,  5,     10,   30};
     if (M.delivered) return;
     M.delivered = dw_counter("dw_dispatcher_messages_total", "result=\"delivered\"",
-                             "Messages settled, by result: delivered (acked), retried (NAK'd "
-                             "with a backoff), dead_lettered (written to DW_DLQ, then terminated)");
+                             "Messages settled or retried, by result: delivered (acked), retried "
+                             "(an attempt failed; retried after a backoff), dead_lettered "
+                             "(written to DW_DLQ, then terminated)");
     M.retried = dw_counter("dw_dispatcher_messages_total", "result=\"retried\"", NULL);
     M.dead_lettered = dw_counter("dw_dispatcher_messages_total", "result=\"dead_lettered\"", NULL);
     M.redeliveries = dw_counter("dw_dispatcher_retries_total", NULL,
-                                "Redeliveries processed (delivery attempts after the first)");
+                                "Deliveries JetStream made again (ack wait passed, or a "
+                                "partition read again from its floor)");
     M.dlq_failed = dw_counter("dw_dispatcher_dead_letter_failures_total", NULL,
-                              "Dead letters the dispatcher could not write (left to the "
-                              "max-deliveries advisory)");
+                              "Dead letters that could not be written at the first try");
     M.latency = dw_histogram("dw_dispatcher_delivery_seconds", NULL,
                              "From stored in DW_MSG to every edge confirmed, per delivered message",
                              bounds, sizeof bounds / sizeof bounds[0]);
+    M.held = dw_gauge("dw_dispatcher_held_messages", NULL,
+                      "Messages fetched and not yet settled (waiting for the registry, an "
+                      "edge, or a retry)");
+    M.partitions =
+        dw_gauge("dw_dispatcher_partitions", NULL, "DW_MSG partitions this dispatcher holds");
+    M.resets = dw_counter("dw_dispatcher_partition_resets_total", NULL,
+                          "Partitions read again from their floor (a gap in deliveries, a "
+                          "reconnect)");
 }
 
-/* One fetched batch from its fetch to its settling. Filled by the fetch
- * thread (fetch, registry, requests sent), then handed over whole to the
- * settle thread (replies, acks): never used by both at once. */
-typedef struct flight {
-    fanout_batch batch;
-    natsMsg **msgs;     /* owns the messages the batch's handles point to */
-    int n_msgs;         /* fetched into msgs (capacity: fetch_batch) */
-    int64_t *stored_ns; /* per message of the batch: DW_MSG store time */
-    size_t stored_cap;
-    inbox *ib;                               /* this batch's edge replies */
-    int asked;                               /* a round of edge requests is open on ib */
-    int64_t deadline_ns;                     /* for the edge replies */
-    int64_t waited_us, registry_us, sent_ns; /* for the "batch timing" log */
-} flight;
-
-struct dispatcher {
-    natsConnection *nc;
-    jsCtx *js;
-    dispatch_cfg cfg;
-    fanout_retry retry;
-    /* Read by the fetch thread (a retry skips the edges that took it),
-     * written by the settle thread: rt_mu guards every use. */
-    retries *rt;
-    pthread_mutex_t rt_mu;
-    int rt_mu_ok;
-
-    dw_pull *pull; /* the durable (dw/pull.h) */
-    natsSubscription *hb_sub;
-    natsSubscription *seed_sub;
-    char seed_inbox[128];
-    inbox *ib; /* registry answers (fetch thread only) */
-    edges_table *edges;
-
-    atomic_int seeded;
-    int64_t next_seed_ms, next_sweep_ms, sweep_every_ms;
-    /* Batches between fetch and settle: cfg.max_inflight slots. */
-    flight *flights;
-    size_t n_flights;
-    inflight *q;
-};
+static void msg_release(void *h)
+{
+    natsMsg_Destroy(h);
+}
 
 static int64_t mono_ms(void)
 {
     return dw_mono_ns() / 1000000;
 }
 
-/* --- conn events (EDGE_DOWN, DISCONNECT) --- */
+/* ---- events from other threads to the loop ---- */
 
-/* Publish one connection event to DW_CONN and wait for its ack. msg_id
- * makes repeats (other dispatchers, retries) collapse within the dedup
- * window. 0 when durable, -1 (logged) otherwise. */
-static int publish_conn_event(dispatcher *d, Dw__ConnEvent__Kind kind, const char *conn_id,
-                              const char *edge_id, const char *reason, const char *msg_id)
+typedef enum {
+    EV_PULL,    /* a delivery or status for a partition's pull request */
+    EV_REPLY,   /* an edge's reply (or no responders) */
+    EV_ROUND,   /* the resolver finished a round */
+    EV_READY,   /* the lease thread set up a partition */
+    EV_LOST,    /* a partition is not ours any more */
+    EV_RELEASE, /* a partition should go: drain it */
+    EV_JOB,     /* the worker finished a job */
+} ev_kind;
+
+typedef struct round_answer {
+    int ok;
+    const char *reason; /* static, when !ok */
+    char **edges;       /* owned */
+    size_t n_edges;
+} round_answer;
+
+typedef struct round_work {
+    char **rooms; /* owned copies */
+    uint64_t *min_seq;
+    round_answer *answers;
+    size_t n;
+} round_work;
+
+typedef enum { JOB_EDGE_DOWN, JOB_CONN_GONE, JOB_DEAD_LETTER } job_kind;
+
+typedef struct job {
+    struct job *next;
+    job_kind kind;
+    char edge[EDGES_ID_MAX + 1];
+    char conn[EDGES_ID_MAX + 1];
+    order_msg *msg; /* JOB_DEAD_LETTER: popped, the loop's until the job is back */
+    int ok;
+} job;
+
+typedef struct loop_ev {
+    struct loop_ev *next;
+    ev_kind kind;
+    uint32_t p, gen;
+    uint64_t req;
+    natsMsg *msg;
+    char consumer[96];
+    uint64_t floor;
+    round_work *round;
+    job *job;
+} loop_ev;
+
+/* ---- the loop's view of a partition ---- */
+
+enum { P_NONE = 0, P_READY, P_RESETTING, P_DRAINING };
+
+typedef struct part {
+    int state;
+    uint32_t gen;
+    char next_subj[192];
+    int pulling;        /* a pull request is out */
+    uint64_t pull_id;   /* its id */
+    int pull_left;      /* deliveries it may still bring */
+    int64_t pull_until; /* over by then, heard or not */
+    uint64_t last_dseq; /* consumer sequence of the last delivery */
+    uint64_t max_seen;  /* highest stream sequence fetched */
+    int64_t drain_until;
+} part;
+
+typedef struct inflight_req {
+    uint64_t id;
+    order_request *r;
+} inflight_req;
+
+struct dispatcher {
+    natsConnection *nc;
+    jsCtx *js;
+    dispatch_cfg cfg;
+    order *ord;
+    edges_table *edges;
+    leasekv *lk;
+
+    /* events */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    loop_ev *head, *tail;
+    atomic_bool reconnected;
+
+    part parts[DW_MSG_PARTITIONS];
+    natsSubscription *pull_sub;
+    char pull_inbox[160];
+    natsSubscription *reply_sub;
+    char reply_inbox[160];
+    inflight_req reqs[MAX_REQUESTS];
+    size_t n_reqs;
+    uint64_t next_pull_id;
+
+    /* resolver */
+    pthread_t resolver;
+    int resolver_started;
+    pthread_mutex_t rmu;
+    pthread_cond_t rcv;
+    round_work *round_todo;
+    int round_out; /* a round is with the resolver */
+    inbox *ib;
+
+    /* worker */
+    pthread_t worker;
+    int worker_started;
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    job *jobs_head, *jobs_tail;
+    char **downs_pending; /* edges with an EDGE_DOWN job out */
+    size_t n_downs_pending;
+
+    atomic_bool quit; /* threads stop */
+
+    natsSubscription *hb_sub, *seed_sub;
+    char seed_inbox[128];
+    int64_t next_seed_ms, next_sweep_ms, next_progress_ms, next_floor_ms;
+    int64_t sweep_every_ms;
+    size_t per_part_cap;
+};
+
+static void cond_init_mono(pthread_cond_t *cv)
 {
-    Dw__ConnEvent ev;
-    dw__conn_event__init(&ev);
-    ev.kind = kind;
-    ev.conn_id = (char *)(conn_id ? conn_id : "");
-    ev.edge_id = (char *)(edge_id ? edge_id : "");
-    ev.reason = (char *)reason;
-    ev.ts_ms = dw_now_ms();
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
 
-    jsErrCode jerr = 0;
-    natsStatus s = dw_js_publish_pb(d->js, dw_subj_conn_event(kind), &ev.base, msg_id,
-                                    PUBLISH_WAIT_MS, NULL, &jerr);
-    if (s != NATS_OK) {
-        DW_ERROR("conn event publish failed", "kind=%s edge=%s conn=%s status=%s jserr=%d",
-                 dw_subj_conn_event(kind), edge_id ? edge_id : "", conn_id ? conn_id : "",
-                 natsStatus_GetText(s), (int)jerr);
-        return -1;
+/* Wait on cv until deadline_ms (dw_mono_ns clock, ms). mu is held. */
+static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ms)
+{
+    struct timespec ts = {.tv_sec = deadline_ms / 1000, .tv_nsec = (deadline_ms % 1000) * 1000000};
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
+static void post(dispatcher *d, loop_ev *e)
+{
+    pthread_mutex_lock(&d->mu);
+    if (d->tail)
+        d->tail->next = e;
+    else
+        d->head = e;
+    d->tail = e;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static loop_ev *ev_new(ev_kind kind)
+{
+    loop_ev *e = calloc(1, sizeof *e);
+    if (e) e->kind = kind;
+    return e;
+}
+
+/* ---- nats.c callbacks ---- */
+
+/* The consumer token of a JetStream ack subject: "$JS.ACK.<stream>.<consumer>.
+ * <delivered>.<sseq>.<dseq>.<ts>.<pending>", or with a domain and account
+ * hash after "$JS.ACK." (12 tokens, nats-server 2.10 and later). */
+static int ack_consumer(const char *reply, const char **start, size_t *len)
+{
+    const char *tok[16];
+    size_t n = 0;
+    const char *p = reply;
+    if (strncmp(p, "$JS.ACK.", 8)) return -1;
+    for (const char *q = p; n < 16; q++) {
+        tok[n++] = q;
+        q = strchr(q, '.');
+        if (!q) break;
     }
+    size_t ci = n == 9 ? 3 : n >= 11 ? 5 : 0;
+    if (!ci) return -1;
+    *start = tok[ci];
+    *len = (size_t)(tok[ci + 1] - tok[ci] - 1);
     return 0;
 }
 
-/* Declare edge_id down (its connections are gone). 0 when the EDGE_DOWN
- * event is durable. */
-static int edge_down(dispatcher *d, const char *edge_id, const char *reason)
+/* A delivery names its consumer (dwp-<p>-<instance>-<gen>) in its ack
+ * subject; a status comes to the request's own subject "<inbox>.<p>.<gen>.<id>"
+ * (a delivery's subject is the message's own). */
+static void on_pull(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
-    char msg_id[EDGES_ID_MAX + 16];
-    snprintf(msg_id, sizeof msg_id, "edge_down.%s", edge_id);
-    if (publish_conn_event(d, DW__CONN_EVENT__KIND__EDGE_DOWN, NULL, edge_id, reason, msg_id))
-        return -1;
-    edges_mark_down(d->edges, edge_id, mono_ms());
-    DW_WARN("edge down", "edge=%s reason=%s", edge_id, reason);
-    return 0;
-}
-
-/* The edge says it no longer holds conn_id: remove the target connection
- * (not the sender's, as the AWS sample does). Best effort: a failure only
- * leaves a stale row the next delivery reports again. */
-static void conn_gone(dispatcher *d, const char *conn_id, const char *edge_id)
-{
-    if (!conn_id || !edges_id_valid(conn_id, strlen(conn_id))) {
-        DW_WARN("bad gone conn id from edge", "edge=%s", edge_id);
+    dispatcher *d = closure;
+    const char *subj = natsMsg_GetSubject(msg), *reply = natsMsg_GetReply(msg);
+    size_t plen = strlen(d->pull_inbox);
+    unsigned long p = 0, gen = 0;
+    unsigned long long id = 0;
+    const char *cons = NULL;
+    size_t clen = 0;
+    int ok = 0;
+    if (reply && !ack_consumer(reply, &cons, &clen)) {
+        const char *dash = clen > 4 ? memrchr(cons, '-', clen) : NULL;
+        ok = sscanf(cons, "dwp-%lu-", &p) == 1 && dash && sscanf(dash + 1, "%lu", &gen) == 1;
+    } else if (subj && !strncmp(subj, d->pull_inbox, plen) && subj[plen] == '.') {
+        ok = sscanf(subj + plen + 1, "%lu.%lu.%llu", &p, &gen, &id) == 3;
+    }
+    loop_ev *e = ok && p < DW_MSG_PARTITIONS ? ev_new(EV_PULL) : NULL;
+    if (e) {
+        e->p = (uint32_t)p;
+        e->gen = (uint32_t)gen;
+        e->req = id; /* 0 for a delivery */
+        e->msg = msg;
+        post(d, e);
         return;
     }
-    char msg_id[EDGES_ID_MAX + 16];
-    snprintf(msg_id, sizeof msg_id, "gone.%s", conn_id);
-    if (!publish_conn_event(d, DW__CONN_EVENT__KIND__DISCONNECT, conn_id, edge_id, "gone", msg_id))
-        DW_INFO("connection gone", "conn=%s edge=%s", conn_id, edge_id);
+    DW_DEBUG("pull delivery not ours", "subject=%s reply=%s", subj ? subj : "", reply ? reply : "");
+    natsMsg_Destroy(msg);
 }
 
-/* --- heartbeats and the startup seed (nats.c threads) --- */
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    dispatcher *d = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    size_t plen = strlen(d->reply_inbox);
+    loop_ev *e = NULL;
+    if (subj && !strncmp(subj, d->reply_inbox, plen) && subj[plen] == '.' &&
+        (e = ev_new(EV_REPLY))) {
+        e->req = strtoull(subj + plen + 1, NULL, 10);
+        e->msg = msg;
+        post(d, e);
+        return;
+    }
+    natsMsg_Destroy(msg);
+}
 
 static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     dispatcher *d = closure;
     Dw__EdgeHeartbeat *hb = dw__edge_heartbeat__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                        (const uint8_t *)natsMsg_GetData(msg));
-    if (!hb) {
-        DW_DEBUG("bad heartbeat", "bytes=%d", natsMsg_GetDataLength(msg));
-    } else {
-        int rc = edges_seen(d->edges, hb->edge_id, mono_ms());
-        if (rc == 1)
+    if (hb) {
+        if (edges_seen(d->edges, hb->edge_id, mono_ms()) == 1)
             DW_INFO("edge back", "edge=%s", hb->edge_id);
-        else if (rc < 0)
-            DW_DEBUG("heartbeat ignored", "edge_len=%zu", strlen(hb->edge_id));
         dw__edge_heartbeat__free_unpacked(hb, NULL);
     }
     natsMsg_Destroy(msg);
@@ -188,67 +323,61 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
 static void on_seed(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     dispatcher *d = closure;
-    if (natsMsg_IsNoResponders(msg)) {
-        DW_DEBUG("edge seed: registry not up yet", "%s", "");
-        natsMsg_Destroy(msg);
-        return;
-    }
-    Dw__EdgesReply *r = dw__edges_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                (const uint8_t *)natsMsg_GetData(msg));
-    if (r) {
-        int64_t now = mono_ms();
-        for (size_t i = 0; i < r->n_edge_ids; i++)
-            edges_known(d->edges, r->edge_ids[i], now);
-        if (!atomic_exchange(&d->seeded, 1)) DW_INFO("edges seeded", "edges=%zu", r->n_edge_ids);
-        dw__edges_reply__free_unpacked(r, NULL);
+    if (!natsMsg_IsNoResponders(msg)) {
+        Dw__EdgesReply *r = dw__edges_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
+                                                    (const uint8_t *)natsMsg_GetData(msg));
+        if (r) {
+            int64_t now = mono_ms();
+            for (size_t i = 0; i < r->n_edge_ids; i++)
+                edges_known(d->edges, r->edge_ids[i], now);
+            dw__edges_reply__free_unpacked(r, NULL);
+        }
     }
     natsMsg_Destroy(msg);
 }
 
-/* Periodic work between fetches: ask for the seed until it came, and
- * declare silent edges down. */
-static void housekeeping(dispatcher *d)
-{
-    int64_t now = mono_ms();
-    if (now >= d->next_seed_ms) {
-        /* Asynchronous: the answer lands in on_seed, the loop never waits.
-         * Asked again from time to time, not only at start: an edge that
-         * holds connections but never got a heartbeat through to us (it
-         * died or stopped right after starting) is then tracked too, and
-         * declared down once it stays silent. */
-        natsConnection_PublishRequest(d->nc, DW_SUBJ_REG_EDGES, d->seed_inbox, NULL, 0);
-        d->next_seed_ms = now + SEED_RETRY_MS;
-    }
-    if (now < d->next_sweep_ms) return;
-    d->next_sweep_ms = now + d->sweep_every_ms;
-    pthread_mutex_lock(&d->rt_mu);
-    size_t forgotten = retries_sweep(d->rt, now), left = retries_count(d->rt);
-    pthread_mutex_unlock(&d->rt_mu);
-    if (forgotten) DW_DEBUG("retry state swept", "entries=%zu left=%zu", forgotten, left);
+/* ---- lease thread callbacks ---- */
 
-    char **ids = NULL;
-    size_t n = 0;
-    if (edges_stale(d->edges, now, &ids, &n)) {
-        DW_ERROR("edge sweep: out of memory", "%s", "");
-        return;
-    }
-    /* A failed publish leaves the edge stale: the next sweep tries again. */
-    for (size_t i = 0; i < n && !dw_stop; i++)
-        edge_down(d, ids[i], "heartbeat_timeout");
-    edges_list_free(ids, n);
+static void lease_ready(void *arg, uint32_t p, uint32_t gen, const char *consumer, uint64_t floor)
+{
+    loop_ev *e = ev_new(EV_READY);
+    if (!e) return;
+    e->p = p;
+    e->gen = gen;
+    e->floor = floor;
+    snprintf(e->consumer, sizeof e->consumer, "%s", consumer);
+    post(arg, e);
 }
 
-/* --- one batch --- */
+static void lease_lost(void *arg, uint32_t p)
+{
+    loop_ev *e = ev_new(EV_LOST);
+    if (!e) return;
+    e->p = p;
+    post(arg, e);
+}
 
-/* No flush after a round of requests: dw_bus_connect sets SendAsap, so
- * every publish is on the wire when it returns. A flush would only add a
- * PING round trip the fetch thread waits for before its next fetch. */
+static void lease_release(void *arg, uint32_t p)
+{
+    loop_ev *e = ev_new(EV_RELEASE);
+    if (!e) return;
+    e->p = p;
+    post(arg, e);
+}
 
-/* Ask the registry, once per room and all rooms at once, which edges hold
- * the room's members. */
+void dispatch_reconnected(dispatcher *d)
+{
+    if (!d) return;
+    atomic_store(&d->reconnected, true);
+    pthread_mutex_lock(&d->mu);
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- the resolver thread ---- */
+
 /* DW_CONN's last sequence now: every connect acked before this call, on
- * any edge, is at or below it. 0 when JetStream does not answer (then only
- * the senders' own connects are waited for; logged now and then). */
+ * any edge, is at or below it. 0 when JetStream does not answer. */
 static uint64_t conn_barrier(dispatcher *d)
 {
     static int64_t last_warn;
@@ -268,294 +397,170 @@ static uint64_t conn_barrier(dispatcher *d)
     return last;
 }
 
-static void ask_registry(dispatcher *d, fanout_batch *b)
+static void resolve(dispatcher *d, round_work *w)
 {
-    size_t n = b->n_rooms, failed = 0;
-    const char *why = NULL;
-    /* A sender's edge passes the highest DW_CONN sequence it had acked, so
-     * its own connects are covered; the barrier covers every other edge's. */
     uint64_t barrier = d->cfg.conn_barrier ? conn_barrier(d) : 0;
-
-    if (inbox_begin(d->ib, n)) {
-        for (size_t r = 0; r < n; r++)
-            fanout_room_failed(b, r, "out_of_memory");
+    unsigned char *unsent = calloc(w->n ? w->n : 1, 1);
+    if (!unsent || inbox_begin(d->ib, w->n)) {
+        free(unsent);
+        for (size_t i = 0; i < w->n; i++)
+            w->answers[i] = (round_answer){0, DLQ_REASON_DISPATCHER, NULL, 0};
         return;
     }
-    for (size_t r = 0; r < n; r++) {
+    for (size_t i = 0; i < w->n; i++) {
         Dw__RoomQuery q;
         dw__room_query__init(&q);
-        q.room = (char *)b->rooms[r].name;
-        q.min_seq = b->rooms[r].min_seq > barrier ? b->rooms[r].min_seq : barrier;
+        q.room = w->rooms[i];
+        q.min_seq = w->min_seq[i] > barrier ? w->min_seq[i] : barrier;
         size_t len = 0;
         uint8_t *buf = dw_pb_pack(&q.base, &len);
         char reply[192];
-        inbox_reply_subject(d->ib, r, reply, sizeof reply);
+        inbox_reply_subject(d->ib, i, reply, sizeof reply);
         natsStatus s =
             buf ? natsConnection_PublishRequest(d->nc, DW_SUBJ_REG_ROOM, reply, buf, (int)len)
                 : NATS_NO_MEMORY;
         free(buf);
         if (s != NATS_OK) {
-            inbox_skip(d->ib, r);
-            fanout_room_failed(b, r, "registry_publish_failed");
+            inbox_skip(d->ib, i);
+            unsent[i] = 1;
         }
     }
-    int64_t deadline = dw_mono_ns() + d->cfg.registry_timeout_ms * 1000000;
-    inbox_wait(d->ib, deadline);
-
-    int64_t now = mono_ms();
-    for (size_t r = 0; r < n; r++) {
-        natsMsg *m = inbox_take(d->ib, r);
-        if (b->rooms[r].answered) {
-            natsMsg_Destroy(m);
-            continue;
-        }
-        if (!m) {
-            fanout_room_failed(b, r, "registry_timeout");
+    inbox_wait(d->ib, dw_mono_ns() + d->cfg.registry_timeout_ms * 1000000);
+    size_t failed = 0;
+    const char *why = NULL;
+    for (size_t i = 0; i < w->n; i++) {
+        natsMsg *m = inbox_take(d->ib, i);
+        round_answer *a = &w->answers[i];
+        if (unsent[i] || !m) {
+            *a = (round_answer){0, DLQ_REASON_REGISTRY, NULL, 0};
         } else if (natsMsg_IsNoResponders(m)) {
-            fanout_room_failed(b, r, "registry_unavailable");
+            *a = (round_answer){0, DLQ_REASON_REGISTRY, NULL, 0};
         } else {
             Dw__RoomEdges *re = dw__room_edges__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
                                                        (const uint8_t *)natsMsg_GetData(m));
-            if (!re) {
-                fanout_room_failed(b, r, "registry_bad_reply");
-            } else if (!re->ok) {
-                DW_WARN("registry error", "room=%s error=\"%s\"", b->rooms[r].name, re->error);
-                fanout_room_failed(b, r, "registry_error");
+            if (!re || !re->ok) {
+                if (re) DW_WARN("registry error", "room=%s error=\"%s\"", w->rooms[i], re->error);
+                *a = (round_answer){0, DLQ_REASON_REGISTRY_ERROR, NULL, 0};
             } else {
-                for (size_t i = 0; i < re->n_edge_ids; i++) {
-                    const char *id = re->edge_ids[i];
-                    if (edges_id_valid(id, strlen(id)))
-                        edges_known(d->edges, id, now);
-                    else
-                        DW_WARN("registry names an invalid edge id", "room=%s edge_len=%zu",
-                                b->rooms[r].name, strlen(id));
-                }
-                fanout_room_edges(b, r, re->edge_ids, re->n_edge_ids);
+                a->ok = 1;
+                a->edges = calloc(re->n_edge_ids ? re->n_edge_ids : 1, sizeof *a->edges);
+                for (size_t k = 0; a->edges && k < re->n_edge_ids; k++)
+                    if ((a->edges[a->n_edges] = strdup(re->edge_ids[k]))) a->n_edges++;
+                if (!a->edges) *a = (round_answer){0, DLQ_REASON_DISPATCHER, NULL, 0};
             }
             if (re) dw__room_edges__free_unpacked(re, NULL);
         }
         natsMsg_Destroy(m);
-        if (b->rooms[r].error) {
+        if (!a->ok) {
             failed++;
-            why = b->rooms[r].error;
+            why = a->reason;
         }
     }
     inbox_end(d->ib);
-    if (failed) DW_WARN("registry failed", "rooms=%zu of=%zu reason=%s", failed, n, why);
+    free(unsent);
+    if (failed) DW_WARN("registry failed", "rooms=%zu of=%zu reason=%s", failed, w->n, why);
 }
 
-/* Send every planned request of the batch at once, without waiting for
- * the replies: the settle thread collects them (collect_replies), and the
- * fetch thread goes on with the next batch meanwhile. Requests to one edge
- * leave on one connection in the order they are published, and the edge
- * handles them in that order, so a later batch never overtakes an earlier
- * one on the way to an edge. */
-static void send_deliveries(dispatcher *d, flight *f)
+static void *resolver_main(void *arg)
 {
-    fanout_batch *b = &f->batch;
-    size_t n = b->n_deliveries;
-
-    f->asked = 0;
-    if (inbox_begin(f->ib, n)) {
-        DW_ERROR("deliver: out of memory", "requests=%zu", n);
-        return; /* every request stays PENDING: its messages are retried */
-    }
-    f->asked = 1;
-    for (size_t i = 0; i < n; i++) {
-        const fanout_delivery *dl = &b->deliveries[i];
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        char subj[EDGES_ID_MAX + 32], reply[192];
-        natsStatus s = NATS_NO_MEMORY;
-        if (!fanout_pack(b, i, &buf, &len)) {
-            dw_subj_edge_deliver(subj, sizeof subj, b->edges[dl->edge].id);
-            inbox_reply_subject(f->ib, i, reply, sizeof reply);
-            s = natsConnection_PublishRequest(d->nc, subj, reply, buf, (int)len);
-        }
-        free(buf);
-        if (s != NATS_OK) {
-            DW_WARN("delivery publish failed", "edge=%s items=%zu bytes=%zu status=%s",
-                    b->edges[dl->edge].id, dl->count, len, natsStatus_GetText(s));
-            inbox_skip(f->ib, i);
-            fanout_delivery_done(b, i, FANOUT_FAILED);
-        }
-    }
-    f->sent_ns = dw_mono_ns();
-    f->deadline_ns = f->sent_ns + d->cfg.edge_timeout_ms * 1000000;
-}
-
-/* Wait for the replies to the batch's requests (or its deadline) and
- * record each request's outcome. Settle thread. */
-static void collect_replies(dispatcher *d, flight *f)
-{
-    fanout_batch *b = &f->batch;
-    size_t n = b->n_deliveries;
-    if (!f->asked) return;
-    /* Per edge in this batch: 0 not asked, 1 gone (EDGE_DOWN durable), -1 publish failed. */
-    signed char *gone = calloc(b->n_edges ? b->n_edges : 1, 1);
-
-    inbox_wait(f->ib, f->deadline_ns);
-    for (size_t i = 0; i < n; i++) {
-        const fanout_delivery *dl = &b->deliveries[i];
-        const char *edge_id = b->edges[dl->edge].id;
-        natsMsg *m = inbox_take(f->ib, i);
-        if (dl->outcome == FANOUT_FAILED) {
-            natsMsg_Destroy(m);
+    dispatcher *d = arg;
+    pthread_mutex_lock(&d->rmu);
+    while (!atomic_load(&d->quit)) {
+        if (!d->round_todo) {
+            cond_wait_until(&d->rcv, &d->rmu, mono_ms() + 500);
             continue;
         }
-        if (!m) {
-            DW_WARN("edge timeout", "edge=%s items=%zu timeout_ms=%" PRId64, edge_id, dl->count,
-                    d->cfg.edge_timeout_ms);
-            fanout_delivery_done(b, i, FANOUT_TIMEOUT);
-        } else if (natsMsg_IsNoResponders(m)) {
-            /* Nobody listens on the edge's subject: the edge is gone, and so
-             * are its clients. Done for this edge once the registry will
-             * know it; until then the messages are retried. */
-            if (!gone)
-                fanout_delivery_done(b, i, FANOUT_FAILED);
-            else {
-                if (!gone[dl->edge])
-                    gone[dl->edge] = edge_down(d, edge_id, "no_responders") ? -1 : 1;
-                fanout_delivery_done(b, i, gone[dl->edge] > 0 ? FANOUT_GONE : FANOUT_FAILED);
-            }
-        } else {
-            Dw__DeliveryReply *r = dw__delivery_reply__unpack(
-                NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
-            if (!r) {
-                DW_WARN("bad delivery reply", "edge=%s bytes=%d", edge_id,
-                        natsMsg_GetDataLength(m));
-                fanout_delivery_done(b, i, FANOUT_FAILED);
-            } else {
-                fanout_delivery_done(b, i, FANOUT_OK);
-                for (size_t k = 0; k < r->n_gone_conn_ids; k++)
-                    conn_gone(d, r->gone_conn_ids[k], edge_id);
-                dw__delivery_reply__free_unpacked(r, NULL);
-            }
+        round_work *w = d->round_todo;
+        d->round_todo = NULL;
+        pthread_mutex_unlock(&d->rmu);
+        resolve(d, w);
+        loop_ev *e = ev_new(EV_ROUND);
+        if (e) {
+            e->round = w;
+            post(d, e);
         }
-        natsMsg_Destroy(m);
+        pthread_mutex_lock(&d->rmu);
     }
-    inbox_end(f->ib);
-    f->asked = 0;
-    free(gone);
+    pthread_mutex_unlock(&d->rmu);
+    return NULL;
 }
 
-/* --- retries and dead letters --- */
-
-/* The dead-letter reason of a failure that fanout described as `why`. */
-static const char *registry_reason(const char *why)
+static void round_free(round_work *w)
 {
-    if (!why) return DLQ_REASON_DISPATCHER;
-    if (!strcmp(why, "registry_timeout") || !strcmp(why, "registry_unavailable") ||
-        !strcmp(why, "registry_publish_failed"))
-        return DLQ_REASON_REGISTRY;
-    if (!strcmp(why, "registry_error") || !strcmp(why, "registry_bad_reply"))
-        return DLQ_REASON_REGISTRY_ERROR;
-    return DLQ_REASON_DISPATCHER; /* out of memory, unanswered, not planned */
+    if (!w) return;
+    for (size_t i = 0; i < w->n; i++) {
+        free(w->rooms[i]);
+        for (size_t k = 0; k < w->answers[i].n_edges; k++)
+            free(w->answers[i].edges[k]);
+        free(w->answers[i].edges);
+    }
+    free(w->rooms);
+    free(w->min_seq);
+    free(w->answers);
+    free(w);
 }
 
-/* Record failed attempt of message mi in the retry table: which edges took
- * it now, which did not, and why. */
-static void note_failure(dispatcher *d, flight *f, size_t mi, int64_t wall_ms)
+/* ---- the worker thread ---- */
+
+static int publish_conn_event(dispatcher *d, Dw__ConnEvent__Kind kind, const char *conn_id,
+                              const char *edge_id, const char *reason, const char *msg_id)
 {
-    fanout_batch *b = &f->batch;
-    fanout_msg *m = &b->msgs[mi];
-    const fanout_room *r = &b->rooms[m->room];
-    int answered = r->answered && !r->error && b->planned;
-    const char **took = NULL, **failed = NULL, **timed_out = NULL;
-    size_t n_took = 0, n_failed = 0, n_timed_out = 0;
-    char reason[DLQ_REASON_MAX];
-
-    if (answered && r->n_edges) {
-        took = malloc(r->n_edges * sizeof *took);
-        failed = malloc(r->n_edges * sizeof *failed);
-        timed_out = malloc(r->n_edges * sizeof *timed_out);
-        if (!took || !failed || !timed_out) answered = 0;
+    Dw__ConnEvent ev;
+    dw__conn_event__init(&ev);
+    ev.kind = kind;
+    ev.conn_id = (char *)(conn_id ? conn_id : "");
+    ev.edge_id = (char *)(edge_id ? edge_id : "");
+    ev.reason = (char *)reason;
+    ev.ts_ms = dw_now_ms();
+    jsErrCode jerr = 0;
+    natsStatus s = dw_js_publish_pb(d->js, dw_subj_conn_event(kind), &ev.base, msg_id,
+                                    PUBLISH_WAIT_MS, NULL, &jerr);
+    if (s != NATS_OK) {
+        DW_ERROR("conn event publish failed", "kind=%s edge=%s conn=%s status=%s jserr=%d",
+                 dw_subj_conn_event(kind), edge_id ? edge_id : "", conn_id ? conn_id : "",
+                 natsStatus_GetText(s), (int)jerr);
+        return -1;
     }
-    if (answered) {
-        for (size_t j = 0; j < r->n_edges; j++) {
-            size_t e = r->edges[j];
-            if (fanout_msg_skips(b, mi, e)) continue; /* took it earlier, or not a replay target */
-            size_t k = 0;
-            while (k < m->n_failed && m->failed[k] != e)
-                k++;
-            if (k == m->n_failed) {
-                took[n_took++] = b->edges[e].id;
-                continue;
-            }
-            failed[n_failed++] = b->edges[e].id;
-            if (m->failed_how[k] != FANOUT_FAILED) timed_out[n_timed_out++] = b->edges[e].id;
-        }
-    }
-    if (!r->answered || r->error || !b->planned)
-        snprintf(reason, sizeof reason, "%s", registry_reason(r->error ? r->error : m->reason));
-    else if (n_timed_out)
-        dlq_reason_edges(reason, sizeof reason, DLQ_REASON_EDGE_TIMEOUT, timed_out, n_timed_out);
-    else if (n_failed)
-        dlq_reason_edges(reason, sizeof reason, DLQ_REASON_EDGE_ERROR, failed, n_failed);
-    else
-        snprintf(reason, sizeof reason, "%s", DLQ_REASON_DISPATCHER);
-
-    pthread_mutex_lock(&d->rt_mu);
-    int nrc = retries_note(d->rt, m->seq, wall_ms, mono_ms(), reason, (char *const *)took, n_took,
-                           (char *const *)failed, n_failed, answered);
-    pthread_mutex_unlock(&d->rt_mu);
-    if (nrc) DW_WARN("retry state: out of memory", "seq=%" PRIu64, m->seq);
-    free(took);
-    free(failed);
-    free(timed_out);
+    return 0;
 }
 
-/* Write message mi's dead letter to DW_DLQ and wait for JetStream's ack.
- * Its Nats-Msg-Id "dlq.<seq>" is the one the advisory path uses too, so
- * the two never make two entries. 0 when durable. */
-static int dead_letter(dispatcher *d, flight *f, size_t mi, int64_t wall_ms)
+/* Write message m's dead letter to DW_DLQ and wait for JetStream's ack.
+ * Its Nats-Msg-Id "dlq.<seq>" keeps one entry per message whoever writes
+ * it. 0 when durable. */
+static int dead_letter(dispatcher *d, order_msg *m)
 {
-    fanout_batch *b = &f->batch;
-    fanout_msg *m = &b->msgs[mi];
     natsMsg *nm = m->handle;
-    const retry_entry *re = NULL;
     const char *subject = natsMsg_GetSubject(nm);
     const char *room = dlq_room_of_subject(subject);
     const char *orig_id = NULL;
-    char dlq_subj[256], msg_id[48], reason[RETRIES_REASON_MAX];
-    int rc = -1;
-
-    if (natsMsgHeader_Get(nm, "Nats-Msg-Id", &orig_id) != NATS_OK) orig_id = m->chat->id;
+    char dlq_subj[256], msg_id[48];
+    if (natsMsgHeader_Get(nm, "Nats-Msg-Id", &orig_id) != NATS_OK)
+        orig_id = m->chat ? m->chat->id : "";
     if (!room || dlq_subject(dlq_subj, sizeof dlq_subj, room)) {
-        DW_ERROR("dead letter: odd subject", "subject=%s seq=%" PRIu64, subject, m->seq);
-        return -1;
+        /* Not a chat subject: keep it under a room of its own name. */
+        room = "unknown";
+        snprintf(dlq_subj, sizeof dlq_subj, DW_SUBJ_DLQ_PREFIX "unknown");
     }
-
-    /* The entry is only read while the record is packed: the publish
-     * below may wait seconds, and the fetch thread needs the table. */
-    pthread_mutex_lock(&d->rt_mu);
-    re = retries_get(d->rt, m->seq);
     Dw__DeadLetter dl;
     dw__dead_letter__init(&dl);
     dl.subject = (char *)subject;
     dl.stream_seq = m->seq;
-    dl.msg_id = (char *)orig_id;
+    dl.msg_id = (char *)(orig_id ? orig_id : "");
     dl.payload.data = (uint8_t *)natsMsg_GetData(nm);
     dl.payload.len = (size_t)natsMsg_GetDataLength(nm);
-    dl.reason = (char *)(re && re->reason[0] ? re->reason : registry_reason(m->reason));
-    dl.attempts = (uint32_t)m->attempt;
-    dl.first_failure_ms = re && re->n_attempts ? re->attempt_ms[0] : wall_ms;
-    dl.last_failure_ms = wall_ms;
-    dl.failed_edges = re ? re->failed : NULL;
-    dl.n_failed_edges = re ? re->n_failed : 0;
+    dl.reason = m->reason;
+    dl.attempts = m->attempts;
+    dl.first_failure_ms = m->n_attempt_ms ? m->attempt_ms[0] : dw_now_ms();
+    dl.last_failure_ms = m->n_attempt_ms ? m->attempt_ms[m->n_attempt_ms - 1] : dw_now_ms();
+    dl.failed_edges = m->failed_edges;
+    dl.n_failed_edges = m->n_failed_edges;
     dl.room = (char *)room;
     dl.source = DLQ_SOURCE_DISPATCHER;
-    dl.attempt_ms = re ? (int64_t *)re->attempt_ms : NULL;
-    dl.n_attempt_ms = re ? re->n_attempts : 0;
-
+    dl.attempt_ms = m->attempt_ms;
+    dl.n_attempt_ms = m->n_attempt_ms;
     size_t len = 0;
     uint8_t *buf = dlq_record_pack(&dl, &len);
-    snprintf(reason, sizeof reason, "%s", dl.reason);
-    pthread_mutex_unlock(&d->rt_mu);
-    if (!buf) {
-        DW_ERROR("dead letter: cannot encode", "seq=%" PRIu64, m->seq);
-        return -1;
-    }
+    if (!buf) return -1;
     dlq_msg_id(msg_id, sizeof msg_id, m->seq);
     jsPubOptions po;
     jsPubOptions_Init(&po);
@@ -564,341 +569,597 @@ static int dead_letter(dispatcher *d, flight *f, size_t mi, int64_t wall_ms)
     jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_Publish(&pa, d->js, dlq_subj, buf, (int)len, &po, &jerr);
-    if (s == NATS_OK) {
-        DW_WARN("dead-lettered",
-                "id=%s room=%s seq=%" PRIu64 " attempts=%" PRIu64 " reason=%s dlq_seq=%" PRIu64
-                "%s",
-                m->chat->id, room, m->seq, m->attempt, reason, pa->Sequence,
-                pa->Duplicate ? " duplicate=true" : "");
-        rc = 0;
-    } else {
-        DW_ERROR("dead letter not written: left to the max-deliveries advisory",
-                 "id=%s room=%s seq=%" PRIu64 " reason=%s status=%s jserr=%d", m->chat->id, room,
-                 m->seq, reason, natsStatus_GetText(s), (int)jerr);
-    }
-    jsPubAck_Destroy(pa);
     free(buf);
-    return rc;
-}
-
-/* Tell JetStream what became of each message. */
-static void settle(dispatcher *d, flight *f)
-{
-    fanout_batch *b = &f->batch;
-    size_t acked = 0, naked = 0, dead = 0, ack_failed = 0;
-    natsStatus ack_status = NATS_OK;
-    int64_t wall_ms = dw_now_ms();
-
-    for (size_t i = 0; i < b->n_msgs; i++) {
-        fanout_msg *m = &b->msgs[i];
-        natsMsg *nm = m->handle;
-        natsStatus s = NATS_OK;
-        switch (m->verdict) {
-        case FANOUT_ACK:
-            s = dw_pull_ack(d->nc, nm);
-            if (m->attempt > 1) {
-                /* A first attempt that succeeded has no entry to forget. */
-                pthread_mutex_lock(&d->rt_mu);
-                retries_forget(d->rt, m->seq);
-                pthread_mutex_unlock(&d->rt_mu);
-            }
-            dw_metric_inc(M.delivered);
-            if (f->stored_ns[i] > 0) {
-                int64_t ns = wall_ms * 1000000 - f->stored_ns[i];
-                dw_metric_observe_ns(M.latency, ns > 0 ? ns : 0);
-            }
-            acked++;
-            break;
-        case FANOUT_NAK:
-            if (m->chat) {
-                note_failure(d, f, i, wall_ms);
-                DW_DEBUG("message retried",
-                         "id=%s room=%s seq=%" PRIu64 " attempt=%" PRIu64
-                         " reason=%s delay_ms=%" PRId64,
-                         m->chat->id, m->chat->room, m->seq, m->attempt, m->reason, m->delay_ms);
-            } else {
-                /* Poison: its last NAK ends at MaxDeliver, where JetStream's
-                 * advisory hands it to the deadletter service. */
-                DW_WARN("undecodable message",
-                        "subject=%s seq=%" PRIu64 " attempt=%" PRIu64 " bytes=%d delay_ms=%" PRId64,
-                        natsMsg_GetSubject(nm), m->seq, m->attempt, natsMsg_GetDataLength(nm),
-                        m->delay_ms);
-            }
-            s = dw_pull_nak(d->nc, nm, m->delay_ms);
-            dw_metric_inc(M.retried);
-            naked++;
-            break;
-        case FANOUT_GIVE_UP:
-            note_failure(d, f, i, wall_ms);
-            if (dead_letter(d, f, i, wall_ms) == 0) {
-                /* Durable in DW_DLQ: only now may JetStream let it go. */
-                s = dw_pull_term(d->nc, nm);
-                dw_metric_inc(M.dead_lettered);
-                dead++;
-            } else {
-                /* MaxDeliver is reached: this NAK makes JetStream raise the
-                 * max-deliveries advisory, and the deadletter service
-                 * writes the dead letter (source "advisory"). */
-                s = dw_pull_nak(d->nc, nm, 0);
-                dw_metric_inc(M.dlq_failed);
-                naked++;
-            }
-            pthread_mutex_lock(&d->rt_mu);
-            retries_forget(d->rt, m->seq);
-            pthread_mutex_unlock(&d->rt_mu);
-            break;
-        }
-        if (s != NATS_OK) {
-            ack_failed++;
-            ack_status = s;
-        }
-    }
-    /* Messages whose ack was lost come back after AckWait; edges drop the repeats. */
-    if (ack_failed)
-        DW_WARN("ack failed", "msgs=%zu of=%zu status=%s", ack_failed, b->n_msgs,
-                natsStatus_GetText(ack_status));
-    if (naked || dead)
-        DW_INFO("batch settled", "msgs=%zu acked=%zu retried=%zu dead_lettered=%zu", b->n_msgs,
-                acked, naked, dead);
+    if (s == NATS_OK)
+        DW_WARN("dead-lettered",
+                "room=%s seq=%" PRIu64 " attempts=%u reason=%s dlq_seq=%" PRIu64 "%s", room, m->seq,
+                m->attempts, m->reason, pa->Sequence, pa->Duplicate ? " duplicate=true" : "");
     else
-        DW_DEBUG("batch settled", "msgs=%zu acked=%zu", b->n_msgs, acked);
+        DW_ERROR("dead letter not written; retrying", "room=%s seq=%" PRIu64 " status=%s jserr=%d",
+                 room, m->seq, natsStatus_GetText(s), (int)jerr);
+    jsPubAck_Destroy(pa);
+    return s == NATS_OK ? 0 : -1;
 }
 
-/* Before planning: a redelivered message skips the edges that took it
- * earlier; a replay of a partial failure goes only to the edges named in
- * its Dw-Replay-Edges header. */
-static void restrict_edges(dispatcher *d, fanout_batch *b, size_t mi)
+static void run_job(dispatcher *d, job *j)
 {
-    fanout_msg *m = &b->msgs[mi];
-    natsMsg *nm = m->handle;
-    const char *only = NULL;
-
-    if (m->attempt > 1) {
-        /* The earlier attempt was settled (its entry written) before its
-         * NAK went out, so a redelivery always finds it here. */
-        pthread_mutex_lock(&d->rt_mu);
-        const retry_entry *re = retries_get(d->rt, m->seq);
-        int rc = re && re->n_took ? fanout_msg_skip(b, mi, re->took, re->n_took) : 0;
-        pthread_mutex_unlock(&d->rt_mu);
-        if (rc) DW_WARN("retry: out of memory, resending to every edge", "seq=%" PRIu64, m->seq);
-    }
-    if (natsMsgHeader_Get(nm, DW_HDR_REPLAY_EDGES, &only) == NATS_OK && only && *only) {
-        char **ids = NULL;
-        size_t n = 0;
-        if (dlq_edges_parse(only, &ids, &n) || fanout_msg_only(b, mi, ids, n)) {
-            /* Sending it everywhere would repeat it to edges that had it. */
-            DW_ERROR("replay: out of memory", "seq=%" PRIu64, m->seq);
-            fanout_room_failed(b, m->room, "out_of_memory");
+    char msg_id[EDGES_ID_MAX + 16];
+    switch (j->kind) {
+    case JOB_EDGE_DOWN:
+        snprintf(msg_id, sizeof msg_id, "edge_down.%s", j->edge);
+        j->ok = !publish_conn_event(d, DW__CONN_EVENT__KIND__EDGE_DOWN, NULL, j->edge,
+                                    "heartbeat_timeout", msg_id);
+        break;
+    case JOB_CONN_GONE:
+        snprintf(msg_id, sizeof msg_id, "gone.%s", j->conn);
+        j->ok = !publish_conn_event(d, DW__CONN_EVENT__KIND__DISCONNECT, j->conn, j->edge, "gone",
+                                    msg_id);
+        if (j->ok) DW_INFO("connection gone", "conn=%s edge=%s", j->conn, j->edge);
+        break;
+    case JOB_DEAD_LETTER: {
+        /* Until it is durable the message may not be terminated: keep
+         * trying (JetStream is what is down when this fails). */
+        int64_t wait = 100;
+        while (!(j->ok = !dead_letter(d, j->msg)) && !atomic_load(&d->quit)) {
+            dw_metric_inc(M.dlq_failed);
+            nats_Sleep(wait);
+            if (wait < 2000) wait *= 2;
         }
-        dlq_edges_free(ids, n);
+        break;
+    }
     }
 }
 
-/* Destroy the batch's messages (after their acks were published). */
-static void flight_release(flight *f)
-{
-    for (int i = 0; i < f->n_msgs; i++)
-        natsMsg_Destroy(f->msgs[i]);
-    f->n_msgs = 0;
-}
-
-/* Fetch thread: decode the fetched batch, ask the registry, plan and send
- * the edge requests. The replies are the settle thread's (finish). */
-static void prepare(dispatcher *d, flight *f)
-{
-    fanout_batch *b = &f->batch;
-    int64_t oldest_ns = 0; /* stream store time of the oldest message */
-
-    f->asked = 0;
-    if ((size_t)f->n_msgs > f->stored_cap) {
-        int64_t *g = realloc(f->stored_ns, (size_t)f->n_msgs * sizeof *g);
-        if (g) {
-            f->stored_ns = g;
-            f->stored_cap = (size_t)f->n_msgs;
-        }
-    }
-    for (int i = 0; i < f->n_msgs; i++) {
-        natsMsg *nm = f->msgs[i];
-        jsMsgMetaData *meta = NULL;
-        if (natsMsg_GetMetaData(&meta, nm) != NATS_OK) {
-            /* Not a JetStream delivery: nothing to ack it with. */
-            DW_ERROR("message without metadata", "subject=%s", natsMsg_GetSubject(nm));
-            continue;
-        }
-        if (!oldest_ns || meta->Timestamp < oldest_ns) oldest_ns = meta->Timestamp;
-        if (meta->NumDelivered > 1) dw_metric_inc(M.redeliveries);
-        long mi = (size_t)i < f->stored_cap
-                      ? fanout_add(b, nm, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm),
-                                   meta->Sequence.Stream, meta->NumDelivered)
-                      : -1;
-        if (mi < 0) {
-            int64_t delay = fanout_retry_delay(&d->retry, meta->NumDelivered);
-            DW_ERROR("batch: out of memory", "seq=%" PRIu64, meta->Sequence.Stream);
-            dw_pull_nak(d->nc, nm, delay < 0 ? 0 : delay);
-        } else {
-            f->stored_ns[mi] = meta->Timestamp;
-        }
-        jsMsgMetaData_Destroy(meta);
-    }
-    /* Wall clocks: meaningful when NATS runs on this host (benchmarks). */
-    struct timespec now_ts;
-    clock_gettime(CLOCK_REALTIME, &now_ts);
-    int64_t now_ns = (int64_t)now_ts.tv_sec * 1000000000 + now_ts.tv_nsec;
-    f->waited_us = oldest_ns ? (now_ns - oldest_ns) / 1000 : 0;
-    int64_t t0 = dw_mono_ns();
-    if (b->n_rooms) ask_registry(d, b);
-    for (size_t i = 0; i < b->n_msgs; i++)
-        if (b->msgs[i].chat) restrict_edges(d, b, i);
-    f->registry_us = (dw_mono_ns() - t0) / 1000;
-    f->sent_ns = dw_mono_ns();
-    int max_payload = natsConnection_GetMaxPayload(d->nc);
-    size_t max_bytes = max_payload > 4096 ? (size_t)max_payload - 1024 : 1024 * 1024 - 1024;
-    if (fanout_plan(b, max_bytes))
-        DW_ERROR("plan: out of memory", "msgs=%zu", b->n_msgs);
-    else if (b->n_deliveries)
-        send_deliveries(d, f);
-}
-
-/* Settle thread: wait for the batch's replies, then ack / NAK / dead-letter
- * each message, and free the batch. */
-static void finish(dispatcher *d, flight *f)
-{
-    fanout_batch *b = &f->batch;
-    collect_replies(d, f);
-    int64_t t2 = dw_mono_ns();
-    fanout_decide(b, &d->retry);
-    settle(d, f);
-    DW_DEBUG("batch timing",
-             "msgs=%zu rooms=%zu requests=%zu stored_ago_us=%" PRId64 " registry_us=%" PRId64
-             " deliver_us=%" PRId64 " settle_us=%" PRId64,
-             b->n_msgs, b->n_rooms, b->n_deliveries, f->waited_us, f->registry_us,
-             (t2 - f->sent_ns) / 1000, (dw_mono_ns() - t2) / 1000);
-    fanout_batch_clear(b);
-    flight_release(f);
-}
-
-static void *settle_main(void *arg)
+static void *worker_main(void *arg)
 {
     dispatcher *d = arg;
-    long slot;
-    while ((slot = inflight_front(d->q)) >= 0) {
-        finish(d, &d->flights[slot]);
-        inflight_pop(d->q);
+    pthread_mutex_lock(&d->wmu);
+    for (;;) {
+        while (!d->jobs_head && !atomic_load(&d->quit))
+            cond_wait_until(&d->wcv, &d->wmu, mono_ms() + 500);
+        job *j = d->jobs_head;
+        if (!j) break; /* quit, nothing left */
+        d->jobs_head = j->next;
+        if (!d->jobs_head) d->jobs_tail = NULL;
+        pthread_mutex_unlock(&d->wmu);
+        if (atomic_load(&d->quit))
+            j->ok = 0; /* stopping: report it undone */
+        else
+            run_job(d, j);
+        loop_ev *e = ev_new(EV_JOB);
+        if (e) {
+            e->job = j;
+            post(d, e);
+        } else {
+            free(j); /* its message stays with the loop's order table */
+        }
+        pthread_mutex_lock(&d->wmu);
     }
+    pthread_mutex_unlock(&d->wmu);
     return NULL;
+}
+
+static void submit(dispatcher *d, job *j)
+{
+    pthread_mutex_lock(&d->wmu);
+    if (d->jobs_tail)
+        d->jobs_tail->next = j;
+    else
+        d->jobs_head = j;
+    d->jobs_tail = j;
+    pthread_cond_signal(&d->wcv);
+    pthread_mutex_unlock(&d->wmu);
+}
+
+/* ---- the loop: partitions and pulls ---- */
+
+static void part_drop(dispatcher *d, uint32_t p, int new_state)
+{
+    part *pt = &d->parts[p];
+    size_t n = order_drop_partition(d->ord, p);
+    if (n) DW_INFO("partition dropped", "partition=%u messages=%zu", p, n);
+    pt->state = new_state;
+    pt->pulling = 0;
+}
+
+/* Read partition p again from its floor (gap, reconnect, consumer gone). */
+static void part_reset(dispatcher *d, uint32_t p, const char *why)
+{
+    if (d->parts[p].state != P_READY) return;
+    DW_WARN("partition read again from its floor", "partition=%u why=%s", p, why);
+    dw_metric_inc(M.resets);
+    part_drop(d, p, P_RESETTING);
+    leasekv_reset(d->lk, p);
+}
+
+static void pull_request(dispatcher *d, uint32_t p, int64_t now)
+{
+    part *pt = &d->parts[p];
+    size_t held = order_held(d->ord, p);
+    if (held >= d->per_part_cap || order_held_total(d->ord) >= (size_t)d->cfg.max_held) return;
+    size_t room = d->per_part_cap - held;
+    int batch = (int)(room < (size_t)d->cfg.fetch_batch ? room : (size_t)d->cfg.fetch_batch);
+    char reply[224], body[96];
+    uint64_t id = ++d->next_pull_id;
+    snprintf(reply, sizeof reply, "%s.%u.%u.%" PRIu64, d->pull_inbox, p, pt->gen, id);
+    int n = snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%" PRId64 "}", batch,
+                     d->cfg.fetch_wait_ms * 1000000);
+    if (natsConnection_PublishRequest(d->nc, pt->next_subj, reply, body, n) != NATS_OK) return;
+    pt->pulling = 1;
+    pt->pull_id = id;
+    pt->pull_left = batch;
+    pt->pull_until = now + d->cfg.fetch_wait_ms + PULL_GRACE_MS;
+}
+
+static char **replay_edges(natsMsg *nm, size_t *n, int *has)
+{
+    const char *only = NULL;
+    char **ids = NULL;
+    *n = 0;
+    *has = 0;
+    if (natsMsgHeader_Get(nm, DW_HDR_REPLAY_EDGES, &only) == NATS_OK && only && *only) {
+        *has = 1;
+        if (dlq_edges_parse(only, &ids, n)) *n = 0;
+    }
+    return ids;
+}
+
+static void on_pull_msg(dispatcher *d, loop_ev *e, int64_t now)
+{
+    part *pt = &d->parts[e->p];
+    natsMsg *nm = e->msg;
+
+    e->msg = NULL;
+    if (pt->state != P_READY || e->gen != pt->gen) {
+        natsMsg_Destroy(nm); /* an earlier consumer's: its messages come again */
+        return;
+    }
+    const char *r = natsMsg_GetReply(nm);
+    if (!r || strncmp(r, "$JS.ACK.", 8)) {
+        /* A status: 404/408 end the request; 409 says why it was refused. */
+        const char *code = NULL, *desc = NULL;
+        natsMsgHeader_Get(nm, "Status", &code);
+        natsMsgHeader_Get(nm, "Description", &desc);
+        if (code && strcmp(code, "100") && e->req == pt->pull_id) {
+            pt->pulling = 0;
+            if (strcmp(code, "404") && strcmp(code, "408")) {
+                DW_WARN("pull request refused", "partition=%u status=%s description=\"%s\"", e->p,
+                        code, desc ? desc : "");
+                if (desc && strstr(desc, "Deleted")) part_reset(d, e->p, "consumer_deleted");
+            }
+        } else if (natsMsg_IsNoResponders(nm) && e->req == pt->pull_id) {
+            pt->pulling = 0;
+            part_reset(d, e->p, "consumer_missing");
+        }
+        natsMsg_Destroy(nm);
+        return;
+    }
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, nm) != NATS_OK) {
+        natsMsg_Destroy(nm);
+        return;
+    }
+    uint64_t dseq = meta->Sequence.Consumer, sseq = meta->Sequence.Stream;
+    uint64_t delivered = meta->NumDelivered;
+    jsMsgMetaData_Destroy(meta);
+    /* Deliveries answer the request out (one at a time per partition). */
+    if (pt->pulling && --pt->pull_left <= 0) pt->pulling = 0;
+    if (dseq != pt->last_dseq + 1) {
+        /* A delivery went missing on the way (a reconnect, a request that
+         * timed out as it was answered): what it carried would wait for
+         * the ack wait and then come after later messages of its room. */
+        natsMsg_Destroy(nm);
+        char why[64];
+        snprintf(why, sizeof why, "gap:%" PRIu64 "->%" PRIu64, pt->last_dseq, dseq);
+        part_reset(d, e->p, why);
+        return;
+    }
+    pt->last_dseq = dseq;
+    if (sseq > pt->max_seen) pt->max_seen = sseq;
+    if (delivered > 1) dw_metric_inc(M.redeliveries);
+    size_t n_only = 0;
+    int has_only = 0;
+    char **only = replay_edges(nm, &n_only, &has_only);
+    void *old = NULL;
+    int rc = order_add(d->ord, e->p, sseq, nm, natsMsg_GetData(nm),
+                       (size_t)natsMsg_GetDataLength(nm), only, n_only, has_only, now, &old);
+    dlq_edges_free(only, n_only);
+    if (rc == ORDER_DUPLICATE) {
+        natsMsg_Destroy(old);
+    } else if (rc < 0) {
+        DW_ERROR("out of memory: message left to its redelivery", "seq=%" PRIu64, sseq);
+        natsMsg_Destroy(nm);
+        part_reset(d, e->p, "out_of_memory");
+    }
+}
+
+/* ---- the loop: edge requests ---- */
+
+static void send_requests(dispatcher *d, int64_t now)
+{
+    order_request *r;
+    while (d->n_reqs < MAX_REQUESTS && (r = order_next_request(d->ord, now))) {
+        char subj[EDGES_ID_MAX + 32], reply[192];
+        dw_subj_edge_deliver(subj, sizeof subj, r->edge);
+        snprintf(reply, sizeof reply, "%s.%" PRIu64, d->reply_inbox, r->id);
+        natsStatus s = natsConnection_PublishRequest(d->nc, subj, reply, r->buf, (int)r->len);
+        if (s != NATS_OK) {
+            DW_WARN("delivery publish failed", "edge=%s items=%zu status=%s", r->edge, r->n_items,
+                    natsStatus_GetText(s));
+            dw_metric_add(M.retried, (int64_t)r->n_items);
+            order_request_done(d->ord, r, ORDER_FAILED, now);
+            continue;
+        }
+        d->reqs[d->n_reqs++] = (inflight_req){r->id, r};
+    }
+}
+
+static order_request *req_take(dispatcher *d, uint64_t id)
+{
+    for (size_t i = 0; i < d->n_reqs; i++)
+        if (d->reqs[i].id == id) {
+            order_request *r = d->reqs[i].r;
+            d->reqs[i] = d->reqs[--d->n_reqs];
+            return r;
+        }
+    return NULL;
+}
+
+static void on_edge_reply(dispatcher *d, loop_ev *e, int64_t now)
+{
+    order_request *r = req_take(d, e->req);
+    natsMsg *m = e->msg;
+    if (!r) return; /* timed out already */
+    if (natsMsg_IsNoResponders(m)) {
+        /* Not there now; maybe reconnecting. Only silence past
+         * EDGE_DEAD_MS makes an edge gone (the sweep). */
+        DW_DEBUG("edge has no responders", "edge=%s items=%zu", r->edge, r->n_items);
+        order_request_done(d->ord, r, ORDER_NO_RESPONDERS, now);
+        return;
+    }
+    Dw__DeliveryReply *rep = dw__delivery_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                        (const uint8_t *)natsMsg_GetData(m));
+    if (!rep) {
+        DW_WARN("bad delivery reply", "edge=%s bytes=%d", r->edge, natsMsg_GetDataLength(m));
+        dw_metric_add(M.retried, (int64_t)r->n_items);
+        order_request_done(d->ord, r, ORDER_FAILED, now);
+        return;
+    }
+    for (size_t k = 0; k < rep->n_gone_conn_ids; k++) {
+        const char *c = rep->gone_conn_ids[k];
+        job *j = c && edges_id_valid(c, strlen(c)) ? calloc(1, sizeof *j) : NULL;
+        if (!j) continue;
+        j->kind = JOB_CONN_GONE;
+        snprintf(j->conn, sizeof j->conn, "%s", c);
+        snprintf(j->edge, sizeof j->edge, "%s", r->edge);
+        submit(d, j);
+    }
+    dw__delivery_reply__free_unpacked(rep, NULL);
+    order_request_done(d->ord, r, ORDER_OK, now);
+}
+
+static void request_timeouts(dispatcher *d, int64_t now)
+{
+    for (size_t i = 0; i < d->n_reqs;) {
+        order_request *r = d->reqs[i].r;
+        if (now - r->sent_ms < d->cfg.edge_timeout_ms) {
+            i++;
+            continue;
+        }
+        DW_WARN("edge timeout", "edge=%s items=%zu timeout_ms=%" PRId64, r->edge, r->n_items,
+                d->cfg.edge_timeout_ms);
+        d->reqs[i] = d->reqs[--d->n_reqs];
+        dw_metric_add(M.retried, (int64_t)r->n_items);
+        order_request_done(d->ord, r, ORDER_TIMEOUT, now);
+    }
+}
+
+/* ---- the loop: resolution rounds ---- */
+
+static void start_round(dispatcher *d, int64_t now)
+{
+    if (d->round_out) return;
+    order_query *q = NULL;
+    size_t n = 0;
+    if (order_round_begin(d->ord, now, &q, &n) || !n) return;
+    round_work *w = calloc(1, sizeof *w);
+    if (w) {
+        w->rooms = calloc(n, sizeof *w->rooms);
+        w->min_seq = calloc(n, sizeof *w->min_seq);
+        w->answers = calloc(n, sizeof *w->answers);
+    }
+    if (!w || !w->rooms || !w->min_seq || !w->answers) {
+        round_free(w);
+        order_round_end(d->ord, now); /* every room counts a failed attempt */
+        return;
+    }
+    w->n = n;
+    for (size_t i = 0; i < n; i++) {
+        w->rooms[i] = strdup(q[i].room);
+        w->min_seq[i] = q[i].min_seq;
+        if (!w->rooms[i]) {
+            w->n = i;
+            round_free(w);
+            order_round_end(d->ord, now);
+            return;
+        }
+    }
+    d->round_out = 1;
+    pthread_mutex_lock(&d->rmu);
+    d->round_todo = w;
+    pthread_cond_signal(&d->rcv);
+    pthread_mutex_unlock(&d->rmu);
+}
+
+static void on_round(dispatcher *d, round_work *w, int64_t now)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        round_answer *a = &w->answers[i];
+        if (a->ok) {
+            for (size_t k = 0; k < a->n_edges; k++)
+                if (edges_id_valid(a->edges[k], strlen(a->edges[k])))
+                    edges_known(d->edges, a->edges[k], mono_ms());
+            order_round_room_edges(d->ord, i, a->edges, a->n_edges, now);
+        } else {
+            order_round_room_failed(d->ord, i, a->reason ? a->reason : DLQ_REASON_REGISTRY, now);
+        }
+    }
+    order_round_end(d->ord, now);
+    round_free(w);
+    d->round_out = 0;
+}
+
+/* ---- the loop: settling ---- */
+
+static void settle(dispatcher *d)
+{
+    order_msg *m;
+    int64_t wall_ms = dw_now_ms();
+    while ((m = order_settled_pop(d->ord))) {
+        if (m->dropped) {
+            order_msg_release(d->ord, m);
+            continue;
+        }
+        if (m->verdict == ORDER_ACK) {
+            natsMsg *nm = m->handle;
+            dw_pull_ack(d->nc, nm);
+            dw_metric_inc(M.delivered);
+            jsMsgMetaData *meta = NULL;
+            if (natsMsg_GetMetaData(&meta, nm) == NATS_OK) {
+                int64_t ns = wall_ms * 1000000 - meta->Timestamp;
+                dw_metric_observe_ns(M.latency, ns > 0 ? ns : 0);
+                jsMsgMetaData_Destroy(meta);
+            }
+            order_msg_release(d->ord, m);
+            continue;
+        }
+        job *j = calloc(1, sizeof *j);
+        if (!j) {
+            order_settled_push_back(d->ord, m);
+            break;
+        }
+        j->kind = JOB_DEAD_LETTER;
+        j->msg = m;
+        submit(d, j);
+    }
+}
+
+static void on_job(dispatcher *d, job *j, int64_t now)
+{
+    switch (j->kind) {
+    case JOB_EDGE_DOWN:
+        for (size_t i = 0; i < d->n_downs_pending; i++)
+            if (!strcmp(d->downs_pending[i], j->edge)) {
+                free(d->downs_pending[i]);
+                d->downs_pending[i] = d->downs_pending[--d->n_downs_pending];
+                break;
+            }
+        if (j->ok) {
+            edges_mark_down(d->edges, j->edge, mono_ms());
+            order_edge_gone(d->ord, j->edge, now);
+            DW_WARN("edge down", "edge=%s reason=heartbeat_timeout", j->edge);
+        }
+        break;
+    case JOB_CONN_GONE: break;
+    case JOB_DEAD_LETTER: {
+        order_msg *m = j->msg;
+        if (j->ok && !m->dropped) {
+            dw_pull_term(d->nc, m->handle);
+            dw_metric_inc(M.dead_lettered);
+        }
+        /* Not written (stopping), or dropped: its next owner deals with it. */
+        order_msg_release(d->ord, m);
+        break;
+    }
+    }
+    free(j);
+}
+
+/* ---- the loop: periodic work ---- */
+
+static void housekeeping(dispatcher *d, int64_t now)
+{
+    if (now >= d->next_seed_ms) {
+        natsConnection_PublishRequest(d->nc, DW_SUBJ_REG_EDGES, d->seed_inbox, NULL, 0);
+        d->next_seed_ms = now + SEED_EVERY_MS;
+    }
+    if (now >= d->next_sweep_ms) {
+        d->next_sweep_ms = now + d->sweep_every_ms;
+        char **ids = NULL;
+        size_t n = 0;
+        if (!edges_stale(d->edges, mono_ms(), &ids, &n)) {
+            for (size_t i = 0; i < n; i++) {
+                int pending = 0;
+                for (size_t k = 0; k < d->n_downs_pending && !pending; k++)
+                    pending = !strcmp(d->downs_pending[k], ids[i]);
+                if (pending) continue;
+                char **g = realloc(d->downs_pending, (d->n_downs_pending + 1) * sizeof *g);
+                job *j = g ? calloc(1, sizeof *j) : NULL;
+                if (g) d->downs_pending = g;
+                if (!j) continue;
+                if (!(d->downs_pending[d->n_downs_pending] = strdup(ids[i]))) {
+                    free(j);
+                    continue;
+                }
+                d->n_downs_pending++;
+                j->kind = JOB_EDGE_DOWN;
+                snprintf(j->edge, sizeof j->edge, "%s", ids[i]);
+                submit(d, j);
+            }
+            edges_list_free(ids, n);
+        }
+    }
+    if (now >= d->next_progress_ms) {
+        /* Held messages tell JetStream we are on them, so the ack wait
+         * never hands them out again while we hold them. */
+        int64_t every = d->cfg.ack_wait_ms / 3;
+        d->next_progress_ms = now + (every < 1000 ? every : 1000);
+        void *h[PROGRESS_BATCH];
+        size_t n = order_progress_due(d->ord, now, every, h, PROGRESS_BATCH);
+        for (size_t i = 0; i < n; i++)
+            dw_pull_progress(d->nc, h[i]);
+    }
+    if (now >= d->next_floor_ms) {
+        d->next_floor_ms = now + 1000;
+        for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++) {
+            part *pt = &d->parts[p];
+            if (pt->state != P_READY) continue;
+            uint64_t min = order_min_seq(d->ord, p);
+            leasekv_floor(d->lk, p, min ? min - 1 : pt->max_seen);
+        }
+        order_stats st;
+        order_get_stats(d->ord, &st);
+        dw_metric_set(M.held, (double)st.held);
+        dw_metric_set(M.partitions, (double)leasekv_owned(d->lk));
+    }
+}
+
+static void handle_event(dispatcher *d, loop_ev *e, int64_t now)
+{
+    part *pt = e->p < DW_MSG_PARTITIONS ? &d->parts[e->p] : NULL;
+    switch (e->kind) {
+    case EV_PULL: on_pull_msg(d, e, now); break;
+    case EV_REPLY: on_edge_reply(d, e, now); break;
+    case EV_ROUND: on_round(d, e->round, now); break;
+    case EV_READY:
+        if (pt->state == P_DRAINING) break; /* on its way out: set up meanwhile, not read */
+        if (pt->state != P_NONE && pt->state != P_RESETTING) part_drop(d, e->p, P_NONE);
+        pt->state = P_READY;
+        pt->gen = e->gen;
+        pt->pulling = 0;
+        pt->last_dseq = 0;
+        pt->max_seen = e->floor;
+        snprintf(pt->next_subj, sizeof pt->next_subj, "$JS.API.CONSUMER.MSG.NEXT.%s.%s",
+                 DW_STREAM_MSG, e->consumer);
+        DW_INFO("partition ready", "partition=%u consumer=%s floor=%" PRIu64, e->p, e->consumer,
+                e->floor);
+        break;
+    case EV_LOST: part_drop(d, e->p, P_NONE); break;
+    case EV_RELEASE:
+        if (pt->state == P_READY || pt->state == P_RESETTING) {
+            pt->state = P_DRAINING;
+            pt->drain_until = now + 2 * d->cfg.edge_timeout_ms;
+        } else {
+            leasekv_drained(d->lk, e->p);
+        }
+        break;
+    case EV_JOB: on_job(d, e->job, now); break;
+    }
+    if (e->msg) natsMsg_Destroy(e->msg);
+    free(e);
 }
 
 int dispatch_run(dispatcher *d)
 {
-    int64_t backoff = 0, last_err_log = 0;
-    pthread_t settler;
-
-    /* Two threads, so the next batch is fetched and sent while the edges
-     * still work on the earlier ones: an edge replies only after its
-     * write pass, and waiting for that before fetching again left both
-     * the edge and the stream idle (head-of-line blocking). */
-    if (pthread_create(&settler, NULL, settle_main, d)) {
-        DW_ERROR("cannot start the settle thread", "%s", "");
-        return -1;
-    }
-    while (!dw_stop) {
-        housekeeping(d);
-
-        /* Waits while max_inflight batches await their replies; wakes up
-         * for housekeeping meanwhile. */
-        long slot = inflight_reserve(d->q, dw_mono_ns() + d->sweep_every_ms * 1000000);
-        if (slot < 0) continue;
-        flight *f = &d->flights[slot];
-
-        /* Returns as soon as at least one message is there, with whatever
-         * else is pending (up to the batch), instead of waiting to fill the
-         * batch; idle, after fetch_wait_ms, which paces housekeeping and
-         * dw_stop. */
-        int64_t t0 = mono_ms();
-        natsStatus s = dw_pull_fetch(d->pull, f->msgs, (int)d->cfg.fetch_batch,
-                                     d->cfg.fetch_wait_ms, &f->n_msgs);
-        if (s == NATS_OK) {
-            backoff = 0;
-            prepare(d, f);
-            inflight_push(d->q);
-            continue;
-        }
-        int64_t took = mono_ms() - t0;
-        if (s == NATS_TIMEOUT || s == NATS_NOT_FOUND) {
-            /* The server may answer "nothing" early (another dispatcher's
-             * pull is first in line): pause so that is not a spin. */
-            if (took < d->cfg.fetch_wait_ms / 2) nats_Sleep(took < 5 ? 5 : took);
-            backoff = 0;
-            continue;
-        }
-        backoff = backoff ? backoff * 2 : FETCH_BACKOFF_MS;
-        if (backoff > FETCH_BACKOFF_MAX_MS) backoff = FETCH_BACKOFF_MAX_MS;
+    int64_t stop_until = 0;
+    for (;;) {
+        int stopping = dw_stop != 0;
         int64_t now = mono_ms();
-        if (now - last_err_log >= ERROR_LOG_EVERY_MS) {
-            DW_WARN("fetch failed", "status=%s last=\"%s\" retry_ms=%" PRId64,
-                    natsStatus_GetText(s), nats_GetLastError(NULL), backoff);
-            last_err_log = now;
+        if (stopping && !stop_until) {
+            stop_until = now + d->cfg.edge_timeout_ms + 500;
+            DW_INFO("stopping: finishing requests in flight", "requests=%zu", d->n_reqs);
         }
-        if (took < backoff) nats_Sleep(backoff - took);
+        if (stopping && (now >= stop_until || !d->n_reqs)) break;
+
+        /* Wait for news or the next tick. */
+        pthread_mutex_lock(&d->mu);
+        if (!d->head && !atomic_load(&d->reconnected)) {
+            int64_t wake = now + TICK_MS, w = order_next_wake(d->ord);
+            if (w < wake) wake = w > now ? w : now;
+            cond_wait_until(&d->cv, &d->mu, wake);
+        }
+        loop_ev *e = d->head;
+        d->head = d->tail = NULL;
+        pthread_mutex_unlock(&d->mu);
+        now = mono_ms();
+
+        if (atomic_exchange(&d->reconnected, false)) {
+            /* Pull requests and replies of the old connection are lost:
+             * read every partition again; heartbeats missed meanwhile say
+             * nothing about the edges. */
+            edges_touch_all(d->edges, now);
+            for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
+                part_reset(d, p, "reconnected");
+        }
+        while (e) {
+            loop_ev *next = e->next;
+            handle_event(d, e, now);
+            e = next;
+        }
+        request_timeouts(d, now);
+        if (!stopping) {
+            housekeeping(d, now);
+            start_round(d, now);
+        }
+        send_requests(d, now);
+        settle(d);
+        for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++) {
+            part *pt = &d->parts[p];
+            if (pt->state == P_DRAINING &&
+                (!order_inflight_of(d->ord, p) || now >= pt->drain_until)) {
+                part_drop(d, p, P_NONE);
+                leasekv_drained(d->lk, p);
+                continue;
+            }
+            if (pt->state != P_READY || stopping) continue;
+            if (pt->pulling && now >= pt->pull_until) pt->pulling = 0;
+            if (!pt->pulling) pull_request(d, p, now);
+        }
     }
-    /* Every batch in flight is settled before we return. */
-    inflight_close(d->q);
-    pthread_join(settler, NULL);
+    /* What settled is acked; the rest goes back with the partitions. */
+    settle(d);
     return 0;
 }
 
-/* --- setup --- */
+/* ---- setup ---- */
 
-/* Create the durable pull consumer, or bring an existing one to this
- * configuration (several dispatchers share it; the last one started wins),
- * then bind to it. */
-static int consumer_bind(dispatcher *d)
+static int sub_inbox(dispatcher *d, natsSubscription **sub, char *prefix, size_t len,
+                     const char *wild, natsMsgHandler cb)
 {
-    jsConsumerConfig cc;
-    jsConsumerConfig_Init(&cc);
-    cc.Durable = DW_DISPATCHER_DURABLE;
-    cc.FilterSubject = DW_SUBJ_MSG_PREFIX ">";
-    cc.DeliverPolicy = js_DeliverAll;
-    cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = d->cfg.ack_wait_ms * 1000000;
-    cc.MaxDeliver = d->cfg.max_deliver;
-    cc.MaxAckPending = d->cfg.max_ack_pending;
-
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_AddConsumer(&ci, d->js, DW_STREAM_MSG, &cc, NULL, &jerr);
-    if (s != NATS_OK && jerr != 0) {
-        /* It exists with another configuration (an older deploy). */
-        jsErrCode add_err = jerr;
-        jerr = 0;
-        s = js_UpdateConsumer(&ci, d->js, DW_STREAM_MSG, &cc, NULL, &jerr);
-        if (s != NATS_OK)
-            DW_ERROR("consumer setup failed",
-                     "consumer=%s add_jserr=%d update_jserr=%d status=%s "
-                     "last=\"%s\"",
-                     DW_DISPATCHER_DURABLE, (int)add_err, (int)jerr, natsStatus_GetText(s),
-                     nats_GetLastError(NULL));
-    } else if (s != NATS_OK) {
-        DW_ERROR("consumer setup failed", "consumer=%s status=%s last=\"%s\"",
-                 DW_DISPATCHER_DURABLE, natsStatus_GetText(s), nats_GetLastError(NULL));
-    }
-    if (s == NATS_OK && ci && ci->Config)
-        DW_INFO("consumer ready",
-                "consumer=%s ack_wait_ms=%" PRId64 " max_deliver=%" PRId64
-                " max_ack_pending=%" PRId64 " pending=%" PRIu64,
-                DW_DISPATCHER_DURABLE, ci->Config->AckWait / 1000000, ci->Config->MaxDeliver,
-                ci->Config->MaxAckPending, ci->NumPending);
-    jsConsumerInfo_Destroy(ci);
-    if (s != NATS_OK) return -1;
-
-    /* By hand, not js_PullSubscribe + natsSubscription_FetchRequest (dw/pull.h). */
-    s = dw_pull_open(&d->pull, d->nc, DW_STREAM_MSG, DW_DISPATCHER_DURABLE, d->cfg.fetch_wait_ms);
+    natsInbox *name = NULL;
+    if (natsInbox_Create(&name) != NATS_OK) return -1;
+    snprintf(prefix, len, "%s", name);
+    natsInbox_Destroy(name);
+    char subj[256];
+    snprintf(subj, sizeof subj, "%s.%s", prefix, wild);
+    natsStatus s = natsConnection_Subscribe(sub, d->nc, subj, cb, d);
+    if (s == NATS_OK) s = natsSubscription_SetPendingLimits(*sub, -1, -1);
     if (s != NATS_OK) {
-        DW_ERROR("pull subscribe failed", "consumer=%s status=%s last=\"%s\"",
-                 DW_DISPATCHER_DURABLE, natsStatus_GetText(s), nats_GetLastError(NULL));
+        DW_ERROR("subscribe failed", "subject=%s status=%s", subj, natsStatus_GetText(s));
         return -1;
     }
     return 0;
+}
+
+static int bucket_replicas(dispatcher *d)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    int r = 1;
+    if (js_GetStreamInfo(&si, d->js, DW_STREAM_MSG, NULL, &jerr) == NATS_OK && si->Config)
+        r = si->Config->Replicas > 0 ? si->Config->Replicas : 1;
+    jsStreamInfo_Destroy(si);
+    return r;
 }
 
 int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispatch_cfg *cfg)
@@ -908,49 +1169,63 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     d->nc = nc;
     d->js = js;
     d->cfg = *cfg;
-    d->retry.base_ms = cfg->retry_base_ms;
-    d->retry.max_ms = cfg->retry_max_ms;
-    d->retry.max_deliver = (uint64_t)cfg->max_deliver;
     metrics_register();
-    atomic_init(&d->seeded, 0);
-    if (pthread_mutex_init(&d->rt_mu, NULL)) {
-        free(d);
-        return -1;
-    }
-    d->rt_mu_ok = 1;
+    pthread_mutex_init(&d->mu, NULL);
+    cond_init_mono(&d->cv);
+    pthread_mutex_init(&d->rmu, NULL);
+    cond_init_mono(&d->rcv);
+    pthread_mutex_init(&d->wmu, NULL);
+    cond_init_mono(&d->wcv);
+    atomic_init(&d->reconnected, false);
+    atomic_init(&d->quit, false);
     d->sweep_every_ms = cfg->edge_dead_ms / 4;
     if (d->sweep_every_ms > 1000) d->sweep_every_ms = 1000;
     if (d->sweep_every_ms < 10) d->sweep_every_ms = 10;
+    d->per_part_cap = (size_t)(cfg->max_held / DW_MSG_PARTITIONS);
+    if (d->per_part_cap < (size_t)cfg->fetch_batch) d->per_part_cap = (size_t)cfg->fetch_batch;
 
+    order_cfg oc = {
+        .retry_base_ms = cfg->retry_base_ms,
+        .retry_max_ms = cfg->retry_max_ms,
+        .absent_retry_ms = cfg->absent_retry_ms,
+        .max_attempts = (uint32_t)cfg->max_deliver,
+        .max_request_bytes = 0,
+        .max_round_rooms = 4096,
+        .release = msg_release,
+    };
+    int max_payload = natsConnection_GetMaxPayload(nc);
+    oc.max_request_bytes = max_payload > 4096 ? (size_t)max_payload - 1024 : 1024 * 1024 - 1024;
+    if (order_create(&d->ord, &oc)) goto error;
     if (edges_create(&d->edges, cfg->edge_dead_ms, EDGES_FORGET_MS, EDGES_MAX)) goto error;
-    /* Keep a message's progress for as long as its redeliveries can come
-     * back: the whole schedule, each attempt's waits, and an AckWait. */
-    int64_t ttl = fanout_retry_total_ms(&d->retry) + d->cfg.ack_wait_ms +
-                  d->cfg.max_deliver * (d->cfg.registry_timeout_ms + d->cfg.edge_timeout_ms) +
-                  60000;
-    if (retries_create(&d->rt, (size_t)cfg->retry_state_max, ttl)) goto error;
     if (inbox_create(&d->ib, nc)) goto error;
-    d->n_flights = cfg->max_inflight > 0 ? (size_t)cfg->max_inflight : 1;
-    if (!(d->flights = calloc(d->n_flights, sizeof *d->flights)) ||
-        inflight_create(&d->q, d->n_flights))
+    if (sub_inbox(d, &d->pull_sub, d->pull_inbox, sizeof d->pull_inbox, "*.*.*", on_pull) ||
+        sub_inbox(d, &d->reply_sub, d->reply_inbox, sizeof d->reply_inbox, "*", on_reply))
         goto error;
-    for (size_t i = 0; i < d->n_flights; i++)
-        if (inbox_create(&d->flights[i].ib, nc) ||
-            !(d->flights[i].msgs = calloc((size_t)cfg->fetch_batch, sizeof(natsMsg *))))
-            goto error;
-
     natsInbox *name = NULL;
     if (natsInbox_Create(&name) != NATS_OK) goto error;
     snprintf(d->seed_inbox, sizeof d->seed_inbox, "%s", name);
     natsInbox_Destroy(name);
-    natsStatus s = natsConnection_Subscribe(&d->seed_sub, nc, d->seed_inbox, on_seed, d);
-    if (s == NATS_OK)
-        s = natsConnection_Subscribe(&d->hb_sub, nc, DW_SUBJ_EDGE_HEARTBEAT, on_heartbeat, d);
-    if (s != NATS_OK) {
-        DW_ERROR("subscribe failed", "status=%s", natsStatus_GetText(s));
+    if (natsConnection_Subscribe(&d->seed_sub, nc, d->seed_inbox, on_seed, d) != NATS_OK ||
+        natsConnection_Subscribe(&d->hb_sub, nc, DW_SUBJ_EDGE_HEARTBEAT, on_heartbeat, d) !=
+            NATS_OK)
         goto error;
-    }
-    if (consumer_bind(d)) goto error;
+    if (pthread_create(&d->resolver, NULL, resolver_main, d)) goto error;
+    d->resolver_started = 1;
+    if (pthread_create(&d->worker, NULL, worker_main, d)) goto error;
+    d->worker_started = 1;
+
+    leasekv_cfg lc = {
+        .instance = cfg->instance,
+        .ttl_ms = cfg->lease_ttl_ms,
+        .replicas = bucket_replicas(d),
+        .ack_wait_ms = cfg->ack_wait_ms,
+        .max_ack_pending = (int64_t)d->per_part_cap + cfg->fetch_batch,
+        .on_ready = lease_ready,
+        .on_lost = lease_lost,
+        .on_release = lease_release,
+        .arg = d,
+    };
+    if (leasekv_start(&d->lk, nc, js, &lc)) goto error;
     *out = d;
     return 0;
 
@@ -962,22 +1237,56 @@ error:
 void dispatch_destroy(dispatcher *d)
 {
     if (!d) return;
+    /* Partitions first: they are given back while NATS is still there. */
+    leasekv_stop(d->lk);
+    d->lk = NULL;
+    atomic_store(&d->quit, true);
+    pthread_mutex_lock(&d->rmu);
+    pthread_cond_broadcast(&d->rcv);
+    pthread_mutex_unlock(&d->rmu);
+    pthread_mutex_lock(&d->wmu);
+    pthread_cond_broadcast(&d->wcv);
+    pthread_mutex_unlock(&d->wmu);
+    if (d->resolver_started) pthread_join(d->resolver, NULL);
+    if (d->worker_started) pthread_join(d->worker, NULL);
     inbox_sub_close(d->hb_sub);
     inbox_sub_close(d->seed_sub);
-    dw_pull_close(d->pull); /* the durable consumer stays */
+    inbox_sub_close(d->pull_sub);
+    inbox_sub_close(d->reply_sub);
     inbox_destroy(d->ib);
-    for (size_t i = 0; d->flights && i < d->n_flights; i++) {
-        flight *f = &d->flights[i];
-        inbox_destroy(f->ib);
-        fanout_batch_clear(&f->batch);
-        flight_release(f);
-        free(f->msgs);
-        free(f->stored_ns);
+    /* Events left (their jobs and rounds included). */
+    loop_ev *e = d->head;
+    while (e) {
+        loop_ev *next = e->next;
+        if (e->msg) natsMsg_Destroy(e->msg);
+        round_free(e->round);
+        if (e->job) {
+            if (e->job->msg) order_msg_release(d->ord, e->job->msg);
+            free(e->job);
+        }
+        free(e);
+        e = next;
     }
-    free(d->flights);
-    inflight_destroy(d->q);
+    job *j = d->jobs_head;
+    while (j) {
+        job *next = j->next;
+        if (j->msg) order_msg_release(d->ord, j->msg);
+        free(j);
+        j = next;
+    }
+    round_free(d->round_todo);
+    for (size_t i = 0; i < d->n_reqs; i++)
+        order_request_done(d->ord, d->reqs[i].r, ORDER_TIMEOUT, mono_ms());
+    order_destroy(d->ord);
     edges_destroy(d->edges);
-    retries_destroy(d->rt);
-    if (d->rt_mu_ok) pthread_mutex_destroy(&d->rt_mu);
+    for (size_t i = 0; i < d->n_downs_pending; i++)
+        free(d->downs_pending[i]);
+    free(d->downs_pending);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    pthread_mutex_destroy(&d->rmu);
+    pthread_cond_destroy(&d->rcv);
+    pthread_mutex_destroy(&d->wmu);
+    pthread_cond_destroy(&d->wcv);
     free(d);
 }

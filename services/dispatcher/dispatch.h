@@ -1,14 +1,17 @@
-/* The dispatcher's loop: pull a batch from DW_MSG, ask the registry which
- * edges hold each room, send one pipelined request per edge, then ack what
- * every edge took and NAK the rest with an exponential backoff; a retry
- * goes only to the edges that did not take the message yet (retries.h).
- * Up to max_inflight batches are sent and awaiting their edges' replies at
- * once: one thread fetches and sends, another collects the replies and
- * settles the batches in the order they were sent.
- * After the last attempt the message is written to DW_DLQ (acked by
- * JetStream) and only then terminated. Also watches edge heartbeats and
- * declares silent edges down (edges.h). The decisions live in fanout.h;
- * this file does the NATS I/O around them. */
+/* The dispatcher's I/O shell around order.h (what may be sent where, and
+ * when a message may be acked) and lease.h (which partitions are ours):
+ *
+ *  - the loop thread (dispatch_run) owns the ordering core: it pulls the
+ *    partitions this dispatcher holds, sends one request at a time to each
+ *    edge, acks what every edge took, and hands blocking work away;
+ *  - the resolver thread asks the registry, one round at a time, which
+ *    edges hold each waiting room's members (after DW_CONN's barrier);
+ *  - the worker thread writes what must be durable before the loop acts:
+ *    EDGE_DOWN events, gone connections, dead letters;
+ *  - the lease thread (leasekv.h) takes and gives back partitions;
+ *  - nats.c's threads only queue what arrives (deliveries, replies,
+ *    heartbeats) for the loop.
+ * Nothing but the loop touches the ordering core. */
 #ifndef DISPATCHER_DISPATCH_H
 #define DISPATCHER_DISPATCH_H
 
@@ -16,34 +19,40 @@
 #include <stdint.h>
 
 typedef struct dispatch_cfg {
-    int64_t fetch_batch;         /* messages per pull */
-    int64_t fetch_wait_ms;       /* how long an idle pull waits for a first message */
-    int64_t ack_wait_ms;         /* consumer AckWait */
-    int64_t max_deliver;         /* consumer MaxDeliver */
-    int64_t max_ack_pending;     /* consumer MaxAckPending */
-    int64_t registry_timeout_ms; /* per batch, for all of its room questions */
-    int64_t edge_timeout_ms;     /* per batch, for all of its edge requests */
-    int64_t retry_base_ms;       /* NAK delay after the first failed attempt */
-    int64_t retry_max_ms;        /* cap of the doubling NAK delay */
-    int64_t retry_state_max;     /* messages whose per-edge progress is remembered */
+    const char *instance;        /* this process's id (leases, consumer names) */
+    int64_t fetch_batch;         /* messages per pull request */
+    int64_t fetch_wait_ms;       /* how long a pull request waits at the server */
+    int64_t ack_wait_ms;         /* consumers' AckWait; held messages send in-progress acks */
+    int64_t max_deliver;         /* failed attempts before a message is dead-lettered */
+    int64_t max_held;            /* messages held (fetched, not settled) at most, all partitions */
+    int64_t registry_timeout_ms; /* per resolution round */
+    int64_t edge_timeout_ms;     /* per edge request */
+    int64_t retry_base_ms;       /* backoff after the first failed attempt */
+    int64_t retry_max_ms;        /* cap of the doubling backoff */
+    int64_t absent_retry_ms;     /* retry cap while an edge has no responders */
     int64_t edge_dead_ms;        /* heartbeat silence that makes an edge down */
-    int64_t max_inflight;        /* batches sent and not yet settled (>= 1) */
+    int64_t lease_ttl_ms;        /* a dispatcher silent this long loses its partitions */
     int conn_barrier;            /* registry applies DW_CONN up to its end first */
 } dispatch_cfg;
 
 typedef struct dispatcher dispatcher;
 
-/* Bind to (creating or updating) the durable consumer, subscribe to edge
- * heartbeats and open the reply inbox. nc and js must outlive the
- * dispatcher; cfg is copied. 0, or -1 (logged; retry later). */
+/* Open the reply inboxes, subscribe to edge heartbeats, start the resolver,
+ * worker and lease threads. nc and js must outlive the dispatcher; cfg is
+ * copied. 0, or -1 (logged; retry later). */
 int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispatch_cfg *cfg);
 
-/* Run batches until dw_stop is set; the batches in flight when it is set
- * are finished (acked / NAK'd / dead-lettered) before returning. Starts and
- * joins its own settle thread. 0, or -1 when that thread cannot start. */
+/* Run until dw_stop is set; then stop pulling, let the requests in flight
+ * finish (up to the edge timeout), ack what settled and give the partitions
+ * back. 0. */
 int dispatch_run(dispatcher *d);
 
-/* Unsubscribe everything (the durable consumer stays) and free. NULL-safe. */
+/* Stop the threads, unsubscribe and free (durable consumers stay). NULL-safe. */
 void dispatch_destroy(dispatcher *d);
+
+/* nats.c's reconnected callback must call this (any thread): everything in
+ * flight over the old connection is suspect and every held partition is
+ * read again from its floor. NULL-safe. */
+void dispatch_reconnected(dispatcher *d);
 
 #endif

@@ -157,6 +157,15 @@ void edges_list_free(char **ids, size_t n)
     free(ids);
 }
 
+void edges_touch_all(edges_table *t, int64_t now_ms)
+{
+    pthread_mutex_lock(&t->mu);
+    for (size_t i = 0; i < t->n; i++)
+        if (t->v[i].state == EDGES_ALIVE && t->v[i].last_seen_ms < now_ms)
+            t->v[i].last_seen_ms = now_ms;
+    pthread_mutex_unlock(&t->mu);
+}
+
 void edges_mark_down(edges_table *t, const char *edge_id, int64_t now_ms)
 {
     if (!edge_id || !edges_id_valid(edge_id, strlen(edge_id))) return;

@@ -2,8 +2,9 @@
  * been silent long enough to be declared down (EDGE_DOWN, once).
  *
  * Fed by the heartbeat subscription (edges_seen, on a nats.c thread) and by
- * the fetch loop (edges_known from registry answers, edges_stale /
- * edges_mark_down when sweeping), hence the internal mutex. The clock is
+ * the dispatcher's loop (edges_known from registry answers, edges_stale when
+ * sweeping, edges_touch_all after a reconnect) and its worker thread
+ * (edges_mark_down once an EDGE_DOWN is durable), hence the internal mutex. The clock is
  * always passed in, so tests drive time by hand. */
 #ifndef DISPATCHER_EDGES_H
 #define DISPATCHER_EDGES_H
@@ -51,6 +52,11 @@ int edges_known(edges_table *t, const char *edge_id, int64_t now_ms);
  * than forget_ms. 0 or -1 when out of memory. */
 int edges_stale(edges_table *t, int64_t now_ms, char ***out, size_t *n);
 void edges_list_free(char **ids, size_t n);
+
+/* We were away from NATS (our own reconnect): heartbeats sent meanwhile
+ * never reached us, so silence says nothing yet. Every live edge's clock
+ * starts again at now_ms. */
+void edges_touch_all(edges_table *t, int64_t now_ms);
 
 /* The EDGE_DOWN of edge_id is durable: do not report it again unless it
  * heartbeats again. Adds the edge if unknown (a "no responders" answer). */

@@ -110,8 +110,7 @@ int lease_parse(const char *val, size_t val_len, char *owner, size_t owner_len, 
     memcpy(owner, val, i);
     owner[i] = '\0';
     for (size_t k = 0; k < i; k++)
-        if ((unsigned char)owner[k] <= ' ' || owner[k] == '.' || owner[k] == '*' ||
-            owner[k] == '>')
+        if ((unsigned char)owner[k] <= ' ' || owner[k] == '.' || owner[k] == '*' || owner[k] == '>')
             return -1;
     if (i == val_len) return 0; /* no floor: 0 */
     uint64_t f = 0;

@@ -24,14 +24,14 @@ typedef struct dispatcher_config {
     int64_t fetch_wait_ms;
     int64_t ack_wait_ms;
     int64_t max_deliver;
-    int64_t max_ack_pending;
+    int64_t max_held;
     int64_t registry_timeout_ms;
     int64_t edge_timeout_ms;
     int64_t retry_base_ms;
     int64_t retry_max_ms;
-    int64_t retry_state_max;
+    int64_t absent_retry_ms;
     int64_t edge_dead_ms;
-    int64_t max_inflight;
+    int64_t lease_ttl_ms;
     int conn_barrier;
     char *status_host;
     int64_t status_port;
@@ -44,38 +44,41 @@ typedef struct dispatcher_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
-    F("FETCH_BATCH", DW_CFG_INT, fetch_batch, "256", 1, 4096, "messages per pull"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0,
+      "NATS server URLs, comma-separated: every node of a cluster"),
+    F("FETCH_BATCH", DW_CFG_INT, fetch_batch, "256", 1, 4096, "messages per pull request"),
     F("FETCH_WAIT_MS", DW_CFG_INT, fetch_wait_ms, "500", 20, 60000,
-      "how long an idle pull waits for the first message (a message never waits for the batch)"),
+      "how long an idle pull request waits at the server (a message never waits for the batch)"),
     F("ACK_WAIT_MS", DW_CFG_INT, ack_wait_ms, "30000", 1000, 3600000,
-      "redeliver a message not acked within this time (consumer AckWait)"),
+      "partition consumers' AckWait; messages held longer send in-progress acks, so JetStream "
+      "never hands them out again while a dispatcher holds them"),
     F("MAX_DELIVER", DW_CFG_INT, max_deliver, "6", 1, 1000,
-      "delivery attempts per message (consumer MaxDeliver); after the last one the message "
-      "is dead-lettered"),
-    F("MAX_ACK_PENDING", DW_CFG_INT, max_ack_pending, "20000", 1, 10000000,
-      "messages in flight across all dispatchers (consumer MaxAckPending)"),
+      "failed delivery attempts per message and edge (or registry lookups per message) before "
+      "the message is dead-lettered with the reason"),
+    F("MAX_HELD", DW_CFG_INT, max_held, "64000", 256, 10000000,
+      "messages fetched and not yet settled, at most, over all partitions (also each partition "
+      "consumer's MaxAckPending share)"),
     F("REGISTRY_TIMEOUT_MS", DW_CFG_INT, registry_timeout_ms, "2000", 10, 60000,
       "wait this long for the registry's room answers"),
     F("EDGE_TIMEOUT_MS", DW_CFG_INT, edge_timeout_ms, "2000", 10, 60000,
-      "wait this long for the edges' delivery replies"),
+      "wait this long for an edge's delivery reply"),
     F("RETRY_BASE_MS", DW_CFG_INT, retry_base_ms, "250", 0, 3600000,
-      "retry a failed message after this delay, doubling with every further attempt"),
+      "retry after this delay, doubling with every further failed attempt"),
     F("RETRY_MAX_MS", DW_CFG_INT, retry_max_ms, "30000", 1, 86400000,
       "the longest delay between two attempts"),
-    F("RETRY_STATE_MAX", DW_CFG_INT, retry_state_max, "100000", 1, 100000000,
-      "failing messages whose per-edge progress is remembered (retries go only to the edges "
-      "that did not take them)"),
+    F("ABSENT_RETRY_MS", DW_CFG_INT, absent_retry_ms, "250", 10, 60000,
+      "while an edge has no responders (restarting, reconnecting to NATS), retry at most this "
+      "far apart; this is not counted as an attempt"),
     F("EDGE_DEAD_MS", DW_CFG_INT, edge_dead_ms, "10000", 100, 3600000,
-      "an edge without heartbeat for this long is declared down"),
-    F("MAX_INFLIGHT", DW_CFG_INT, max_inflight, "2", 1, 64,
-      "batches sent to the edges and not yet settled: the next batch is fetched and sent while "
-      "the edges still work on earlier ones (requests to one edge keep their order)"),
+      "an edge without heartbeat for this long (while we were connected) is declared down"),
+    F("LEASE_TTL_MS", DW_CFG_INT, lease_ttl_ms, "2000", 200, 60000,
+      "a dispatcher whose lease heartbeat is older than this loses its DW_MSG partitions to the "
+      "others (heartbeat every quarter of it)"),
     F("CONN_BARRIER", DW_CFG_BOOL, conn_barrier, "1", 0, 0,
-      "before asking the registry for a batch's rooms, read DW_CONN's last sequence and have "
+      "before asking the registry for a round of rooms, read DW_CONN's last sequence and have "
       "the registry apply up to it, so a message reaches every connection whose connect was "
       "acked before the message was fetched, on any edge (0: only the sending edge's own "
-      "connects are waited for; one JetStream request less per batch)"),
+      "connects are waited for; one JetStream request less per round)"),
     F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
       "address of the status port (empty: every address; containers set 0.0.0.0)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9093", 0, 65535,
@@ -113,6 +116,11 @@ static void set_ready(bool v)
     dw_metric_set(ready_gauge, v ? 1 : 0);
 }
 
+static void on_reconnect(void *arg)
+{
+    dispatch_reconnected(arg);
+}
+
 /* Connecting, streams and consumer setup are retried until they work or we
  * are told to stop: the dispatcher may start before NATS or JetStream. */
 static int setup(natsConnection *nc, jsCtx *js, const dispatch_cfg *dc, dispatcher **out)
@@ -127,7 +135,7 @@ static int setup(natsConnection *nc, jsCtx *js, const dispatch_cfg *dc, dispatch
         if (dw_streams_exist(js) == NATS_OK) {
             /* The deadletter service owns DW_DLQ; create it if it is not
              * there yet, so that a message given up on has somewhere to go.
-             * Not fatal: without it, dead letters take the advisory path. */
+             * Not fatal: a dead letter waits (and is retried) until it is. */
             if (!dlq_ok && !(dlq_ok = dlq_streams_ensure(js, &dso, 0) == NATS_OK))
                 DW_WARN("dead-letter streams not available yet", "stream=%s", DW_STREAM_DLQ);
             if (dispatch_create(out, nc, js, dc) == 0) return 0;
@@ -159,24 +167,26 @@ int main(int argc, char **argv)
     dw_signals_install(on_stop, NULL);
     long nofile = dw_raise_nofile();
 
-    if (cfg.registry_timeout_ms + cfg.edge_timeout_ms >= cfg.ack_wait_ms)
-        DW_WARN("ack wait shorter than one batch can take: expect redeliveries",
-                "ack_wait_ms=%" PRId64 " registry_timeout_ms=%" PRId64 " edge_timeout_ms=%" PRId64,
-                cfg.ack_wait_ms, cfg.registry_timeout_ms, cfg.edge_timeout_ms);
+    if (dw_id_random(instance)) {
+        DW_ERROR("csprng failed", "%s", "");
+        dw_config_free(&cfg, fields, N_FIELDS);
+        return 1;
+    }
 
     dispatch_cfg dc = {
+        .instance = instance,
         .fetch_batch = cfg.fetch_batch,
         .fetch_wait_ms = cfg.fetch_wait_ms,
         .ack_wait_ms = cfg.ack_wait_ms,
         .max_deliver = cfg.max_deliver,
-        .max_ack_pending = cfg.max_ack_pending,
+        .max_held = cfg.max_held,
         .registry_timeout_ms = cfg.registry_timeout_ms,
         .edge_timeout_ms = cfg.edge_timeout_ms,
         .retry_base_ms = cfg.retry_base_ms,
         .retry_max_ms = cfg.retry_max_ms,
-        .retry_state_max = cfg.retry_state_max,
+        .absent_retry_ms = cfg.absent_retry_ms,
         .edge_dead_ms = cfg.edge_dead_ms,
-        .max_inflight = cfg.max_inflight,
+        .lease_ttl_ms = cfg.lease_ttl_ms,
         .conn_barrier = cfg.conn_barrier,
     };
 
@@ -195,20 +205,23 @@ int main(int argc, char **argv)
     }
     /* dwctl status lists who runs (dw.ops.ping); not being listed must not
      * stop deliveries, so a failure here is only logged. */
-    if (dw_id_random(instance) || dw_ping_start(&ping, nc, "dispatcher", instance, is_ready, NULL))
+    if (dw_ping_start(&ping, nc, "dispatcher", instance, is_ready, NULL))
         DW_WARN("not answering dw.ops.ping", "%s", "");
     if (setup(nc, js, &dc, &d)) {
         rc = 0; /* stopped before we were ready: still a clean stop */
         goto done;
     }
     DW_INFO("dispatcher ready",
-            "nats=%s batch=%" PRId64 " max_inflight=%" PRId64 " max_deliver=%" PRId64
-            " retry_base_ms=%" PRId64 " retry_max_ms=%" PRId64 " nofile=%ld",
-            cfg.nats_url, cfg.fetch_batch, cfg.max_inflight, cfg.max_deliver, cfg.retry_base_ms,
-            cfg.retry_max_ms, nofile);
+            "instance=%s nats=%s partitions=%d batch=%" PRId64 " max_held=%" PRId64
+            " max_deliver=%" PRId64 " retry_base_ms=%" PRId64 " retry_max_ms=%" PRId64
+            " lease_ttl_ms=%" PRId64 " nofile=%ld",
+            instance, cfg.nats_url, DW_MSG_PARTITIONS, cfg.fetch_batch, cfg.max_held,
+            cfg.max_deliver, cfg.retry_base_ms, cfg.retry_max_ms, cfg.lease_ttl_ms, nofile);
     set_ready(true);
 
+    dw_bus_on_reconnect(on_reconnect, d);
     int run_rc = dispatch_run(d);
+    dw_bus_on_reconnect_remove(on_reconnect, d);
     set_ready(false);
     DW_INFO("stopping", "%s", "");
     rc = run_rc ? 1 : 0;

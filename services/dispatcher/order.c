@@ -53,10 +53,10 @@ typedef struct order_room {
     char *name;
     order_msg *head, *tail; /* unsettled, arrival (= seq) order */
     size_t n_msgs, n_unresolved;
-    uint32_t round;   /* the round it is in, 0 for none */
+    uint32_t round; /* the round it is in, 0 for none */
     uint32_t failures;
-    int64_t next_ms;  /* resolution backoff */
-    int pending;      /* on s->pend */
+    int64_t next_ms; /* resolution backoff */
+    int pending;     /* on s->pend */
     struct order_room *pend_prev, *pend_next;
     struct order_room *hnext;
 } order_room;
@@ -1125,6 +1125,15 @@ size_t order_drop_partition(order *s, uint32_t part)
 size_t order_held(const order *s, uint32_t part)
 {
     return part < s->n_parts ? s->parts[part].n : 0;
+}
+
+uint64_t order_min_seq(const order *s, uint32_t part)
+{
+    uint64_t min = 0;
+    if (part >= s->n_parts) return 0;
+    for (const order_msg *m = s->parts[part].head; m; m = m->part_next)
+        if (!min || m->seq < min) min = m->seq;
+    return min;
 }
 
 size_t order_held_total(const order *s)

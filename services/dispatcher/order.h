@@ -42,12 +42,12 @@
 #define ORDER_ATTEMPTS_KEPT 64 /* attempt times kept per message for its dead letter */
 
 typedef struct order_cfg {
-    int64_t retry_base_ms;     /* backoff after the first failed attempt, doubling */
-    int64_t retry_max_ms;      /* cap of the backoff */
-    int64_t absent_retry_ms;   /* backoff cap after "no responders" (not an attempt) */
-    uint32_t max_attempts;     /* failed attempts before a message is given up (>= 1) */
-    size_t max_request_bytes;  /* packed size of one edge request (one item may exceed it) */
-    uint32_t max_round_rooms;  /* rooms asked in one resolution round */
+    int64_t retry_base_ms;         /* backoff after the first failed attempt, doubling */
+    int64_t retry_max_ms;          /* cap of the backoff */
+    int64_t absent_retry_ms;       /* backoff cap after "no responders" (not an attempt) */
+    uint32_t max_attempts;         /* failed attempts before a message is given up (>= 1) */
+    size_t max_request_bytes;      /* packed size of one edge request (one item may exceed it) */
+    uint32_t max_round_rooms;      /* rooms asked in one resolution round */
     void (*release)(void *handle); /* frees a handle (dropped or released messages) */
 } order_cfg;
 
@@ -121,9 +121,9 @@ int order_add(order *s, uint32_t part, uint64_t seq, void *handle, const void *d
 /* --- resolution rounds (one at a time) --- */
 
 typedef struct order_query {
-    const char *room;  /* valid until order_round_end */
-    uint64_t min_seq;  /* highest conn_seq of its messages in the round */
-    int answered;      /* set by order_round_room_* */
+    const char *room; /* valid until order_round_end */
+    uint64_t min_seq; /* highest conn_seq of its messages in the round */
+    int answered;     /* set by order_round_room_* */
 } order_query;
 
 /* Start a round: the rooms with unresolved messages whose backoff is over
@@ -195,6 +195,9 @@ size_t order_drop_partition(order *s, uint32_t part);
 /* Messages of partition part held now (not released). */
 size_t order_held(const order *s, uint32_t part);
 size_t order_held_total(const order *s);
+/* The lowest stream sequence of partition part held now (0: none): every
+ * message of the partition below it that was fetched is settled. */
+uint64_t order_min_seq(const order *s, uint32_t part);
 /* Requests in flight that carry items of partition part. */
 size_t order_inflight_of(const order *s, uint32_t part);
 

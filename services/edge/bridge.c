@@ -26,7 +26,20 @@ struct edge_bridge {
     pthread_mutex_t lock; /* guards the event queue */
     edge_event *head, *tail;
     atomic_bool leaving; /* our own EDGE_DOWN is out (bridge_publish_edge_down) */
+
+    /* the self-check (bridge_note_held) */
+    pthread_t check_thread;
+    bool check_started;
+    pthread_mutex_t check_mu;
+    pthread_cond_t check_cv;
+    bool check_now; /* a reconnect: look at once */
+    atomic_uint_fast32_t held_ready;
+    atomic_uint_fast64_t held_conn_seq;
 };
+
+/* How often the self-check asks the registry. */
+#define SELFCHECK_EVERY_MS 5000
+#define SELFCHECK_TIMEOUT_MS 2000
 
 static void enqueue(edge_bridge *b, edge_event *ev)
 {
@@ -82,7 +95,10 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     edge_bridge *b = closure;
     const char *subj = natsMsg_GetSubject(msg);
     const char *msg_id = NULL;
-    natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
+    /* A chat message whose Nats-Msg-Id is the client's key names the
+     * edge's own "<conn>:<n>" in Dw-Ref. */
+    if (natsMsgHeader_Get(msg, DW_HDR_REF, &msg_id) != NATS_OK || !msg_id)
+        natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
     edge_event *ev = calloc(1, sizeof *ev);
     if (!ev || !msg_id) {
         DW_ERROR("publish ack lost", "subject=%s", subj ? subj : "?");
@@ -281,12 +297,95 @@ static void *setup_main(void *arg)
     return NULL;
 }
 
+void bridge_note_held(edge_bridge *b, uint32_t ready, uint64_t conn_seq_acked)
+{
+    atomic_store(&b->held_ready, ready);
+    atomic_store(&b->held_conn_seq, conn_seq_acked);
+}
+
+/* One look: does the registry still list us? */
+static void self_check(edge_bridge *b)
+{
+    uint32_t ready = (uint32_t)atomic_load(&b->held_ready);
+    uint64_t acked = (uint64_t)atomic_load(&b->held_conn_seq);
+    if (!ready || !bridge_ready(b) || atomic_load(&b->leaving)) return;
+    Dw__ListQuery q = DW__LIST_QUERY__INIT;
+    q.edge_id = (char *)b->cfg.edge_id;
+    q.limit = 1;
+    size_t len = 0;
+    uint8_t *buf = dw_pb_pack(&q.base, &len);
+    if (!buf) return;
+    natsMsg *m = NULL;
+    natsStatus s =
+        natsConnection_Request(&m, b->nc, DW_SUBJ_REG_LIST, buf, (int)len, SELFCHECK_TIMEOUT_MS);
+    free(buf);
+    if (s != NATS_OK) return; /* no registry now: ask again later */
+    Dw__ListReply *r = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                              (const uint8_t *)natsMsg_GetData(m));
+    natsMsg_Destroy(m);
+    if (!r) return;
+    /* Only an answer that covers everything we had acked can say we are
+     * missing (a connect still on its way is not a loss). */
+    if (r->ok && r->n_conns == 0 && r->applied_seq >= acked) {
+        DW_WARN("the registry lists none of this edge's connections; announcing them again",
+                "edge=%s connections=%u applied_seq=%llu", b->cfg.edge_id, ready,
+                (unsigned long long)r->applied_seq);
+        edge_event *ev = calloc(1, sizeof *ev);
+        if (ev) {
+            ev->kind = BEV_EDGE_DOWN_SELF;
+            enqueue(b, ev);
+        }
+    }
+    dw__list_reply__free_unpacked(r, NULL);
+}
+
+static void *check_main(void *arg)
+{
+    edge_bridge *b = arg;
+    pthread_mutex_lock(&b->check_mu);
+    while (!atomic_load(&b->stopping)) {
+        if (!b->check_now) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += SELFCHECK_EVERY_MS / 1000;
+            pthread_cond_timedwait(&b->check_cv, &b->check_mu, &ts);
+        }
+        if (atomic_load(&b->stopping)) break;
+        bool now = b->check_now;
+        b->check_now = false;
+        pthread_mutex_unlock(&b->check_mu);
+        /* After a reconnect, give our subscriptions and the registry a
+         * moment to be back before asking (paced, not a synchronisation:
+         * the next regular look comes anyway). */
+        if (now) nats_Sleep(500);
+        self_check(b);
+        pthread_mutex_lock(&b->check_mu);
+    }
+    pthread_mutex_unlock(&b->check_mu);
+    return NULL;
+}
+
+static void on_reconnect(void *arg)
+{
+    edge_bridge *b = arg;
+    pthread_mutex_lock(&b->check_mu);
+    b->check_now = true;
+    pthread_cond_signal(&b->check_cv);
+    pthread_mutex_unlock(&b->check_mu);
+}
+
 int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
 {
     edge_bridge *b = calloc(1, sizeof *b);
     if (!b) return -1;
     b->cfg = *cfg;
     pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->check_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->check_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (dw_bus_connect(&b->nc, cfg->nats_url, "edge") != NATS_OK) {
         DW_ERROR("nats connect failed", "url=%s err=\"%s\"", cfg->nats_url,
                  nats_GetLastError(NULL));
@@ -302,6 +401,9 @@ int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
     if (natsConnection_JetStream(&b->js, b->nc, &jo) != NATS_OK) goto error;
     if (pthread_create(&b->setup_thread, NULL, setup_main, b)) goto error;
     b->setup_started = true;
+    if (pthread_create(&b->check_thread, NULL, check_main, b)) goto error;
+    b->check_started = true;
+    dw_bus_on_reconnect(on_reconnect, b);
     *out = b;
     return 0;
 error:
@@ -315,8 +417,20 @@ bool bridge_ready(edge_bridge *b)
            natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED;
 }
 
+/* ref: what the ack names (the edge's own "<conn>:<n>") when the
+ * Nats-Msg-Id is something else (a client's idempotency key); NULL when the
+ * id is the ref. */
+static int publish_async_ref(edge_bridge *b, const char *subj, const char *msg_id, const char *ref,
+                             const ProtobufCMessage *pb);
+
 static int publish_async(edge_bridge *b, const char *subj, const char *msg_id,
                          const ProtobufCMessage *pb)
+{
+    return publish_async_ref(b, subj, msg_id, NULL, pb);
+}
+
+static int publish_async_ref(edge_bridge *b, const char *subj, const char *msg_id, const char *ref,
+                             const ProtobufCMessage *pb)
 {
     size_t len;
     uint8_t *buf = dw_pb_pack(pb, &len);
@@ -324,6 +438,7 @@ static int publish_async(edge_bridge *b, const char *subj, const char *msg_id,
     natsMsg *m = NULL;
     natsStatus s = natsMsg_Create(&m, subj, NULL, (const char *)buf, (int)len);
     free(buf);
+    if (s == NATS_OK && ref) s = natsMsgHeader_Set(m, DW_HDR_REF, ref);
     if (s == NATS_OK) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
@@ -372,11 +487,12 @@ int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n)
     return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__LEAVE), msg_id, &ev->base);
 }
 
-int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m)
+int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m, const char *msg_id)
 {
     char subj[DW_ROOM_MAX + 24];
     if (dw_subj_msg(subj, sizeof subj, m->room)) return -1;
-    return publish_async(b, subj, m->id, &m->base);
+    if (!msg_id || !strcmp(msg_id, m->id)) return publish_async(b, subj, m->id, &m->base);
+    return publish_async_ref(b, subj, msg_id, m->id, &m->base);
 }
 
 /* A core publish of a protobuf message: buffered by nats.c, never waits for
@@ -500,7 +616,14 @@ void bridge_destroy(edge_bridge *b)
 {
     if (!b) return;
     atomic_store(&b->stopping, true);
+    dw_bus_on_reconnect_remove(on_reconnect, b);
     if (b->setup_started) pthread_join(b->setup_thread, NULL);
+    if (b->check_started) {
+        pthread_mutex_lock(&b->check_mu);
+        pthread_cond_signal(&b->check_cv);
+        pthread_mutex_unlock(&b->check_mu);
+        pthread_join(b->check_thread, NULL);
+    }
     if (b->deliver_sub) natsSubscription_Unsubscribe(b->deliver_sub);
     natsSubscription_Destroy(b->deliver_sub);
     if (b->conn_sub) natsSubscription_Unsubscribe(b->conn_sub);
@@ -520,5 +643,7 @@ void bridge_destroy(edge_bridge *b)
         ev = next;
     }
     pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->check_mu);
+    pthread_cond_destroy(&b->check_cv);
     free(b);
 }

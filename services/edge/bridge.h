@@ -79,7 +79,12 @@ int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t 
 /* A DISCONNECT for an id the registry has and this edge does not hold
  * (reconciliation): a fresh Nats-Msg-Id per round, for the same reason. */
 int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round);
-int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m);
+/* A chat message, m->id being the edge's own "<conn>:<n>". msg_id: the
+ * Nats-Msg-Id (a v1 client's idempotency key, so a retry of the same send
+ * is stored once; DW_MSG acks a repeat with the first one's sequence); NULL
+ * for m->id. The ack event names m->id either way. */
+#define DW_HDR_REF "Dw-Ref"
+int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m, const char *msg_id);
 
 /* A LEAVE event (asynchronous; the result is only logged). */
 int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n);
@@ -104,6 +109,16 @@ int bridge_heartbeat(edge_bridge *b, uint32_t connections);
  * 0, or -1 when the bus is not ready or the subscription failed (call
  * again later). */
 int bridge_presence_watch(edge_bridge *b, bool on);
+
+/* What this edge holds, for the self-check (lws thread, from its tick):
+ * connections ready, and the highest DW_CONN sequence acked for our events.
+ * Every few seconds, and at once after a reconnect, the bridge asks the
+ * registry whether it still lists any connection of this edge; when it
+ * lists none although we hold some (an EDGE_DOWN for this edge was applied
+ * while we were away: the core notice of it was missed) and it has applied
+ * everything we had acked, a BEV_EDGE_DOWN_SELF event asks the loop to
+ * announce every connection again. */
+void bridge_note_held(edge_bridge *b, uint32_t ready, uint64_t conn_seq_acked);
 
 /* Shutdown, with the lws loop stopped: one EDGE_DOWN event for this edge
  * (the registry drops every connection of edge_id) instead of a DISCONNECT

@@ -23,7 +23,8 @@ typedef struct edge_room {
      * each connect elsewhere to find none. */
     struct edge_session **v1;
     uint32_t nv1, v1_cap;
-    uint64_t last_seq;      /* newest message delivered here for this room */
+    uint64_t last_seq;      /* newest message known here (deliveries, joins) */
+    uint64_t delivered_seq; /* newest live delivery: lower ones are repeats */
     struct edge_room *next; /* hash chain */
 } edge_room;
 

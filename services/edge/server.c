@@ -162,7 +162,7 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
         m.data.len = req.data_len;
         m.ts_ms = s->last_active_ms;
         m.conn_seq = e->conn_seq_acked;
-        if (bridge_publish_msg(e->bridge, &m)) reply_error(s, "Internal server error", id);
+        if (bridge_publish_msg(e->bridge, &m, NULL)) reply_error(s, "Internal server error", id);
         break;
     }
     case ROUTE_BAD_REQUEST: {
@@ -313,8 +313,10 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     const char *given = lws_get_urlarg_by_name(wsi, "name=", name, sizeof name);
     if (s->user[0]) {
         /* authenticated: the JWT's sub */
+        s->user_stable = true;
     } else if (given && v1_name_valid(given, strlen(given))) {
         snprintf(s->user, sizeof s->user, "%s", given);
+        s->user_stable = true;
     } else {
         /* Anonymous, but distinct: presence must tell users apart. */
         char rnd[DW_ID_LEN + 1];
@@ -424,16 +426,67 @@ static void on_msg_ack(edge *e, edge_event *ev)
     if (s && s->state == SESS_READY) reply_error(s, "Internal server error", ev->msg_id);
 }
 
+/* Disconnect events that failed wait here for their next try, with a
+ * backoff: while JetStream is away (a restart, a leader election) a retry
+ * at once would fail at once, thousands of times a second. */
+typedef struct disc_retry {
+    struct disc_retry *next;
+    char conn_id[DW_ID_LEN + 1];
+    uint32_t attempt;
+    bool inflight;
+    int64_t due_ms;
+} disc_retry;
+
+#define DISC_RETRY_BASE_MS 250
+#define DISC_RETRY_MAX_MS 5000
+
+static disc_retry *disc_find(edge *e, const char *conn_id, disc_retry ***link)
+{
+    disc_retry **pp = &e->disc_retries;
+    while (*pp && strcmp((*pp)->conn_id, conn_id))
+        pp = &(*pp)->next;
+    if (link) *link = pp;
+    return *pp;
+}
+
 static void on_disconnect_ack(edge *e, edge_event *ev)
 {
+    disc_retry **link = NULL, *r = disc_find(e, ev->conn_id, &link);
     if (ev->ok) {
         if (ev->seq > e->conn_seq_acked) e->conn_seq_acked = ev->seq;
+        if (r) {
+            *link = r->next;
+            free(r);
+        }
         return;
     }
-    /* Try again: a connection left in the registry would be a ghost. The
-     * Nats-Msg-Id makes a repeat harmless. */
-    DW_WARN("disconnect event failed, retrying", "conn=%s err=\"%s\"", ev->conn_id, ev->error);
-    publish_disconnect(e, ev->conn_id, NULL, NULL, 0, "closed");
+    /* Try again later: a connection left in the registry would be a ghost.
+     * The Nats-Msg-Id makes a repeat harmless. */
+    if (!r) {
+        if (!(r = calloc(1, sizeof *r))) return;
+        snprintf(r->conn_id, sizeof r->conn_id, "%s", ev->conn_id);
+        r->next = e->disc_retries;
+        e->disc_retries = r;
+    }
+    int64_t delay = DISC_RETRY_BASE_MS << (r->attempt < 5 ? r->attempt : 5);
+    if (delay > DISC_RETRY_MAX_MS) delay = DISC_RETRY_MAX_MS;
+    r->attempt++;
+    r->inflight = false;
+    r->due_ms = dw_now_ms() + delay;
+    if (r->attempt == 1 || r->attempt % 10 == 0)
+        DW_WARN("disconnect event failed, retrying", "conn=%s attempt=%u retry_ms=%lld err=\"%s\"",
+                ev->conn_id, r->attempt, (long long)delay, ev->error);
+}
+
+/* From the tick: publish the disconnects whose wait is over. */
+static void disc_retry_due(edge *e)
+{
+    int64_t now = dw_now_ms();
+    for (disc_retry *r = e->disc_retries; r; r = r->next) {
+        if (r->inflight || now < r->due_ms) continue;
+        r->inflight = true;
+        publish_disconnect(e, r->conn_id, NULL, NULL, 0, "closed");
+    }
 }
 
 void session_deliver(edge *e, edge_session *s, edge_frame *f)
@@ -491,7 +544,9 @@ static void on_delivery(edge *e, edge_event *ev)
     for (size_t i = 0; i < d->n_items; i++) {
         Dw__DeliveryItem *it = d->items[i];
         r.accepted++;
-        if (dedup_check_add(&e->dedup, it->seq)) {
+        /* Targeted items (to named connections) have no room order: a set
+         * of recent sequences catches their repeats. */
+        if (it->n_conn_ids && dedup_check_add(&e->dedup, it->seq)) {
             dw_metric_inc(e->m->dups);
             continue;
         }
@@ -520,6 +575,16 @@ static void on_delivery(edge *e, edge_event *ev)
             }
         } else {
             edge_room *room = rooms_get(&e->rooms, it->room);
+            /* A room's messages come in seq order from the dispatcher that
+             * owns its partition; anything at or below what was delivered
+             * is a repeat (a retry whose reply was lost, a partition read
+             * again from its floor, a former owner waking up). */
+            if (room && it->seq <= room->delivered_seq) {
+                dw_metric_inc(e->m->dups);
+                frame_unref(f);
+                continue;
+            }
+            if (room) room->delivered_seq = it->seq;
             for (uint32_t j = 0; room && j < room->count; j++) {
                 edge_session *s = room->members[j];
                 if (it->exclude_sender && it->from_conn && !strcmp(s->id, it->from_conn)) continue;
@@ -913,9 +978,11 @@ static void tick(lws_sorted_usec_list_t *sul)
     int64_t now = dw_mono_ns();
     if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
         bridge_heartbeat(e->bridge, e->nready);
+        bridge_note_held(e->bridge, e->nready, e->conn_seq_acked);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
+    if (e->disc_retries) disc_retry_due(e);
     if (now >= e->next_sweep_ns) {
         sweep(e);
         e->next_sweep_ns = now + 1000000000LL;
@@ -1134,6 +1201,11 @@ out:
     }
     free(e->wbuf);
     dedup_free(&e->dedup);
+    while (e->disc_retries) {
+        disc_retry *n = e->disc_retries->next;
+        free(e->disc_retries);
+        e->disc_retries = n;
+    }
     rooms_free(&e->rooms);
     connmap_free(&e->conns);
     pthread_mutex_destroy(&e->wake_lock);

@@ -43,6 +43,8 @@ typedef struct edge_session {
     char ip[48];
     char *user_agent; /* NULL: the client sent none */
     char user[129];   /* user id: JWT sub, ?name=, or anon-xxxxxxxx */
+    bool user_stable; /* the user id survives a reconnect (not anon-): the
+                       * idempotency key of a v1 send may name it */
     edge_pending_ack *acks, *acks_tail;
     uint32_t nacks;
     /* admission and throttling (admit.c) */

@@ -156,7 +156,18 @@ static void do_send(edge *e, edge_session *s, const v1_request *req)
     m.data_json = req->data_json;
     m.exclude_sender = req->exclude_self;
     m.client_id = pa->client_id;
-    if (bridge_publish_msg(e->bridge, &m)) {
+    /* The client's id is the idempotency key: a retry of this send after
+     * "unavailable" or a reconnect is stored once (docs/protocol.md). */
+    char key[V1_USER_MAX + V1_CLIENT_ID_MAX + 16];
+    const char *msg_id = NULL;
+    if (req->client_id[0]) {
+        if (s->user_stable)
+            snprintf(key, sizeof key, "v1:u:%s:%s", s->user, req->client_id);
+        else
+            snprintf(key, sizeof key, "v1:c:%s:%s", s->id, req->client_id);
+        msg_id = key;
+    }
+    if (bridge_publish_msg(e->bridge, &m, msg_id)) {
         free(pa->ref);
         free(pa);
         v1_err(s, "unavailable", "the message could not be stored; try again", req->ref);
@@ -210,22 +221,27 @@ void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
 {
     const char *colon = strchr(ev->msg_id, ':');
     uint64_t n = colon ? strtoull(colon + 1, NULL, 10) : 0;
-    /* Acks come in publish order; anything older than n was lost with an
-     * error already reported, so drop it. */
-    while (s->acks && s->acks->n <= n) {
-        edge_pending_ack *pa = s->acks;
-        s->acks = pa->next;
-        if (!s->acks) s->acks_tail = NULL;
-        s->nacks--;
-        if (pa->n == n) {
-            if (ev->ok)
-                SEND(s, v1_ack(pa->client_id, pa->room, ev->seq, pa->ref, &len_));
-            else
-                v1_err(s, "unavailable", "the message could not be stored; try again", pa->ref);
-        }
-        free(pa->ref);
-        free(pa);
+    /* Acks mostly come in publish order, but a failure is reported when
+     * its wait runs out, after later sends were acked: take exactly the one
+     * this event is about, so every send gets its one answer. */
+    edge_pending_ack *prev = NULL, *pa = s->acks;
+    while (pa && pa->n != n) {
+        prev = pa;
+        pa = pa->next;
     }
+    if (!pa) return;
+    if (prev)
+        prev->next = pa->next;
+    else
+        s->acks = pa->next;
+    if (s->acks_tail == pa) s->acks_tail = prev;
+    s->nacks--;
+    if (ev->ok)
+        SEND(s, v1_ack(pa->client_id, pa->room, ev->seq, pa->ref, &len_));
+    else
+        v1_err(s, "unavailable", "the message could not be stored; try again", pa->ref);
+    free(pa->ref);
+    free(pa);
 }
 
 static v1_msg msg_view(const Dw__ChatMessage *m, uint64_t seq)

@@ -1,6 +1,7 @@
 #include "reconcile.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,9 @@ struct reg_reconcile {
     jsCtx *js;
     reg_reconcile_opts o;
     natsSubscription *hb_sub;
-    int64_t started_ms;
+    /* When we started hearing heartbeats: at start, and again after every
+     * reconnect (heartbeats sent meanwhile never reached us). */
+    _Atomic int64_t started_ms;
 
     pthread_mutex_t mu; /* edges */
     seen_edge *edges;
@@ -74,6 +77,12 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     dw__edge_heartbeat__free_unpacked(hb, NULL);
 }
 
+static void on_reconnect(void *arg)
+{
+    reg_reconcile *r = arg;
+    atomic_store(&r->started_ms, dw_now_ms());
+}
+
 int reg_reconcile_start(reg_reconcile **out, natsConnection *nc, jsCtx *js,
                         const reg_reconcile_opts *o)
 {
@@ -87,7 +96,8 @@ int reg_reconcile_start(reg_reconcile **out, natsConnection *nc, jsCtx *js,
     r->js = js;
     r->o = *o;
     pthread_mutex_init(&r->mu, NULL);
-    r->started_ms = dw_now_ms();
+    atomic_store(&r->started_ms, dw_now_ms());
+    dw_bus_on_reconnect(on_reconnect, r);
     natsStatus s =
         natsConnection_Subscribe(&r->hb_sub, nc, DW_SUBJ_EDGE_HEARTBEAT, on_heartbeat, r);
     if (s != NATS_OK) {
@@ -103,6 +113,7 @@ int reg_reconcile_start(reg_reconcile **out, natsConnection *nc, jsCtx *js,
 void reg_reconcile_free(reg_reconcile *r)
 {
     if (!r) return;
+    dw_bus_on_reconnect_remove(on_reconnect, r);
     if (r->hb_sub) {
         /* Unsubscribe returns once no callback runs any more. */
         natsSubscription_Unsubscribe(r->hb_sub);
@@ -305,6 +316,18 @@ static int diff(const strv *a, const strv *b, strv *out)
     return 0;
 }
 
+/* Heard a heartbeat of edge_id within the TTL. */
+static int heard_lately(reg_reconcile *r, const char *edge_id)
+{
+    int64_t now = dw_now_ms();
+    int heard = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->nedges && !heard; i++)
+        heard = !strcmp(r->edges[i].id, edge_id) && now - r->edges[i].last_ms <= r->o.edge_ttl_ms;
+    pthread_mutex_unlock(&r->mu);
+    return heard;
+}
+
 static int reconcile_edge(reg_reconcile *r, reg_store *st, const char *edge_id, int dry_run,
                           reg_reconcile_result *res)
 {
@@ -313,6 +336,14 @@ static int reconcile_edge(reg_reconcile *r, reg_store *st, const char *edge_id, 
     if (table_ids(st, edge_id, r->o.page ? r->o.page : 5000, &tab)) goto done;
     res->edges++;
     ask_rc a = list_edge(r, edge_id, &held);
+    if (a == ASK_DOWN && heard_lately(r, edge_id)) {
+        /* No responders from an edge whose heartbeat we hear is "not yet"
+         * (it is reconnecting, or resubscribing after a NATS restart), not
+         * "gone": declaring it down would drop live members. */
+        DW_WARN("reconcile: edge has no responders but still heartbeats; left as it is", "edge=%s",
+                edge_id);
+        a = ASK_UNREACHABLE;
+    }
     if (a == ASK_DOWN) {
         res->edges_down++;
         res->ghosts += tab.n;
@@ -356,7 +387,7 @@ int reg_reconcile_run(reg_reconcile *r, reg_store *st, int dry_run, volatile sig
     memset(res, 0, sizeof *res);
     *err = NULL;
     /* Just started: let every live edge be heard once. */
-    while (!*stop && dw_now_ms() - r->started_ms < r->o.edge_ttl_ms)
+    while (!*stop && dw_now_ms() - atomic_load(&r->started_ms) < r->o.edge_ttl_ms)
         nats_Sleep(50);
     if (edges_to_ask(r, st, &edges)) {
         *err = strdup("cannot read the table");

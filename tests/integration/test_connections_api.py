@@ -256,7 +256,10 @@ class ConnectionsApi(StackTest):
         edges = [x for x in s["services"] if x["service"] == "edge"]
         self.assertTrue(all(x["version"] for x in edges))
         self.assertEqual(s["dlq"]["exists"], s["streams"]["DW_DLQ"]["exists"])
-        self.assertIn("dispatcher", {c["name"] for c in s["consumers"]})
+        # One consumer per DW_MSG partition, all held by the dispatcher.
+        parts = {c["name"].split("-")[1] for c in s["consumers"] if c["name"].startswith("dwp-")}
+        self.assertEqual(parts, {str(p) for p in range(16)})
+        self.assertEqual(s["dispatcher"]["partitions"], 16)
         # The text form is one screen.
         r = st.dwctl("status")
         self.assertLessEqual(len(r.stdout.splitlines()), 40, r.stdout)

@@ -20,6 +20,15 @@ import unittest
 from harness import BIN, StackTest, connect, no_message, recv_text, wait_until
 
 
+def msg_subject(room, partitions=16):
+    """DW_MSG subject of a room: dw.msg.<FNV-1a 32 of the name mod 16>.<room>
+    (dw_subj_msg in services/common)."""
+    h = 2166136261
+    for c in room.encode():
+        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
+    return f"dw.msg.{h % partitions}.{room}"
+
+
 def dlq_entries(st):
     out = st.dwctl("dlq", "list", "--json").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -167,7 +176,7 @@ class RegistryDown(StackTest):
                 self.assertEqual(e["reason"], "registry_unavailable", e)
                 self.assertEqual(e["source"], "dispatcher")
                 self.assertEqual(e["room"], "lobby")
-                self.assertEqual(e["subject"], "dw.msg.lobby")
+                self.assertEqual(e["subject"], msg_subject("lobby"))
                 self.assertEqual(e["attempts"], 6)
                 times = [iso_ms(t) for t in e["attemptTimes"]]
                 self.assertEqual(len(times), 6, e)
@@ -332,13 +341,13 @@ def stream_msgs(st, stream):
 
 
 class PoisonMessage(StackTest):
-    """Test 4: a payload the dispatcher rejects on every attempt is captured
-    once, through the max-deliveries advisory, and does not hold up the rest.
-    The advisory is raised while the deadletter service is down: it waits in
-    DW_DLQ_ADVISORIES until the service is back."""
+    """Test 4: a payload no dispatcher can ever deliver is dead-lettered once,
+    by the dispatcher itself (reason "poison"), and does not hold up the
+    rest. The deadletter service is down meanwhile: the entry waits in DW_DLQ
+    and is listed once the service is back."""
     ENV = dict(BASE_ENV, DW_RETRY_BASE_MS="50")
 
-    def test_poison_goes_to_dlq_once_via_advisory(self):
+    def test_poison_goes_to_dlq_once(self):
         st = self.stack
 
         async def scenario():
@@ -350,47 +359,36 @@ class PoisonMessage(StackTest):
 
             st.deadletter.kill9()
             raw = RawNats(st.nats_port)
-            ack = json.loads(raw.request("dw.msg.lobby", b"\xff\xff\xff\xff\x0f\x01 not protobuf"))
+            poison = b"\xff\xff\xff\xff\x0f\x01 not protobuf"
+            ack = json.loads(raw.request(msg_subject("lobby"), poison))
             raw.close()
             self.assertEqual(ack["stream"], "DW_MSG")
             poison_seq = ack["seq"]
 
-            # Everything after it keeps flowing while it is being retried.
+            # Everything after it keeps flowing.
             after = [f"after{i}" for i in range(20)]
             for text in after:
                 await ws[1].send(json.dumps({"action": "sendmessage", "data": text}))
             for w in ws:
                 self.assertEqual(await drain_texts(w, 20), after)
 
-            # JetStream gives up on it (6 attempts) and keeps the advisory.
-            await asyncio.to_thread(
-                wait_until, lambda: stream_msgs(st, "DW_DLQ_ADVISORIES") == 1, 30,
-                "the max-deliveries advisory")
-            self.assertEqual(dlq_depth(st), 0)
+            await asyncio.to_thread(wait_until, lambda: dlq_depth(st) == 1, 30,
+                                    "the poison message in DW_DLQ")
             st.start_deadletter()
             entries = await asyncio.to_thread(
-                wait_until, lambda: dlq_entries(st), 30, "the poison message in the DLQ")
-            dl_port = st.deadletter.status_port
-            # Settled: the advisory was handled and nothing is in flight.
-            await asyncio.to_thread(
-                wait_until, lambda: metrics(dl_port).get("dw_deadletter_advisories_total") == 1, 10,
-                "the advisory to be handled")
-            entries = dlq_entries(st)
+                wait_until, lambda: dlq_entries(st), 30, "the poison message listed")
             self.assertEqual(len(entries), 1, entries)
             e = entries[0]
             self.assertEqual(e["streamSeq"], poison_seq)
             self.assertEqual(e["reason"], "poison")
-            self.assertEqual(e["source"], "advisory")
-            self.assertEqual(e["subject"], "dw.msg.lobby")
-            self.assertEqual(e["attempts"], 6)
-            self.assertEqual(e["payloadBytes"], len(b"\xff\xff\xff\xff\x0f\x01 not protobuf"))
+            self.assertEqual(e["source"], "dispatcher")
+            self.assertEqual(e["subject"], msg_subject("lobby"))
+            self.assertEqual(e["payloadBytes"], len(poison))
             shown = json.loads(st.dwctl("dlq", "show", str(e["id"]), "--json").stdout)
             self.assertIsNone(shown["message"])
             self.assertTrue(shown["payloadBase64"])
-            m = metrics(dl_port)
-            self.assertEqual(m['dw_deadletter_captured_total{source="advisory"}'], 1)
-            self.assertEqual(m.get("dw_deadletter_advisory_duplicates_total"), 0)
-            self.assertEqual(stream_msgs(st, "DW_DLQ_ADVISORIES"), 0)  # handled and acked
+            self.assertEqual(dlq_depth(st), 1)  # once
+            self.assertEqual(stream_msgs(st, "DW_DLQ_ADVISORIES"), 0)
             for w in ws:
                 self.assertIsNone(await no_message(w, 0.1))
             await close_all(*ws)

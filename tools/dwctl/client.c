@@ -97,3 +97,26 @@ int dwctl_request(dwctl *ctl, const char *subj, const ProtobufCMessage *req, nat
     *reply = NULL;
     return DWCTL_FAIL;
 }
+
+natsStatus dwctl_dispatch_backlog(dwctl *ctl, dwctl_backlog *b)
+{
+    jsConsumerInfoList *cl = NULL;
+    jsErrCode jerr = 0;
+    memset(b, 0, sizeof *b);
+    natsStatus s = js_Consumers(&cl, ctl->js, DW_STREAM_MSG, NULL, &jerr);
+    if (s != NATS_OK) return s;
+    unsigned char seen[DW_MSG_PARTITIONS] = {0};
+    for (int c = 0; cl && c < cl->Count; c++) {
+        const jsConsumerInfo *ci = cl->List[c];
+        unsigned p = 0;
+        if (!ci->Name || sscanf(ci->Name, "dwp-%u-", &p) != 1 || p >= DW_MSG_PARTITIONS) continue;
+        if (!seen[p]) b->partitions++;
+        seen[p] = 1;
+        b->pending += ci->NumPending;
+        b->ack_pending += ci->NumAckPending;
+        b->redelivered += ci->NumRedelivered;
+        b->waiting += ci->NumWaiting;
+    }
+    jsConsumerInfoList_Destroy(cl);
+    return NATS_OK;
+}

@@ -46,7 +46,7 @@ static void dlq_usage(FILE *out)
             "          only to the edges that never took it. Prints how many were\n"
             "          replayed, skipped (already gone) and failed.\n"
             "  purge   remove entries without replaying them.\n"
-            "  stats   entries in DW_DLQ by reason, and the dispatcher consumer's backlog.\n"
+            "  stats   entries in DW_DLQ by reason, and the dispatchers' backlog.\n"
             "\n"
             "Options:\n"
             "  --all         replay / purge every entry that matches the filters\n"
@@ -710,7 +710,6 @@ static int dlq_stats(dwctl *ctl, const dlq_opts *o)
     if (dwctl_connect(ctl) != DWCTL_OK) return DWCTL_FAIL;
     int rc = DWCTL_OK;
     jsStreamInfo *si = NULL;
-    jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, ctl->js, DW_STREAM_DLQ, NULL, &jerr);
     int64_t depth = s == NATS_OK ? (int64_t)si->State.Msgs : -1;
@@ -720,12 +719,10 @@ static int dlq_stats(dwctl *ctl, const dlq_opts *o)
                                               : natsStatus_GetText(s));
         rc = DWCTL_FAIL;
     }
-    jerr = 0;
-    s = js_GetConsumerInfo(&ci, ctl->js, DW_STREAM_MSG, DW_DISPATCHER_DURABLE, NULL, &jerr);
-    if (s != NATS_OK) {
-        dwctl_err("consumer %s/%s: %s", DW_STREAM_MSG, DW_DISPATCHER_DURABLE,
-                  jerr == JSConsumerNotFoundErr ? "does not exist (has the dispatcher run?)"
-                                                : natsStatus_GetText(s));
+    dwctl_backlog bl;
+    int have_bl = dwctl_dispatch_backlog(ctl, &bl) == NATS_OK && bl.partitions;
+    if (!have_bl) {
+        dwctl_err("no dispatcher partition consumer on %s (has a dispatcher run?)", DW_STREAM_MSG);
         rc = DWCTL_FAIL;
     }
     stats_ctx sc = {0};
@@ -740,10 +737,11 @@ static int dlq_stats(dwctl *ctl, const dlq_opts *o)
         json_t *j = json_pack("{s:o, s:o, s:o}",
             "depth", depth >= 0 ? json_integer(depth) : json_null(),
             "byReason", by_reason ? reasons : (json_decref(reasons), json_null()),
-            "dispatcher", ci ? json_pack("{s:I, s:I, s:I}",
-                                         "numPending", (json_int_t)ci->NumPending,
-                                         "numAckPending", (json_int_t)ci->NumAckPending,
-                                         "numRedelivered", (json_int_t)ci->NumRedelivered)
+            "dispatcher", have_bl ? json_pack("{s:I, s:I, s:I, s:I}",
+                                         "partitions", (json_int_t)bl.partitions,
+                                         "numPending", (json_int_t)bl.pending,
+                                         "numAckPending", (json_int_t)bl.ack_pending,
+                                         "numRedelivered", (json_int_t)bl.redelivered)
                              : json_null());
         /* clang-format on */
         if (dwctl_json_print_line(j) != DWCTL_OK) rc = DWCTL_FAIL;
@@ -752,16 +750,16 @@ static int dlq_stats(dwctl *ctl, const dlq_opts *o)
             printf("DW_DLQ      %lld entr%s\n", (long long)depth, depth == 1 ? "y" : "ies");
         for (size_t i = 0; i < sc.n; i++)
             printf("  %-24s %zu\n", sc.v[i].kind, sc.v[i].n);
-        if (ci)
-            printf("dispatcher  pending %llu, ack pending %lld, redelivered %lld\n",
-                   (unsigned long long)ci->NumPending, (long long)ci->NumAckPending,
-                   (long long)ci->NumRedelivered);
+        if (have_bl)
+            printf("dispatcher  pending %llu, ack pending %lld, redelivered %lld (%u "
+                   "partitions)\n",
+                   (unsigned long long)bl.pending, (long long)bl.ack_pending,
+                   (long long)bl.redelivered, bl.partitions);
     }
     for (size_t i = 0; i < sc.n; i++)
         free(sc.v[i].kind);
     free(sc.v);
     jsStreamInfo_Destroy(si);
-    jsConsumerInfo_Destroy(ci);
     return rc;
 }
 

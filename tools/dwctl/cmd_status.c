@@ -4,13 +4,13 @@
  * service, instance, version and readiness; see dw/ping.h), gathered for
  * --wait-ms. A service that does not answer pings yet is still judged from
  * what it visibly does: the registry answers dw.registry.list, the
- * dispatcher keeps a pull request waiting on its DW_MSG consumer, an edge
+ * dispatcher keeps pull requests waiting on its DW_MSG consumers, an edge
  * publishes dw.edge.heartbeat (every 2 s: --wait-ms 2500 sees every edge).
  *
  * Registry: the applied DW_CONN seq, connections in total and per edge
  * (the table paged with after_conn_id). JetStream: DW_MSG, DW_CONN and
- * DW_DLQ sizes, every consumer's backlog, the dispatcher consumer, the DLQ
- * depth. */
+ * DW_DLQ sizes, every consumer's backlog, the dispatchers' partition
+ * consumers, the DLQ depth. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +63,7 @@ typedef struct status_report {
     char cons_err[256];
     uint64_t num_pending;
     int64_t num_ack_pending, num_redelivered, num_waiting;
+    unsigned partitions; /* of DW_MSG_PARTITIONS with a consumer */
     /* services */
     svc_entry *svcs;
     size_t n_svcs, cap_svcs;
@@ -281,26 +282,23 @@ static void probe_stream(dwctl *ctl, status_report *st, int i)
 
 static void probe_dispatcher(dwctl *ctl, status_report *st)
 {
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s =
-        js_GetConsumerInfo(&ci, ctl->js, DW_STREAM_MSG, DW_DISPATCHER_DURABLE, NULL, &jerr);
-    if (s == NATS_OK) {
-        st->num_pending = ci->NumPending;
-        st->num_ack_pending = ci->NumAckPending;
-        st->num_redelivered = ci->NumRedelivered;
-        st->num_waiting = ci->NumWaiting;
-        st->cons_ok = 1;
-    } else if (jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr) {
-        snprintf(st->cons_err, sizeof st->cons_err,
-                 "consumer %s/%s does not exist (has the dispatcher ever run?)", DW_STREAM_MSG,
-                 DW_DISPATCHER_DURABLE);
-    } else {
-        snprintf(st->cons_err, sizeof st->cons_err, "consumer %s/%s: %s", DW_STREAM_MSG,
-                 DW_DISPATCHER_DURABLE,
+    dwctl_backlog b;
+    natsStatus s = dwctl_dispatch_backlog(ctl, &b);
+    if (s != NATS_OK) {
+        snprintf(st->cons_err, sizeof st->cons_err, "consumers of %s: %s", DW_STREAM_MSG,
                  s == NATS_TIMEOUT ? "JetStream did not answer" : natsStatus_GetText(s));
+        return;
     }
-    jsConsumerInfo_Destroy(ci);
+    st->partitions = b.partitions;
+    st->num_pending = b.pending;
+    st->num_ack_pending = b.ack_pending;
+    st->num_redelivered = b.redelivered;
+    st->num_waiting = b.waiting;
+    if (st->partitions)
+        st->cons_ok = 1;
+    else
+        snprintf(st->cons_err, sizeof st->cons_err,
+                 "no partition consumer on %s (has a dispatcher ever run?)", DW_STREAM_MSG);
 }
 
 /* Services that did not answer the ping, judged from what they do. */
@@ -312,7 +310,7 @@ static void judge_silent_services(status_report *st)
         /* a waiting pull request is a dispatcher asking for work; none may
          * only mean it is busy with a batch */
         svc_add(st, "dispatcher", NULL, NULL, st->num_waiting > 0 ? 1 : -1,
-                "consumer " DW_STREAM_MSG "/" DW_DISPATCHER_DURABLE);
+                "consumers " DW_STREAM_MSG "/dwp-*");
     for (size_t i = 0; i < st->n_edges; i++) {
         const edge_row *e = &st->edges[i];
         if (svc_seen(st, "edge", e->edge_id)) continue;
@@ -445,18 +443,20 @@ static json_t *status_json(const status_report *st, const char *url, int healthy
 
     json_t *disp;
     if (st->cons_ok)
-        disp = json_pack("{s:s, s:b, s:n, s:o, s:I, s:I, s:I}",
-                         "consumer", DW_DISPATCHER_DURABLE,
+        disp = json_pack("{s:s, s:b, s:I, s:n, s:o, s:I, s:I, s:I}",
+                         "consumer", "dwp-*",
                          "exists", 1,
+                         "partitions", (json_int_t)st->partitions,
                          "error",
                          "numPending", json_u64(st->num_pending),
                          "numAckPending", (json_int_t)st->num_ack_pending,
                          "numRedelivered", (json_int_t)st->num_redelivered,
                          "numWaiting", (json_int_t)st->num_waiting);
     else
-        disp = json_pack("{s:s, s:b, s:o, s:n, s:n, s:n, s:n}",
-                         "consumer", DW_DISPATCHER_DURABLE,
+        disp = json_pack("{s:s, s:b, s:I, s:o, s:n, s:n, s:n, s:n}",
+                         "consumer", "dwp-*",
                          "exists", 0,
+                         "partitions", (json_int_t)0,
                          "error", dwctl_json_str(st->cons_err),
                          "numPending", "numAckPending", "numRedelivered", "numWaiting");
 
@@ -566,6 +566,8 @@ static void status_text(const status_report *st, const char *url)
             for (int c = 0; cl && c < cl->Count; c++) {
                 const jsConsumerInfo *ci = cl->List[c];
                 char name[160], p[32], ap[32], rd[32], w[32];
+                /* The partition consumers are one row, below. */
+                if (i == 0 && ci->Name && !strncmp(ci->Name, "dwp-", 4)) continue;
                 snprintf(name, sizeof name, "%s/%s", st->stream_name[i], ci->Name);
                 snprintf(p, sizeof p, "%llu", (unsigned long long)ci->NumPending);
                 snprintf(ap, sizeof ap, "%lld", (long long)ci->NumAckPending);
@@ -576,13 +578,28 @@ static void status_text(const status_report *st, const char *url)
                 rows++;
             }
         }
+        if (st->cons_ok) {
+            char name[160], p[32], ap[32], rd[32], w[32];
+            snprintf(name, sizeof name, "%s/dwp-* (%u of %d partitions)", DW_STREAM_MSG,
+                     st->partitions, DW_MSG_PARTITIONS);
+            snprintf(p, sizeof p, "%llu", (unsigned long long)st->num_pending);
+            snprintf(ap, sizeof ap, "%lld", (long long)st->num_ack_pending);
+            snprintf(rd, sizeof rd, "%lld", (long long)st->num_redelivered);
+            snprintf(w, sizeof w, "%lld", (long long)st->num_waiting);
+            const char *row[] = {name, p, ap, rd, w};
+            if (!dwctl_table_add(&t, row)) rows++;
+        }
         if (rows) {
             printf("\n");
             dwctl_table_print(&t, stdout);
         }
         dwctl_table_free(&t);
     }
-    if (!st->cons_ok) printf("dispatcher  MISSING: %s\n", st->cons_err);
+    if (!st->cons_ok)
+        printf("dispatcher  MISSING: %s\n", st->cons_err);
+    else if (st->partitions < DW_MSG_PARTITIONS)
+        printf("dispatcher  %u of %d partitions have a consumer\n", st->partitions,
+               DW_MSG_PARTITIONS);
 
     printf("\n");
     if (st->stream_ok[STREAM_DLQ])

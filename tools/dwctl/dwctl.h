@@ -69,6 +69,16 @@ int dwctl_request(dwctl *ctl, const char *subj, const ProtobufCMessage *req, nat
 /* The URL without its user:password part, for messages. */
 void dwctl_url_redacted(const char *url, char *buf, size_t len);
 
+/* The dispatchers' backlog: their partition consumers on DW_MSG
+ * (dwp-<partition>-<instance>-<gen>) summed, and how many partitions have
+ * one. NATS_OK, or the status of the consumer listing (err says why). */
+typedef struct dwctl_backlog {
+    unsigned partitions;
+    uint64_t pending;
+    int64_t ack_pending, redelivered, waiting;
+} dwctl_backlog;
+natsStatus dwctl_dispatch_backlog(dwctl *ctl, dwctl_backlog *b);
+
 /* output.c: printing. */
 
 /* "dwctl: <message>\n" on stderr. */

@@ -185,3 +185,8 @@ natsStatus dw_pull_term(natsConnection *nc, natsMsg *m)
 {
     return reply(nc, m, "+TERM");
 }
+
+natsStatus dw_pull_progress(natsConnection *nc, natsMsg *m)
+{
+    return reply(nc, m, "+WPI");
+}

@@ -708,6 +708,20 @@
   }
 
   function onError(m, req) {
+    if (m.code === 'unavailable' && typeof m.ref === 'string' && st.pending.has(m.ref)) {
+      /* The bus could not take it now: send it again, with the same id, so
+       * that if it was stored after all the server keeps one copy. */
+      const id = m.ref;
+      const p = st.pending.get(id);
+      if (++p.strikes < MAX_TRIES) {
+        p.sent = false;
+        markPending(p.li, false);
+        setTimeout(() => {
+          if (st.pending.get(id) === p && !p.sent && st.synced) transmit(id, p);
+        }, 500 * 2 ** (p.strikes - 1));
+        return;
+      }
+    }
     showError(describeError(m));
     if (typeof m.ref === 'string' && st.pending.has(m.ref)) {
       const p = st.pending.get(m.ref);

@@ -77,6 +77,16 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
 #define DW_BUS_MAX_SERVERS 32
 natsStatus dw_bus_set_servers(natsOptions *opts, const char *url_list);
 
+/* Call fn(arg) on nats.c's thread every time a connection made by
+ * dw_bus_connect comes back after it was lost (the server restarted, a
+ * cluster node went away): state that lives only in core NATS traffic
+ * (replies in flight, pull requests, heartbeats) may have been missed and
+ * must be rebuilt. fn must only hand the news over. At most 8 hooks per
+ * process; 0 or -1. */
+int dw_bus_on_reconnect(void (*fn)(void *arg), void *arg);
+/* Remove a hook (waits for a call of it in progress to return). */
+void dw_bus_on_reconnect_remove(void (*fn)(void *arg), void *arg);
+
 /* Apply this process's NATS credentials and TLS settings from the
  * environment to opts; for a connection not made by dw_bus_connect (dwctl).
  *   DW_NATS_USER + DW_NATS_PASSWORD_FILE (or DW_NATS_PASSWORD): the user

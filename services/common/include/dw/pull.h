@@ -45,5 +45,7 @@ natsStatus dw_pull_ack(natsConnection *nc, natsMsg *m);
 natsStatus dw_pull_ack_sync(natsConnection *nc, natsMsg *m, int64_t timeout_ms);
 natsStatus dw_pull_nak(natsConnection *nc, natsMsg *m, int64_t delay_ms);
 natsStatus dw_pull_term(natsConnection *nc, natsMsg *m);
+/* "+WPI": still working on it; the server restarts its ack wait. */
+natsStatus dw_pull_progress(natsConnection *nc, natsMsg *m);
 
 #endif
