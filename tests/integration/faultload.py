@@ -522,16 +522,24 @@ class Load:
                 await self._read_dlq()
             await asyncio.sleep(0.05)
 
-    async def run(self, fault=None, fault_at=None):
-        """Connect, join, send for `duration` seconds, then drain and check.
-        fault: a blocking callable run in a thread `fault_at` seconds after
-        the first send; it calls mark("fault") / mark("heal"). Returns the
-        report (a dict)."""
+    def setup_clients(self):
+        """Client i is member i mod size of room i div size and connects to
+        edge (i mod size) mod E: every room has members on every edge."""
         for i in range(self.connections):
             r, j = divmod(i, self.room_size)
             c = Client(self, i, f"fl{self.token}-{i}", f"fl{self.token}-r{r}", j % len(self.edges))
             self.clients.append(c)
             self.members[c.room].append(c)
+
+    def room(self, r):
+        return f"fl{self.token}-r{r}"
+
+    async def run(self, fault=None, fault_at=None):
+        """Connect, join, send for `duration` seconds, then drain and check.
+        fault: a blocking callable run in a thread `fault_at` seconds after
+        the first send; it calls mark("fault") / mark("heal"). Returns the
+        report (a dict)."""
+        self.setup_clients()
         tasks = []
         fault_task = None
         try:
@@ -540,7 +548,7 @@ class Load:
             senders = []
             for r in range(self.rooms):
                 # member r mod size: the senders are spread over the edges
-                c = self.members[f"fl{self.token}-r{r}"][r % self.room_size]
+                c = self.members[self.room(r)][r % self.room_size]
                 senders.append(c)
                 tasks.append(asyncio.create_task(c.pump()))
             tasks.append(asyncio.create_task(self._watch_answers()))
@@ -629,10 +637,10 @@ class Load:
             send_ok_s = min(oks) - t_heal if oks else None
         # the longest stretch without any delivery while the load ran
         ts = sorted(t for t in self.recv_times if self.t0 <= t <= self.t_stop)
-        edges = [self.t0] + ts + [self.t_stop]
+        points = [self.t0] + ts + [self.t_stop]
         gap_s = gap_at = None
         if self.t_stop:
-            gap_s, gap_at = max((b - a, a) for a, b in zip(edges, edges[1:]))
+            gap_s, gap_at = max((b - a, a) for a, b in zip(points, points[1:]))
 
         r3 = (lambda x: None if x is None else round(x, 3))
         rep = {
@@ -664,6 +672,8 @@ class Load:
             "members_without_messages": sum(1 for c in self.clients if not c.recv_ids),
             "received": sum(c.n_recv for c in self.clients),
             "foreign": self.foreign, "other_frames": dict(self.other_frames),
+            "unknown_ids": sum(1 for c in self.clients for mid in c.recv_ids
+                               if mid not in self.sends),
             "client_errors": self.client_errors[:10],
             "clients_per_edge": dict(collections.Counter(c.edge for c in self.clients)),
             "max_ack_s": r3(max(ack_waits, default=None)),
@@ -689,8 +699,8 @@ def problems(rep):
     """What makes a report not exact: the list of failed checks (empty: clean)."""
     out = []
     for key in ("lost_msgs", "duplicated", "out_of_order", "unanswered", "double_answered",
-                "stray_answers", "wrong_answers", "unacked", "clients_down", "not_recovered",
-                "foreign", "client_errors"):
+                "stray_answers", "wrong_answers", "ack_conflicts", "unacked", "clients_down",
+                "not_recovered", "foreign", "unknown_ids", "client_errors"):
         if rep[key]:
             out.append(f"{key}={rep[key]}")
     return out

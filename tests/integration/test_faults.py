@@ -237,9 +237,17 @@ class Faults(FaultTest):
         self.check(rep, send_ok_s=RECOVERY_S)
 
 
-# The edge timeout of the retry test: short, so that retries start soon
-# after the edge stops.
+# The edge and registry timeouts of the retry tests: short, so that
+# retries start soon after the edge or the registry stops.
 RETRY_EDGE_TIMEOUT_MS = 500
+RETRY_REGISTRY_TIMEOUT_MS = 500
+
+
+def dispatcher_retrying(st):
+    """The dispatcher has NAK'd (or redelivered) something since it started."""
+    m = metrics(st.dispatcher.status_port)
+    return m.get('dw_dispatcher_messages_total{result="retried"}', 0) + m.get(
+        "dw_dispatcher_retries_total", 0) > 0
 
 
 class FaultDuringRetry(FaultTest):
@@ -253,12 +261,6 @@ class FaultDuringRetry(FaultTest):
         edge = st.edges[1]
         seen = {}
 
-        def retrying():
-            m = metrics(st.dispatcher.status_port)
-            n = m.get('dw_dispatcher_messages_total{result="retried"}', 0) + m.get(
-                "dw_dispatcher_retries_total", 0)
-            return n > 0
-
         def fault():
             self.load.mark("fault")
             edge.pause()
@@ -267,7 +269,8 @@ class FaultDuringRetry(FaultTest):
             # waits instead of retrying (e.g. in-progress acks) is given
             # four edge timeouts.
             try:
-                wait_until(retrying, RETRY_EDGE_TIMEOUT_MS * 4 / 1000 + 2, "a retry", 0.05)
+                wait_until(lambda: dispatcher_retrying(st), RETRY_EDGE_TIMEOUT_MS * 4 / 1000 + 2,
+                           "a retry", 0.05)
                 seen["retrying"] = True
             except AssertionError:
                 seen["retrying"] = False
@@ -283,6 +286,104 @@ class FaultDuringRetry(FaultTest):
               f"(edge stopped {seen.get('stopped_for', 0):.2f} s before it)")
         self.assertGreater(seen.get("stopped_for", 0), RETRY_EDGE_TIMEOUT_MS / 1000)
         self.check(rep)
+
+
+class FaultDuringRegistryRetry(FaultTest):
+    ENV = dict(ENV, DW_REGISTRY_TIMEOUT_MS=str(RETRY_REGISTRY_TIMEOUT_MS))
+
+    def test_kill9_dispatcher_during_registry_retry(self):
+        """SIGSTOP the registry until the dispatcher retries (its batches
+        wait for the registry's answer, then are retried), kill -9 the
+        dispatcher while it does, start it again after 2 s, SIGCONT the
+        registry 1 s later: retried messages and the ones stored after them
+        must still reach every member once and in seq order."""
+        st = self.stack
+        seen = {}
+
+        def fault():
+            self.load.mark("fault")
+            st.registry.pause()
+            t = time.monotonic()
+            wait_until(lambda: dispatcher_retrying(st), RETRY_REGISTRY_TIMEOUT_MS * 4 / 1000 + 2,
+                       "the dispatcher to retry while the registry is stopped", 0.05)
+            seen["stopped_for"] = time.monotonic() - t
+            st.dispatcher.kill9()
+            time.sleep(2.0)
+            # Not waiting for it to be ready: it may need the registry.
+            st.dispatcher.restart()
+            time.sleep(1.0)
+            st.registry.resume()
+            wait_until(lambda: st.ready(st.dispatcher) or not st.dispatcher.alive(), 30,
+                       "the dispatcher to be ready")
+            self.load.mark("heal")
+        rep = self.run_load("kill -9 dispatcher while it retries (registry stopped)", fault)
+        print(f"registry stopped {seen.get('stopped_for', 0):.2f} s before the kill")
+        self.assertTrue(st.dispatcher.alive(), st.dispatcher.tail())
+        self.check(rep)
+
+
+class CheckerSelfTest(unittest.TestCase):
+    """The checker itself, on made-up frames (no stack): each kind of
+    problem it must find, it finds and counts once."""
+
+    def test_checker_counts_each_problem(self):
+        load = faultload.Load(["ws://127.0.0.1:1/", "ws://127.0.0.1:2/"], connections=4, rooms=2,
+                              token="selftest")
+        load.setup_clients()
+        room0, room1 = load.room(0), load.room(1)
+        a0, a1 = load.members[room0]
+        b0, b1 = load.members[room1]
+        load.t0, load.t_stop, load.t_end = 0.0, 10.0, 11.0
+
+        def send(mid, room, k, seq, t):
+            s = faultload.Send(mid, room, k, load.members[room][0], t)
+            s.t_first, s.seq, s.t_ack = t, seq, t + 0.01
+            load.sends[mid] = s
+            return s
+
+        def msg(c, mid, seq, t):
+            c.on_message({"type": "message", "room": c.room, "seq": seq, "id": mid}, t)
+
+        send("m1", room0, 0, 1, 1.0)
+        send("m2", room0, 1, 3, 2.0)
+        send("m3", room0, 2, 4, 3.0)
+        send("n1", room1, 0, 2, 1.0)
+        send("n2", room1, 1, 5, 2.0)
+        for c in (a0, a1):
+            msg(c, "m1", 1, 1.1)
+        msg(a0, "m3", 4, 3.1)
+        msg(a0, "m2", 3, 3.2)  # out of order at a0
+        msg(a1, "m2", 3, 2.1)
+        msg(a1, "m2", 3, 2.2)  # duplicate at a1 (same id and seq)
+        # a1 never gets m3: lost (one message, one delivery)
+        for c in (b0, b1):
+            msg(c, "n1", 2, 1.1)
+        msg(b0, "n2", 5, 2.1)
+        # b1 never gets n2, but it is in the DLQ: dead-lettered, not lost
+        load.dlq = {5: "edge_timeout:x"}
+        # one attempt answered twice, one never answered
+        s = load.sends["m1"]
+        att = faultload.Attempt(s, 1, 1.0, 1)
+        att.answers = [(1.01, "ack", 1), (1.02, "ack", 1)]
+        silent = faultload.Attempt(load.sends["m2"], 2, 2.0, 1)
+        load.attempts = {1: att, 2: silent}
+
+        rep = load.report()
+        self.assertEqual((rep["lost_msgs"], rep["lost_deliveries"]), (1, 1), rep["lost_examples"])
+        self.assertEqual(rep["lost_examples"][0]["missing"], [a1.name])
+        self.assertEqual((rep["dlq_msgs"], rep["dlq_deliveries"]), (1, 1))
+        self.assertEqual(rep["dlq_reasons"], {"edge_timeout:x": 1})
+        self.assertEqual(rep["duplicated"], 1)
+        self.assertEqual(rep["out_of_order"], 1)
+        self.assertEqual(rep["unanswered"], 1)
+        self.assertEqual(rep["double_answered"], 1)
+        self.assertEqual(rep["acked"], 5)
+        self.assertEqual(rep["members_without_messages"], 0)
+        self.assertEqual(sorted(faultload.problems(rep)),
+                         ["double_answered=1", "duplicated=1", "lost_msgs=1", "out_of_order=1",
+                          "unanswered=1"])
+        # the row a test prints
+        self.assertIn("| 1 (1) | 1 | 1 | 1 | 1 | 1 |", faultload.row("x", rep))
 
 
 if __name__ == "__main__":
