@@ -47,7 +47,6 @@ import collections
 import heapq
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys

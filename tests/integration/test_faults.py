@@ -18,7 +18,6 @@ DW_FAULT_SEED=<n> repeats the fault moments of an earlier run (the seed is
 printed); DW_FAULT_LOG_DIR=<dir> keeps every process's log per test there.
 The same load runs by hand against any stack: `faultload.py --help`.
 """
-import asyncio
 import json
 import os
 import random
