@@ -25,19 +25,22 @@ member got a seq lower than one it had seen), sends never answered on an
 open socket, attempts answered twice, error answers by code, the longest wait
 for an ack, and recovery times around the fault marks.
 
-Standalone, against a stack that is already running (plain python3 from
-Debian: /usr/bin/python3 has python3-websockets):
+Standalone (with /usr/bin/python3, which has Debian's python3-websockets),
+on a fresh two-edge stack it starts itself (harness.py, build/bin), with the
+fault injected at 12 s (kill -9 nats-server, restarted after 3 s):
+
+  /usr/bin/python3 tests/integration/faultload.py --stack 2 --connections 200 \\
+      --rooms 20 --rate 300 --duration 45 --fault-at 12 --fault kill:nats:3 --header
+
+or against a stack that is already running, the fault being a command:
 
   /usr/bin/python3 tests/integration/faultload.py --edges ws://127.0.0.1:8080/ \\
-      --connections 200 --rooms 20 --rate 300 --duration 45 --header
-
-  # with a fault: kill -9 at 12 s, a restart command 2 s after it
-  ... --fault-at 12 --fault-cmd 'kill -9 1234' --heal-after 2 --heal-cmd '...'
+      --fault-at 12 --fault-cmd 'kill -STOP 1234' --heal-after 5 --heal-cmd 'kill -CONT 1234'
 
 It prints one markdown table row (--header: the header too; --json: the whole
-report). The stack must let one address open many connections and send fast:
-start it with DW_MSG_RATE=0 DW_IP_MAX_CONNS=0 DW_IP_CONN_RATE=0 (the defaults
-allow 10 messages/s per connection and 100 connections per address).
+report). A running stack must let one address open many connections and send
+fast: start it with DW_MSG_RATE=0 DW_IP_MAX_CONNS=0 DW_IP_CONN_RATE=0 (the
+defaults allow 10 messages/s per connection and 100 connections per address).
 Exit status: 0 when nothing was lost, duplicated, reordered or left
 unanswered, 1 otherwise.
 """
@@ -392,7 +395,8 @@ class Load:
             return
         s = a.send
         a.answers.append((now, kind, o.get("seq") if kind == "ack" else o.get("code")))
-        client.inflight.pop(a.ref, None)
+        if client.inflight.pop(a.ref, None) is not None:
+            client.wake.set()  # room in the window again
         if len(a.answers) > 1:
             return  # counted at the end; the first answer decided
         if kind == "ack":
@@ -731,12 +735,61 @@ def dwctl_dlq(dwctl, env=None):
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
 
+# What a stack started by --stack runs with: the load's clients come from
+# one address and each sender sends more than the default 10 messages/s.
+STACK_ENV = {"DW_MSG_RATE": "0", "DW_EDGE_MSG_RATE": "0", "DW_IP_MAX_CONNS": "0",
+             "DW_IP_CONN_RATE": "0", "DW_EDGE_CONN_RATE": "0"}
+
+
+def stack_fault(st, spec, load, repeat=1, between=2.0):
+    """A fault() for Load.run on a harness stack, from a spec:
+    kill:PROC (kill -9, no restart), kill:PROC:S (kill -9, restart after S
+    seconds with the same arguments, ports and store), stop:PROC:S (SIGSTOP
+    for S seconds). PROC: nats, registry, dispatcher, deadletter, api, or
+    edgeN. repeat: that many times, `between` seconds apart."""
+    parts = spec.split(":")
+    if parts[0] not in ("kill", "stop") or len(parts) not in (2, 3) or (
+            parts[0] == "stop" and len(parts) != 3):
+        raise ValueError(f"fault spec {spec!r}: kill:PROC, kill:PROC:SECONDS or stop:PROC:SECONDS")
+    kind, name = parts[0], parts[1]
+    secs = float(parts[2]) if len(parts) == 3 else None
+    if name.startswith("edge"):
+        p = st.edges[int(name[4:] or 0)]
+    else:
+        p = getattr(st, name, None)
+    if p is None:
+        raise ValueError(f"fault spec {spec!r}: no process {name!r}")
+
+    def fault():
+        for i in range(repeat):
+            if i:
+                time.sleep(between)  # the faults' spacing, by definition
+            load.mark("fault")
+            if kind == "stop":
+                p.pause()
+                time.sleep(secs)  # the length of the stall, by definition
+                p.resume()
+                load.mark("heal")
+            else:
+                p.kill9()
+                if secs is not None:
+                    time.sleep(secs)  # how long it stays down, by definition
+                    st.restart(p)
+                    load.mark("heal")
+    return fault
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="A dynamowave.v1 load with an exactness checker; prints one table row.",
-        epilog="The stack must allow the load: DW_MSG_RATE=0 DW_IP_MAX_CONNS=0 DW_IP_CONN_RATE=0. "
-               "dwctl reads DW_NATS_URL, DW_NATS_USER, DW_NATS_PASSWORD_FILE from the environment.")
-    ap.add_argument("--edges", required=True, help="comma-separated ws:// URLs of the edges")
+        epilog="Against a running stack (--edges), the stack must allow the load: DW_MSG_RATE=0 "
+               "DW_IP_MAX_CONNS=0 DW_IP_CONN_RATE=0; dwctl reads DW_NATS_URL, DW_NATS_USER, "
+               "DW_NATS_PASSWORD_FILE from the environment. --stack starts its own stack "
+               "(build/bin or DW_BIN_DIR) on free ports in a temp dir and removes it afterwards.")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--edges", help="comma-separated ws:// URLs of a running stack's edges")
+    where.add_argument("--stack", type=int, metavar="EDGES",
+                       help="start a fresh local stack with this many edges (harness.py)")
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--rooms", type=int, default=20)
     ap.add_argument("--rate", type=float, default=300.0, help="messages/s over all senders")
@@ -746,43 +799,83 @@ def main(argv=None):
     ap.add_argument("--answer-timeout", type=float, default=10.0,
                     help="a send with no answer this long is unanswered and sent again")
     ap.add_argument("--reconnect-deadline", type=float, default=30.0)
-    ap.add_argument("--fault-at", type=float, help="seconds into the load to run --fault-cmd")
+    ap.add_argument("--fault-at", type=float, help="seconds into the load to inject the fault")
     ap.add_argument("--fault-cmd", help="shell command that injects the fault")
     ap.add_argument("--heal-after", type=float, default=0.0,
                     help="seconds after the fault command to run --heal-cmd")
     ap.add_argument("--heal-cmd", help="shell command that ends the fault (restart, SIGCONT)")
+    ap.add_argument("--fault", metavar="SPEC",
+                    help="with --stack: kill:PROC, kill:PROC:SECONDS (restart after), "
+                         "stop:PROC:SECONDS; PROC is nats, registry, dispatcher, deadletter, "
+                         "api or edgeN")
+    ap.add_argument("--repeat", type=int, default=1, help="with --fault: that many times")
+    ap.add_argument("--between", type=float, default=2.0,
+                    help="with --repeat: seconds between the end of one fault and the next")
+    ap.add_argument("--stack-env", action="append", default=[], metavar="VAR=VALUE",
+                    help="with --stack: more environment for every service (repeatable)")
+    ap.add_argument("--logs", metavar="DIR", help="with --stack: copy every process's log here")
     ap.add_argument("--dwctl", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                     "..", "..", "build", "bin", "dwctl"),
                     help="dwctl binary used to read DW_DLQ (default: build/bin/dwctl)")
     ap.add_argument("--no-dlq", action="store_true", help="do not read DW_DLQ")
-    ap.add_argument("--label", default="no fault", help="first column of the row")
+    ap.add_argument("--label", help="first column of the row (default: the fault)")
     ap.add_argument("--header", action="store_true", help="print the table header first")
     ap.add_argument("--json", action="store_true", help="print the whole report as JSON too")
     a = ap.parse_args(argv)
-    if a.fault_cmd and a.fault_at is None:
-        ap.error("--fault-cmd needs --fault-at")
+    if (a.fault_cmd or a.fault) and a.fault_at is None:
+        ap.error("a fault needs --fault-at")
+    if a.fault and not a.stack:
+        ap.error("--fault needs --stack (use --fault-cmd against a running stack)")
+    if a.fault and a.fault_cmd:
+        ap.error("--fault or --fault-cmd, not both")
+    label = a.label or a.fault or a.fault_cmd or "no fault"
 
-    dwctl = None if a.no_dlq else (a.dwctl if os.path.exists(a.dwctl) else shutil.which("dwctl"))
-    load = Load(a.edges.split(","), connections=a.connections, rooms=a.rooms, rate=a.rate,
-                duration=a.duration, drain=a.drain, answer_timeout=a.answer_timeout,
-                reconnect_deadline=a.reconnect_deadline,
-                dlq=(lambda: dwctl_dlq(dwctl)) if dwctl else None,
-                log=lambda m: print(m, file=sys.stderr))
-
-    def fault():
-        load.mark("fault")
-        subprocess.run(a.fault_cmd, shell=True, check=False)
-        if a.heal_cmd:
-            time.sleep(a.heal_after)  # the fault lasts this long, by definition
-            subprocess.run(a.heal_cmd, shell=True, check=False)
-            load.mark("heal")
-
-    rep = asyncio.run(load.run(fault if a.fault_cmd else None, a.fault_at))
+    st = None
+    if a.stack:
+        import harness  # only here: the CLI against a running stack needs none of it
+        env = dict(STACK_ENV)
+        for kv in a.stack_env:
+            k, _, v = kv.partition("=")
+            env[k] = v
+        st = harness.Stack(edges=a.stack, env=env,
+                           edge_ids=[f"faultload-edge{i:02d}" for i in range(a.stack)]).start()
+        edges = [e.url for e in st.edges]
+        dwctl_path = os.path.join(harness.BIN, "dwctl")
+        dlq = None if a.no_dlq else (lambda: dwctl_dlq(dwctl_path, st.env()))
+    else:
+        edges = a.edges.split(",")
+        dwctl = None if a.no_dlq else (a.dwctl if os.path.exists(a.dwctl) else shutil.which("dwctl"))
+        dlq = (lambda: dwctl_dlq(dwctl)) if dwctl else None
+    try:
+        load = Load(edges, connections=a.connections, rooms=a.rooms, rate=a.rate,
+                    duration=a.duration, drain=a.drain, answer_timeout=a.answer_timeout,
+                    reconnect_deadline=a.reconnect_deadline, dlq=dlq,
+                    log=lambda m: print(m, file=sys.stderr))
+        fault = None
+        if a.fault:
+            fault = stack_fault(st, a.fault, load, a.repeat, a.between)
+        elif a.fault_cmd:
+            def fault():
+                load.mark("fault")
+                subprocess.run(a.fault_cmd, shell=True, check=False)
+                if a.heal_cmd:
+                    time.sleep(a.heal_after)  # the fault lasts this long, by definition
+                    subprocess.run(a.heal_cmd, shell=True, check=False)
+                    load.mark("heal")
+        rep = asyncio.run(load.run(fault, a.fault_at))
+    finally:
+        if st:
+            st.stop()
+            if a.logs:
+                os.makedirs(a.logs, exist_ok=True)
+                for p in st.procs:
+                    shutil.copy(p.log_path, a.logs)
+            st.cleanup()
     if a.json:
         print(json.dumps(rep, indent=1))
     if a.header:
         print(HEADER)
-    print(row(a.label, rep))
+    print(row(label, rep))
     bad = problems(rep)
     if bad:
         print("faultload: " + ", ".join(bad), file=sys.stderr)
