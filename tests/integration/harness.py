@@ -83,6 +83,28 @@ class Proc:
         self.signal(signal.SIGKILL)
         self.p.wait(10)
 
+    def pause(self):
+        """SIGSTOP: the process keeps its sockets but does nothing."""
+        self.signal(signal.SIGSTOP)
+
+    def resume(self):
+        """SIGCONT after pause()."""
+        self.signal(signal.SIGCONT)
+
+    def restart(self):
+        """Start the program again with the same arguments and environment
+        (so the same ports, store, data dir and DW_EDGE_ID), appending to
+        the same log. A process still running is killed with SIGKILL first:
+        this is for fault tests, not for clean restarts."""
+        if self.alive():
+            self.kill9()
+        elif self.p is not None:
+            self.p.wait(10)
+        if getattr(self, "log", None):
+            self.log.close()
+        self.restarts = getattr(self, "restarts", 0) + 1
+        return self.start()
+
     def stop(self, timeout=10):
         """SIGTERM, then SIGKILL after timeout. Returns the exit code."""
         if self.p is None:
@@ -109,11 +131,14 @@ class Proc:
 class Stack:
     """One DynamoWave stack: nats-server + registry + dispatcher + N edges."""
 
-    def __init__(self, edges=1, env=None, nats_conf=None, nats_env=None, service_env=None):
+    def __init__(self, edges=1, env=None, nats_conf=None, nats_env=None, service_env=None,
+                 edge_ids=None):
         """nats_conf: a nats-server config file (-c), started with nats_env
         added to its environment; service_env: {"edge"|"registry"|
         "dispatcher"|"deadletter"|"api"|"dwctl": {VAR: value}}, added to
-        that program's environment (e.g. its NATS user and password)."""
+        that program's environment (e.g. its NATS user and password);
+        edge_ids: a DW_EDGE_ID per edge (16 of [A-Za-z0-9_-]), so that an
+        edge restarted with restart() comes back as the same edge."""
         self.dir = tempfile.mkdtemp(prefix="dw-it-")
         self.nats_conf = nats_conf
         self.nats_env = nats_env or {}
@@ -129,6 +154,7 @@ class Stack:
         self.api = None
         self.nats = None
         self.n_edges = edges
+        self.edge_ids = list(edge_ids or [])
 
     def env(self, **kw):
         e = dict(os.environ)
@@ -156,14 +182,7 @@ class Stack:
         self.nats = self._spawn("nats", [NATS_SERVER, "-js", *conf, "-a", "127.0.0.1", "-p",
                                          str(self.nats_port), "-sd", store],
                                 {**os.environ, **self.nats_env})
-
-        def up():
-            try:
-                with socket.create_connection(("127.0.0.1", self.nats_port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-        wait_until(up, 10, "nats-server to accept connections")
+        wait_until(self.nats_up, 10, "nats-server to accept connections")
 
     def start_registry(self, **env):
         # A free status port each: many stacks run on one machine.
@@ -230,8 +249,11 @@ class Stack:
             self.start_api()
             # The registry answers queries once it is up: wait for it.
             wait_until(lambda: self.dwctl_ok("status"), 20, "registry to answer")
-            for _ in range(self.n_edges):
-                self.start_edge()
+            for i in range(self.n_edges):
+                if i < len(self.edge_ids):
+                    self.start_edge(EDGE_ID=self.edge_ids[i])
+                else:
+                    self.start_edge()
         except BaseException:
             self.stop()
             print(self.logs())
@@ -239,6 +261,33 @@ class Stack:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
         return self
+
+    def nats_up(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.nats_port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def ready(self, p):
+        """True when p serves again: nats-server accepts connections, an
+        edge and any service with a status port answer /readyz with 200;
+        a service without a status port only has to be alive."""
+        if not p.alive():
+            return False
+        if p is self.nats:
+            return self.nats_up()
+        port = p.port if p in self.edges else getattr(p, "status_port", 0)
+        return not port or self.http_status(port, "/readyz") == 200
+
+    def restart(self, p, timeout=30):
+        """kill -9 p if it still runs, start it again with its own
+        arguments and environment (same ports, store, data dir, edge id),
+        and wait until it is ready."""
+        p.restart()
+        wait_until(lambda: self.ready(p) or not p.alive(), timeout, f"{p.name} to be ready again")
+        assert p.alive(), f"{p.name} died after its restart:\n{p.tail()}"
+        return p
 
     @staticmethod
     def http_status(port, path):
@@ -311,10 +360,11 @@ class Stack:
 class StackTest(unittest.TestCase):
     """A test case with a fresh stack per test; logs are printed on failure."""
     EDGES = 1
+    EDGE_IDS = None
     ENV = {}
 
     def setUp(self):
-        self.stack = Stack(edges=self.EDGES, env=self.ENV).start()
+        self.stack = Stack(edges=self.EDGES, env=self.ENV, edge_ids=self.EDGE_IDS).start()
         self.addCleanup(self._cleanup)
         self._problems = self._count_problems()
 
