@@ -1,0 +1,399 @@
+"""scripts/up.sh (`make up`), run for real against the built binaries, on free
+ports and a temp DW_DATA_DIR: it restarts what dies (a service, nats-server,
+a cluster node), stops everything on SIGINT (also while a restart is
+pending), and leaves nothing readable at rest (the registry is encrypted by
+default; DW_REGISTRY_KEY=none is the explicit opt-out).
+
+Everything up.sh starts is found through its pid files ($DW_DATA_DIR/run);
+every PID ever seen there is killed at cleanup if still alive, and up.sh's
+own process group with it, also when a test fails.
+"""
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+from harness import BIN, Stack, connect, recv_text, wait_until
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+UP = os.path.join(REPO, "scripts", "up.sh")
+SERVICES = ("registry", "dispatcher", "deadletter", "api", "edge")
+
+
+def free_block(n, avoid=()):
+    """A base port with n consecutive free loopback ports (none in avoid)."""
+    for _ in range(500):
+        base = random.randrange(20000, 60000 - n)
+        if any(p in avoid for p in range(base, base + n)):
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+def http_status(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def pid_alive(pid):
+    """True while pid names a process that has not exited (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class UpStack:
+    """One scripts/up.sh --no-build in its own session, output in a file."""
+
+    def __init__(self, nodes=1, env=None):
+        self.dir = tempfile.mkdtemp(prefix="dw-up-")
+        self.data = os.path.join(self.dir, "data")
+        self.run = os.path.join(self.data, "run")
+        self.nodes = nodes
+        self.port = free_block(14)                       # edge, mgmt, status +10..+13
+        used = set(range(self.port, self.port + 14))
+        self.nats_port = free_block(nodes, used)
+        used |= set(range(self.nats_port, self.nats_port + nodes))
+        self.env = dict(os.environ)
+        for k in list(self.env):                         # nothing of the caller's stack
+            if k.startswith("DW_") and k not in ("DW_SANITIZE",):
+                del self.env[k]
+        self.env.update({
+            "DW_PORT": str(self.port), "DW_NATS_PORT": str(self.nats_port),
+            "DW_DATA_DIR": self.data, "DW_NATS_NODES": str(nodes),
+            "DW_BUILD_DIR": os.path.dirname(os.path.abspath(BIN)),
+        })
+        if nodes > 1:
+            self.route_port = free_block(nodes, used)
+            used |= set(range(self.route_port, self.route_port + nodes))
+            self.http_port = free_block(nodes, used)
+            self.env.update({"DW_NATS_ROUTE_PORT": str(self.route_port),
+                             "DW_NATS_HTTP_PORT": str(self.http_port)})
+        self.env.update(env or {})
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.nats_url = ",".join(f"nats://127.0.0.1:{self.nats_port + i}" for i in range(nodes))
+        self.out_path = os.path.join(self.dir, "up.out")
+        self.p = None
+        self.seen = {}            # pid -> process name, every pid file ever read
+        self.nats_names = ["nats"] if nodes == 1 else [f"nats{i}" for i in range(1, nodes + 1)]
+
+    # -- running it --------------------------------------------------------
+
+    def start(self, timeout=90):
+        self.out = open(self.out_path, "ab")
+        self.p = subprocess.Popen(["bash", UP, "--no-build"], cwd=REPO, env=self.env,
+                                  stdout=self.out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_until(lambda: "DynamoWave is up" in self.output() or self.p.poll() is not None,
+                   timeout, "up.sh to say the stack is up", interval=0.1)
+        assert self.p.poll() is None, f"up.sh exited {self.p.returncode}:\n{self.output()[-4000:]}"
+        self.pids()
+        return self
+
+    def output(self):
+        try:
+            with open(self.out_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def up_lines(self):
+        return [ln for ln in self.output().splitlines() if ln.startswith("up.sh: ")]
+
+    def pid(self, name):
+        try:
+            with open(os.path.join(self.run, f"{name}.pid")) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        self.seen[pid] = name
+        return pid
+
+    def pids(self):
+        """{name: pid} of every process up.sh runs now (by its pid files)."""
+        out = {}
+        for f in os.listdir(self.run) if os.path.isdir(self.run) else []:
+            if f.endswith(".pid") and f != "up.pid":
+                pid = self.pid(f[:-4])
+                if pid:
+                    out[f[:-4]] = pid
+        return out
+
+    def restarts(self):
+        try:
+            with open(os.path.join(self.run, "restarts")) as f:
+                return {a: int(b) for a, b in (ln.split() for ln in f if ln.strip())}
+        except OSError:
+            return {}
+
+    def dwctl(self, *args, check=True, timeout=30):
+        env = dict(self.env, DW_NATS_URL=self.nats_url, DW_NATS_USER="dwctl",
+                   DW_NATS_PASSWORD_FILE=os.path.join(self.data, "secrets", "nats_dwctl"))
+        r = subprocess.run([os.path.join(BIN, "dwctl"), *args], env=env, capture_output=True,
+                           text=True, timeout=timeout)
+        if check and r.returncode:
+            raise AssertionError(f"dwctl {' '.join(args)}: {r.returncode} {r.stderr}")
+        return r
+
+    def ready(self):
+        return (http_status(self.port, "/readyz") == 200
+                and self.dwctl("status", "--timeout-ms", "1000", check=False).returncode == 0)
+
+    def wait_restarted(self, name, old_pid, timeout=20):
+        """The new PID of name, once its pid file names a live process other than old_pid."""
+        def new():
+            pid = self.pid(name)
+            return pid if pid and pid != old_pid and pid_alive(pid) else None
+        return wait_until(new, timeout, f"{name} to be restarted", interval=0.05)
+
+    def stop(self, sig=signal.SIGINT, timeout=60):
+        """Signal up.sh and wait for it; its exit status."""
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.p.poll() if self.p else None
+
+    def leftovers(self):
+        return {pid: name for pid, name in self.seen.items() if pid_alive(pid)}
+
+    def sanitizer_reports(self):
+        found = []
+        log_dir = os.path.join(self.data, "log")
+        for f in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+            with open(os.path.join(log_dir, f), errors="replace") as fh:
+                found += [f"{f}: {ln.strip()}" for ln in fh
+                          if any(m in ln for m in Stack.SANITIZER_MARKS)]
+        return found
+
+    def cleanup(self):
+        """Whatever happened: nothing of this stack keeps running, no temp dir stays."""
+        try:
+            self.pids()
+            if self.p and self.p.poll() is None:
+                self.stop(signal.SIGTERM, 40)
+            if self.p:
+                try:
+                    os.killpg(self.p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.p.wait(10)
+            for pid, name in self.leftovers().items():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read()
+                except OSError:
+                    continue
+                if (b"nats-server" if name.startswith("nats") else name.encode()) in cmd:
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            if getattr(self, "out", None):
+                self.out.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def chat_round(url, text, n=2, ua=None, conns=None, during=None):
+    """n plain (AWS protocol) clients; one sends text, every one receives
+    it; then during() runs (in a thread) while they are still connected."""
+    kw = {"user_agent_header": ua} if ua else {}
+    clients = [await connect(url, **kw) for _ in range(n)]
+    try:
+        if conns:
+            await asyncio.to_thread(conns, n)
+        await clients[0].send(json.dumps({"action": "sendmessage", "message": text}))
+        for ws in clients:
+            assert await recv_text(ws) == text
+        if during:
+            return await asyncio.to_thread(during)
+    finally:
+        for ws in clients:
+            await ws.close()
+
+
+class UpShTest(unittest.TestCase):
+    maxDiff = None
+
+    def up(self, nodes=1, env=None):
+        st = UpStack(nodes, env)
+        self.addCleanup(st.cleanup)
+        self.addCleanup(self._report, st)
+        return st.start()
+
+    def _report(self, st):
+        if self._outcome.result and (self._outcome.result.failures or self._outcome.result.errors):
+            print(f"--- up.sh output ({st.out_path}) ---\n{st.output()[-6000:]}")
+
+    def conns_at_least(self, st):
+        def wait(n):
+            def count():
+                r = st.dwctl("conn", "list", "--json", check=False)
+                return r.returncode == 0 and len([ln for ln in r.stdout.splitlines() if ln.strip()]) >= n
+            wait_until(count, 20, f"{n} connections in the registry", interval=0.05)
+        return wait
+
+    def chat(self, st, text, **kw):
+        return asyncio.run(asyncio.wait_for(chat_round(st.url, text, conns=self.conns_at_least(st), **kw), 60))
+
+    def chat_until(self, st, text, timeout=30):
+        """Chat works again within timeout (each try is a fresh pair of clients)."""
+        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.chat(st, text)
+                return time.monotonic() - t0
+            except (AssertionError, OSError, asyncio.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"chat did not work again within {timeout}s: {e!r}")
+
+    def assert_restart_line(self, st, name, sig, count):
+        pat = re.compile(rf"^up\.sh: {name} exited \(killed by {sig}\) after [0-9.]+ s: "
+                         rf"restart {count} \(attempt \d+ in a row\) in [0-9.]+ s")
+        wait_until(lambda: any(pat.search(ln) for ln in st.up_lines()), 10,
+                   f"the restart line of {name}")
+
+    def test_a_service_and_nats_server_killed_are_restarted(self):
+        st = self.up()
+        self.chat(st, "before")
+        self.assertEqual(set(st.pids()), {"nats", *SERVICES})
+        self.assertEqual(set(st.restarts().values()), {0})
+
+        # (a) kill -9 the dispatcher: a new PID, ready again, counted, logged.
+        old = st.pid("dispatcher")
+        os.kill(old, signal.SIGKILL)
+        new = st.wait_restarted("dispatcher", old)
+        self.assertNotEqual(new, old)
+        self.assert_restart_line(st, "dispatcher", "SIGKILL", 1)
+        self.assertEqual(st.restarts()["dispatcher"], 1)
+        wait_until(lambda: http_status(st.port + 13, "/readyz") == 200, 20, "dispatcher /readyz")
+        wait_until(st.ready, 20, "dwctl status to say ready", interval=0.2)
+        self.chat(st, "after the dispatcher")
+
+        # (b) kill -9 nats-server: back on the same port and store, the
+        # services reconnect by themselves, new clients chat again.
+        old = st.pid("nats")
+        os.kill(old, signal.SIGKILL)
+        st.wait_restarted("nats", old)
+        self.assert_restart_line(st, "nats", "SIGKILL", 1)
+        self.assertEqual(st.restarts()["nats"], 1)
+        wait_until(st.ready, 30, "the stack to be ready after nats-server came back", interval=0.2)
+        took = self.chat_until(st, "after nats-server")
+        print(f"chat worked again {took:.2f} s after the stack said it was ready")
+        # The same store: the three messages of before are still in DW_MSG.
+        self.assertGreaterEqual(stream_messages(st, "DW_MSG"), 3)
+        # No service died from the outage.
+        self.assertEqual({k: v for k, v in st.restarts().items() if v},
+                         {"dispatcher": 1, "nats": 1})
+        self.assertEqual(st.stop(), 0)
+        self.assertEqual(st.leftovers(), {})
+        self.assertEqual(st.sanitizer_reports(), [])
+
+    def test_sigint_while_a_restart_is_pending_and_nothing_readable_at_rest(self):
+        # A 20 s first delay: the deadletter killed below is still waiting
+        # for its restart when SIGINT comes.
+        st = self.up(env={"DW_RESTART_DELAY_MS": "20000"})
+        tag = f"{random.getrandbits(64):016x}"
+        ua, text = f"dw-up-test-agent-{tag}", f"dw-up-test-text-{tag}"
+
+        # (d) a known User-Agent and message text through real clients.
+        conns = self.chat(st, text, ua=ua, during=lambda: st.dwctl("conn", "list", "--json").stdout)
+        # They were stored: the registry had the agent, DW_MSG has the message.
+        self.assertIn(ua, {json.loads(ln).get("userAgent") for ln in conns.splitlines() if ln.strip()})
+        self.assertGreaterEqual(stream_messages(st, "DW_MSG"), 1)
+        status = json.loads(st.dwctl("registry", "status", "--json").stdout)
+        self.assertTrue(status["encrypted"], status)
+        self.assertNotIn("plaintext", status["key_ids"])
+        st.dwctl("registry", "checkpoint")
+        key = os.path.join(st.data, "secrets", "registry_key")
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+
+        # (c) SIGINT while a restart is pending: everything stops, at once.
+        before = st.pids()
+        os.kill(before["deadletter"], signal.SIGKILL)
+        self.assert_restart_line(st, "deadletter", "SIGKILL", 1)
+        self.assertIsNone(st.pid("deadletter"))
+        t0 = time.monotonic()
+        self.assertEqual(st.stop(signal.SIGINT), 0, st.output()[-3000:])
+        took = time.monotonic() - t0
+        self.assertLess(took, 15, "the pending restart held up the stop")
+        self.assertEqual(st.leftovers(), {}, "processes of the stack still running")
+        self.assertEqual([ln for ln in st.up_lines() if "SIGKILL" in ln and "did not stop" in ln], [])
+        self.assertIn("up.sh: stopped", st.output())
+        self.assertEqual(sorted(os.listdir(st.run)), ["restarts", "up.lock"])
+        print(f"stopped {len(before)} processes in {took:.2f} s")
+
+        found = grep_tree(st.data, [ua.encode(), text.encode()])
+        self.assertGreater(found["files"], 10)
+        self.assertTrue(found["checkpoints"], "no registry checkpoint on disk")
+        self.assertEqual(found["hits"], [], "plaintext at rest")
+        self.assertEqual(st.sanitizer_reports(), [])
+
+    def test_registry_key_none_is_an_explicit_and_visible_choice(self):
+        """The control for the test above: without the key the agent IS
+        readable in the registry's files, so finding nothing there means
+        something; and up.sh says so."""
+        st = self.up(env={"DW_REGISTRY_KEY": "none"})
+        self.assertTrue(any("WARNING: DW_REGISTRY_KEY=none" in ln for ln in st.up_lines()))
+        self.assertFalse(os.path.exists(os.path.join(st.data, "secrets", "registry_key")))
+        tag = f"{random.getrandbits(64):016x}"
+        ua = f"dw-up-test-agent-{tag}"
+        self.chat(st, f"text-{tag}", ua=ua)
+        self.assertFalse(json.loads(st.dwctl("registry", "status", "--json").stdout)["encrypted"])
+        self.assertEqual(st.stop(), 0)
+        found = grep_tree(os.path.join(st.data, "registry"), [ua.encode()])
+        self.assertNotEqual(found["hits"], [], "the control found no plaintext: the grep proves nothing")
+
+
+def stream_messages(st, stream):
+    return json.loads(st.dwctl("status", "--json").stdout)["streams"][stream]["messages"]
+
+
+def grep_tree(top, needles):
+    """Every file under top searched for every needle (raw bytes)."""
+    hits, files, ckpts = [], 0, False
+    for d, _, fs in os.walk(top):
+        if "checkpoints" in d.split(os.sep) and fs:
+            ckpts = True
+        for f in fs:
+            path = os.path.join(d, f)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            files += 1
+            with open(path, "rb") as fh:
+                data = fh.read()
+            hits += [f"{os.path.relpath(path, top)}: {n.decode()}" for n in needles if n in data]
+    return {"hits": hits, "files": files, "checkpoints": ckpts}
+
+
+if __name__ == "__main__":
+    unittest.main()
