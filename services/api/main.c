@@ -44,7 +44,7 @@ typedef struct api_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("MGMT_HOST", DW_CFG_STR, mgmt_host, "127.0.0.1", 0, 0,
       "address of the management listener (empty: all); without ADMIN_TOKEN_FILE only a "
       "loopback address is accepted"),
@@ -63,7 +63,8 @@ static const dw_cfg_field fields[] = {
       "how long to wait for the edge holding it (503 after)"),
     F("PUBLISH_TIMEOUT_MS", DW_CFG_INT, publish_timeout_ms, "1000", 10, 60000,
       "how long to wait for JetStream to take the disconnect of a gone connection"),
-    F("STATUS_HOST", DW_CFG_STR, status_host, "", 0, 0, "address of the status port (empty: all)"),
+    F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
+      "address of the status port (empty: every address; containers set 0.0.0.0)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9091", 0, 65535,
       "port of /healthz /readyz /metrics (0: none)"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),

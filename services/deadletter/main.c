@@ -23,6 +23,7 @@
 
 typedef struct deadletter_config {
     char *nats_url;
+    char *status_host;
     int64_t status_port;
     int64_t stream_replicas;
     int64_t dedup_window_s;
@@ -40,7 +41,9 @@ typedef struct deadletter_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
+    F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
+      "address of the status port (empty: every address; containers set 0.0.0.0)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9092", 0, 65535,
       "port of /healthz, /readyz and /metrics (0 = off)"),
     F("STREAM_REPLICAS", DW_CFG_INT, stream_replicas, "1", 1, 5,
@@ -201,7 +204,7 @@ int main(int argc, char **argv)
     if (pthread_mutex_init(&svc.mu, NULL) || dlq_index_create(&svc.ix)) goto done;
     mu_ok = 1;
     metrics_register(&svc);
-    if (dw_status_start(&status, NULL, (int)cfg.status_port, is_ready, NULL))
+    if (dw_status_start(&status, cfg.status_host, (int)cfg.status_port, is_ready, NULL))
         DW_ERROR("status port not available, running without it", "port=%" PRId64, cfg.status_port);
 
     dlq_stream_opts so;

@@ -33,6 +33,7 @@ typedef struct dispatcher_config {
     int64_t edge_dead_ms;
     int64_t max_inflight;
     int conn_barrier;
+    char *status_host;
     int64_t status_port;
     char *log_level;
 } dispatcher_config;
@@ -43,7 +44,7 @@ typedef struct dispatcher_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("FETCH_BATCH", DW_CFG_INT, fetch_batch, "256", 1, 4096, "messages per pull"),
     F("FETCH_WAIT_MS", DW_CFG_INT, fetch_wait_ms, "500", 20, 60000,
       "how long an idle pull waits for the first message (a message never waits for the batch)"),
@@ -75,6 +76,8 @@ static const dw_cfg_field fields[] = {
       "the registry apply up to it, so a message reaches every connection whose connect was "
       "acked before the message was fetched, on any edge (0: only the sending edge's own "
       "connects are waited for; one JetStream request less per batch)"),
+    F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
+      "address of the status port (empty: every address; containers set 0.0.0.0)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9093", 0, 65535,
       "port of /healthz, /readyz and /metrics (0 = off)"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
@@ -179,7 +182,7 @@ int main(int argc, char **argv)
 
     ready_gauge = dw_gauge("dw_ready", "service=\"dispatcher\"", "1 when the service is ready");
     /* Metrics are a side show: a port in use must not stop deliveries. */
-    if (dw_status_start(&status, NULL, (int)cfg.status_port, is_ready, NULL))
+    if (dw_status_start(&status, cfg.status_host, (int)cfg.status_port, is_ready, NULL))
         DW_ERROR("status port not available, running without it", "port=%" PRId64, cfg.status_port);
 
     connecting = 1;

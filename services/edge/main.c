@@ -13,7 +13,7 @@
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("HOST", DW_CFG_STR, host, "", 0, 0, "address to listen on (empty: all)"),
     F("PORT", DW_CFG_INT, port, "8080", 1, 65535, "WebSocket and HTTP port"),
     F("EDGE_ID", DW_CFG_STR, edge_id, "", 0, 0,

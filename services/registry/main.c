@@ -64,7 +64,7 @@ typedef struct reg_config {
         name, type, offsetof(reg_config, field), def, min, max, help                               \
     }
 static const dw_cfg_field reg_fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URL"),
+    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
     F("DATA_DIR", DW_CFG_STR, data_dir, "var", 0, 0,
       "data directory; the table is <DATA_DIR>/registry/<REPLICA_ID>/db"),
     F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
@@ -73,7 +73,8 @@ static const dw_cfg_field reg_fields[] = {
       "replicas of DW_CONN and DW_MSG, which the registry creates (3 in a cluster)"),
     F("QUERY_WAIT_MS", DW_CFG_INT, query_wait_ms, "2000", 0, 60000,
       "how long a room query waits for the table to reach its min_seq"),
-    F("STATUS_HOST", DW_CFG_STR, status_host, "", 0, 0, "address of the status port (empty: all)"),
+    F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
+      "address of the status port (empty: every address; containers set 0.0.0.0)"),
     F("STATUS_PORT", DW_CFG_INT, status_port, "9090", 0, 65535,
       "/healthz /readyz /metrics port (0: none)"),
     F("CHECKPOINT_DIR", DW_CFG_STR, checkpoint_dir, "", 0, 0,

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dw/bus.h"
 #include "dw/config.h"
 #include "dw/log.h"
 #include "dw/util.h"
@@ -104,7 +105,7 @@ int main(int argc, char **argv)
 
     natsOptions *no = NULL;
     s = natsOptions_Create(&no);
-    if (s == NATS_OK) s = natsOptions_SetURL(no, cfg.nats_url);
+    if (s == NATS_OK) s = dw_bus_set_servers(no, cfg.nats_url);
     if (s == NATS_OK) s = natsOptions_SetName(no, "dwbench-baseline-js");
     if (s == NATS_OK) s = natsConnection_Connect(&nc, no);
     natsOptions_Destroy(no);

@@ -24,7 +24,7 @@ int dwctl_connect(dwctl *ctl)
     natsOptions *opts = NULL;
     char url[512];
     natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK) s = natsOptions_SetURL(opts, ctl->cfg.nats_url);
+    if (s == NATS_OK) s = dw_bus_set_servers(opts, ctl->cfg.nats_url);
     if (s == NATS_OK) s = natsOptions_SetName(opts, "dwctl");
     if (s == NATS_OK) s = natsOptions_SetTimeout(opts, ctl->cfg.timeout_ms);
     /* Fail fast: no background reconnects, no retry of the first connect. */

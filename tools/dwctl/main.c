@@ -15,7 +15,7 @@
 
 static const dw_cfg_field dwctl_fields[] = {
     {"NATS_URL", DW_CFG_STR, offsetof(dwctl_cfg, nats_url), "nats://127.0.0.1:4222", 0, 0,
-     "NATS server URL"},
+     "NATS server URLs, comma-separated: every node of a cluster"},
     {"TIMEOUT_MS", DW_CFG_INT, offsetof(dwctl_cfg, timeout_ms), "2000", 1, 600000,
      "connect timeout and per-request timeout, ms"},
 };

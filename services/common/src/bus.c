@@ -242,6 +242,35 @@ nats_error:
     return -1;
 }
 
+natsStatus dw_bus_set_servers(natsOptions *opts, const char *url_list)
+{
+    if (!url_list) return NATS_INVALID_ARG;
+    char *copy = strdup(url_list);
+    if (!copy) return NATS_NO_MEMORY;
+    const char *urls[DW_BUS_MAX_SERVERS];
+    int n = 0;
+    natsStatus s = NATS_OK;
+    /* strtok_r would skip empty entries silently; a list like "a,,b" is
+     * a typo the operator should hear about. */
+    for (char *p = copy, *next; p && s == NATS_OK; p = next) {
+        next = strchr(p, ',');
+        if (next) *next++ = '\0';
+        while (*p == ' ' || *p == '\t')
+            p++;
+        char *end = p + strlen(p);
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
+        if (!*p || n == DW_BUS_MAX_SERVERS)
+            s = NATS_INVALID_ARG;
+        else
+            urls[n++] = p;
+    }
+    if (s == NATS_OK && n == 0) s = NATS_INVALID_ARG;
+    if (s == NATS_OK) s = natsOptions_SetServers(opts, urls, n);
+    free(copy);
+    return s;
+}
+
 natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -249,7 +278,9 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
     natsOptions *opts = NULL;
     char err[512];
     natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
+    if (s == NATS_OK && (s = dw_bus_set_servers(opts, url)) == NATS_INVALID_ARG)
+        DW_ERROR("bad NATS URL list: comma-separated URLs, none empty", "name=%s max=%d", name,
+                 DW_BUS_MAX_SERVERS);
     if (s == NATS_OK) s = natsOptions_SetName(opts, name);
     if (s == NATS_OK && dw_bus_options_env(opts, err, sizeof err)) {
         DW_ERROR("bad NATS credentials or TLS settings", "name=%s err=\"%s\"", name, err);

@@ -161,6 +161,36 @@ static void test_stream_opts_default(void **state)
     assert_int_equal(o.replicas, 1);
 }
 
+static natsStatus servers(const char *list)
+{
+    natsOptions *o = NULL;
+    assert_int_equal(natsOptions_Create(&o), NATS_OK);
+    natsStatus s = dw_bus_set_servers(o, list);
+    natsOptions_Destroy(o);
+    return s;
+}
+
+static void test_set_servers_lists(void **state)
+{
+    assert_int_equal(servers("nats://127.0.0.1:4222"), NATS_OK);
+    assert_int_equal(servers("nats://a:1,nats://b:2,nats://c:3"), NATS_OK);
+    assert_int_equal(servers(" nats://a:1 , nats://b:2 "), NATS_OK);
+    assert_int_equal(servers("tls://user:pw@a:1,nats://b:2"), NATS_OK);
+}
+
+static void test_set_servers_rejects(void **state)
+{
+    assert_int_equal(servers(""), NATS_INVALID_ARG);
+    assert_int_equal(servers(NULL), NATS_INVALID_ARG);
+    assert_int_equal(servers(" "), NATS_INVALID_ARG);
+    assert_int_equal(servers("nats://a:1,,nats://b:2"), NATS_INVALID_ARG);
+    assert_int_equal(servers("nats://a:1,"), NATS_INVALID_ARG);
+    char many[DW_BUS_MAX_SERVERS * 16 + 16] = "";
+    for (int i = 0; i <= DW_BUS_MAX_SERVERS; i++)
+        strcat(many, i ? ",nats://h:1" : "nats://h:1");
+    assert_int_equal(servers(many), NATS_INVALID_ARG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +203,8 @@ int main(void)
         cmocka_unit_test(test_pb_pack_empty_message),
         cmocka_unit_test(test_pb_unpack_rejects_garbage),
         cmocka_unit_test(test_stream_opts_default),
+        cmocka_unit_test(test_set_servers_lists),
+        cmocka_unit_test(test_set_servers_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

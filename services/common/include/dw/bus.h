@@ -48,6 +48,15 @@ const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind);
  * (natsConnection_Destroy). */
 natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name);
 
+/* The NATS servers to try, from a comma-separated list of URLs
+ * ("nats://a:4222,nats://b:4222", spaces around commas allowed): every
+ * node of a cluster, so that a (re)start while one node is down still
+ * connects. Passed to natsOptions_SetServers (a single URL too: nats.c's
+ * SetURL takes one server only). NATS_INVALID_ARG for an empty list, an
+ * empty entry or more than DW_BUS_MAX_SERVERS entries. */
+#define DW_BUS_MAX_SERVERS 32
+natsStatus dw_bus_set_servers(natsOptions *opts, const char *url_list);
+
 /* Apply this process's NATS credentials and TLS settings from the
  * environment to opts; for a connection not made by dw_bus_connect (dwctl).
  *   DW_NATS_USER + DW_NATS_PASSWORD_FILE (or DW_NATS_PASSWORD): the user
