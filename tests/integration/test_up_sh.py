@@ -23,6 +23,8 @@ import unittest
 import urllib.error
 import urllib.request
 
+import websockets
+
 from harness import BIN, Stack, connect, recv_text, wait_until
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -253,28 +255,37 @@ class UpShTest(unittest.TestCase):
         if self._outcome.result and (self._outcome.result.failures or self._outcome.result.errors):
             print(f"--- up.sh output ({st.out_path}) ---\n{st.output()[-6000:]}")
 
-    def conns_at_least(self, st):
+    def conns_at_least(self, st, timeout=20):
         def wait(n):
             def count():
                 r = st.dwctl("conn", "list", "--json", check=False)
                 return r.returncode == 0 and len([ln for ln in r.stdout.splitlines() if ln.strip()]) >= n
-            wait_until(count, 20, f"{n} connections in the registry", interval=0.05)
+            wait_until(count, timeout, f"{n} connections in the registry", interval=0.05)
         return wait
 
-    def chat(self, st, text, **kw):
-        return asyncio.run(asyncio.wait_for(chat_round(st.url, text, conns=self.conns_at_least(st), **kw), 60))
+    def chat(self, st, text, conns_timeout=20, **kw):
+        return asyncio.run(asyncio.wait_for(
+            chat_round(st.url, text, conns=self.conns_at_least(st, conns_timeout), **kw), 60))
 
     def chat_until(self, st, text, timeout=30):
-        """Chat works again within timeout (each try is a fresh pair of clients)."""
+        """Chat works again within timeout. Each try is a fresh pair of
+        clients that gives up after 8 s: a client whose connect event could
+        not be stored (no stream leader yet) is closed by the edge or never
+        listed, and waiting longer for it shows nothing."""
         deadline = time.monotonic() + timeout
         t0 = time.monotonic()
+        tries = 0
         while True:
+            tries += 1
             try:
-                self.chat(st, text)
-                return time.monotonic() - t0
-            except (AssertionError, OSError, asyncio.TimeoutError) as e:
+                self.chat(st, text, conns_timeout=8)
+                return time.monotonic() - t0, tries
+            except (AssertionError, OSError, asyncio.TimeoutError,
+                    websockets.exceptions.WebSocketException) as e:
+                print(f"chat try {tries} failed after {time.monotonic() - t0:.2f} s: {e!r}")
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"chat did not work again within {timeout}s: {e!r}")
+                    raise AssertionError(f"chat did not work again within {timeout}s "
+                                         f"({tries} tries): {e!r}")
 
     def assert_restart_line(self, st, name, sig, count):
         pat = re.compile(rf"^up\.sh: {name} exited \(killed by {sig}\) after [0-9.]+ s: "
@@ -307,8 +318,8 @@ class UpShTest(unittest.TestCase):
         self.assert_restart_line(st, "nats", "SIGKILL", 1)
         self.assertEqual(st.restarts()["nats"], 1)
         wait_until(st.ready, 30, "the stack to be ready after nats-server came back", interval=0.2)
-        took = self.chat_until(st, "after nats-server")
-        print(f"chat worked again {took:.2f} s after the stack said it was ready")
+        took, tries = self.chat_until(st, "after nats-server")
+        print(f"chat worked again {took:.2f} s after the stack said it was ready ({tries} tries)")
         # The same store: the three messages of before are still in DW_MSG.
         self.assertGreaterEqual(stream_messages(st, "DW_MSG"), 3)
         # No service died from the outage.
@@ -372,6 +383,64 @@ class UpShTest(unittest.TestCase):
         self.assertEqual(st.stop(), 0)
         found = grep_tree(os.path.join(st.data, "registry"), [ua.encode()])
         self.assertNotEqual(found["hits"], [], "the control found no plaintext: the grep proves nothing")
+
+
+    def test_three_node_cluster_survives_a_node_killed(self):
+        """DW_NATS_NODES=3: three nodes, streams at 3 replicas, every service
+        given the three URLs; kill -9 of the node the edge is connected to
+        (kept down 30 s by the restart delay): chat goes on, the node comes
+        back and catches up."""
+        st = self.up(nodes=3, env={"DW_RESTART_DELAY_MS": "30000"})
+        names = {"nats1", "nats2", "nats3"}
+        self.assertEqual(set(st.pids()), names | set(SERVICES))
+        self.assertTrue(any(re.match(r"up\.sh: JetStream cluster of 3 nodes up, meta leader ", ln)
+                            for ln in st.up_lines()))
+        info = jsz(st, 1, "?streams=true&config=true")
+        streams = {d["name"]: d for a in info["account_details"] for d in a["stream_detail"]}
+        for name in ("DW_MSG", "DW_CONN", "DW_DLQ"):
+            self.assertEqual(streams[name]["config"]["num_replicas"], 3, name)
+        self.chat(st, "three nodes")
+
+        # The node the edge is connected to.
+        node = wait_until(lambda: next((i for i in (1, 2, 3) if "edge" in connz_names(st, i)), None),
+                          10, "the edge's node")
+        victim = f"nats{node}"
+        old = st.pid(victim)
+        os.kill(old, signal.SIGKILL)
+        t0 = time.monotonic()
+        self.assert_restart_line(st, victim, "SIGKILL", 1)
+        took, tries = self.chat_until(st, "one node down", timeout=25)
+        down = st.pid(victim) is None
+        print(f"{victim} (the edge's) killed: chat worked {time.monotonic() - t0:.2f} s later "
+              f"({tries} tries), the node {'still down' if down else 'back already'}")
+        self.assertTrue(down, "the node came back before chat was tried: nothing was shown")
+        # The node is restarted on its port and store and rejoins.
+        st.wait_restarted(victim, old, timeout=30)
+        wait_until(lambda: (jsz(st, node) or {}).get("meta_cluster", {}).get("leader"), 30,
+                   f"{victim} to see a meta leader again")
+        self.chat(st, "node back")
+        self.assertEqual({k: v for k, v in st.restarts().items() if v}, {victim: 1})
+        self.assertEqual(st.stop(), 0)
+        self.assertEqual(st.leftovers(), {})
+        self.assertEqual(st.sanitizer_reports(), [])
+
+def jsz(st, node, query=""):
+    """A cluster node's /jsz (its monitoring port), or None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{st.http_port + node - 1}/jsz{query}",
+                                    timeout=2) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def connz_names(st, node):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{st.http_port + node - 1}/connz",
+                                    timeout=2) as r:
+            return [c.get("name") for c in json.loads(r.read())["connections"]]
+    except (OSError, ValueError):
+        return []
 
 
 def stream_messages(st, stream):
