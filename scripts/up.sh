@@ -182,32 +182,51 @@ READY_TIMEOUT_S=$(( DW_NATS_NODES > 1 ? 60 : 30 ))
 STOP_TIMEOUT_S=10
 
 # The process table. Every process, once started, is in started[] (start
-# order); pid_of holds the PIDs of those running, timer_of the PID of the
-# sleep that ends a pending restart's wait.
-declare -A pid_of=() timer_of=() started_ms_of=() restarts_of=() attempt_of=() delay_ms_of=()
-declare -A name_of_pid=() name_of_timer=()
+# order); pid_of holds the PIDs of those running, restart_at_ms the time a
+# pending restart is due.
+declare -A pid_of=() restart_at_ms=() started_ms_of=() restarts_of=() attempt_of=() delay_ms_of=()
 started=()
 tails=()               # tail -F pids
 stopping=0
+failed=0
 launching=0            # a signal that arrives inside launch is handled after it
 stop_pending=0
 supervising=0          # 0 during start-up: a process that dies stops everything
 
+# This script's lines go to the terminal (term_fd: stderr as it was given)
+# and to up.log, which also gets bash's own messages once the stack is up.
+exec {term_fd}>&2
 say() {
-    printf 'up.sh: %s\n' "$*" >&2
+    printf 'up.sh: %s\n' "$*" >&"$term_fd"
     printf '%(%F %T)T %s\n' -1 "$*" >> "$log_dir/up.log" 2>/dev/null || true
 }
 
-alive() { [[ -n "${pid_of[$1]:-}" ]] && kill -0 "${pid_of[$1]}" 2>/dev/null; }
+# now: milliseconds on a clock good enough for deadlines (SECONDS ticks whole
+# seconds). A function that sets a variable: $(...) would fork every time.
+clock() { now="${EPOCHREALTIME//[.,]/}"; now=$(( now / 1000 )); }
 
-# Milliseconds on a clock good enough for deadlines (SECONDS ticks whole seconds).
-now_ms() { local t="${EPOCHREALTIME//[.,]/}"; echo $(( t / 1000 )); }
+# tick SECONDS: sleep without a fork (read times out on a FIFO that nobody
+# writes to); a signal with a trap ends it at once.
+mkfifo "$run_dir/tick.$$"
+exec {tick_fd}<> "$run_dir/tick.$$"
+rm -f "$run_dir/tick.$$"
+tick() { read -r -t "$1" -u "$tick_fd" _ || true; }
+
+# running PID: the process exists and has not exited. Not kill -0 alone: a
+# process that exited stays a zombie until bash reaps it, and bash reaps
+# nothing while it runs a trap (SIGCHLD is blocked there).
+running() {
+    local stat
+    { read -r stat < "/proc/$1/stat"; } 2>/dev/null || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != Z ]]
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 last_lines() {
     say "last lines of $log_dir/$1.log:"
-    tail -n 25 "$log_dir/$1.log" | sed "s/^/    /" >&2 || true
+    tail -n 25 "$log_dir/$1.log" | sed "s/^/    /" >&"$term_fd" || true
 }
 
 # "exit status 1" or "killed by SIGKILL" (wait's 128 + signal number).
@@ -273,34 +292,40 @@ launch() {
         # --pid: the tail goes away with this script even if it is SIGKILLed.
         # It ignores SIGINT, so that a Ctrl-C in the terminal (which reaches
         # the whole process group) leaves the shutdown's lines visible.
-        ( trap '' INT; exec {lock_fd}>&-
+        ( trap '' INT; exec {lock_fd}>&- {tick_fd}>&- {term_fd}>&-
           exec tail -n +1 -F --pid=$$ "$log" 2>/dev/null > >(sed -u "s/^/$(printf '%-10s' "$name") | /") ) &
         tails+=($!)
         started+=("$name")
     fi
     (
-        exec {lock_fd}>&- < /dev/null >> "$log" 2>&1
+        exec {lock_fd}>&- {tick_fd}>&- {term_fd}>&- < /dev/null >> "$log" 2>&1
         if [[ -n "${NATS_PORT_OF[$name]:-}" ]]; then exec_nats "$name"; else exec_service "$name"; fi
     ) &
-    local pid=$!
+    local pid=$! now
     pid_of[$name]=$pid
-    name_of_pid[$pid]="$name"
-    started_ms_of[$name]=$(now_ms)
-    echo "$pid" > "$run_dir/$name.pid.tmp" && mv -f "$run_dir/$name.pid.tmp" "$run_dir/$name.pid"
+    clock
+    started_ms_of[$name]=$now
+    echo "$pid" > "$run_dir/$name.pid"
     launching=0
     if (( stop_pending )); then on_signal; fi
 }
 
-# Called when NAME exited with STATUS without being asked to: schedule its
-# restart after the current backoff delay, or stop everything.
+# NAME's process is gone (not running): collect its exit status (bash
+# keeps it, also when the process was reaped during another command) and
+# schedule its restart after the current backoff delay, or stop everything.
 exited() {
-    local name="$1" status="$2" up_ms
-    up_ms=$(( $(now_ms) - ${started_ms_of[$name]} ))
-    unset "name_of_pid[${pid_of[$name]}]" "pid_of[$name]"
+    local name="$1" status=0 up_ms now
+    wait "${pid_of[$name]}" 2>/dev/null || status=$?
+    clock
+    up_ms=$(( now - ${started_ms_of[$name]} ))
+    unset "pid_of[$name]"
     rm -f "$run_dir/$name.pid"
-    if (( ! supervising || ! restart_on )); then
+    if (( ! supervising )); then
         last_lines "$name"
-        fail "$name exited unexpectedly ($(describe_exit "$status")); stopping everything"
+        fail "$name exited during start-up ($(describe_exit "$status"))"
+    elif (( ! restart_on )); then
+        last_lines "$name"
+        fail "$name exited unexpectedly ($(describe_exit "$status")); stopping everything (DW_RESTART=off)"
     fi
     # A process that ran a while before dying is back to the first delay.
     if (( up_ms >= RESTART_RESET_S * 1000 )); then
@@ -314,24 +339,23 @@ exited() {
     write_restarts
     say "$name exited ($(describe_exit "$status")) after $(seconds "$up_ms"): restart ${restarts_of[$name]}" \
         "(attempt ${attempt_of[$name]} in a row) in $(seconds "$delay"); log $log_dir/$name.log"
-    # The wait is a child like the others, so that one `wait -n` serves
-    # both; it ignores SIGINT for the same reason as the tails.
-    ( trap '' INT; exec {lock_fd}>&-; exec sleep "$(( delay / 1000 )).$(printf '%03d' $(( delay % 1000 )))" ) &
-    timer_of[$name]=$!
-    name_of_timer[$!]="$name"
+    restart_at_ms[$name]=$(( now + delay ))
 }
 
 # SIGTERM, up to STOP_TIMEOUT_S for a clean exit, then SIGKILL.
 stop_one() {
     local name="$1" pid="${pid_of[$1]:-}"
     [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
+    if running "$pid"; then
         kill -TERM "$pid" 2>/dev/null || true
-        local deadline=$(( $(now_ms) + STOP_TIMEOUT_S * 1000 ))
-        while kill -0 "$pid" 2>/dev/null && (( $(now_ms) < deadline )); do
-            sleep 0.1
+        local now deadline
+        clock
+        deadline=$(( now + STOP_TIMEOUT_S * 1000 ))
+        while running "$pid" && (( now < deadline )); do
+            tick 0.1
+            clock
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if running "$pid"; then
             say "$name did not stop within ${STOP_TIMEOUT_S} s: SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
         fi
@@ -346,12 +370,8 @@ stop_all() {
     stopping=1
     # A second Ctrl-C must not cut the shutdown short and leave orphans.
     trap '' INT TERM HUP
-    local i name pid
-    for name in "${!timer_of[@]}"; do   # pending restarts: cancelled
-        kill -TERM "${timer_of[$name]}" 2>/dev/null || true
-        wait "${timer_of[$name]}" 2>/dev/null || true
-    done
-    timer_of=()
+    local i pid
+    restart_at_ms=()   # pending restarts: cancelled
     for (( i = ${#started[@]} - 1; i >= 0; i-- )); do
         stop_one "${started[i]}"
     done
@@ -365,8 +385,18 @@ stop_all() {
 
 fail() {
     say "$*"
+    failed=1
     stop_all
     exit 1
+}
+
+# shellcheck disable=SC2317  # called by the trap
+on_exit() {
+    local rc=$?
+    stop_all
+    if (( rc != 0 && ! failed )); then
+        say "ended with status $rc (an error in this script? see $log_dir/up.log)"
+    fi
 }
 
 # shellcheck disable=SC2317  # called by the trap
@@ -479,20 +509,25 @@ as_user() {
     env DW_NATS_USER="$u" DW_NATS_PASSWORD_FILE="$secrets_dir/nats_$u" "$@"
 }
 
-# During start-up: fail if any process has died.
-check_alive() {
-    local name status
+# One look at every process: a process that is gone is handled by exited
+# (during start-up: everything stops), a restart that is due is made.
+check_processes() {
+    local name now
     for name in "${started[@]}"; do
-        if ! alive "$name"; then
-            status=0
-            wait "${pid_of[$name]}" 2>/dev/null || status=$?
-            exited "$name" "$status"   # not supervising yet: fails
+        if [[ -n "${pid_of[$name]:-}" ]]; then
+            running "${pid_of[$name]}" || exited "$name"
+        elif [[ -n "${restart_at_ms[$name]:-}" ]]; then
+            clock
+            if (( now >= ${restart_at_ms[$name]} )); then
+                unset "restart_at_ms[$name]"
+                launch "$name"
+            fi
         fi
     done
 }
 
 trap on_signal INT TERM HUP
-trap stop_all EXIT
+trap on_exit EXIT
 
 "$root/scripts/deps.sh"
 if (( build_first )); then
@@ -537,20 +572,23 @@ mkdir -p "${STORE_OF[@]}"
 for n in "${NATS_NODES[@]}"; do
     launch "$n"
 done
-deadline=$(( $(now_ms) + NATS_TIMEOUT_S * 1000 ))
+clock
+deadline=$(( now + NATS_TIMEOUT_S * 1000 ))
 for n in "${NATS_NODES[@]}"; do
     until port_open "${NATS_PORT_OF[$n]}"; do
-        check_alive
-        (( $(now_ms) < deadline )) || { last_lines "$n"; fail "$n did not accept connections within ${NATS_TIMEOUT_S} s"; }
-        sleep 0.1
+        check_processes
+        clock
+        (( now < deadline )) || { last_lines "$n"; fail "$n did not accept connections within ${NATS_TIMEOUT_S} s"; }
+        tick 0.1
     done
 done
 if (( DW_NATS_NODES > 1 )); then
     # Streams can be made only once the nodes have elected a meta leader.
     until leader="$(meta_leader)"; do
-        check_alive
-        (( $(now_ms) < deadline )) || { last_lines "${NATS_NODES[0]}"; fail "the JetStream cluster has no meta leader after ${NATS_TIMEOUT_S} s"; }
-        sleep 0.1
+        check_processes
+        clock
+        (( now < deadline )) || { last_lines "${NATS_NODES[0]}"; fail "the JetStream cluster has no meta leader after ${NATS_TIMEOUT_S} s"; }
+        tick 0.1
     done
     say "JetStream cluster of $DW_NATS_NODES nodes up, meta leader $leader"
 fi
@@ -571,11 +609,13 @@ ready_why() {
     curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$DW_PORT/readyz" 2>&1 ||
         as_user dwctl "$build_dir/bin/dwctl" status --timeout-ms 1000 2>&1 >/dev/null
 }
-deadline=$(( $(now_ms) + READY_TIMEOUT_S * 1000 ))
+clock
+deadline=$(( now + READY_TIMEOUT_S * 1000 ))
 until ready; do
-    check_alive
-    (( $(now_ms) < deadline )) || { last_lines edge; fail "not ready within ${READY_TIMEOUT_S} s: $(ready_why)"; }
-    sleep 0.2
+    check_processes
+    clock
+    (( now < deadline )) || { last_lines edge; fail "not ready within ${READY_TIMEOUT_S} s: $(ready_why)"; }
+    tick 0.2
 done
 
 # A table written before the registry had a key still holds plaintext rows
@@ -583,7 +623,7 @@ done
 if [[ -n "$registry_key_file" ]] &&
     as_user dwctl "$build_dir/bin/dwctl" registry status --json 2>/dev/null | grep -q '"plaintext"'; then
     say "the registry's table still holds plaintext rows from before it had a key: sealing them (dwctl registry rotate-key)"
-    as_user dwctl "$build_dir/bin/dwctl" registry rotate-key >&2 ||
+    as_user dwctl "$build_dir/bin/dwctl" registry rotate-key >&"$term_fd" ||
         say "dwctl registry rotate-key failed; run it by hand (docs/security.md)"
     say "checkpoints taken before still hold plaintext: delete them from $data_dir/registry/*/checkpoints once a new one exists"
 fi
@@ -600,26 +640,13 @@ if (( DW_NATS_NODES > 1 )); then
 fi
 write_restarts
 
-# Foreground until a signal (handled by on_signal): one `wait -n` for every
-# running process and every pending restart. A process that exits is
-# restarted when its wait ends.
+# Foreground until a signal (handled by on_signal), looking at every
+# process ten times a second. Not `wait -n`: it never returns a process that
+# bash reaped and reported ("Killed") while it ran another command.
+# bash's own reports of that kind go to up.log from here on.
+exec 2>> "$log_dir/up.log"
 supervising=1
 while :; do
-    waitfor=()
-    for name in "${started[@]}"; do
-        [[ -n "${pid_of[$name]:-}" ]] && waitfor+=("${pid_of[$name]}")
-        [[ -n "${timer_of[$name]:-}" ]] && waitfor+=("${timer_of[$name]}")
-    done
-    died=""
-    status=0
-    # 2>/dev/null: bash's own "Killed" notice; the line of exited says more.
-    wait -n -p died "${waitfor[@]}" 2>/dev/null || status=$?
-    [[ -n "$died" ]] || continue   # a signal ended the wait; its trap ran
-    if [[ -n "${name_of_timer[$died]:-}" ]]; then
-        name="${name_of_timer[$died]}"
-        unset "name_of_timer[$died]" "timer_of[$name]"
-        launch "$name"
-    elif [[ -n "${name_of_pid[$died]:-}" ]]; then
-        exited "${name_of_pid[$died]}" "$status"
-    fi
+    check_processes
+    tick 0.1
 done

@@ -110,11 +110,13 @@ class UpStack:
     # -- running it --------------------------------------------------------
 
     def start(self, timeout=90):
+        self.close_output()
+        ups = self.output().count("DynamoWave is up")   # a second start appends
         self.out = open(self.out_path, "ab")
         self.p = subprocess.Popen(["bash", UP, "--no-build"], cwd=REPO, env=self.env,
                                   stdout=self.out, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_until(lambda: "DynamoWave is up" in self.output() or self.p.poll() is not None,
+        wait_until(lambda: self.output().count("DynamoWave is up") > ups or self.p.poll() is not None,
                    timeout, "up.sh to say the stack is up", interval=0.1)
         assert self.p.poll() is None, f"up.sh exited {self.p.returncode}:\n{self.output()[-4000:]}"
         self.pids()
@@ -174,7 +176,11 @@ class UpStack:
         def new():
             pid = self.pid(name)
             return pid if pid and pid != old_pid and pid_alive(pid) else None
-        return wait_until(new, timeout, f"{name} to be restarted", interval=0.05)
+        try:
+            return wait_until(new, timeout, f"{name} to be restarted", interval=0.05)
+        except AssertionError:
+            os.system(f"ps -o pid,stat,time,wchan:20,cmd --ppid {self.p.pid} | grep -v tail; cat /proc/{self.p.pid}/stat; cat /proc/{self.p.pid}/wchan; echo; cat /proc/{self.p.pid}/status | grep -i sig")
+            raise
 
     def stop(self, sig=signal.SIGINT, timeout=60):
         """Signal up.sh and wait for it; its exit status."""
@@ -198,6 +204,11 @@ class UpStack:
                           if any(m in ln for m in Stack.SANITIZER_MARKS)]
         return found
 
+    def close_output(self):
+        if getattr(self, "out", None):
+            self.out.close()
+            self.out = None
+
     def cleanup(self):
         """Whatever happened: nothing of this stack keeps running, no temp dir stays."""
         try:
@@ -219,8 +230,7 @@ class UpStack:
                 if (b"nats-server" if name.startswith("nats") else name.encode()) in cmd:
                     os.kill(pid, signal.SIGKILL)
         finally:
-            if getattr(self, "out", None):
-                self.out.close()
+            self.close_output()
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -287,9 +297,9 @@ class UpShTest(unittest.TestCase):
                     raise AssertionError(f"chat did not work again within {timeout}s "
                                          f"({tries} tries): {e!r}")
 
-    def assert_restart_line(self, st, name, sig, count):
+    def assert_restart_line(self, st, name, sig, count, attempt=r"\d+", delay=r"[0-9.]+"):
         pat = re.compile(rf"^up\.sh: {name} exited \(killed by {sig}\) after [0-9.]+ s: "
-                         rf"restart {count} \(attempt \d+ in a row\) in [0-9.]+ s")
+                         rf"restart {count} \(attempt {attempt} in a row\) in {delay} s")
         wait_until(lambda: any(pat.search(ln) for ln in st.up_lines()), 10,
                    f"the restart line of {name}")
 
@@ -309,6 +319,14 @@ class UpShTest(unittest.TestCase):
         wait_until(lambda: http_status(st.port + 13, "/readyz") == 200, 20, "dispatcher /readyz")
         wait_until(st.ready, 20, "dwctl status to say ready", interval=0.2)
         self.chat(st, "after the dispatcher")
+        # Killed again at once, twice: the wait doubles each time.
+        for n, delay in ((2, "1.0"), (3, "2.0")):
+            old = st.pid("dispatcher")
+            os.kill(old, signal.SIGKILL)
+            st.wait_restarted("dispatcher", old)
+            self.assert_restart_line(st, "dispatcher", "SIGKILL", n, attempt=n, delay=delay)
+        self.assertEqual(st.restarts()["dispatcher"], 3)
+        wait_until(lambda: http_status(st.port + 13, "/readyz") == 200, 20, "dispatcher /readyz")
 
         # (b) kill -9 nats-server: back on the same port and store, the
         # services reconnect by themselves, new clients chat again.
@@ -324,7 +342,7 @@ class UpShTest(unittest.TestCase):
         self.assertGreaterEqual(stream_messages(st, "DW_MSG"), 3)
         # No service died from the outage.
         self.assertEqual({k: v for k, v in st.restarts().items() if v},
-                         {"dispatcher": 1, "nats": 1})
+                         {"dispatcher": 3, "nats": 1})
         self.assertEqual(st.stop(), 0)
         self.assertEqual(st.leftovers(), {})
         self.assertEqual(st.sanitizer_reports(), [])
@@ -369,20 +387,46 @@ class UpShTest(unittest.TestCase):
         self.assertEqual(found["hits"], [], "plaintext at rest")
         self.assertEqual(st.sanitizer_reports(), [])
 
-    def test_registry_key_none_is_an_explicit_and_visible_choice(self):
+    def test_registry_key_none_is_an_explicit_choice_and_a_later_start_seals_the_table(self):
         """The control for the test above: without the key the agent IS
         readable in the registry's files, so finding nothing there means
-        something; and up.sh says so."""
-        st = self.up(env={"DW_REGISTRY_KEY": "none"})
+        something; and up.sh says so. The next start without
+        DW_REGISTRY_KEY=none makes a key and seals that table
+        (dwctl registry rotate-key): the agent leaves the table's files."""
+        st = self.up(env={"DW_REGISTRY_KEY": "none", "DW_RESTART_DELAY_MS": "30000"})
         self.assertTrue(any("WARNING: DW_REGISTRY_KEY=none" in ln for ln in st.up_lines()))
-        self.assertFalse(os.path.exists(os.path.join(st.data, "secrets", "registry_key")))
+        key = os.path.join(st.data, "secrets", "registry_key")
+        self.assertFalse(os.path.exists(key))
         tag = f"{random.getrandbits(64):016x}"
         ua = f"dw-up-test-agent-{tag}"
-        self.chat(st, f"text-{tag}", ua=ua)
-        self.assertFalse(json.loads(st.dwctl("registry", "status", "--json").stdout)["encrypted"])
+        # A client still connected when its edge dies: its row stays in the
+        # table, and the stack is stopped before the edge's restart.
+        async def connected_then_edge_killed():
+            ws = await connect(st.url, user_agent_header=ua)
+            await asyncio.to_thread(self.conns_at_least(st), 1)
+            status = await asyncio.to_thread(st.dwctl, "registry", "status", "--json")
+            os.kill(st.pid("edge"), signal.SIGKILL)
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            return json.loads(status.stdout)
+
+        self.assertFalse(asyncio.run(connected_then_edge_killed())["encrypted"])
+        self.assert_restart_line(st, "edge", "SIGKILL", 1)
         self.assertEqual(st.stop(), 0)
-        found = grep_tree(os.path.join(st.data, "registry"), [ua.encode()])
-        self.assertNotEqual(found["hits"], [], "the control found no plaintext: the grep proves nothing")
+        self.assertEqual(st.leftovers(), {})
+        db = os.path.join(st.data, "registry", "r0", "db")
+        self.assertNotEqual(grep_tree(db, [ua.encode()])["hits"], [],
+                            "the control found no plaintext: the grep proves nothing")
+
+        del st.env["DW_REGISTRY_KEY"], st.env["DW_RESTART_DELAY_MS"]
+        st.start()
+        self.assertTrue(os.path.exists(key))
+        self.assertTrue(any("sealing them (dwctl registry rotate-key)" in ln for ln in st.up_lines()),
+                        st.up_lines())
+        status = json.loads(st.dwctl("registry", "status", "--json").stdout)
+        self.assertTrue(status["encrypted"], status)
+        self.assertEqual(status["key_ids"], [status["key_id"]])
+        self.assertEqual(st.stop(), 0)
+        self.assertEqual(grep_tree(db, [ua.encode()])["hits"], [])
 
 
     def test_three_node_cluster_survives_a_node_killed(self):
