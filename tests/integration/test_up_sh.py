@@ -182,10 +182,14 @@ class UpStack:
             os.system(f"ps -o pid,stat,time,wchan:20,cmd --ppid {self.p.pid} | grep -v tail; cat /proc/{self.p.pid}/stat; cat /proc/{self.p.pid}/wchan; echo; cat /proc/{self.p.pid}/status | grep -i sig")
             raise
 
-    def stop(self, sig=signal.SIGINT, timeout=60):
-        """Signal up.sh and wait for it; its exit status."""
+    def stop(self, sig=signal.SIGINT, timeout=60, group=False):
+        """Signal up.sh (group: its whole process group, as Ctrl-C in a
+        terminal does) and wait for it; its exit status."""
         if self.p and self.p.poll() is None:
-            self.p.send_signal(sig)
+            if group:
+                os.killpg(self.p.pid, sig)
+            else:
+                self.p.send_signal(sig)
             try:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -366,18 +370,22 @@ class UpShTest(unittest.TestCase):
         key = os.path.join(st.data, "secrets", "registry_key")
         self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
 
-        # (c) SIGINT while a restart is pending: everything stops, at once.
+        # (c) Ctrl-C (SIGINT to up.sh's process group, as a terminal sends
+        # it) while a restart is pending: everything stops, at once, and the
+        # services' last lines still show (the log tails ignore SIGINT).
         before = st.pids()
         os.kill(before["deadletter"], signal.SIGKILL)
         self.assert_restart_line(st, "deadletter", "SIGKILL", 1)
         self.assertIsNone(st.pid("deadletter"))
         t0 = time.monotonic()
-        self.assertEqual(st.stop(signal.SIGINT), 0, st.output()[-3000:])
+        self.assertEqual(st.stop(signal.SIGINT, group=True), 0, st.output()[-3000:])
         took = time.monotonic() - t0
         self.assertLess(took, 15, "the pending restart held up the stop")
         self.assertEqual(st.leftovers(), {}, "processes of the stack still running")
         self.assertEqual([ln for ln in st.up_lines() if "SIGKILL" in ln and "did not stop" in ln], [])
-        self.assertIn("up.sh: stopped", st.output())
+        out = st.output()
+        self.assertIn("up.sh: stopped", out)
+        self.assertRegex(out[out.index("up.sh: stopping"):], r"\nedge +\| .*msg=\"stopped\"")
         self.assertEqual(sorted(os.listdir(st.run)), ["restarts", "up.lock"])
         print(f"stopped {len(before)} processes in {took:.2f} s")
 
