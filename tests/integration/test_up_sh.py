@@ -308,7 +308,8 @@ class UpShTest(unittest.TestCase):
                    f"the restart line of {name}")
 
     def test_a_service_and_nats_server_killed_are_restarted(self):
-        st = self.up()
+        # Backoff back to its start after 3 s up (60 s by default).
+        st = self.up(env={"DW_RESTART_RESET_S": "3"})
         self.chat(st, "before")
         self.assertEqual(set(st.pids()), {"nats", *SERVICES})
         self.assertEqual(set(st.restarts().values()), {0})
@@ -328,6 +329,7 @@ class UpShTest(unittest.TestCase):
             old = st.pid("dispatcher")
             os.kill(old, signal.SIGKILL)
             st.wait_restarted("dispatcher", old)
+            up_since = time.monotonic()
             self.assert_restart_line(st, "dispatcher", "SIGKILL", n, attempt=n, delay=delay)
         self.assertEqual(st.restarts()["dispatcher"], 3)
         wait_until(lambda: http_status(st.port + 13, "/readyz") == 200, 20, "dispatcher /readyz")
@@ -347,6 +349,14 @@ class UpShTest(unittest.TestCase):
         # No service died from the outage.
         self.assertEqual({k: v for k, v in st.restarts().items() if v},
                          {"dispatcher": 3, "nats": 1})
+        # The dispatcher has been up longer than DW_RESTART_RESET_S (the
+        # nats-server part took that long; if not, this waits): killed now,
+        # it is back to the first delay.
+        wait_until(lambda: time.monotonic() - up_since > 3.5, 10, "3.5 s since the last restart")
+        old = st.pid("dispatcher")
+        os.kill(old, signal.SIGKILL)
+        st.wait_restarted("dispatcher", old)
+        self.assert_restart_line(st, "dispatcher", "SIGKILL", 4, attempt=1, delay="0.5")
         self.assertEqual(st.stop(), 0)
         self.assertEqual(st.leftovers(), {})
         self.assertEqual(st.sanitizer_reports(), [])
