@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MSG_PREFIX_LEN (sizeof DW_SUBJ_MSG_PREFIX - 1)
-
 void dlq_msg_id(char *buf, size_t len, uint64_t stream_seq)
 {
     snprintf(buf, len, DW_DLQ_MSG_ID_PREFIX "%" PRIu64, stream_seq);
@@ -41,9 +39,8 @@ static int tokens_valid(const char *s)
 
 const char *dlq_room_of_subject(const char *subject)
 {
-    if (!subject || strncmp(subject, DW_SUBJ_MSG_PREFIX, MSG_PREFIX_LEN)) return NULL;
-    const char *room = subject + MSG_PREFIX_LEN;
-    return tokens_valid(room) ? room : NULL;
+    const char *room = dw_subj_msg_room(subject, NULL);
+    return room && tokens_valid(room) ? room : NULL;
 }
 
 int dlq_subject(char *buf, size_t len, const char *room)

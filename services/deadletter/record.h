@@ -46,8 +46,9 @@ void dlq_msg_id(char *buf, size_t len, uint64_t stream_seq);
 int dlq_replay_msg_id(char *buf, size_t len, const char *orig_msg_id, uint64_t stream_seq,
                       uint64_t dlq_id);
 
-/* The room of a DW_MSG subject ("dw.msg.a.b" -> "a.b"), pointing into
- * subject; NULL when subject is not a dw.msg.<room> subject. */
+/* The room of a DW_MSG subject ("dw.msg.3.a.b", or "dw.msg.a.b" from before
+ * partitions -> "a.b"; dw_subj_msg_room), pointing into subject; NULL when
+ * subject is not a chat subject. */
 const char *dlq_room_of_subject(const char *subject);
 
 /* "dw.dlq.<room>" into buf; room: subject tokens (what dlq_room_of_subject gives).

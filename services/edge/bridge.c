@@ -374,8 +374,8 @@ int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n)
 
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m)
 {
-    char subj[DW_ROOM_MAX + 16];
-    snprintf(subj, sizeof subj, DW_SUBJ_MSG_PREFIX "%s", m->room);
+    char subj[DW_ROOM_MAX + 24];
+    if (dw_subj_msg(subj, sizeof subj, m->room)) return -1;
     return publish_async(b, subj, m->id, &m->base);
 }
 

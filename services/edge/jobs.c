@@ -33,13 +33,13 @@ void edge_job_free(edge_job *job)
 
 static void room_subject(char *buf, size_t len, const char *room)
 {
-    snprintf(buf, len, DW_SUBJ_MSG_PREFIX "%s", room);
+    dw_subj_msg(buf, len, room);
 }
 
 /* The room's last stream sequence (0: no message in the window). */
 static int last_seq_of(edge_jobs *j, const char *room, uint64_t *out)
 {
-    char subj[DW_ROOM_MAX + 16];
+    char subj[DW_ROOM_MAX + 24];
     room_subject(subj, sizeof subj, room);
     natsMsg *m = NULL;
     jsErrCode jerr = 0;
@@ -97,7 +97,7 @@ static int push_msg(edge_job *job, size_t *cap, uint64_t seq, natsMsg *m)
 static int read_range(edge_jobs *j, edge_job *job, uint64_t from, uint64_t to, uint32_t max,
                       bool keep_newest)
 {
-    char subj[DW_ROOM_MAX + 16];
+    char subj[DW_ROOM_MAX + 24];
     room_subject(subj, sizeof subj, job->room);
     if (from > to) return 0;
     jsSubOptions so;

@@ -25,6 +25,45 @@ int dw_room_valid(const char *room, size_t len)
     return 1;
 }
 
+uint32_t dw_room_partition(const char *room)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)room; *p; p++) {
+        h ^= *p;
+        h *= 16777619u;
+    }
+    return h % DW_MSG_PARTITIONS;
+}
+
+int dw_subj_msg(char *buf, size_t len, const char *room)
+{
+    int n = snprintf(buf, len, DW_SUBJ_MSG_PREFIX "%u.%s", dw_room_partition(room), room);
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+void dw_subj_msg_partition(char *buf, size_t len, uint32_t partition)
+{
+    snprintf(buf, len, DW_SUBJ_MSG_PREFIX "%u.>", partition);
+}
+
+const char *dw_subj_msg_room(const char *subject, uint32_t *partition)
+{
+    static const size_t plen = sizeof DW_SUBJ_MSG_PREFIX - 1;
+    if (partition) *partition = UINT32_MAX;
+    if (!subject || strncmp(subject, DW_SUBJ_MSG_PREFIX, plen)) return NULL;
+    const char *p = subject + plen, *q = p;
+    uint32_t part = 0;
+    while (*q >= '0' && *q <= '9' && q - p < 6)
+        part = part * 10 + (uint32_t)(*q++ - '0');
+    /* A number token followed by a room: the partitioned form. A room that
+     * is only digits ("dw.msg.42") is the old form. */
+    if (q > p && *q == '.' && q[1] && part < DW_MSG_PARTITIONS) {
+        if (partition) *partition = part;
+        return q + 1;
+    }
+    return *p ? p : NULL;
+}
+
 void dw_subj_edge_deliver(char *buf, size_t len, const char *edge_id)
 {
     snprintf(buf, len, "dw.edge.%s.deliver", edge_id);

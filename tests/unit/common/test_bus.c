@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -191,6 +192,62 @@ static void test_set_servers_rejects(void **state)
     assert_int_equal(servers(many), NATS_INVALID_ARG);
 }
 
+static void test_room_partition(void **state)
+{
+    /* The hash is a wire contract: these values must never change. */
+    assert_int_equal(DW_MSG_PARTITIONS, 16);
+    assert_int_equal(dw_room_partition("lobby"), 475664083u % 16);
+    assert_int_equal(dw_room_partition(""), 2166136261u % 16);
+    uint32_t seen[DW_MSG_PARTITIONS] = {0};
+    char room[16];
+    for (int i = 0; i < 1600; i++) {
+        snprintf(room, sizeof room, "r%d", i);
+        uint32_t p = dw_room_partition(room);
+        assert_true(p < DW_MSG_PARTITIONS);
+        assert_int_equal(p, dw_room_partition(room));
+        seen[p]++;
+    }
+    /* Spread: every partition gets some of 1,600 rooms. */
+    for (int p = 0; p < DW_MSG_PARTITIONS; p++)
+        assert_true(seen[p] > 1600 / DW_MSG_PARTITIONS / 3);
+}
+
+static void test_subj_msg_round_trip(void **state)
+{
+    const char *rooms[] = {"lobby", "a", "team.dev", "0", "42", "3.x", "Room-1_x"};
+    for (size_t i = 0; i < sizeof rooms / sizeof rooms[0]; i++) {
+        char subj[128];
+        assert_int_equal(dw_subj_msg(subj, sizeof subj, rooms[i]), 0);
+        uint32_t part = 99;
+        const char *room = dw_subj_msg_room(subj, &part);
+        assert_non_null(room);
+        assert_string_equal(room, rooms[i]);
+        assert_int_equal(part, dw_room_partition(rooms[i]));
+    }
+    char small[8];
+    assert_int_equal(dw_subj_msg(small, sizeof small, "lobby"), -1);
+}
+
+static void test_subj_msg_room_old_and_bad(void **state)
+{
+    uint32_t part = 0;
+    assert_string_equal(dw_subj_msg_room("dw.msg.lobby", &part), "lobby");
+    assert_int_equal(part, UINT32_MAX);
+    assert_string_equal(dw_subj_msg_room("dw.msg.42", &part), "42");
+    assert_int_equal(part, UINT32_MAX);
+    assert_null(dw_subj_msg_room("dw.msg.", NULL));
+    assert_null(dw_subj_msg_room("dw.conn.connect", NULL));
+    assert_null(dw_subj_msg_room(NULL, NULL));
+    /* A number past the partitions is a room name, not a partition. */
+    char subj[64];
+    snprintf(subj, sizeof subj, "dw.msg.%d.x", DW_MSG_PARTITIONS);
+    assert_non_null(dw_subj_msg_room(subj, &part));
+    assert_int_equal(part, UINT32_MAX);
+    char filter[64];
+    dw_subj_msg_partition(filter, sizeof filter, 7);
+    assert_string_equal(filter, "dw.msg.7.>");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -204,6 +261,9 @@ int main(void)
         cmocka_unit_test(test_pb_unpack_rejects_garbage),
         cmocka_unit_test(test_stream_opts_default),
         cmocka_unit_test(test_set_servers_lists),
+        cmocka_unit_test(test_room_partition),
+        cmocka_unit_test(test_subj_msg_round_trip),
+        cmocka_unit_test(test_subj_msg_room_old_and_bad),
         cmocka_unit_test(test_set_servers_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -129,6 +129,8 @@ static void test_ids_and_subjects(void **state)
 
     assert_string_equal(dlq_room_of_subject("dw.msg.lobby"), "lobby");
     assert_string_equal(dlq_room_of_subject("dw.msg.a.b"), "a.b");
+    assert_string_equal(dlq_room_of_subject("dw.msg.3.lobby"), "lobby");
+    assert_string_equal(dlq_room_of_subject("dw.msg.15.a.b"), "a.b");
     assert_null(dlq_room_of_subject("dw.msg."));
     assert_null(dlq_room_of_subject("dw.msg.a..b"));
     assert_null(dlq_room_of_subject("dw.msg.a."));

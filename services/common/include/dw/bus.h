@@ -14,7 +14,7 @@
 #define DW_STREAM_MSG "DW_MSG"
 
 #define DW_SUBJ_CONN_PREFIX "dw.conn."        /* + connect|disconnect|join|leave|edge_down */
-#define DW_SUBJ_MSG_PREFIX "dw.msg."          /* + <room> */
+#define DW_SUBJ_MSG_PREFIX "dw.msg."          /* + <partition>.<room> (dw_subj_msg) */
 #define DW_SUBJ_REG_ROOM "dw.registry.room"   /* RoomQuery -> RoomEdges */
 #define DW_SUBJ_REG_LIST "dw.registry.list"   /* ListQuery -> ListReply */
 #define DW_SUBJ_REG_EDGES "dw.registry.edges" /* (empty) -> EdgesReply */
@@ -33,6 +33,26 @@
 #define DW_ROOM_MAX 64
 #define DW_ROOM_LOBBY "lobby"
 int dw_room_valid(const char *room, size_t len);
+
+/* DW_MSG is split into DW_MSG_PARTITIONS partitions by a stable hash of the
+ * room name: a room's messages are published to dw.msg.<partition>.<room>,
+ * each partition has one durable consumer and one dispatcher owning it at a
+ * time (docs/architecture.md, "Ordering"), so per-room order survives
+ * retries and several dispatchers. Every service that publishes or reads a
+ * room's messages must agree on this number: it is part of the wire
+ * contract, not a setting (changing it: docs/operations.md). */
+#define DW_MSG_PARTITIONS 16
+/* The partition of room (FNV-1a 32 of its bytes, modulo DW_MSG_PARTITIONS). */
+uint32_t dw_room_partition(const char *room);
+/* "dw.msg.<partition>.<room>" into buf; -1 when it does not fit. */
+int dw_subj_msg(char *buf, size_t len, const char *room);
+/* "dw.msg.<partition>.>" (a partition consumer's filter) into buf. */
+void dw_subj_msg_partition(char *buf, size_t len, uint32_t partition);
+/* The room of a DW_MSG subject, pointing into subject: "dw.msg.3.a.b" ->
+ * "a.b"; a subject from before partitions ("dw.msg.a.b") -> "a.b". NULL
+ * when subject is not under dw.msg. or names no room. *partition (may be
+ * NULL) gets the partition token, or UINT32_MAX for the old form. */
+const char *dw_subj_msg_room(const char *subject, uint32_t *partition);
 
 /* "dw.edge.<edge_id>.deliver" into buf. */
 void dw_subj_edge_deliver(char *buf, size_t len, const char *edge_id);
