@@ -901,10 +901,12 @@ static void on_round(dispatcher *d, round_work *w, int64_t now)
                     edges_known(d->edges, a->edges[k], mono_ms());
             order_round_room_edges(d->ord, i, a->edges, a->n_edges, now);
         } else {
-            order_round_room_failed(d->ord, i, a->reason ? a->reason : DLQ_REASON_REGISTRY, now);
+            size_t n = order_round_room_failed(d->ord, i,
+                                               a->reason ? a->reason : DLQ_REASON_REGISTRY, now);
+            dw_metric_add(M.retried, (int64_t)n);
         }
     }
-    order_round_end(d->ord, now);
+    dw_metric_add(M.retried, (int64_t)order_round_end(d->ord, now));
     round_free(w);
     d->round_out = 0;
 }

@@ -720,10 +720,11 @@ oom:
     return rc;
 }
 
-void order_round_room_failed(order *s, size_t i, const char *reason, int64_t now_ms)
+size_t order_round_room_failed(order *s, size_t i, const char *reason, int64_t now_ms)
 {
     order_room *r = s->rq_rooms[i];
-    if (s->rq[i].answered) return;
+    size_t n = 0;
+    if (s->rq[i].answered) return 0;
     s->rq[i].answered = 1;
     r->failures++;
     r->next_ms = now_ms + order_backoff(&s->cfg, r->failures);
@@ -732,6 +733,7 @@ void order_round_room_failed(order *s, size_t i, const char *reason, int64_t now
         if (m->resolved || m->round != s->round_id) continue;
         m->round = 0;
         attempt_note(m, now_ms);
+        n++;
         if (m->attempts >= s->cfg.max_attempts) {
             snprintf(m->reason, sizeof m->reason, "%s", reason);
             m->resolved = 1; /* given up: nothing to resolve any more */
@@ -739,14 +741,16 @@ void order_round_room_failed(order *s, size_t i, const char *reason, int64_t now
             settle(s, m, ORDER_DEAD);
         }
     }
+    return n;
 }
 
-void order_round_end(order *s, int64_t now_ms)
+size_t order_round_end(order *s, int64_t now_ms)
 {
-    if (!s->round_open) return;
+    size_t n = 0;
+    if (!s->round_open) return 0;
     for (size_t i = 0; i < s->rq_n; i++) {
         order_room *r = s->rq_rooms[i];
-        if (!s->rq[i].answered) order_round_room_failed(s, i, DLQ_REASON_REGISTRY, now_ms);
+        if (!s->rq[i].answered) n += order_round_room_failed(s, i, DLQ_REASON_REGISTRY, now_ms);
         r->round = 0;
         if (r->n_unresolved)
             pend_add(s, r);
@@ -755,6 +759,7 @@ void order_round_end(order *s, int64_t now_ms)
     }
     s->rq_n = 0;
     s->round_open = 0;
+    return n;
 }
 
 /* ---- requests ---- */

@@ -138,11 +138,13 @@ int order_round_begin(order *s, int64_t now_ms, order_query **q, size_t *n);
 int order_round_room_edges(order *s, size_t i, char *const *edges, size_t n, int64_t now_ms);
 /* The registry could not answer for query i: its messages count an attempt
  * (reason: registry_unavailable / registry_error ...), wait out the room's
- * backoff, and are given up after the last attempt. */
-void order_round_room_failed(order *s, size_t i, const char *reason, int64_t now_ms);
+ * backoff, and are given up after the last attempt. Returns how many
+ * messages counted an attempt. */
+size_t order_round_room_failed(order *s, size_t i, const char *reason, int64_t now_ms);
 /* End the round: queries not answered count as failed ("registry_timeout"
- * -> registry_unavailable). */
-void order_round_end(order *s, int64_t now_ms);
+ * -> registry_unavailable). Returns how many messages that made count an
+ * attempt. */
+size_t order_round_end(order *s, int64_t now_ms);
 int order_round_open(const order *s);
 
 /* --- edge requests --- */
