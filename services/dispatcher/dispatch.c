@@ -30,15 +30,19 @@
 #define DLQ_PUBLISH_WAIT_MS 5000
 /* How often the loop looks at its clocks when nothing arrives. */
 #define TICK_MS 50
-/* A pull request is over this long after its expiry, answered or not. */
-#define PULL_GRACE_MS 1000
+/* A pull request is over this long after its expiry, answered or not: the
+ * server does not always say so (no 408 when it dropped the request), and
+ * waiting long stalls the partition. A new request while the old one is
+ * still served does no harm: deliveries are taken whichever request they
+ * answer. */
+#define PULL_GRACE_MS 200
 #define MAX_REQUESTS 4096
 #define PROGRESS_BATCH 4096
 #define ERROR_LOG_EVERY_MS 5000
 
 static struct {
     dw_metric *delivered, *retried, *dead_lettered, *dlq_failed, *redeliveries, *latency, *held,
-        *partitions, *resets;
+        *partitions, *resets, *stage_fetched, *stage_resolved, *stage_confirmed;
 } M;
 
 static void metrics_register(void)
@@ -60,6 +64,16 @@ static void metrics_register(void)
     M.latency = dw_histogram("dw_dispatcher_delivery_seconds", NULL,
                              "From stored in DW_MSG to every edge confirmed, per delivered message",
                              bounds, sizeof bounds / sizeof bounds[0]);
+    M.stage_fetched = dw_histogram(
+        "dw_dispatcher_stage_seconds", "stage=\"fetched\"",
+        "Time a delivered message spent per hop in the dispatcher: fetched (stored in DW_MSG -> "
+        "fetched; wall clocks), resolved (fetched -> the registry named its edges), confirmed "
+        "(resolved -> every edge took it)",
+        bounds, sizeof bounds / sizeof bounds[0]);
+    M.stage_resolved = dw_histogram("dw_dispatcher_stage_seconds", "stage=\"resolved\"", NULL,
+                                    bounds, sizeof bounds / sizeof bounds[0]);
+    M.stage_confirmed = dw_histogram("dw_dispatcher_stage_seconds", "stage=\"confirmed\"", NULL,
+                                     bounds, sizeof bounds / sizeof bounds[0]);
     M.held = dw_gauge("dw_dispatcher_held_messages", NULL,
                       "Messages fetched and not yet settled (waiting for the registry, an "
                       "edge, or a retry)");
@@ -741,6 +755,7 @@ static void on_pull_msg(dispatcher *d, loop_ev *e, int64_t now)
     }
     uint64_t dseq = meta->Sequence.Consumer, sseq = meta->Sequence.Stream;
     uint64_t delivered = meta->NumDelivered;
+    int64_t stored_ns = meta->Timestamp;
     jsMsgMetaData_Destroy(meta);
     /* Deliveries answer the request out (one at a time per partition). */
     if (pt->pulling && --pt->pull_left <= 0) pt->pulling = 0;
@@ -756,7 +771,12 @@ static void on_pull_msg(dispatcher *d, loop_ev *e, int64_t now)
     }
     pt->last_dseq = dseq;
     if (sseq > pt->max_seen) pt->max_seen = sseq;
-    if (delivered > 1) dw_metric_inc(M.redeliveries);
+    if (delivered > 1) {
+        dw_metric_inc(M.redeliveries);
+    } else {
+        int64_t age = dw_now_ms() * 1000000 - stored_ns;
+        dw_metric_observe_ns(M.stage_fetched, age > 0 ? age : 0);
+    }
     size_t n_only = 0;
     int has_only = 0;
     char **only = replay_edges(nm, &n_only, &has_only);
@@ -931,6 +951,11 @@ static void settle(dispatcher *d)
                 int64_t ns = wall_ms * 1000000 - meta->Timestamp;
                 dw_metric_observe_ns(M.latency, ns > 0 ? ns : 0);
                 jsMsgMetaData_Destroy(meta);
+            }
+            if (m->resolved_ms) {
+                int64_t mono = mono_ms();
+                dw_metric_observe_ns(M.stage_resolved, (m->resolved_ms - m->fetched_ms) * 1000000);
+                dw_metric_observe_ns(M.stage_confirmed, (mono - m->resolved_ms) * 1000000);
             }
             order_msg_release(d->ord, m);
             continue;

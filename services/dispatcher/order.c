@@ -654,7 +654,7 @@ static int names_have(char *const *list, size_t n, const char *id)
 }
 
 /* Bind message m to the room's edges and queue it on each. */
-static int resolve_msg(order *s, order_msg *m, order_edge *const *edges, size_t n)
+static int resolve_msg(order *s, order_msg *m, order_edge *const *edges, size_t n, int64_t now_ms)
 {
     uint32_t k = 0;
     if (n && !(m->targets = calloc(n, sizeof *m->targets))) return -1;
@@ -679,6 +679,7 @@ static int resolve_msg(order *s, order_msg *m, order_edge *const *edges, size_t 
     }
     m->n_targets = m->open = k;
     m->resolved = 1;
+    m->resolved_ms = now_ms;
     m->round = 0;
     if (m->room) m->room->n_unresolved--;
     return 0;
@@ -705,7 +706,7 @@ int order_round_room_edges(order *s, size_t i, char *const *ids, size_t n, int64
     for (order_msg *m = r->head, *next; m; m = next) {
         next = m->next;
         if (m->resolved || m->round != s->round_id) continue;
-        if (resolve_msg(s, m, edges, ne)) goto oom;
+        if (resolve_msg(s, m, edges, ne, now_ms)) goto oom;
         settle_if_done(s, m);
     }
     r->failures = 0;

@@ -80,6 +80,7 @@ typedef struct order_msg {
     int64_t attempt_ms[ORDER_ATTEMPTS_KEPT];
     size_t n_attempt_ms;
     int64_t fetched_ms;  /* order_add time */
+    int64_t resolved_ms; /* when the registry's answer bound it to its edges */
     int64_t progress_ms; /* last in-progress ack (order_progress_due) */
     /* --- internal --- */
     struct order_room *room;

@@ -58,6 +58,8 @@ typedef struct edge_metrics {
         *rejected_auth, *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls,
         *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime,
         *closed_too_large;
+    /* How long a message spends at each hop this edge sees (docs/operations.md) */
+    dw_metric *stage_stored, *stage_delivered, *stage_written;
 } edge_metrics;
 
 typedef struct edge {

@@ -16,6 +16,7 @@ edge_frame *frame_text(const void *payload, size_t len)
     edge_frame *f = malloc(sizeof *f + LWS_PRE + hlen + len);
     if (!f) return NULL;
     f->refs = 1;
+    f->born_ns = 0;
     f->len = (uint32_t)(hlen + len);
     f->bytes = f->data + LWS_PRE;
     unsigned char *h = f->bytes;

@@ -13,6 +13,7 @@
 typedef struct edge_frame {
     uint32_t refs;
     uint32_t len;         /* header + payload */
+    int64_t born_ns;      /* a delivery's: when it reached the edge (0: not one) */
     unsigned char *bytes; /* points into data, after the lws headroom */
     unsigned char data[];
 } edge_frame;

@@ -78,6 +78,13 @@ static int on_writeable(edge *e, edge_session *s)
                          strlen(r));
         return -1;
     }
+    /* The oldest frame of this pass: one observation per pass, not per
+     * frame, keeps the cost off the fan-out path. */
+    if (s->out.count) {
+        const edge_frame *oldest = s->out.ring[s->out.head];
+        if (oldest->born_ns)
+            dw_metric_observe_ns(e->m->stage_written, dw_mono_ns() - oldest->born_ns);
+    }
     edge_frame *big;
     size_t n = outbox_fill(&s->out, e->wbuf + LWS_PRE, (size_t)e->cfg->write_coalesce, &big);
     int w;
@@ -540,6 +547,7 @@ static void on_delivery(edge *e, edge_event *ev)
     Dw__DeliveryReply r = DW__DELIVERY_REPLY__INIT;
     char **gone = NULL;
     size_t ngone = 0, gone_cap = 0;
+    int64_t now_ns = dw_mono_ns(), wall_ms = dw_now_ms();
 
     for (size_t i = 0; i < d->n_items; i++) {
         Dw__DeliveryItem *it = d->items[i];
@@ -550,6 +558,8 @@ static void on_delivery(edge *e, edge_event *ev)
             dw_metric_inc(e->m->dups);
             continue;
         }
+        if (it->ts_ms > 0 && wall_ms >= it->ts_ms)
+            dw_metric_observe_ns(e->m->stage_delivered, (wall_ms - it->ts_ms) * 1000000);
         /* One frame per message per edge and protocol, shared by every
          * recipient; the v1 one is built only if a v1 member needs it. */
         edge_frame *f = frame_text(it->data.data, it->data.len), *fv1 = NULL;
@@ -557,6 +567,7 @@ static void on_delivery(edge *e, edge_event *ev)
             r.accepted--;
             continue;
         }
+        f->born_ns = now_ns;
         if (it->n_conn_ids) {
             for (size_t j = 0; j < it->n_conn_ids; j++) {
                 edge_session *s = connmap_get(&e->conns, it->conn_ids[j], strlen(it->conn_ids[j]));
@@ -593,6 +604,7 @@ static void on_delivery(edge *e, edge_event *ev)
                     continue;
                 }
                 if (!fv1 && !(fv1 = v1_frame(it))) continue;
+                fv1->born_ns = now_ns;
                 edge_membership *m = rooms_membership(s, room);
                 if (m && m->joining)
                     hold(m, fv1, it->seq);
@@ -1030,6 +1042,20 @@ int edge_run(edge *e)
     metrics.msgs_failed = dw_counter("dw_edge_messages_failed_total", NULL,
                                      "chat messages JetStream did not take (client told)");
     metrics.deliveries = dw_counter("dw_edge_deliveries_total", NULL, "frames queued to sockets");
+    static const double stage_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+    const size_t nsb = sizeof stage_bounds / sizeof stage_bounds[0];
+    metrics.stage_stored =
+        dw_histogram("dw_edge_stage_seconds", "stage=\"stored\"",
+                     "Time a message spends per hop seen by this edge: stored (a v1 send "
+                     "received -> JetStream acked it), delivered (accepted by the sending edge "
+                     "-> its delivery reached this edge; wall clocks), written (the delivery "
+                     "reached this edge -> the oldest frame of a write pass went to its socket)",
+                     stage_bounds, nsb);
+    metrics.stage_delivered =
+        dw_histogram("dw_edge_stage_seconds", "stage=\"delivered\"", NULL, stage_bounds, nsb);
+    metrics.stage_written =
+        dw_histogram("dw_edge_stage_seconds", "stage=\"written\"", NULL, stage_bounds, nsb);
     metrics.dups = dw_counter("dw_edge_duplicates_dropped_total", NULL,
                               "redelivered messages dropped by sequence");
     metrics.writes = dw_counter("dw_edge_socket_writes_total", NULL,

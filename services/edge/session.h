@@ -31,7 +31,8 @@ typedef struct edge_pending_rx {
  * come back in publish order, so this is a FIFO. */
 typedef struct edge_pending_ack {
     struct edge_pending_ack *next;
-    uint64_t n; /* the message counter in its id */
+    uint64_t n;      /* the message counter in its id */
+    int64_t sent_ns; /* published (dw_mono_ns), for the "stored" stage */
     char room[DW_ROOM_MAX + 1];
     char client_id[65];
     char *ref;

@@ -173,6 +173,7 @@ static void do_send(edge *e, edge_session *s, const v1_request *req)
         v1_err(s, "unavailable", "the message could not be stored; try again", req->ref);
         return;
     }
+    pa->sent_ns = dw_mono_ns();
     if (s->acks_tail)
         s->acks_tail->next = pa;
     else
@@ -236,9 +237,10 @@ void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
         s->acks = pa->next;
     if (s->acks_tail == pa) s->acks_tail = prev;
     s->nacks--;
-    if (ev->ok)
+    if (ev->ok) {
+        dw_metric_observe_ns(e->m->stage_stored, dw_mono_ns() - pa->sent_ns);
         SEND(s, v1_ack(pa->client_id, pa->room, ev->seq, pa->ref, &len_));
-    else
+    } else
         v1_err(s, "unavailable", "the message could not be stored; try again", pa->ref);
     free(pa->ref);
     free(pa);
