@@ -10,7 +10,7 @@
 #   scripts/bench.sh [--no-build] [--only LIST] [--quick]
 #
 #   --no-build   use the binaries already in the build directory
-#   --only LIST  comma-separated subset of: fanout,latency,ingest,connections,churn
+#   --only LIST  comma-separated subset of: fanout,latency,fresh,ingest,connections,churn
 #                (the baselines each needs are run with it)
 #   --quick      2 s scenarios, 5 s churn, 6000 connections: checks the script
 #
@@ -30,7 +30,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 build_first=1
-only="fanout,latency,ingest,connections,churn"
+only="fanout,latency,fresh,ingest,connections,churn"
 quick=0
 while (( $# )); do
     case "$1" in
@@ -260,8 +260,11 @@ stack_up() {
                   DW_STATUS_PORT=0 DW_LOG_LEVEL=warn)
     # shellcheck disable=SC2046  # as_user prints VAR=value words
     start registry "${common[@]}" $(as_user registry) -- "$build_dir/bin/registry"
+    # The dispatcher's status port serves its stage histograms (--metrics).
+    disp_status_port="$(free_port)"
     # shellcheck disable=SC2046
-    start dispatcher "${common[@]}" $(as_user dispatcher) -- "$build_dir/bin/dispatcher"
+    start dispatcher "${common[@]}" $(as_user dispatcher) DW_STATUS_PORT="$disp_status_port" \
+        -- "$build_dir/bin/dispatcher"
     edge_ports=()
     for (( i = 1; i <= nedges; i++ )); do
         local p; p="$(free_port)"
@@ -281,6 +284,14 @@ stack_up() {
         (( $(now_ms) < deadline )) || die "stack not ready within 30 s (logs in $out/logs)"
         sleep 0.2
     done
+}
+
+# The /metrics of every edge and of the dispatcher: dwbench reports the
+# stage histograms' split of the measured part of a run.
+stack_metrics() {
+    local s="http://127.0.0.1:$disp_status_port/metrics" p
+    for p in "${edge_ports[@]}"; do s+=",http://127.0.0.1:$p/metrics"; done
+    echo "$s"
 }
 
 stack_pids() {
@@ -401,17 +412,32 @@ if want fanout || want latency; then
     burl="ws://127.0.0.1:$bws_port/"
     if want fanout; then
         bench fanout --url "$url" --connections $conns --senders 10 \
-            --duration "$duration" --drain $drain --pid "$(stack_pids)"
+            --duration "$duration" --drain $drain --pid "$(stack_pids)" --metrics "$(stack_metrics)"
         bench fanout_baseline_ws --url "$burl" --connections $conns --senders 10 \
             --duration "$duration" --drain $drain --pid "baseline=${pid_of[baseline-ws]}"
     fi
     if want latency; then
         bench latency --url "$url" --connections $conns --senders 10 --rate 100 \
-            --duration "$duration" --drain $drain --pid "$(stack_pids)"
+            --duration "$duration" --drain $drain --pid "$(stack_pids)" --metrics "$(stack_metrics)"
         bench latency_baseline_ws --url "$burl" --connections $conns --senders 10 --rate 100 \
             --duration "$duration" --drain $drain --pid "baseline=${pid_of[baseline-ws]}"
     fi
     stop_all
+fi
+
+# --- fresh: send at once on a just-started stack, five times ---------------------
+# Users send right after connecting (a deploy, a reconnect storm, a page
+# load): no --sync, a new stack each time, 100 messages/s to 1,000
+# connections. The summary reports the worst p99 and max of the five.
+if want fresh; then
+    for i in 1 2 3 4 5; do
+        run="fresh$i"
+        stack_up 1
+        bench "fresh$i" --url "ws://127.0.0.1:${edge_ports[0]}/" --connections $conns \
+            --senders 10 --rate 100 --sync=0 --duration "$duration" --drain $drain \
+            --pid "$(stack_pids)" --metrics "$(stack_metrics)"
+        stop_all
+    done
 fi
 
 # --- ingest: 100 senders, each into its own room of 5, against raw JetStream ---
@@ -565,6 +591,21 @@ if l or lb:
     if l and lb:
         row("latency CPU ns/delivery: edge", ns_per_delivery(l, ("edge",)), ns_per_delivery(lb),
             "", None, inverse=True)
+if l and l.get("stages"):
+    for name, st in sorted(l["stages"].items()):
+        row(f"  latency stage {name}: mean (p99 bucket)", st.get("mean_ms"), None,
+            f"p99 <= {st.get('p99_ms_le')} ms" if st.get("p99_ms_le") is not None else "", None,
+            " ms")
+fresh = [R.get(f"fresh{i}") for i in range(1, 6)]
+fresh = [x for x in fresh if x]
+if fresh:
+    worst99 = max(g(x, "latency_ms", "p99") or 0 for x in fresh)
+    worstmax = max(g(x, "latency_ms", "max") or 0 for x in fresh)
+    lost = sum((x.get("lost") or 0) + (x.get("duplicates") or 0) for x in fresh)
+    row(f"fresh stack, send at once: worst p99 of {len(fresh)}", worst99, None, "<= 15 ms",
+        worst99 <= 15, " ms")
+    row(f"fresh stack, send at once: worst max of {len(fresh)}", worstmax, None, "", None, " ms")
+    row("fresh stack: lost + duplicated", lost, None, "0", lost == 0)
 i, ib = R.get("ingest"), R.get("ingest_baseline_js")
 if i or ib:
     v, b = g(i, "msgs_per_s"), g(ib, "msgs_per_s")

@@ -709,6 +709,12 @@ static void churn_pass(bench *b, int64_t now, int opening)
 
 static void snapshot_procs(bench *b, int which)
 {
+    stage_set *set = which == 1 ? b->stages_send : which == 2 ? b->stages_end : NULL;
+    if (set) {
+        memset(set, 0, sizeof *set);
+        for (size_t i = 0; i < b->nmetrics; i++)
+            stages_scrape(set, b->metrics_urls[i]);
+    }
     for (uint32_t i = 0; i <= b->nprocs; i++) {
         bench_proc *p = i < b->nprocs ? &b->procs[i] : &b->self;
         procstat *dst = which == 0 ? &p->start : which == 1 ? &p->send : &p->end;

@@ -10,6 +10,7 @@
 
 #include "hist.h"
 #include "procstat.h"
+#include "stages.h"
 #include "seqset.h"
 #include "url.h"
 
@@ -30,6 +31,7 @@ typedef struct bench_config {
     int64_t churn_hold_ms;    /* how long each churn connection stays open */
     int64_t rooms;            /* 0: plain protocol, one room; N: dynamowave.v1, N rooms */
     char *pid;                /* NAME=PID, also repeatable */
+    char *metrics;            /* /metrics URLs whose stage histograms to report */
     int idle;
     int sync;
     char *scenario;
@@ -78,7 +80,10 @@ typedef struct bench {
     uint32_t nurls;
     bench_proc *procs;
     uint32_t nprocs;
-    bench_proc self; /* dwbench itself: is the load generator the limit? */
+    bench_proc self;     /* dwbench itself: is the load generator the limit? */
+    char **metrics_urls; /* --metrics endpoints (borrowed) */
+    size_t nmetrics;
+    stage_set *stages_send, *stages_end; /* when measuring starts / at the end */
 
     int ep;
     bconn *conns;

@@ -55,6 +55,10 @@ static const dw_cfg_field fields[] = {
       "own room"),
     F("PID", DW_CFG_STR, pid, "", 0, 0,
       "NAME=PID of a process whose RSS and CPU time to report; repeatable or comma-separated"),
+    F("METRICS", DW_CFG_STR, metrics, "", 0, 0,
+      "http://127.0.0.1:PORT/metrics of a service (an edge's port, the dispatcher's status "
+      "port); repeatable or comma-separated: the result gets each stage's count, mean, p50 and "
+      "p99 over the measured part of the run, from the services' own stage histograms"),
     F("IDLE", DW_CFG_BOOL, idle, "0", 0, 0,
       "only connect and hold the connections for --duration (connections scenario)"),
     F("SYNC", DW_CFG_BOOL, sync, "1", 0, 0,
@@ -250,6 +254,12 @@ static json_t *report(const bench *b)
     }
     json_object_set_new(o, "procs", procs);
     json_object_set_new(o, "self", proc_json(&b->self.end, &b->self.start, &b->self.send));
+    if (b->nmetrics && b->stages_send && b->stages_end) {
+        json_object_set_new(o, "stages", stages_json(b->stages_send, b->stages_end));
+        if (b->stages_send->errors || b->stages_end->errors)
+            json_object_set_new(o, "stages_unreadable",
+                                json_integer(b->stages_send->errors + b->stages_end->errors));
+    }
     return o;
 }
 
@@ -257,8 +267,8 @@ int main(int argc, char **argv)
 {
     bench_config cfg;
     memset(&cfg, 0, sizeof cfg);
-    char **urls = NULL, **pids = NULL;
-    size_t nurls = 0, npids = 0;
+    char **urls = NULL, **pids = NULL, **murls = NULL;
+    size_t nurls = 0, npids = 0, nmurls = 0;
     bench *b = NULL;
     int ret = 2;
 
@@ -269,7 +279,8 @@ int main(int argc, char **argv)
     }
     dw_log_init("dwbench", cfg.log_level);
     if (gather(argc, argv, "--url", cfg.url, &urls, &nurls) ||
-        gather(argc, argv, "--pid", cfg.pid, &pids, &npids))
+        gather(argc, argv, "--pid", cfg.pid, &pids, &npids) ||
+        gather(argc, argv, "--metrics", cfg.metrics, &murls, &nmurls))
         goto out;
     if (!nurls) {
         fprintf(stderr, "dwbench: no --url\n");
@@ -308,6 +319,11 @@ int main(int argc, char **argv)
         b->procs[i].pid = (int)pid;
     }
     b->nprocs = (uint32_t)npids;
+    b->metrics_urls = murls;
+    b->nmetrics = nmurls;
+    if (nmurls && (!(b->stages_send = calloc(1, sizeof *b->stages_send)) ||
+                   !(b->stages_end = calloc(1, sizeof *b->stages_end))))
+        goto out;
     if (!cfg.idle && cfg.senders == 0) {
         fprintf(stderr, "dwbench: --senders 0 only makes sense with --idle\n");
         goto out;
@@ -353,10 +369,13 @@ out:
         bench_free(b);
         free(b->urls);
         free(b->procs);
+        free(b->stages_send);
+        free(b->stages_end);
         free(b);
     }
     free_list(urls, nurls);
     free_list(pids, npids);
+    free_list(murls, nmurls);
     dw_config_free(&cfg, fields, NFIELDS);
     return ret;
 }

@@ -4,12 +4,14 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "hist.h"
 #include "seqset.h"
+#include "stages.h"
 #include "url.h"
 #include "wsc.h"
 
@@ -207,6 +209,44 @@ static void test_url(void **state)
     assert_int_equal(url_parse("ws:///", &u, err, sizeof err), -1);
 }
 
+/* Stage histograms: parsed from Prometheus text, summed over endpoints,
+ * reported as the difference between two scrapes. */
+static void test_stages(void **state)
+{
+    static const char before_txt[] =
+        "# HELP dw_edge_stage_seconds x\n"
+        "dw_edge_stage_seconds_bucket{stage=\"written\",le=\"0.001\"} 5\n"
+        "dw_edge_stage_seconds_bucket{stage=\"written\",le=\"0.01\"} 10\n"
+        "dw_edge_stage_seconds_bucket{stage=\"written\",le=\"+Inf\"} 10\n"
+        "dw_edge_stage_seconds_sum{stage=\"written\"} 0.02\n"
+        "dw_edge_stage_seconds_count{stage=\"written\"} 10\n"
+        "dw_edge_deliveries_total 99\n";
+    static const char after_txt[] =
+        "dw_edge_stage_seconds_bucket{stage=\"written\",le=\"0.001\"} 55\n"
+        "dw_edge_stage_seconds_bucket{stage=\"written\",le=\"0.01\"} 108\n"
+        "dw_edge_stage_seconds_bucket{stage=\"written\",le=\"+Inf\"} 110\n"
+        "dw_edge_stage_seconds_sum{stage=\"written\"} 0.22\n"
+        "dw_edge_stage_seconds_count{stage=\"written\"} 110\n";
+    stage_set before, after;
+    memset(&before, 0, sizeof before);
+    memset(&after, 0, sizeof after);
+    stages_parse(&before, before_txt);
+    stages_parse(&after, after_txt);
+    /* A second endpoint with nothing in the window adds nothing. */
+    stages_parse(&before, before_txt);
+    stages_parse(&after, before_txt);
+    assert_int_equal(after.n, 1);
+    assert_string_equal(after.h[0].name, "edge.written");
+    json_t *j = stages_json(&before, &after);
+    json_t *w = json_object_get(j, "edge.written");
+    assert_non_null(w);
+    assert_int_equal(json_integer_value(json_object_get(w, "count")), 100);
+    assert_true(fabs(json_real_value(json_object_get(w, "mean_ms")) - 2.0) < 1e-9);
+    assert_true(fabs(json_real_value(json_object_get(w, "p50_ms_le")) - 1.0) < 1e-9);
+    assert_true(json_is_null(json_object_get(w, "p99_ms_le"))); /* past the last bound */
+    json_decref(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +259,7 @@ int main(void)
         cmocka_unit_test(test_hist),
         cmocka_unit_test(test_seqset),
         cmocka_unit_test(test_url),
+        cmocka_unit_test(test_stages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
