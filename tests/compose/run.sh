@@ -131,7 +131,7 @@ dockerd_pid=$!
 until docker version >/dev/null 2>&1; do
     if ! kill -0 "$dockerd_pid" 2>/dev/null || (( SECONDS - t0 > 60 )); then
         reason="$(grep -E 'level=(fatal|error)|failed to start' "$tmp/dockerd.log" | tail -n 1 | sed 's/^time="[^"]*" //')"
-        skip "dockerd cannot start here: ${reason:-no answer in 60 s} (log: dockerd --data-root ... as in tests/compose/run.sh)"
+        skip "dockerd cannot start here: ${reason:-no answer in 60 s}"
     fi
     sleep 0.2
 done
