@@ -25,7 +25,15 @@
 #     -c 'cat > /etc/dynamowave/secrets/jwt_secret' < my-jwt-secret
 # Optional files, copied to the edge when present: tls.crt + tls.key (then
 # set DW_TLS_CERT/DW_TLS_KEY, see .env.example) and jwt_secret_prev (a JWT
-# secret rotation, DW_JWT_SECRET_PREV_FILE).
+# secret rotation, DW_JWT_SECRET_PREV_FILE); to the registry:
+# registry_key_old (a registry key rotation, which docker-compose.yml hands
+# over as DW_REGISTRY_OLD_KEY_FILES while the file is there).
+#
+# Rotating the registry key (docs/security.md has the steps):
+#   DW_ROTATE=registry_key       keep the current key as registry_key_old
+#                                and make a new registry_key
+#   DW_ROTATE_DONE=registry_key  remove registry_key_old, once
+#                                `dwctl registry rotate-key` re-sealed the table
 set -euo pipefail
 
 dir="${1:-/etc/dynamowave/secrets}"
@@ -51,6 +59,38 @@ gen() {
     echo "init-secrets: created $1"
 }
 
+case "${DW_ROTATE:-}" in
+    "") ;;
+    registry_key)
+        if [[ -e "$dir/registry_key_old" ]]; then
+            echo "init-secrets: registry_key_old exists: a rotation is under way; finish it first" \
+                 "(dwctl registry rotate-key, then DW_ROTATE_DONE=registry_key)" >&2
+            exit 1
+        fi
+        if [[ ! -s "$dir/registry_key" ]]; then
+            echo "init-secrets: there is no registry_key to rotate" >&2
+            exit 1
+        fi
+        mv "$dir/registry_key" "$dir/registry_key_old"
+        echo "init-secrets: registry_key is now registry_key_old (still read); a new one follows"
+        ;;
+    *)
+        echo "init-secrets: DW_ROTATE=$DW_ROTATE: only registry_key rotates this way (docs/security.md)" >&2
+        exit 1
+        ;;
+esac
+case "${DW_ROTATE_DONE:-}" in
+    "") ;;
+    registry_key)
+        rm -f "$dir/registry_key_old"
+        echo "init-secrets: registry_key_old removed"
+        ;;
+    *)
+        echo "init-secrets: DW_ROTATE_DONE=$DW_ROTATE_DONE: only registry_key rotates this way" >&2
+        exit 1
+        ;;
+esac
+
 gen js_key 32        # JetStream store encryption (nats.conf: key: $JS_KEY)
 gen jwt_secret 32    # HS256 secret for DW_AUTH=jwt (DW_JWT_SECRET_FILE)
 gen registry_key 32  # registry values at rest, AES-256-GCM (DW_REGISTRY_KEY_FILE)
@@ -68,7 +108,7 @@ done
 # when DIR has it, removed from the consumer's copy when DIR does not.
 declare -A NEEDS=(
     [nats]="js_key ${NATS_USERS[*]/#/nats_}"
-    [registry]="nats_registry registry_key"
+    [registry]="nats_registry registry_key ?registry_key_old"
     [dispatcher]="nats_dispatcher"
     [deadletter]="nats_deadletter"
     [api]="nats_api admin_token"

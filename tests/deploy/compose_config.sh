@@ -1,9 +1,9 @@
 #!/bin/bash
 # compose_config.sh REPO: docker-compose.yml passes `docker-compose config -q`
 # (Debian's docker-compose validates against the Compose schema without a
-# Docker engine), with the defaults and with .env.example, and defines the
-# services README.md and k8s/README.md talk about. Exit 77 without
-# docker-compose.
+# Docker engine), with the defaults and with .env.example, defines the
+# services README.md and k8s/README.md talk about, and encrypts the
+# registry out of the box. Exit 77 without docker-compose.
 set -euo pipefail
 repo="$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")/../..}" && pwd)"
 if ! command -v docker-compose >/dev/null 2>&1; then
@@ -48,4 +48,15 @@ for v in $(sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$repo/.env.example"); do
     fi
 done
 (( status == 0 )) && echo "ok   services: $services"
+
+# Secure by default: the registry seals its table with registry_key, which
+# `secrets` makes on the first start and hands to the registry only.
+rendered="$("${dc[@]}" --env-file "$empty_env" config)"
+if ! grep -q 'DW_REGISTRY_KEY_FILE: /etc/dynamowave/secrets/registry_key$' <<<"$rendered"; then
+    echo "FAIL the registry does not get DW_REGISTRY_KEY_FILE=/etc/dynamowave/secrets/registry_key"; status=1
+elif ! grep -q '^gen registry_key ' "$repo/deploy/compose/init-secrets.sh"; then
+    echo "FAIL deploy/compose/init-secrets.sh does not generate registry_key"; status=1
+else
+    echo "ok   the registry's table is encrypted with a generated key"
+fi
 exit "$status"

@@ -164,6 +164,28 @@ shares edge tls.crt tls.key
 rm "$tmp/secrets/tls.crt" "$tmp/secrets/tls.key"
 check "init-secrets: without it again" 0 bash "$init" "$tmp/secrets" "$share"
 shares edge
+# A registry key rotation: the old key stays readable next to a new one
+# until DW_ROTATE_DONE; a second rotation before that is refused.
+old_key="$(cat "$tmp/secrets/registry_key")"
+check "init-secrets: DW_ROTATE=registry_key" 0 env DW_ROTATE=registry_key bash "$init" "$tmp/secrets" "$share"
+new_key="$(cat "$tmp/secrets/registry_key")"
+if [[ "$(cat "$tmp/secrets/registry_key_old")" == "$old_key" && "$new_key" =~ ^[0-9a-f]{64}$ &&
+      "$new_key" != "$old_key" ]]; then
+    echo "ok   init-secrets: a new registry_key, the old one as registry_key_old"; passed=$((passed + 1))
+else
+    echo "FAIL init-secrets: rotation left registry_key '$new_key', registry_key_old" \
+         "'$(cat "$tmp/secrets/registry_key_old" 2>/dev/null)'"; failed=$((failed + 1))
+fi
+shares registry registry_key_old
+check "init-secrets: a second rotation under way is refused" 1 env DW_ROTATE=registry_key bash "$init" "$tmp/secrets" "$share"
+check "init-secrets: DW_ROTATE of another secret is refused" 1 env DW_ROTATE=js_key bash "$init" "$tmp/secrets" "$share"
+check "init-secrets: DW_ROTATE_DONE=registry_key" 0 env DW_ROTATE_DONE=registry_key bash "$init" "$tmp/secrets" "$share"
+shares registry
+if [[ "$(cat "$tmp/secrets/registry_key")" == "$new_key" && ! -e "$tmp/secrets/registry_key_old" ]]; then
+    echo "ok   init-secrets: the new key stays, the old one is gone"; passed=$((passed + 1))
+else
+    echo "FAIL init-secrets: after DW_ROTATE_DONE"; failed=$((failed + 1))
+fi
 rm -rf "${share:?}/dwctl"
 check "init-secrets: a consumer's volume missing is an error" 1 bash "$init" "$tmp/secrets" "$share"
 

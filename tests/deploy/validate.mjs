@@ -8,26 +8,37 @@
 // 1. Every YAML document parses the same way as YAML 1.1 (kubectl) and 1.2
 //    (kustomize), so no scalar means two things.
 // 2. Every kustomization uses only plain features (resources, strategic-merge
-//    patch files, images, replicas, configMapGenerator); every file it lists
-//    exists; every patch names exactly one object (apiVersion, kind, name) of
-//    what its resources render; every file under k8s/ is used by some
-//    kustomization (k8s/jobs/ holds stand-alone manifests).
+//    patch files, JSON patch files aimed at one kind and name, images,
+//    replicas, configMapGenerator); every file it lists exists; every patch
+//    names exactly one object (apiVersion, kind, name) of what its resources
+//    render; every file under k8s/ is used by some kustomization (k8s/jobs/
+//    holds stand-alone manifests).
 // 3. Each kustomization is rendered (strategic merge as kubectl/kustomize
-//    apply it, for the directives used here) and every object, and every
+//    apply it, for the directives used here; JSON patch ops test, add,
+//    replace, remove) and every object, and every
 //    stand-alone manifest, is checked by its kubernetes-models class's
 //    validate() (the Kubernetes, KEDA and prometheus-operator OpenAPI
 //    schemas), plus a check for fields the schema does not know (typos the
 //    schemas alone let through: they allow additional properties).
-// 4. Cross-object checks on each render: selectors, ports and volumes that
-//    resolve, autoscaler and PDB targets, security context, resources and
-//    zone spread on every workload, Secrets documented in k8s/README.md.
+// 4. Cross-object checks on each render: selectors, ports, volumes and
+//    ConfigMap keys that resolve, autoscaler and PDB targets, security
+//    context, resources, a readiness probe on every container and complete
+//    zone spread on every workload, images with a tag (the project's own at
+//    the version in CMakeLists.txt), the registry's store encrypted, Secrets
+//    documented in k8s/README.md.
 // 5. PrometheusRule and Grafana dashboard expressions parse as PromQL and
 //    use only the metrics the services export (the list below).
+//
+// --kubectl: render base and every overlay with `kubectl kustomize` instead
+// (the real kustomize), run the same checks on what it renders, and report
+// where this checker's own renderer disagrees with it. Exit 77 without
+// kubectl.
 //
 // Exit 0 when everything holds, 1 otherwise (one line per problem).
 
 import fs from "node:fs";
 import path from "node:path";
+import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { parser as promqlParser } from "@prometheus-io/lezer-promql";
@@ -36,9 +47,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 // --render DIR: print what this checker renders for one kustomization (the
 // same objects it validates), e.g. to review an overlay's patches.
 const renderOnly = process.argv[2] === "--render" ? path.resolve(process.argv[3] ?? ".") : null;
+const withKubectl = process.argv[2] === "--kubectl";
 const k8sDir = renderOnly
   ? path.resolve(here, "..", "..", "k8s")
-  : path.resolve(process.argv[2] ?? path.join(here, "..", "..", "k8s"));
+  : path.resolve((withKubectl ? process.argv[3] : process.argv[2]) ?? path.join(here, "..", "..", "k8s"));
 const rel = (p) => path.relative(path.dirname(k8sDir), p);
 
 let failures = 0;
@@ -269,7 +281,9 @@ const MERGE_KEYS = {
   volumeMounts: "mountPath",
   volumeDevices: "devicePath",
   imagePullSecrets: "name",
-  topologySpreadConstraints: "topologyKey",
+  // x-kubernetes-list-map-keys, which kustomize merges on: a patch entry
+  // with another whenUnsatisfiable is a new entry, not a change.
+  topologySpreadConstraints: ["topologyKey", "whenUnsatisfiable"],
   hostAliases: "ip",
   // Pod container ports merge on containerPort, Service ports on port.
   ports: (items) => (items.some((i) => i && "containerPort" in i) ? "containerPort" : "port"),
@@ -307,22 +321,88 @@ function smpList(where, base, patch, builtin, field) {
   if (patch.some((e) => e.$patch === "replace" && Object.keys(e).length === 1)) {
     return patch.filter((e) => !e.$patch).map((e) => structuredClone(e));
   }
+  const keys = Array.isArray(key) ? key : [key];
+  // kustomize puts the patch's elements first, in the patch's order, then
+  // the untouched ones in their order (the order only shows in renders).
   const out = base.map((e) => structuredClone(e));
+  const first = [];
   for (const e of patch) {
-    if (!(key in e)) {
-      fail(where, `list element without its merge key '${key}': ${JSON.stringify(e)}`);
+    const missing = keys.filter((k) => !(k in e));
+    if (missing.length) {
+      fail(where, `list element without its merge key '${missing.join("', '")}': ${JSON.stringify(e)}`);
       continue;
     }
-    const i = out.findIndex((b) => b && b[key] === e[key]);
+    const label = keys.map((k) => `${k}=${e[k]}`).join(",");
+    const i = out.findIndex((b) => b && keys.every((k) => b[k] === e[k]));
     if (e.$patch === "delete") {
-      if (i < 0) fail(where, `$patch: delete of ${key}=${e[key]}, which is not there`);
+      if (i < 0) fail(where, `$patch: delete of ${label}, which is not there`);
       else out.splice(i, 1);
       continue;
     }
-    if (i < 0) out.push(smpMerge(where, undefined, e, builtin, null));
-    else out[i] = smpMerge(`${where}[${key}=${e[key]}]`, out[i], e, builtin, null);
+    if (i < 0) {
+      first.push(smpMerge(where, undefined, e, builtin, null));
+    } else {
+      first.push(smpMerge(`${where}[${label}]`, out[i], e, builtin, null));
+      out.splice(i, 1);
+    }
   }
-  return out;
+  return [...first, ...out];
+}
+
+// ------------------------------------------------------------ JSON patch --
+// RFC 6902 as kustomize applies it to a `target`: test, add, replace and
+// remove on JSON pointers. A failed test stops the render, as in kustomize.
+function pointer(where, doc, ptr) {
+  if (typeof ptr !== "string" || !ptr.startsWith("/")) {
+    fail(where, `bad JSON pointer ${JSON.stringify(ptr)}`);
+    return null;
+  }
+  const parts = ptr.slice(1).split("/").map((p) => p.replace(/~1/g, "/").replace(/~0/g, "~"));
+  let parent = doc;
+  for (const p of parts.slice(0, -1)) {
+    parent = Array.isArray(parent) ? parent[Number(p)] : parent?.[p];
+    if (parent === undefined || parent === null || typeof parent !== "object") {
+      fail(where, `${ptr}: ${p} does not exist`);
+      return null;
+    }
+  }
+  return { parent, last: parts[parts.length - 1] };
+}
+
+function jsonPatch(where, obj, ops) {
+  const doc = structuredClone(obj);
+  if (!Array.isArray(ops)) {
+    fail(where, "a JSON patch (a patch with a target) must be a list of operations");
+    return doc;
+  }
+  for (const op of ops) {
+    const ow = `${where} ${op?.op} ${op?.path}`;
+    const at = pointer(ow, doc, op?.path);
+    if (!at) return doc;
+    const { parent, last } = at;
+    const isArr = Array.isArray(parent);
+    const has = isArr ? Number(last) < parent.length : Object.prototype.hasOwnProperty.call(parent, last);
+    if (op.op === "test") {
+      if (!has || JSON.stringify(parent[last]) !== JSON.stringify(op.value)) {
+        fail(ow, `test failed: found ${JSON.stringify(parent[last])}, expected ${JSON.stringify(op.value)}`);
+        return doc;
+      }
+    } else if (op.op === "replace") {
+      if (!has) fail(ow, "replace of something that does not exist");
+      else parent[last] = structuredClone(op.value);
+    } else if (op.op === "add") {
+      if (isArr) parent.splice(last === "-" ? parent.length : Number(last), 0, structuredClone(op.value));
+      else parent[last] = structuredClone(op.value);
+    } else if (op.op === "remove") {
+      if (!has) fail(ow, "remove of something that does not exist");
+      else if (isArr) parent.splice(Number(last), 1);
+      else delete parent[last];
+    } else {
+      fail(ow, `unsupported JSON patch op ${op.op}`);
+    }
+  }
+  ok();
+  return doc;
 }
 
 // --------------------------------------------------------- kustomization --
@@ -335,6 +415,7 @@ const CLUSTER_SCOPED = new Set([
   "PersistentVolume", "StorageClass", "PriorityClass",
 ]);
 const usedFiles = new Set();
+const jsonPatchFiles = new Set();
 
 function sameTarget(a, b) {
   return a.apiVersion === b.apiVersion && a.kind === b.kind && a.metadata?.name === b.metadata?.name;
@@ -405,8 +486,9 @@ function render(dir, stack = []) {
     objs.push(cm);
   }
   for (const p of k.patches ?? []) {
-    if (typeof p !== "object" || !p.path || p.patch || p.target) {
-      fail(where, `patch ${JSON.stringify(p)}: only { path: file } strategic-merge patches are allowed`);
+    const targetKeys = Object.keys(p?.target ?? {});
+    if (typeof p !== "object" || !p.path || p.patch || (p.target && (targetKeys.join() !== "kind,name" || /[^a-z0-9-]/.test(p.target.name)))) {
+      fail(where, `patch ${JSON.stringify(p)}: only { path: file } strategic-merge patches and JSON patches with target { kind, name } (one exact name) are allowed`);
       continue;
     }
     const file = path.resolve(dir, p.path);
@@ -415,6 +497,17 @@ function render(dir, stack = []) {
       continue;
     }
     usedFiles.add(file);
+    if (p.target) {
+      const pw = `${rel(file)} -> ${p.target.kind}/${p.target.name}`;
+      const hits = objs.filter((o) => o.kind === p.target.kind && o.metadata?.name === p.target.name);
+      if (hits.length !== 1) {
+        fail(pw, `target ${hits.length ? "is ambiguous" : "is not in the resources"} of ${where}`);
+        continue;
+      }
+      jsonPatchFiles.add(file);
+      objs[objs.indexOf(hits[0])] = jsonPatch(pw, hits[0], loadDocs(file)[0]);
+      continue;
+    }
     for (const doc of loadDocs(file)) {
       const pw = `${rel(file)} ${objName(doc)}`;
       if (!doc.apiVersion || !doc.kind || !doc.metadata?.name) {
@@ -480,6 +573,56 @@ function matches(selector, labels) {
   return true;
 }
 
+// An image names its version: a tag other than latest, or a digest. The
+// project's own image carries the version of CMakeLists.txt, so that a
+// release bumps both (overlays set their registry and tag with `images:`).
+const projectVersion = (() => {
+  try {
+    const cm = fs.readFileSync(path.join(here, "..", "..", "CMakeLists.txt"), "utf8");
+    return cm.match(/project\(dynamowave VERSION ([0-9.]+)/)?.[1] ?? null;
+  } catch {
+    return null;
+  }
+})();
+function checkImage(where, image) {
+  const m = String(image ?? "").match(/^(.*?)(?::([^/:@]+))?(@sha256:[0-9a-f]{64})?$/);
+  const [, name, tag, digest] = m ?? [];
+  if (!tag && !digest) fail(where, `image ${image} has no tag`);
+  else if (tag === "latest" && !digest) fail(where, `image ${image}: name a version, not latest`);
+}
+// In k8s/base and k8s/jobs the project's image is dynamowave:<version>.
+function checkProjectVersion(where, objs) {
+  for (const o of objs) {
+    for (const t of podTemplates(o)) {
+      for (const c of [...(t?.spec?.containers ?? []), ...(t?.spec?.initContainers ?? [])]) {
+        const [name, tag] = String(c.image ?? "").split(":");
+        if (name === "dynamowave" && tag !== projectVersion) {
+          fail(`${where} ${objName(o)} container ${c.name}`, `image ${c.image}: use dynamowave:${projectVersion}, the version in CMakeLists.txt`);
+        }
+      }
+    }
+  }
+}
+
+// Secure by default: the registry seals its values (DW_REGISTRY_KEY_FILE,
+// docs/security.md) with a key from a Secret the pod cannot start without.
+function checkRegistryEncrypted(where, objs) {
+  const reg = objs.find((o) => o.kind === "StatefulSet" && o.metadata?.name === "registry");
+  if (!reg) return;
+  const spec = reg.spec?.template?.spec ?? {};
+  const c = (spec.containers ?? []).find((x) => x.name === "registry");
+  const keyFile = c?.env?.find((e) => e.name === "DW_REGISTRY_KEY_FILE")?.value;
+  if (!keyFile) {
+    fail(`${where} StatefulSet/registry`, "DW_REGISTRY_KEY_FILE is not set: the registry would store its table unencrypted");
+    return;
+  }
+  const mount = (c.volumeMounts ?? []).find((m) => keyFile.startsWith(`${m.mountPath.replace(/\/$/, "")}/`));
+  const vol = (spec.volumes ?? []).find((v) => v.name === mount?.name);
+  if (!vol?.secret) fail(`${where} StatefulSet/registry`, `DW_REGISTRY_KEY_FILE ${keyFile} is not on a Secret volume`);
+  else if (vol.secret.optional) fail(`${where} StatefulSet/registry`, `the key's Secret ${vol.secret.secretName} must not be optional`);
+  else ok();
+}
+
 function checkPodSpec(where, o, tmpl, objs, secrets) {
   const spec = tmpl?.spec ?? {};
   const psc = spec.securityContext ?? {};
@@ -493,8 +636,21 @@ function checkPodSpec(where, o, tmpl, objs, secrets) {
       fail(where, `volume ${v.name}: ConfigMap ${v.configMap.name} is not part of this deployment`);
     }
   }
+  const longRunning = ["Deployment", "StatefulSet", "DaemonSet"].includes(o.kind);
   for (const c of [...(spec.containers ?? []), ...(spec.initContainers ?? [])]) {
     const cw = `${where} container ${c.name}`;
+    const init = (spec.initContainers ?? []).includes(c);
+    // Every long-running container says when it can take traffic (a
+    // sidecar too: a pod is Ready only when all of its containers are).
+    if (longRunning && !init && !c.readinessProbe) fail(cw, "no readinessProbe");
+    checkImage(cw, c.image);
+    for (const e of c.env ?? []) {
+      const ref = e.valueFrom?.configMapKeyRef;
+      if (!ref || ref.optional || !objs.length) continue;
+      const cm = objs.find((x) => x.kind === "ConfigMap" && x.metadata?.name === ref.name);
+      if (!cm) fail(cw, `env ${e.name}: ConfigMap ${ref.name} is not part of this deployment`);
+      else if (!(ref.key in (cm.data ?? {}))) fail(cw, `env ${e.name}: ConfigMap ${ref.name} has no key ${ref.key}`);
+    }
     const sc = c.securityContext ?? {};
     if (sc.readOnlyRootFilesystem !== true) fail(cw, "securityContext.readOnlyRootFilesystem must be true");
     if (sc.allowPrivilegeEscalation !== false) fail(cw, "securityContext.allowPrivilegeEscalation must be false");
@@ -578,6 +734,7 @@ function crossCheck(where, objs, { requireZoneSpread = true } = {}) {
       }
     }
   }
+  checkRegistryEncrypted(where, objs);
   // Every Secret the pods need must be explained to the operator.
   const readme = path.join(k8sDir, "README.md");
   const doc = fs.existsSync(readme) ? fs.readFileSync(readme, "utf8") : "";
@@ -631,6 +788,61 @@ function checkRulesAndDashboards(where, objs) {
   return used;
 }
 
+// --------------------------------------------------------------- kubectl --
+function which(cmd) {
+  for (const d of (process.env.PATH ?? "").split(path.delimiter)) {
+    const p = path.join(d, cmd);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  return null;
+}
+
+// What `kubectl kustomize DIR` renders, as objects; null when it fails.
+function kubectlRender(where, dir) {
+  const r = spawnSync(kubectl, ["kustomize", dir], { encoding: "utf8", maxBuffer: 64 << 20 });
+  if (r.status !== 0) {
+    fail(where, `kubectl kustomize failed: ${(r.stderr || r.stdout || "").trim()}`);
+    return null;
+  }
+  const docs = YAML.parseAllDocuments(r.stdout);
+  for (const d of docs) if (d.errors.length) fail(where, `kubectl's output does not parse: ${d.errors[0].message}`);
+  ok();
+  return docs.map((d) => d.toJS()).filter((d) => d);
+}
+
+// Where this checker's renderer and kustomize disagree: the first few
+// differing paths per object (a disagreement means the checks above may
+// have looked at something else than what gets applied).
+function compareRenders(where, mine, theirs) {
+  const id = (o) => `${o.kind}/${o.metadata?.namespace ?? ""}/${o.metadata?.name}`;
+  const a = new Map(mine.map((o) => [id(o), o]));
+  const b = new Map(theirs.map((o) => [id(o), o]));
+  for (const k of a.keys()) if (!b.has(k)) fail(where, `kustomize does not render ${k}, this checker does`);
+  for (const k of b.keys()) if (!a.has(k)) fail(where, `kustomize renders ${k}, this checker does not`);
+  const diffs = (x, y, p, out) => {
+    if (out.length >= 5) return out;
+    if (JSON.stringify(x) === JSON.stringify(y)) return out;
+    if (x && y && typeof x === "object" && typeof y === "object" && Array.isArray(x) === Array.isArray(y)) {
+      const keys = Array.isArray(x) ? [...Array(Math.max(x.length, y.length)).keys()] : [...new Set([...Object.keys(x), ...Object.keys(y)])];
+      for (const k of keys) diffs(x[k], y[k], `${p}.${k}`, out);
+      if (Array.isArray(x) && x.length !== y.length) out.push(`${p}: ${x.length} vs ${y.length} entries`);
+      return out;
+    }
+    out.push(`${p}: ${JSON.stringify(x)?.slice(0, 120)} vs kustomize ${JSON.stringify(y)?.slice(0, 120)}`);
+    return out;
+  };
+  for (const [k, o] of a) {
+    if (!b.has(k)) continue;
+    for (const d of diffs(o, b.get(k), "", [])) fail(where, `${k} differs${d}`);
+  }
+  ok();
+}
+
 // ------------------------------------------------------------------- main --
 if (renderOnly) {
   const objs = render(renderOnly);
@@ -670,9 +882,37 @@ for (const kdir of kustomizations) {
   }
 }
 const allUsedMetrics = new Set();
+const kubectl = withKubectl ? which("kubectl") : null;
+if (withKubectl && !kubectl) {
+  console.log("SKIP: kubectl is not installed (1.21 or newer: its kustomize understands these overlays)");
+  process.exit(77);
+}
+if (kubectl) {
+  // kubectl embeds kustomize; before kubectl 1.21 (kustomize v4, e.g.
+  // Debian 12's kubernetes-client 1.20) it lacks `patches:` with a target.
+  const v = spawnSync(kubectl, ["version", "--client", "-o", "json"], { encoding: "utf8" });
+  let kv = null;
+  try {
+    kv = JSON.parse(v.stdout);
+  } catch {
+    kv = null;
+  }
+  const kust = kv?.kustomizeVersion ?? "";
+  const major = Number(kust.match(/^v(\d+)\./)?.[1] ?? 0);
+  if (major < 4) {
+    console.log(`SKIP: ${kubectl} (${kv?.clientVersion?.gitVersion ?? "unknown version"}) embeds kustomize ${kust || "of unknown version"}; these manifests need v4 or newer (kubectl 1.21+)`);
+    process.exit(77);
+  }
+  console.log(`kubectl ${kv.clientVersion.gitVersion}, kustomize ${kust}`);
+}
+const baseObjs = render(path.join(k8sDir, "base"));
+checkProjectVersion(rel(path.join(k8sDir, "base")), baseObjs);
 for (const kdir of kustomizations) {
-  const where = rel(kdir);
-  const objs = render(kdir);
+  const where = rel(kdir) + (kubectl ? " (kubectl)" : "");
+  const mine = render(kdir);
+  const objs = kubectl ? kubectlRender(where, kdir) : mine;
+  if (!objs) continue;
+  if (kubectl) compareRenders(where, mine, objs);
   for (const o of objs) await validateObject(`${where} (rendered)`, o);
   if (!asResource.has(kdir) || kdir.endsWith(`${path.sep}base`)) {
     crossCheck(where, objs, { requireZoneSpread: true });
@@ -689,9 +929,11 @@ for (const f of yamlFiles) {
     continue;
   }
   const secrets = new Set();
+  // They run next to what the base deploys (its ConfigMaps, Secrets).
   for (const d of loadDocs(f)) {
-    for (const t of podTemplates(d)) checkPodSpec(`${rel(f)} ${objName(d)}`, d, t, [], secrets);
+    for (const t of podTemplates(d)) checkPodSpec(`${rel(f)} ${objName(d)}`, d, t, baseObjs, secrets);
   }
+  checkProjectVersion(rel(f), loadDocs(f));
   console.log(`ok   ${rel(f)}: stand-alone`);
 }
 

@@ -40,6 +40,16 @@ const MUTATIONS = [
   ["unknown metric in a rule", "monitoring/prometheusrule.yaml", "expr: max(dw_deadletter_depth) > 0", "expr: max(dw_deadletter_dept) > 0", "unknown metric dw_deadletter_dept"],
   ["unknown metric in the dashboard", "monitoring/dynamowave-dashboard.json", "dw_registry_applied_seq{", "dw_registry_applied_sequence{", "unknown metric dw_registry_applied_sequence"],
   ["HPA and ScaledObject on one Deployment", "overlays/dev/kustomization.yaml", "  - path: no-keda.yaml\n", "", "both a ScaledObject and a HorizontalPodAutoscaler"],
+  ["sidecar without a readiness probe", "base/nats.yaml", "          readinessProbe:\n            tcpSocket:\n              port: metrics\n            periodSeconds: 10\n            timeoutSeconds: 3\n            failureThreshold: 3\n", "", "container metrics: no readinessProbe"],
+  ["image without a tag", "base/edge.yaml", "image: dynamowave:0.1.0", "image: dynamowave", "has no tag"],
+  ["image at another version", "base/api.yaml", "image: dynamowave:0.1.0", "image: dynamowave:0.0.9", "the version in CMakeLists.txt"],
+  ["latest", "jobs/dwctl.yaml", "      image: dynamowave:0.1.0\n", "      image: dynamowave:latest\n", "not latest"],
+  ["ConfigMap key missing", "base/nats.yaml", "  url: nats://nats-0", "  urls: nats://nats-0", "ConfigMap nats-clients has no key url"],
+  ["registry without a key", "base/registry.yaml", "name: DW_REGISTRY_KEY_FILE\n", "name: DW_REGISTRY_KEYFILE\n", "DW_REGISTRY_KEY_FILE is not set"],
+  ["zone patch on another entry", "overlays/prod/zones.yaml", "  value: topology.kubernetes.io/zone", "  value: kubernetes.io/hostname", "test failed"],
+  // The bug of issue 14: a strategic-merge patch with another
+  // whenUnsatisfiable adds an entry instead of changing the base's.
+  ["zone patch that adds an entry", "overlays/dev/nats.yaml", "    spec:\n      containers:\n        - name: nats\n", "    spec:\n      topologySpreadConstraints:\n        - topologyKey: topology.kubernetes.io/zone\n          whenUnsatisfiable: DoNotSchedule\n      containers:\n        - name: nats\n", "must have required property maxSkew"],
 ];
 
 function run(dir) {
