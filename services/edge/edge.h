@@ -12,6 +12,7 @@
 #include "dedup.h"
 #include "dw/metrics.h"
 #include "dw/util.h"
+#include "linger.h"
 #include "rooms.h"
 #include "session.h"
 
@@ -48,6 +49,7 @@ typedef struct edge_config {
     int64_t max_frame, max_url, max_header;
     int64_t idle_timeout_s, max_lifetime_s, handshake_timeout_s;
     int64_t max_outbound;
+    int64_t linger_ms, linger_bytes, linger_max; /* lingering close (linger.h) */
     char *origins, *deny_cidrs;
     char *log_level;
 } edge_config;
@@ -72,6 +74,7 @@ typedef struct edge {
     edge_connmap conns;
     edge_rooms rooms;
     edge_dedup dedup;
+    edge_linger linger;
     unsigned char *wbuf;     /* LWS_PRE + write_coalesce: the coalescing buffer */
     uint64_t conn_seq_acked; /* highest DW_CONN seq acked for our events */
     uint32_t nready;

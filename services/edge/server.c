@@ -10,8 +10,10 @@
 #include "dw/ping.h"
 #include "edge.h"
 #include "jobs.h"
+#include "linger.h"
 #include "proto_v1.h"
 #include "routes.h"
+#include "utf8.h"
 
 #define TICK_US (100 * 1000)
 
@@ -38,6 +40,8 @@ void session_close(edge_session *s, uint16_t code, const char *reason)
     s->state = SESS_CLOSING;
     s->close_code = code;
     s->close_reason = reason;
+    s->linger = true;
+    linger_close_started(s->wsi, !s->rx_paused_until_ms);
     s->want_write = false;
     want_write(s);
 }
@@ -73,6 +77,11 @@ static int on_writeable(edge *e, edge_session *s)
 {
     s->want_write = false;
     if (s->state == SESS_CLOSING) {
+        /* lws calls back again while it waits for the client's answer to
+         * the close frame: closing once more would end that wait (and the
+         * lingering read) at once. */
+        if (s->close_handed) return 0;
+        s->close_handed = true;
         const char *r = s->close_reason ? s->close_reason : "";
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)r,
                          strlen(r));
@@ -191,6 +200,14 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
     if (s->state == SESS_CLOSING) return 0;
     if (lws_frame_is_binary(s->wsi)) {
         session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
+        return 0;
+    }
+    /* Text must be UTF-8 across fragment boundaries; checked here rather
+     * than by lws so that the 1007 goes out like any other close (utf8.h). */
+    if (lws_is_first_fragment(s->wsi)) s->utf8 = UTF8_ACCEPT;
+    if (utf8_feed(&s->utf8, in, len) ||
+        (lws_is_final_fragment(s->wsi) && !utf8_complete(s->utf8))) {
+        session_close(s, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
         return 0;
     }
     /* A frame's size is what came so far plus what lws says remains. */
@@ -821,7 +838,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED: return on_established(e, s, wsi);
     case LWS_CALLBACK_RECEIVE: return on_receive(e, s, in, len);
     case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(e, s);
-    case LWS_CALLBACK_CLOSED: on_closed(e, s); return 0;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return linger_peer_close(wsi, in, len);
+    case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+        if (s && s->id[0] && linger_on_drop(wsi)) s->linger = true;
+        return 0;
+    case LWS_CALLBACK_CLOSED:
+        if (s->linger) linger_adopt(&e->linger, wsi);
+        on_closed(e, s);
+        return 0;
     case LWS_CALLBACK_HTTP: return s ? on_http(e, wsi, s, in) : -1;
     case LWS_CALLBACK_HTTP_WRITEABLE: return s ? on_http_writeable(wsi, s) : -1;
     case LWS_CALLBACK_CLOSED_HTTP:
@@ -916,6 +940,7 @@ static void tick(lws_sorted_usec_list_t *sul)
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
+    linger_service(&e->linger);
     if (now >= e->next_sweep_ns) {
         sweep(e);
         e->next_sweep_ns = now + 1000000000LL;
@@ -1009,6 +1034,9 @@ int edge_run(edge *e)
         goto out;
     e->wbuf = malloc(LWS_PRE + (size_t)e->cfg->write_coalesce);
     if (!e->wbuf) goto out;
+    if (linger_init(&e->linger, e->cfg->linger_ms, e->cfg->linger_bytes, e->cfg->linger_max,
+                    !strcmp(e->cfg->event_loop, "poll")))
+        goto out;
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
     struct lws_context_creation_info info;
@@ -1016,8 +1044,8 @@ int edge_run(edge *e)
     info.port = (int)e->cfg->port;
     info.iface = e->cfg->host[0] ? e->cfg->host : NULL;
     info.protocols = protocols;
-    /* lws checks UTF-8 in text frames and closes with 1007 itself. */
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
+    /* No LWS_SERVER_OPTION_VALIDATE_UTF8: on_receive checks text itself. */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     info.pt_serv_buf_size = 32 * 1024;
     info.max_http_header_data = (unsigned short)e->cfg->max_header;
     info.timeout_secs = (unsigned int)e->cfg->handshake_timeout_s;
@@ -1119,6 +1147,7 @@ out:
         e->wake_ctx = NULL;
         pthread_mutex_unlock(&e->wake_lock);
         lws_sul_cancel(&e->tick);
+        linger_stop(&e->linger);
         lws_context_destroy(e->ctx);
         e->ctx = NULL;
     }
@@ -1133,6 +1162,7 @@ out:
         e->bridge = NULL;
     }
     free(e->wbuf);
+    linger_free(&e->linger);
     dedup_free(&e->dedup);
     rooms_free(&e->rooms);
     connmap_free(&e->conns);
