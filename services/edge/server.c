@@ -2,6 +2,7 @@
  * the handling of bus events on the lws thread, and the loop. */
 #include <dlfcn.h>
 #include <ev.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "dw/log.h"
 #include "dw/ping.h"
 #include "edge.h"
+#include "httproute.h"
 #include "jobs.h"
 #include "linger.h"
 #include "proto_v1.h"
@@ -752,33 +754,50 @@ static int http_text(struct lws *wsi, edge_session *s, unsigned int code, const 
 
 static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
 {
-    if (!strcmp(uri, "/healthz")) return http_text(wsi, s, 200, "ok\n");
-    if (!strcmp(uri, "/readyz"))
+    size_t ulen = strlen(uri);
+    int args = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
+    if (ulen + (size_t)(args > 0 ? args : 0) > (size_t)e->cfg->max_url) {
+        dw_metric_inc(e->m->rejected_url);
+        return http_text(wsi, s, 414, "uri too long\n");
+    }
+    /* Nothing here takes a body. lws would read (and discard) one after
+     * the answer, restarting its timeout at every chunk: a body sent a
+     * byte at a time held a connection far past DW_HANDSHAKE_TIMEOUT_S.
+     * Refuse it and close. */
+    char cl[24];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0 ||
+        (lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 && strcmp(cl, "0"))) {
+        s->http_close = true;
+        return http_text(wsi, s, 413, "request bodies are not accepted\n");
+    }
+    httproute r = httproute_match(uri, ulen);
+    switch (r.target) {
+    case HTTPROUTE_HEALTHZ: return http_text(wsi, s, 200, "ok\n");
+    case HTTPROUTE_READYZ:
         return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
                                        : http_text(wsi, s, 503, "not ready: bus\n");
-    if (!strcmp(uri, "/metrics")) {
+    case HTTPROUTE_METRICS: {
         dw_metric_set(e->m->ready, bridge_ready(e->bridge));
         size_t n = 0;
         char *text = dw_metrics_render(&n);
         return http_respond(wsi, s, 200, "text/plain; version=0.0.4", text, n);
     }
-    /* The chat page: a fixed list of files, served by lws from WEB_DIR. */
-    static const struct {
-        const char *uri, *file, *mime;
-    } web[] = {
-        {"/", "index.html", "text/html; charset=utf-8"},
-        {"/index.html", "index.html", "text/html; charset=utf-8"},
-        {"/app.js", "app.js", "text/javascript; charset=utf-8"},
-        {"/style.css", "style.css", "text/css; charset=utf-8"},
-    };
-    for (size_t i = 0; i < sizeof web / sizeof web[0]; i++) {
-        if (strcmp(uri, web[i].uri)) continue;
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", e->cfg->web_dir, web[i].file);
+    case HTTPROUTE_FILE: {
+        /* One of a fixed list of files, served by lws from WEB_DIR; a
+         * file that resolves outside it (a symlink) is not served. */
+        char path[PATH_MAX], root[PATH_MAX], real[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", e->cfg->web_dir, r.file);
+        if (!realpath(e->cfg->web_dir, root) || !realpath(path, real) ||
+            !httproute_inside(root, real)) {
+            DW_WARN("static file not served: missing or outside the web root", "file=%s", r.file);
+            return http_text(wsi, s, 404, "not found\n");
+        }
         s->state = SESS_HTTP;
-        int n = lws_serve_http_file(wsi, path, web[i].mime, NULL, 0);
+        int n = lws_serve_http_file(wsi, real, r.mime, NULL, 0);
         if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi))) return -1;
         return 0;
+    }
+    case HTTPROUTE_NOT_FOUND: break;
     }
     return http_text(wsi, s, 404, "not found\n");
 }
@@ -800,7 +819,7 @@ static int on_http_writeable(struct lws *wsi, edge_session *s)
     }
     free(s->http_body);
     s->http_body = NULL;
-    if (lws_http_transaction_completed(wsi)) return -1;
+    if (s->http_close || lws_http_transaction_completed(wsi)) return -1;
     return 0;
 }
 
@@ -1049,6 +1068,10 @@ int edge_run(edge *e)
     info.pt_serv_buf_size = 32 * 1024;
     info.max_http_header_data = (unsigned short)e->cfg->max_header;
     info.timeout_secs = (unsigned int)e->cfg->handshake_timeout_s;
+    /* lws gives a request its header table with a timeout of its own (10 s
+     * by default), which replaces timeout_secs: without this, slow headers
+     * had 10 s whatever DW_HANDSHAKE_TIMEOUT_S said. */
+    info.timeout_secs_ah_idle = (unsigned int)e->cfg->handshake_timeout_s;
     /* Idle and lifetime limits are the edge's own once-a-second sweep: lws
      * 4.1 keeps its per-connection validity timers in one sorted list, which
      * makes every new connection cost O(connections). */

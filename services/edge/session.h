@@ -77,6 +77,7 @@ typedef struct edge_session {
     utf8_state utf8;   /* of the text message being received */
     /* HTTP requests only */
     char *http_body; /* malloc'd */
+    bool http_close; /* close after this answer (no keep-alive) */
     size_t http_len, http_sent;
 } edge_session;
 

@@ -287,40 +287,64 @@ def http_request(port, raw, host="127.0.0.1", timeout=10.0, tls=False, cafile=No
 
 
 def read_http_response(sock, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    data = b""
-    how = "complete"
-    while True:
-        if b"\r\n\r\n" in data:
-            head, _, body = data.partition(b"\r\n\r\n")
-            clen = None
-            for line in head.split(b"\r\n")[1:]:
-                k, _, v = line.partition(b":")
-                if k.strip().lower() == b"content-length":
-                    clen = int(v.strip())
-            if clen is not None and len(body) >= clen:
-                status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else None
-                return status, head, body[:clen], how
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            how = "timeout"
-            break
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            how = "timeout"
-            break
-        except ConnectionResetError:
-            how = "reset"
-            break
-        if not chunk:
-            how = "eof"
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else None
-    return status, head, body, how
+    """One response from sock (see HttpReader, for several on one
+    connection)."""
+    return HttpReader(sock).response(timeout)
+
+
+class HttpReader:
+    """Responses read one by one from a connection, keeping what arrived
+    beyond each (pipelined answers come back to back)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def response(self, timeout=10.0):
+        """(status or None, head, body, how): how is "complete", or how the
+        connection ended first ("eof", "reset", "timeout")."""
+        deadline = time.monotonic() + timeout
+        how = "complete"
+        while True:
+            if b"\r\n\r\n" in self.buf:
+                head, _, rest = self.buf.partition(b"\r\n\r\n")
+                clen = None
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        clen = int(v.strip())
+                if clen is not None and len(rest) >= clen:
+                    self.buf = rest[clen:]
+                    return _status(head), head, rest[:clen], how
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                how = "timeout"
+                break
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                how = "timeout"
+                break
+            except ConnectionResetError:
+                how = "reset"
+                break
+            if not chunk:
+                how = "eof"
+                break
+            self.buf += chunk
+        head, _, body = self.buf.partition(b"\r\n\r\n")
+        self.buf = b""
+        return _status(head), head, body, how
+
+
+def _status(head):
+    if not head.startswith(b"HTTP/"):
+        return None
+    try:
+        return int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def parse_frames(buf):
