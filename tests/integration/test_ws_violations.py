@@ -76,29 +76,33 @@ EDGES = {
 
 
 class Violations(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="dw-viol-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.cert, self.key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", self.key, "-out", self.cert], check=True, capture_output=True)
-        self.stack = Stack(edges=0, env=NOLIMITS).start()
-        self.addCleanup(self._cleanup)
-        self.ports = {}
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="dw-viol-")
+        cls.cert, cls.key = os.path.join(cls.dir, "cert.pem"), os.path.join(cls.dir, "key.pem")
+        cls.stack = None
         try:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                            "1", "-subj", "/CN=localhost", "-addext",
+                            "subjectAltName=IP:127.0.0.1", "-keyout", cls.key, "-out", cls.cert],
+                           check=True, capture_output=True)
+            cls.stack = Stack(edges=0, env=NOLIMITS).start()
+            cls.ports = {}
             for name, env in EDGES.items():
-                self.ports[("plain", name)] = self.stack.start_edge(**env).port
-                self.ports[("tls", name)] = self.stack.start_edge(
-                    DW_TLS_CERT=self.cert, DW_TLS_KEY=self.key, **env).port
+                cls.ports[("plain", name)] = cls.stack.start_edge(**env).port
+                cls.ports[("tls", name)] = cls.stack.start_edge(
+                    DW_TLS_CERT=cls.cert, DW_TLS_KEY=cls.key, **env).port
         except BaseException:
-            print(self.stack.logs())
+            cls.tearDownClass()
             raise
 
-    def _cleanup(self):
-        if any(not e.alive() for e in self.stack.edges):
-            print(self.stack.logs())
-        self.stack.cleanup()
+    @classmethod
+    def tearDownClass(cls):
+        if cls.stack:
+            if any(not e.alive() for e in cls.stack.edges):
+                print(cls.stack.logs())
+            cls.stack.cleanup()
+        shutil.rmtree(cls.dir, ignore_errors=True)
 
     def test_every_violation_gets_its_close_code(self):
         import ssl
@@ -156,7 +160,8 @@ class Violations(unittest.TestCase):
         print("lingering:", dict(lingered))
         self.assertTrue(all(e.alive() for e in self.stack.edges), "an edge died")
         self.assertEqual(bad, [])
-        self.assertEqual(lingered["dw_edge_linger_started_total"], len(writers))
+        # (>=: the other test in this class may have run first on these edges)
+        self.assertGreaterEqual(lingered["dw_edge_linger_started_total"], len(writers))
 
     def test_fragmented_message_over_the_limit_with_a_library_client(self):
         """The issue's case as it was seen: a websockets client sends 200 KB
