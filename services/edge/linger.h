@@ -26,9 +26,10 @@
  *
  * The two other hooks make lws 4.1 send the close frames it would not:
  * linger_peer_close() checks a client's close frame (lws echoes codes >=
- * 5000 and 1-byte payloads), linger_on_drop() gives 1002 to the protocol
- * errors lws fails without a close reason (a control frame longer than 125
- * bytes; lws then closes without any close frame).
+ * 5000 and 1-byte payloads), and linger_on_drop() sends the close frame of
+ * a connection lws failed itself (RSV bits, reserved opcodes, continuation
+ * rules, control frames over 125 bytes: 1002) before lws's parser, out of
+ * step with the stream after the error, can lose it.
  *
  * Stage 3 needs the poll() loop: libev's epoll backend never removes a
  * closed descriptor from its epoll set (it counts on close() doing that),
@@ -90,11 +91,18 @@ void linger_close_started(struct lws *wsi, bool read);
  * here (1002 or 1007) instead. */
 int linger_peer_close(struct lws *wsi, const void *in, size_t len);
 
-/* LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL: lws is about to close wsi. When lws
- * failed it without a close reason while the client is still there, sets
- * 1002. Returns true when the edge sends (or sent) a close frame on this
- * connection, i.e. when it should linger. */
-bool linger_on_drop(struct lws *wsi);
+/* Who started the close of a connection lws is about to let go of. */
+typedef enum {
+    LINGER_BY_EDGE, /* session_close: lws sends the edge's close frame */
+    LINGER_BY_PEER, /* the client's close frame, which lws echoed */
+    LINGER_BY_LWS,  /* anything else: lws failed a frame, or the client went */
+} linger_closer;
+
+/* LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL: lws is about to close wsi. For a
+ * frame lws failed itself, sends the close frame at once (1002 when lws
+ * gave no reason) and shuts down our side of the stream. Returns true when
+ * a close frame went (or goes) out from the edge, i.e. when to linger. */
+bool linger_on_drop(edge_linger *l, struct lws *wsi, linger_closer who);
 
 /* LWS_CALLBACK_CLOSED of a connection the edge sent a close frame on. */
 void linger_adopt(edge_linger *l, struct lws *wsi);

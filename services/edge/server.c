@@ -857,9 +857,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED: return on_established(e, s, wsi);
     case LWS_CALLBACK_RECEIVE: return on_receive(e, s, in, len);
     case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(e, s);
-    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE: return linger_peer_close(wsi, in, len);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        if (linger_peer_close(wsi, in, len)) return -1;
+        if (s) s->peer_closed = true;
+        return 0;
     case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
-        if (s && s->id[0] && linger_on_drop(wsi)) s->linger = true;
+        if (s && s->id[0] &&
+            linger_on_drop(&e->linger, wsi,
+                           s->state == SESS_CLOSING ? LINGER_BY_EDGE
+                           : s->peer_closed         ? LINGER_BY_PEER
+                                                    : LINGER_BY_LWS))
+            s->linger = true;
         return 0;
     case LWS_CALLBACK_CLOSED:
         if (s->linger) linger_adopt(&e->linger, wsi);

@@ -74,6 +74,7 @@ typedef struct edge_session {
     const char *close_reason;
     bool close_handed; /* lws has the close reason and sends the frame */
     bool linger;       /* a close frame was sent: linger after lws lets go */
+    bool peer_closed;  /* the client's close frame came (lws echoes it) */
     utf8_state utf8;   /* of the text message being received */
     /* HTTP requests only */
     char *http_body; /* malloc'd */

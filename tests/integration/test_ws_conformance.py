@@ -60,7 +60,7 @@ def outcome(c, want_data=None, timeout=3.0, pongs=None):
             if op == OP_TEXT and want_data is None:
                 return "reply " + payload[:40].decode(errors="replace")
     except Closed as e:
-        return close_text(e.frame)
+        return close_text(e.frame) + after_close(c, e.frame)
     except Ended as e:
         return f"no close frame ({e.how})"
 
@@ -71,9 +71,30 @@ def close_text(f):
     return f"close {f.close_code}"
 
 
-def closes(c, timeout=3.0):
+def closes(c, timeout=3.0, answer=True):
+    """The server's close frame, answered as a client should (answer=False
+    when the client sent its close first); anything the server sends after
+    its close frame is reported (there must be none)."""
     f, how = c.expect_close(timeout)
-    return close_text(f) if f else f"no close frame ({how})"
+    if not f:
+        return f"no close frame ({how})"
+    return close_text(f) + after_close(c, f, answer)
+
+
+def after_close(c, f, answer=True):
+    try:
+        if answer:
+            c.send(OP_CLOSE, f.payload[:2])
+    except OSError:
+        pass  # the server may have closed its side already
+    extra = []
+    try:
+        while True:
+            extra.append(c.recv_frame(3.0))
+    except Ended as e:
+        if e.how == "timeout":
+            return ", connection left open"
+    return f", then {extra}" if extra else ""
 
 
 # ---- framing -------------------------------------------------------------
@@ -327,38 +348,38 @@ def _(c):
 @case("close with no payload", "close (no code)")
 def _(c):
     c.close()
-    return closes(c)
+    return closes(c, answer=False)
 
 
 for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999):
     def _valid(c, code=code):
         c.close(code)
-        return closes(c)
+        return closes(c, answer=False)
     case(f"close {code} (valid): echoed", f"close {code}")(_valid)
 
 for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
     def _invalid(c, code=code):
         c.close(code)
-        return closes(c)
+        return closes(c, answer=False)
     case(f"close {code} (invalid)", "close 1002")(_invalid)
 
 
 @case("close with a 1-byte payload", "close 1002")
 def _(c):
     c.send(OP_CLOSE, b"\x03")
-    return closes(c)
+    return closes(c, answer=False)
 
 
 @case("close 1000, 123-byte reason", "close 1000")
 def _(c):
     c.close(1000, "r" * 123)
-    return closes(c)
+    return closes(c, answer=False)
 
 
 @case("close 1000, reason not UTF-8", "close 1007")
 def _(c):
     c.close(1000, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64")
-    return closes(c)
+    return closes(c, answer=False)
 
 
 @case("text after close: ignored", "close 1000")

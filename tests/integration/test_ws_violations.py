@@ -1,6 +1,7 @@
 """Every violation and limit gets its close frame, every time, also while
 the client keeps writing, and then the connection ends within a bounded
-time (issue #19; docs/security.md, "Closing").
+time (issue #19; docs/security.md, "Closing"). Nothing follows the close
+frame.
 
 Each kind runs RUNS times over plain TCP and RUNS times over TLS, all at
 once, from clients that never stop writing and never send a close frame
@@ -60,6 +61,10 @@ KINDS = {
     "invalid UTF-8": ("limits", encode_frame(OP_TEXT, b'{"data":"\xff\xfe"}'), AFTER, 0.02, 1007,
                       b""),
     "binary frame": ("limits", encode_frame(OP_BINARY, b"\x00\x01"), AFTER, 0.02, 1003, b"binary"),
+    # Protocol errors libwebsockets itself detects (RFC 6455 5.2, 5.5).
+    "RSV1 set": ("limits", encode_frame(OP_TEXT, b"{}", rsv=4), AFTER, 0.02, 1002, b""),
+    "reserved opcode": ("limits", encode_frame(0x3, b"x"), AFTER, 0.02, 1002, b""),
+    "ping over 125 bytes": ("limits", encode_frame(OP_PING, b"p" * 126), AFTER, 0.02, 1002, b""),
     "rate limit (policy)": ("strict", b"", encode_frame(OP_TEXT, msg("f")), 0.005, 1008,
                             b"rate limit"),
     "idle timeout": ("idle", b"", PING, 0.02, 1001, b"idle"),
@@ -131,6 +136,10 @@ class Violations(unittest.TestCase):
                              max(closes) if closes else None, max(ends) if ends else None,
                              ", ".join(f"{k} {v}" for k, v in sorted(how.items()))))
                 for w in ws:
+                    closes = [i for i, f in enumerate(w.frames) if f.opcode == 0x8]
+                    if closes and closes[0] != len(w.frames) - 1:
+                        bad.append(f"{kind}/{transport}: frames after the close frame: "
+                                   f"{w.frames[closes[0] + 1:][:3]}")
                     if w not in got:
                         bad.append(f"{kind}/{transport}: got code {w.code} reason {w.reason!r} "
                                    f"end {w.end} err {w.error} write {w.write_error} "
