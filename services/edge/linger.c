@@ -161,19 +161,29 @@ void linger_adopt(edge_linger *l, struct lws *wsi)
     }
     int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (d < 0) return; /* out of descriptors: lws closes it as before */
+    linger_keep(l, d);
+}
+
+void linger_keep(edge_linger *l, int fd)
+{
+    if (l->stopped || l->n == l->max) {
+        dw_metric_inc(l->refused_full);
+        close(fd);
+        return;
+    }
     /* The close frame is out (or never will be): tell the client we are
      * done writing, then read what it still sends. lws may have done the
      * shutdown already; a second one changes nothing. */
-    shutdown(d, SHUT_WR);
+    shutdown(fd, SHUT_WR);
     dw_metric_inc(l->started);
     size_t budget = l->bytes;
-    int how = drain(d, &budget);
+    int how = drain(fd, &budget);
     if (how != DRAIN_MORE) {
         ended(l, how);
-        close(d);
+        close(fd);
         return;
     }
-    l->v[l->n++] = (edge_linger_sock){d, dw_mono_ns() + l->ms * 1000000, budget};
+    l->v[l->n++] = (edge_linger_sock){fd, dw_mono_ns() + l->ms * 1000000, budget};
     dw_metric_set(l->gauge, (int64_t)l->n);
 }
 

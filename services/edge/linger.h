@@ -107,6 +107,12 @@ bool linger_on_drop(edge_linger *l, struct lws *wsi, linger_closer who);
 /* LWS_CALLBACK_CLOSED of a connection the edge sent a close frame on. */
 void linger_adopt(edge_linger *l, struct lws *wsi);
 
+/* linger_adopt's second half, on a descriptor of our own (the duplicate;
+ * a test's socket): shut down its write side, drain it now, and keep it in
+ * the table if the client is still sending. Takes ownership of fd (closed
+ * at once when the table is full or stopped). */
+void linger_keep(edge_linger *l, int fd);
+
 /* From the edge's tick: drain the lingering sockets, close finished ones. */
 void linger_service(edge_linger *l);
 
