@@ -249,7 +249,7 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         s->rx = n;
         s->rx_cap = ncap;
     }
-    memcpy(s->rx + s->rx_len, in, len);
+    if (len) memcpy(s->rx + s->rx_len, in, len); /* s->rx is NULL until a byte came */
     s->rx_len += len;
     if (!lws_is_final_fragment(s->wsi) || lws_remaining_packet_payload(s->wsi)) return 0;
 
@@ -264,14 +264,15 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         if (!p) return -1;
         p->next = NULL;
         p->len = s->rx_len;
-        memcpy(p->data, s->rx, s->rx_len);
+        if (s->rx_len) memcpy(p->data, s->rx, s->rx_len);
         edge_pending_rx **pp = &s->pending;
         while (*pp)
             pp = &(*pp)->next;
         *pp = p;
         s->npending++;
     } else {
-        handle_message(e, s, s->rx, s->rx_len);
+        /* (A message of empty fragments only has no buffer.) */
+        handle_message(e, s, s->rx ? s->rx : "", s->rx_len);
     }
     /* Idle connections hold no reassembly buffer. */
     free(s->rx);

@@ -202,6 +202,12 @@ def _(c):
     return outcome(c, "empties")
 
 
+@case("empty message in two empty fragments", "reply Use the sendmessage route to send a mess")
+def _(c):
+    c.send_raw(wsraw.encode_frame(OP_TEXT, b"", fin=False) + wsraw.encode_frame(OP_CONT, b""))
+    return outcome(c)
+
+
 @case("continuation with no message started", "close 1002")
 def _(c):
     c.send(OP_CONT, b"orphan")
