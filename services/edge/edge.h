@@ -59,7 +59,7 @@ typedef struct edge_metrics {
         *writes, *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny,
         *rejected_auth, *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls,
         *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime,
-        *closed_too_large;
+        *closed_too_large, *loop_lag;
 } edge_metrics;
 
 typedef struct edge {
@@ -81,6 +81,7 @@ typedef struct edge {
     bool edge_down_stored; /* shutdown: one EDGE_DOWN stands for every disconnect */
     int64_t next_heartbeat_ns;
     lws_sorted_usec_list_t tick;
+    int64_t tick_due_ns; /* when the tick should run: its lateness is the loop's lag */
 
     pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
     struct lws_context *wake_ctx;

@@ -963,6 +963,8 @@ static void tick(lws_sorted_usec_list_t *sul)
 {
     edge *e = (edge *)(void *)((char *)sul - offsetof(edge, tick));
     int64_t now = dw_mono_ns();
+    /* How late the loop came back to us: a stalled loop delays everyone. */
+    if (e->tick_due_ns) dw_metric_observe_ns(e->m->loop_lag, now - e->tick_due_ns);
     if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
         bridge_heartbeat(e->bridge, e->nready);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
@@ -976,6 +978,7 @@ static void tick(lws_sorted_usec_list_t *sul)
     /* The tick also bounds how long the loop sleeps, so a stop request
      * (dw_stop, set by the signal handler) is seen promptly. */
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
+    e->tick_due_ns = dw_mono_ns() + TICK_US * 1000LL;
 }
 
 static bool ping_ready(void *arg)
@@ -1052,6 +1055,10 @@ int edge_run(edge *e)
         dw_counter("dw_edge_closed_total", "reason=\"lifetime\"", "connections the edge closed");
     metrics.closed_too_large =
         dw_counter("dw_edge_closed_total", "reason=\"too_large\"", "connections the edge closed");
+    static const double lag_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
+    metrics.loop_lag = dw_histogram("dw_edge_loop_lag_seconds", NULL,
+                                    "how late the event loop ran the edge's 100 ms tick",
+                                    lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
     e->m = &metrics;
     char err[256];
     if (admit_init(e, err, sizeof err)) {
