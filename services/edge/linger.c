@@ -8,7 +8,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "dw/log.h"
 #include "dw/util.h"
 #include "wsclose.h"
 
