@@ -12,6 +12,7 @@
 #include "dedup.h"
 #include "dw/metrics.h"
 #include "dw/util.h"
+#include "linger.h"
 #include "rooms.h"
 #include "session.h"
 
@@ -48,6 +49,7 @@ typedef struct edge_config {
     int64_t max_frame, max_url, max_header;
     int64_t idle_timeout_s, max_lifetime_s, handshake_timeout_s;
     int64_t max_outbound;
+    int64_t linger_ms, linger_bytes, linger_max; /* lingering close (linger.h) */
     char *origins, *deny_cidrs;
     char *log_level;
 } edge_config;
@@ -57,7 +59,7 @@ typedef struct edge_metrics {
         *writes, *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny,
         *rejected_auth, *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls,
         *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime,
-        *closed_too_large;
+        *closed_too_large, *loop_lag;
     /* How long a message spends at each hop this edge sees (docs/operations.md) */
     dw_metric *stage_stored, *stage_delivered, *stage_written;
 } edge_metrics;
@@ -74,6 +76,7 @@ typedef struct edge {
     edge_connmap conns;
     edge_rooms rooms;
     edge_dedup dedup;
+    edge_linger linger;
     unsigned char *wbuf;     /* LWS_PRE + write_coalesce: the coalescing buffer */
     uint64_t conn_seq_acked; /* highest DW_CONN seq acked for our events */
     uint32_t nready;
@@ -81,6 +84,7 @@ typedef struct edge {
     struct disc_retry *disc_retries; /* failed disconnect events waiting to be retried */
     int64_t next_heartbeat_ns;
     lws_sorted_usec_list_t tick;
+    int64_t tick_due_ns; /* when the tick should run: its lateness is the loop's lag */
 
     pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
     struct lws_context *wake_ctx;

@@ -89,6 +89,13 @@ static const dw_cfg_field fields[] = {
       "time allowed for the HTTP request and upgrade (slowloris)"),
     F("MAX_OUTBOUND", DW_CFG_INT, max_outbound, "1048576", 4096, 1073741824,
       "bytes queued to one slow reader before it is closed"),
+    F("LINGER_MS", DW_CFG_INT, linger_ms, "2000", 0, 60000,
+      "after a close frame and libwebsockets' wait for the answer, keep reading and discarding "
+      "for up to this long before closing TCP (0: no lingering; poll loop only)"),
+    F("LINGER_BYTES", DW_CFG_INT, linger_bytes, "1048576", 0, 1073741824,
+      "the most a lingering client may send before its socket is closed anyway"),
+    F("LINGER_MAX", DW_CFG_INT, linger_max, "1024", 0, 100000,
+      "sockets lingering at once; beyond, closing sockets close at once"),
     F("ORIGINS", DW_CFG_STR, origins, "", 0, 0,
       "allowed Origin values, comma-separated (empty: any)"),
     F("DENY_CIDRS", DW_CFG_STR, deny_cidrs, "", 0, 0,

@@ -2,6 +2,7 @@
  * the handling of bus events on the lws thread, and the loop. */
 #include <dlfcn.h>
 #include <ev.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +10,12 @@
 #include "dw/log.h"
 #include "dw/ping.h"
 #include "edge.h"
+#include "httproute.h"
 #include "jobs.h"
+#include "linger.h"
 #include "proto_v1.h"
 #include "routes.h"
+#include "utf8.h"
 
 #define TICK_US (100 * 1000)
 
@@ -38,6 +42,8 @@ void session_close(edge_session *s, uint16_t code, const char *reason)
     s->state = SESS_CLOSING;
     s->close_code = code;
     s->close_reason = reason;
+    s->linger = true;
+    linger_close_started(s->wsi, !s->rx_paused_until_ms);
     s->want_write = false;
     want_write(s);
 }
@@ -73,6 +79,11 @@ static int on_writeable(edge *e, edge_session *s)
 {
     s->want_write = false;
     if (s->state == SESS_CLOSING) {
+        /* lws calls back again while it waits for the client's answer to
+         * the close frame: closing once more would end that wait (and the
+         * lingering read) at once. */
+        if (s->close_handed) return 0;
+        s->close_handed = true;
         const char *r = s->close_reason ? s->close_reason : "";
         lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)r,
                          strlen(r));
@@ -200,6 +211,14 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
         return 0;
     }
+    /* Text must be UTF-8 across fragment boundaries; checked here rather
+     * than by lws so that the 1007 goes out like any other close (utf8.h). */
+    if (lws_is_first_fragment(s->wsi)) s->utf8 = UTF8_ACCEPT;
+    if (utf8_feed(&s->utf8, in, len) ||
+        (lws_is_final_fragment(s->wsi) && !utf8_complete(s->utf8))) {
+        session_close(s, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+        return 0;
+    }
     /* A frame's size is what came so far plus what lws says remains. */
     size_t remaining = lws_remaining_packet_payload(s->wsi);
     if (s->frame_bytes + len + remaining > (size_t)e->cfg->max_frame) {
@@ -237,7 +256,7 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         s->rx = n;
         s->rx_cap = ncap;
     }
-    memcpy(s->rx + s->rx_len, in, len);
+    if (len) memcpy(s->rx + s->rx_len, in, len); /* s->rx is NULL until a byte came */
     s->rx_len += len;
     if (!lws_is_final_fragment(s->wsi) || lws_remaining_packet_payload(s->wsi)) return 0;
 
@@ -252,14 +271,15 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
         if (!p) return -1;
         p->next = NULL;
         p->len = s->rx_len;
-        memcpy(p->data, s->rx, s->rx_len);
+        if (s->rx_len) memcpy(p->data, s->rx, s->rx_len);
         edge_pending_rx **pp = &s->pending;
         while (*pp)
             pp = &(*pp)->next;
         *pp = p;
         s->npending++;
     } else {
-        handle_message(e, s, s->rx, s->rx_len);
+        /* (A message of empty fragments only has no buffer.) */
+        handle_message(e, s, s->rx ? s->rx : "", s->rx_len);
     }
     /* Idle connections hold no reassembly buffer. */
     free(s->rx);
@@ -812,33 +832,50 @@ static int http_text(struct lws *wsi, edge_session *s, unsigned int code, const 
 
 static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
 {
-    if (!strcmp(uri, "/healthz")) return http_text(wsi, s, 200, "ok\n");
-    if (!strcmp(uri, "/readyz"))
+    size_t ulen = strlen(uri);
+    int args = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
+    if (ulen + (size_t)(args > 0 ? args : 0) > (size_t)e->cfg->max_url) {
+        dw_metric_inc(e->m->rejected_url);
+        return http_text(wsi, s, 414, "uri too long\n");
+    }
+    /* Nothing here takes a body. lws would read (and discard) one after
+     * the answer, restarting its timeout at every chunk: a body sent a
+     * byte at a time held a connection far past DW_HANDSHAKE_TIMEOUT_S.
+     * Refuse it and close. */
+    char cl[24];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0 ||
+        (lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 && strcmp(cl, "0"))) {
+        s->http_close = true;
+        return http_text(wsi, s, 413, "request bodies are not accepted\n");
+    }
+    httproute r = httproute_match(uri, ulen);
+    switch (r.target) {
+    case HTTPROUTE_HEALTHZ: return http_text(wsi, s, 200, "ok\n");
+    case HTTPROUTE_READYZ:
         return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
                                        : http_text(wsi, s, 503, "not ready: bus\n");
-    if (!strcmp(uri, "/metrics")) {
+    case HTTPROUTE_METRICS: {
         dw_metric_set(e->m->ready, bridge_ready(e->bridge));
         size_t n = 0;
         char *text = dw_metrics_render(&n);
         return http_respond(wsi, s, 200, "text/plain; version=0.0.4", text, n);
     }
-    /* The chat page: a fixed list of files, served by lws from WEB_DIR. */
-    static const struct {
-        const char *uri, *file, *mime;
-    } web[] = {
-        {"/", "index.html", "text/html; charset=utf-8"},
-        {"/index.html", "index.html", "text/html; charset=utf-8"},
-        {"/app.js", "app.js", "text/javascript; charset=utf-8"},
-        {"/style.css", "style.css", "text/css; charset=utf-8"},
-    };
-    for (size_t i = 0; i < sizeof web / sizeof web[0]; i++) {
-        if (strcmp(uri, web[i].uri)) continue;
-        char path[1024];
-        snprintf(path, sizeof path, "%s/%s", e->cfg->web_dir, web[i].file);
+    case HTTPROUTE_FILE: {
+        /* One of a fixed list of files, served by lws from WEB_DIR; a
+         * file that resolves outside it (a symlink) is not served. */
+        char path[PATH_MAX], root[PATH_MAX], real[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", e->cfg->web_dir, r.file);
+        if (!realpath(e->cfg->web_dir, root) || !realpath(path, real) ||
+            !httproute_inside(root, real)) {
+            DW_WARN("static file not served: missing or outside the web root", "file=%s", r.file);
+            return http_text(wsi, s, 404, "not found\n");
+        }
         s->state = SESS_HTTP;
-        int n = lws_serve_http_file(wsi, path, web[i].mime, NULL, 0);
+        int n = lws_serve_http_file(wsi, real, r.mime, NULL, 0);
         if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi))) return -1;
         return 0;
+    }
+    case HTTPROUTE_NOT_FOUND: break;
     }
     return http_text(wsi, s, 404, "not found\n");
 }
@@ -860,7 +897,7 @@ static int on_http_writeable(struct lws *wsi, edge_session *s)
     }
     free(s->http_body);
     s->http_body = NULL;
-    if (lws_http_transaction_completed(wsi)) return -1;
+    if (s->http_close || lws_http_transaction_completed(wsi)) return -1;
     return 0;
 }
 
@@ -898,7 +935,22 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED: return on_established(e, s, wsi);
     case LWS_CALLBACK_RECEIVE: return on_receive(e, s, in, len);
     case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(e, s);
-    case LWS_CALLBACK_CLOSED: on_closed(e, s); return 0;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        if (linger_peer_close(wsi, in, len)) return -1;
+        if (s) s->peer_closed = true;
+        return 0;
+    case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+        if (s && s->id[0] &&
+            linger_on_drop(&e->linger, wsi,
+                           s->state == SESS_CLOSING ? LINGER_BY_EDGE
+                           : s->peer_closed         ? LINGER_BY_PEER
+                                                    : LINGER_BY_LWS))
+            s->linger = true;
+        return 0;
+    case LWS_CALLBACK_CLOSED:
+        if (s->linger) linger_adopt(&e->linger, wsi);
+        on_closed(e, s);
+        return 0;
     case LWS_CALLBACK_HTTP: return s ? on_http(e, wsi, s, in) : -1;
     case LWS_CALLBACK_HTTP_WRITEABLE: return s ? on_http_writeable(wsi, s) : -1;
     case LWS_CALLBACK_CLOSED_HTTP:
@@ -988,6 +1040,8 @@ static void tick(lws_sorted_usec_list_t *sul)
 {
     edge *e = (edge *)(void *)((char *)sul - offsetof(edge, tick));
     int64_t now = dw_mono_ns();
+    /* How late the loop came back to us: a stalled loop delays everyone. */
+    if (e->tick_due_ns) dw_metric_observe_ns(e->m->loop_lag, now - e->tick_due_ns);
     if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
         bridge_heartbeat(e->bridge, e->nready);
         bridge_note_held(e->bridge, e->nready, e->conn_seq_acked);
@@ -995,6 +1049,7 @@ static void tick(lws_sorted_usec_list_t *sul)
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
     if (e->disc_retries) disc_retry_due(e);
+    linger_service(&e->linger);
     if (now >= e->next_sweep_ns) {
         sweep(e);
         e->next_sweep_ns = now + 1000000000LL;
@@ -1002,6 +1057,7 @@ static void tick(lws_sorted_usec_list_t *sul)
     /* The tick also bounds how long the loop sleeps, so a stop request
      * (dw_stop, set by the signal handler) is seen promptly. */
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
+    e->tick_due_ns = dw_mono_ns() + TICK_US * 1000LL;
 }
 
 static bool ping_ready(void *arg)
@@ -1092,6 +1148,10 @@ int edge_run(edge *e)
         dw_counter("dw_edge_closed_total", "reason=\"lifetime\"", "connections the edge closed");
     metrics.closed_too_large =
         dw_counter("dw_edge_closed_total", "reason=\"too_large\"", "connections the edge closed");
+    static const double lag_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
+    metrics.loop_lag = dw_histogram("dw_edge_loop_lag_seconds", NULL,
+                                    "how late the event loop ran the edge's 100 ms tick",
+                                    lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
     e->m = &metrics;
     char err[256];
     if (admit_init(e, err, sizeof err)) {
@@ -1102,6 +1162,9 @@ int edge_run(edge *e)
         goto out;
     e->wbuf = malloc(LWS_PRE + (size_t)e->cfg->write_coalesce);
     if (!e->wbuf) goto out;
+    if (linger_init(&e->linger, e->cfg->linger_ms, e->cfg->linger_bytes, e->cfg->linger_max,
+                    !strcmp(e->cfg->event_loop, "poll")))
+        goto out;
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
     struct lws_context_creation_info info;
@@ -1109,11 +1172,15 @@ int edge_run(edge *e)
     info.port = (int)e->cfg->port;
     info.iface = e->cfg->host[0] ? e->cfg->host : NULL;
     info.protocols = protocols;
-    /* lws checks UTF-8 in text frames and closes with 1007 itself. */
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
+    /* No LWS_SERVER_OPTION_VALIDATE_UTF8: on_receive checks text itself. */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     info.pt_serv_buf_size = 32 * 1024;
     info.max_http_header_data = (unsigned short)e->cfg->max_header;
     info.timeout_secs = (unsigned int)e->cfg->handshake_timeout_s;
+    /* lws gives a request its header table with a timeout of its own (10 s
+     * by default), which replaces timeout_secs: without this, slow headers
+     * had 10 s whatever DW_HANDSHAKE_TIMEOUT_S said. */
+    info.timeout_secs_ah_idle = (unsigned int)e->cfg->handshake_timeout_s;
     /* Idle and lifetime limits are the edge's own once-a-second sweep: lws
      * 4.1 keeps its per-connection validity timers in one sorted list, which
      * makes every new connection cost O(connections). */
@@ -1212,6 +1279,7 @@ out:
         e->wake_ctx = NULL;
         pthread_mutex_unlock(&e->wake_lock);
         lws_sul_cancel(&e->tick);
+        linger_stop(&e->linger);
         lws_context_destroy(e->ctx);
         e->ctx = NULL;
     }
@@ -1226,6 +1294,7 @@ out:
         e->bridge = NULL;
     }
     free(e->wbuf);
+    linger_free(&e->linger);
     dedup_free(&e->dedup);
     while (e->disc_retries) {
         disc_retry *n = e->disc_retries->next;

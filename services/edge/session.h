@@ -11,6 +11,7 @@
 #include "outbox.h"
 #include "ratelimit.h"
 #include "rooms.h"
+#include "utf8.h"
 
 struct lws;
 
@@ -74,8 +75,13 @@ typedef struct edge_session {
     bool want_write;
     uint16_t close_code;
     const char *close_reason;
+    bool close_handed; /* lws has the close reason and sends the frame */
+    bool linger;       /* a close frame was sent: linger after lws lets go */
+    bool peer_closed;  /* the client's close frame came (lws echoes it) */
+    utf8_state utf8;   /* of the text message being received */
     /* HTTP requests only */
     char *http_body; /* malloc'd */
+    bool http_close; /* close after this answer (no keep-alive) */
     size_t http_len, http_sent;
 } edge_session;
 
