@@ -215,20 +215,10 @@ struct dispatcher {
     size_t per_part_cap;
 };
 
-static void cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-}
-
 /* Wait on cv until deadline_ms (dw_mono_ns clock, ms). mu is held. */
 static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ms)
 {
-    struct timespec ts = {.tv_sec = deadline_ms / 1000, .tv_nsec = (deadline_ms % 1000) * 1000000};
-    pthread_cond_timedwait(cv, mu, &ts);
+    dw_cond_wait_until(cv, mu, deadline_ms * 1000000);
 }
 
 static void post(dispatcher *d, loop_ev *e)
@@ -1198,11 +1188,11 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     d->cfg = *cfg;
     metrics_register();
     pthread_mutex_init(&d->mu, NULL);
-    cond_init_mono(&d->cv);
+    dw_cond_init_mono(&d->cv);
     pthread_mutex_init(&d->rmu, NULL);
-    cond_init_mono(&d->rcv);
+    dw_cond_init_mono(&d->rcv);
     pthread_mutex_init(&d->wmu, NULL);
-    cond_init_mono(&d->wcv);
+    dw_cond_init_mono(&d->wcv);
     atomic_init(&d->reconnected, false);
     atomic_init(&d->quit, false);
     d->sweep_every_ms = cfg->edge_dead_ms / 4;

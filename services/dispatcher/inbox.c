@@ -72,17 +72,13 @@ int inbox_create(inbox **out, natsConnection *nc)
 {
     natsInbox *name = NULL;
     inbox *ib = calloc(1, sizeof *ib);
-    pthread_condattr_t ca;
     int mu_ok = 0, cv_ok = 0;
 
     if (!ib) return -1;
     ib->nc = nc;
     if (pthread_mutex_init(&ib->mu, NULL)) goto error;
     mu_ok = 1;
-    if (pthread_condattr_init(&ca)) goto error;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    cv_ok = !pthread_cond_init(&ib->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    cv_ok = !dw_cond_init_mono(&ib->cv);
     if (!cv_ok) goto error;
     if (natsInbox_Create(&name) != NATS_OK) goto error;
     snprintf(ib->prefix, sizeof ib->prefix, "%s", name);
@@ -181,11 +177,9 @@ void inbox_skip(inbox *ib, size_t slot)
 
 size_t inbox_wait(inbox *ib, int64_t deadline_ns)
 {
-    struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000),
-                          .tv_nsec = (long)(deadline_ns % 1000000000)};
     pthread_mutex_lock(&ib->mu);
     while (ib->got < ib->expected && dw_mono_ns() < deadline_ns)
-        pthread_cond_timedwait(&ib->cv, &ib->mu, &ts);
+        dw_cond_wait_until(&ib->cv, &ib->mu, deadline_ns);
     size_t got = ib->got;
     pthread_mutex_unlock(&ib->mu);
     return got;

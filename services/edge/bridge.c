@@ -344,12 +344,9 @@ static void *check_main(void *arg)
     edge_bridge *b = arg;
     pthread_mutex_lock(&b->check_mu);
     while (!atomic_load(&b->stopping)) {
-        if (!b->check_now) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += SELFCHECK_EVERY_MS / 1000;
-            pthread_cond_timedwait(&b->check_cv, &b->check_mu, &ts);
-        }
+        if (!b->check_now)
+            dw_cond_wait_until(&b->check_cv, &b->check_mu,
+                               dw_mono_ns() + SELFCHECK_EVERY_MS * 1000000LL);
         if (atomic_load(&b->stopping)) break;
         bool now = b->check_now;
         b->check_now = false;
@@ -381,11 +378,7 @@ int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
     b->cfg = *cfg;
     pthread_mutex_init(&b->lock, NULL);
     pthread_mutex_init(&b->check_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&b->check_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    dw_cond_init_mono(&b->check_cv);
     if (dw_bus_connect(&b->nc, cfg->nats_url, "edge") != NATS_OK) {
         DW_ERROR("nats connect failed", "url=%s err=\"%s\"", cfg->nats_url,
                  nats_GetLastError(NULL));

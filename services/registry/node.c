@@ -214,25 +214,13 @@ int reg_node_checkpoints(reg_node *n, reg_ckpt **out, size_t *count, char **err)
     return 0;
 }
 
-static void deadline_after(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)(ms / 1000);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static void *ckpt_main(void *arg)
 {
     reg_node *n = arg;
-    struct timespec next;
     pthread_mutex_lock(&n->mu);
-    deadline_after(&next, n->cfg.ckpt_interval_s * 1000);
+    int64_t next = dw_mono_ns() + n->cfg.ckpt_interval_s * 1000000000LL;
     while (!n->stopping) {
-        if (pthread_cond_timedwait(&n->cv, &n->mu, &next) != ETIMEDOUT)
+        if (dw_cond_wait_until(&n->cv, &n->mu, next) != ETIMEDOUT)
             continue; /* another wake-up, or spurious: the deadline stands */
         pthread_mutex_unlock(&n->mu);
         reg_ckpt c;
@@ -240,7 +228,7 @@ static void *ckpt_main(void *arg)
         reg_node_checkpoint(n, &c, &err);
         free(err);
         pthread_mutex_lock(&n->mu);
-        deadline_after(&next, n->cfg.ckpt_interval_s * 1000);
+        next = dw_mono_ns() + n->cfg.ckpt_interval_s * 1000000000LL;
     }
     pthread_mutex_unlock(&n->mu);
     return NULL;
@@ -291,11 +279,7 @@ int reg_node_create(reg_node **out, const reg_node_cfg *cfg, reg_store *st, nats
     n->js = js;
     pthread_mutex_init(&n->amu, NULL);
     pthread_mutex_init(&n->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&n->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    dw_cond_init_mono(&n->cv);
 
     n->m.connections = dw_gauge("dw_registry_connections", NULL, "connections in the table");
     n->m.applied_seq = dw_gauge("dw_registry_applied_seq", NULL, "last DW_CONN sequence applied");
@@ -364,9 +348,7 @@ int reg_node_run(reg_node *n)
             }
         }
         /* dw_stop comes from a signal handler, which cannot signal cv. */
-        struct timespec ts;
-        deadline_after(&ts, 200);
-        pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+        dw_cond_wait_until(&n->cv, &n->mu, dw_mono_ns() + 200000000LL);
     }
     pthread_mutex_unlock(&n->mu);
     return atomic_load(&n->failed) ? -1 : 0;

@@ -406,11 +406,7 @@ static void *waiter_main(void *arg)
             pthread_cond_wait(&q->cv, &q->mu);
             continue;
         }
-        struct timespec ts = {
-            .tv_sec = (time_t)(q->head->deadline_ns / 1000000000LL),
-            .tv_nsec = (long)(q->head->deadline_ns % 1000000000LL),
-        };
-        pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+        dw_cond_wait_until(&q->cv, &q->mu, q->head->deadline_ns);
     }
     parked *rest = take_ready(q, 1);
     pthread_mutex_unlock(&q->mu);
@@ -452,11 +448,7 @@ int reg_query_start(reg_query **out, natsConnection *nc, reg_store *st, int64_t 
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&q->mu, NULL);
     /* The waiter's deadlines are on the monotonic clock (dw_mono_ns). */
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    dw_cond_init_mono(&q->cv);
     pthread_cond_init(&q->idle, NULL);
 
     if (pthread_create(&q->waiter, NULL, waiter_main, q)) goto error;

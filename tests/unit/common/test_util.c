@@ -1,4 +1,6 @@
-/* dw_id_random / dw_id_valid / dw_iso8601_ms and the clocks. */
+/* dw_id_random / dw_id_valid / dw_iso8601_ms, the clocks and the monotonic
+ * condition variables. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -108,6 +110,28 @@ static void test_clocks(void **state)
     assert_true(b >= a);
 }
 
+/* A timed wait on a monotonic condition variable ends at its deadline (a
+ * past one at once) and reports ETIMEDOUT; a signal ends it early. */
+static void test_cond_wait_until(void **state)
+{
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv;
+    assert_int_equal(dw_cond_init_mono(&cv), 0);
+    pthread_mutex_lock(&mu);
+    int64_t t0 = dw_mono_ns();
+    assert_int_equal(dw_cond_wait_until(&cv, &mu, t0 - 1000000), ETIMEDOUT);
+    int rc;
+    do
+        rc = dw_cond_wait_until(&cv, &mu, t0 + 20000000);
+    while (rc == 0); /* spurious */
+    assert_int_equal(rc, ETIMEDOUT);
+    int64_t waited = dw_mono_ns() - t0;
+    assert_true(waited >= 20000000);
+    assert_true(waited < 5000000000LL); /* not the wall clock's epoch */
+    pthread_mutex_unlock(&mu);
+    pthread_cond_destroy(&cv);
+}
+
 static void test_raise_nofile(void **state)
 {
     assert_true(dw_raise_nofile() > 0);
@@ -122,6 +146,7 @@ int main(void)
         cmocka_unit_test(test_iso8601_known_values),
         cmocka_unit_test(test_iso8601_exact_buffer),
         cmocka_unit_test(test_clocks),
+        cmocka_unit_test(test_cond_wait_until),
         cmocka_unit_test(test_raise_nofile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,9 @@
-/* Small process-wide helpers: clocks, ids, signals, file limits. */
+/* Small process-wide helpers: clocks, ids, signals, file limits, and
+ * condition variables that wait on the monotonic clock. */
 #ifndef DW_UTIL_H
 #define DW_UTIL_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,6 +12,16 @@
 int64_t dw_now_ms(void);
 /* Monotonic clock in nanoseconds (for deadlines and latency). */
 int64_t dw_mono_ns(void);
+
+/* A condition variable whose timed waits run on the dw_mono_ns clock, so
+ * that a jump of the wall clock neither cuts a wait short nor stretches
+ * it. 0 or an errno (like pthread_cond_init). */
+int dw_cond_init_mono(pthread_cond_t *cv);
+/* Wait on cv (made by dw_cond_init_mono; mu held) until deadline_ns on the
+ * dw_mono_ns clock at the latest. 0 or ETIMEDOUT, like
+ * pthread_cond_timedwait; wake-ups may be spurious, so the caller checks
+ * its condition again. */
+int dw_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns);
 
 /* "2026-11-25T08:54:27.123Z" into buf (at least 25 bytes). */
 void dw_iso8601_ms(int64_t ms, char *buf, size_t len);
