@@ -1,7 +1,5 @@
 #include "pool.h"
 
-#include <pthread.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,15 +7,7 @@
 
 struct api_pool {
     const api_ops *ops;
-    pthread_t *threads;
-    int nthreads;
-    size_t max_queue;
-
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    api_job *head, *tail;
-    size_t queued, running;
-    bool stopping;
+    dw_pool *pool;
 };
 
 api_job *api_job_new(api_op op, const char *conn_id, const uint8_t *data, size_t len)
@@ -50,37 +40,21 @@ void api_job_free(api_job *job)
     free(job);
 }
 
-static void *worker_main(void *arg)
+static void job_run(dw_task *t)
 {
-    api_pool *p = arg;
-    pthread_mutex_lock(&p->lock);
-    for (;;) {
-        while (!p->head && !p->stopping)
-            pthread_cond_wait(&p->cond, &p->lock);
-        if (!p->head) break; /* stopping and nothing left */
-        api_job *job = p->head;
-        p->head = job->next;
-        if (!p->head) p->tail = NULL;
-        job->next = NULL;
-        p->queued--;
-        bool cancel = p->stopping;
-        if (!cancel) p->running++;
-        pthread_mutex_unlock(&p->lock);
+    api_job *job = (api_job *)t;
+    api_ops_run(job->ops, job->op, job->conn_id, job->data, job->len, &job->res);
+    job->done(job);
+}
 
-        if (cancel) {
-            memset(&job->res, 0, sizeof job->res);
-            job->res.status = 503;
-            strcpy(job->res.error, "the api service is stopping");
-        } else {
-            api_ops_run(p->ops, job->op, job->conn_id, job->data, job->len, &job->res);
-        }
-        job->done(job);
-
-        pthread_mutex_lock(&p->lock);
-        if (!cancel) p->running--;
-    }
-    pthread_mutex_unlock(&p->lock);
-    return NULL;
+/* Queued when the pool stopped: answered 503 through done like any other. */
+static void job_cancel(dw_task *t)
+{
+    api_job *job = (api_job *)t;
+    memset(&job->res, 0, sizeof job->res);
+    job->res.status = 503;
+    strcpy(job->res.error, "the api service is stopping");
+    job->done(job);
 }
 
 int api_pool_start(api_pool **out, const api_ops *ops, int workers, size_t max_queue)
@@ -89,60 +63,30 @@ int api_pool_start(api_pool **out, const api_ops *ops, int workers, size_t max_q
     *out = NULL;
     if (!p) return -1;
     p->ops = ops;
-    p->max_queue = max_queue;
-    pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
-    p->threads = calloc((size_t)workers, sizeof *p->threads);
-    if (!p->threads) goto error;
-    for (int i = 0; i < workers; i++) {
-        if (pthread_create(&p->threads[i], NULL, worker_main, p)) goto error;
-        p->nthreads++;
+    if (dw_pool_start(&p->pool, workers, max_queue)) {
+        free(p);
+        return -1;
     }
     *out = p;
     return 0;
-error:
-    api_pool_stop(p);
-    return -1;
 }
 
 int api_pool_submit(api_pool *p, api_job *job)
 {
-    int rc = -1;
-    pthread_mutex_lock(&p->lock);
-    if (!p->stopping && p->queued < p->max_queue) {
-        job->next = NULL;
-        if (p->tail)
-            p->tail->next = job;
-        else
-            p->head = job;
-        p->tail = job;
-        p->queued++;
-        pthread_cond_signal(&p->cond);
-        rc = 0;
-    }
-    pthread_mutex_unlock(&p->lock);
-    return rc;
+    job->ops = p->ops;
+    job->task.run = job_run;
+    job->task.cancel = job_cancel;
+    return dw_pool_submit(p->pool, &job->task);
 }
 
 size_t api_pool_depth(api_pool *p)
 {
-    pthread_mutex_lock(&p->lock);
-    size_t n = p->queued + p->running;
-    pthread_mutex_unlock(&p->lock);
-    return n;
+    return dw_pool_depth(p->pool);
 }
 
 void api_pool_stop(api_pool *p)
 {
     if (!p) return;
-    pthread_mutex_lock(&p->lock);
-    p->stopping = true;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-    for (int i = 0; i < p->nthreads; i++)
-        pthread_join(p->threads[i], NULL);
-    free(p->threads);
-    pthread_cond_destroy(&p->cond);
-    pthread_mutex_destroy(&p->lock);
+    dw_pool_stop(p->pool);
     free(p);
 }

@@ -1,20 +1,24 @@
-/* Worker threads that run @connections operations. The lws thread and the
- * nats.c subscription threads must not wait on NATS round trips, so both
- * hand a job to the pool and get it back through the job's done callback,
- * which runs on the worker once the operation has finished. */
+/* Worker threads that run @connections operations (a dw/pool.h pool). The
+ * lws thread and the nats.c subscription threads must not wait on NATS
+ * round trips, so both hand a job to the pool and get it back through the
+ * job's done callback, which runs on the worker once the operation has
+ * finished. */
 #ifndef API_POOL_H
 #define API_POOL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dw/pool.h"
 #include "ops.h"
 
 typedef struct api_job api_job;
 typedef void (*api_job_done)(api_job *job);
 
 struct api_job {
-    api_job *next; /* the pool's queue, then the submitter's */
+    dw_task task;       /* the pool's (first member) */
+    const api_ops *ops; /* set by api_pool_submit */
+    api_job *next;      /* the submitter's (HTTP: answers waiting for the lws thread) */
     api_op op;
     char *conn_id; /* owned */
     uint8_t *data; /* owned; POST message */
@@ -36,7 +40,7 @@ void api_job_free(api_job *job);
 typedef struct api_pool api_pool;
 
 /* Start workers threads that run jobs with ops (borrowed; must outlive the
- * pool). At most max_queue jobs wait. 0 or -1. */
+ * pool). At most max_queue jobs wait (0: no limit). 0 or -1. */
 int api_pool_start(api_pool **out, const api_ops *ops, int workers, size_t max_queue);
 
 /* Queue a job: 0, or -1 when the queue is full or the pool is stopping
