@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "dw/log.h"
-#include "jobs.h"
 
 struct edge_bridge {
     edge_bridge_config cfg;
@@ -23,8 +22,6 @@ struct edge_bridge {
     atomic_bool setup_done;
     atomic_bool stopping;
 
-    pthread_mutex_t lock; /* guards the event queue */
-    edge_event *head, *tail;
     atomic_bool leaving; /* our own EDGE_DOWN is out (bridge_publish_edge_down) */
 
     /* the self-check (bridge_note_held) */
@@ -43,19 +40,7 @@ struct edge_bridge {
 
 static void enqueue(edge_bridge *b, edge_event *ev)
 {
-    pthread_mutex_lock(&b->lock);
-    if (b->tail)
-        b->tail->next = ev;
-    else
-        b->head = ev;
-    b->tail = ev;
-    pthread_mutex_unlock(&b->lock);
-    b->cfg.wake(b->cfg.wake_arg);
-}
-
-void bridge_post(edge_bridge *b, edge_event *ev)
-{
-    enqueue(b, ev);
+    dw_mailbox_post(b->cfg.mailbox, &ev->mail);
 }
 
 jsCtx *bridge_js(edge_bridge *b)
@@ -66,26 +51,6 @@ jsCtx *bridge_js(edge_bridge *b)
 natsConnection *bridge_nc(edge_bridge *b)
 {
     return b->nc;
-}
-
-edge_event *bridge_take(edge_bridge *b)
-{
-    pthread_mutex_lock(&b->lock);
-    edge_event *ev = b->head;
-    b->head = b->tail = NULL;
-    pthread_mutex_unlock(&b->lock);
-    return ev;
-}
-
-void bridge_event_free(edge_event *ev)
-{
-    if (!ev) return;
-    if (ev->delivery) dw__delivery__free_unpacked(ev->delivery, NULL);
-    if (ev->conn_request) dw__conn_request__free_unpacked(ev->conn_request, NULL);
-    if (ev->conn_event) dw__conn_event__free_unpacked(ev->conn_event, NULL);
-    if (ev->job) edge_job_free(ev->job);
-    free(ev->reply);
-    free(ev);
 }
 
 /* Ids of our publishes: "connect.<id>", "disconnect.<id>" and "<id>:<n>"
@@ -99,10 +64,10 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
      * edge's own "<conn>:<n>" in Dw-Ref. */
     if (natsMsgHeader_Get(msg, DW_HDR_REF, &msg_id) != NATS_OK || !msg_id)
         natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
-    edge_event *ev = calloc(1, sizeof *ev);
+    edge_event *ev = edge_event_new(EDGE_EV_MSG_ACK);
     if (!ev || !msg_id) {
         DW_ERROR("publish ack lost", "subject=%s", subj ? subj : "?");
-        free(ev);
+        edge_event_free(&ev->mail);
         natsMsg_Destroy(msg);
         return;
     }
@@ -110,22 +75,21 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     size_t idlen = strlen(msg_id);
     if (!strcmp(subj, "dw.conn.connect")) {
         /* "connect.<id>" or "reannounce.<round>.<id>": the id ends it. */
-        ev->kind = BEV_CONNECT_ACK;
+        ev->kind = EDGE_EV_CONNECT_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
                  idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
     } else if (!strncmp(subj, "dw.conn.", 8) && strcmp(subj, "dw.conn.disconnect")) {
         /* leave (join is published synchronously by a job): only log failures */
         if (!pa) DW_WARN("membership event not durable", "subject=%s id=%s", subj, msg_id);
-        free(ev);
+        edge_event_free(&ev->mail);
         natsMsg_Destroy(msg);
         return;
     } else if (!strcmp(subj, "dw.conn.disconnect")) {
         /* "disconnect.<id>" or "drop.<round>.<id>": the id ends it. */
-        ev->kind = BEV_DISCONNECT_ACK;
+        ev->kind = EDGE_EV_DISCONNECT_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
                  idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
     } else {
-        ev->kind = BEV_MSG_ACK;
         snprintf(ev->conn_id, sizeof ev->conn_id, "%.*s", DW_ID_LEN, msg_id);
     }
     if (pa) {
@@ -153,15 +117,14 @@ static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
         natsMsg_Destroy(msg);
         return;
     }
-    edge_event *ev = calloc(1, sizeof *ev);
+    edge_event *ev = edge_event_new(EDGE_EV_DELIVERY);
     if (!ev || (reply && !(ev->reply = strdup(reply)))) {
         /* No reply: the dispatcher times out and retries. */
         dw__delivery__free_unpacked(d, NULL);
-        free(ev);
+        if (ev) edge_event_free(&ev->mail);
         natsMsg_Destroy(msg);
         return;
     }
-    ev->kind = BEV_DELIVERY;
     ev->delivery = d;
     natsMsg_Destroy(msg);
     enqueue(b, ev);
@@ -173,14 +136,13 @@ static void on_conn_request(natsConnection *nc, natsSubscription *sub, natsMsg *
     const char *reply = natsMsg_GetReply(msg);
     Dw__ConnRequest *r = dw__conn_request__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
                                                   (const uint8_t *)natsMsg_GetData(msg));
-    edge_event *ev = r && reply ? calloc(1, sizeof *ev) : NULL;
+    edge_event *ev = r && reply ? edge_event_new(EDGE_EV_CONN_REQUEST) : NULL;
     if (!ev || !(ev->reply = strdup(reply))) {
         if (r) dw__conn_request__free_unpacked(r, NULL);
-        free(ev);
+        if (ev) edge_event_free(&ev->mail);
         natsMsg_Destroy(msg);
         return;
     }
-    ev->kind = BEV_CONN_REQUEST;
     ev->conn_request = r;
     natsMsg_Destroy(msg);
     enqueue(b, ev);
@@ -195,11 +157,8 @@ static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     if (ce && ce->edge_id && !strcmp(ce->edge_id, b->cfg.edge_id) && !atomic_load(&b->leaving)) {
         DW_WARN("this edge was declared down while alive; announcing its connections again",
                 "edge=%s reason=\"%s\"", b->cfg.edge_id, ce->reason ? ce->reason : "");
-        edge_event *ev = calloc(1, sizeof *ev);
-        if (ev) {
-            ev->kind = BEV_EDGE_DOWN_SELF;
-            enqueue(b, ev);
-        }
+        edge_event *ev = edge_event_new(EDGE_EV_EDGE_DOWN_SELF);
+        if (ev) enqueue(b, ev);
     }
     if (ce) dw__conn_event__free_unpacked(ce, NULL);
     natsMsg_Destroy(msg);
@@ -228,12 +187,11 @@ static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         dw__conn_event__free_unpacked(ce, NULL);
         return;
     }
-    edge_event *ev = calloc(1, sizeof *ev);
+    edge_event *ev = edge_event_new(EDGE_EV_PRESENCE);
     if (!ev) {
         dw__conn_event__free_unpacked(ce, NULL);
         return;
     }
-    ev->kind = BEV_PRESENCE;
     ev->conn_event = ce;
     enqueue(b, ev);
 }
@@ -330,11 +288,8 @@ static void self_check(edge_bridge *b)
         DW_WARN("the registry lists none of this edge's connections; announcing them again",
                 "edge=%s connections=%u applied_seq=%llu", b->cfg.edge_id, ready,
                 (unsigned long long)r->applied_seq);
-        edge_event *ev = calloc(1, sizeof *ev);
-        if (ev) {
-            ev->kind = BEV_EDGE_DOWN_SELF;
-            enqueue(b, ev);
-        }
+        edge_event *ev = edge_event_new(EDGE_EV_EDGE_DOWN_SELF);
+        if (ev) enqueue(b, ev);
     }
     dw__list_reply__free_unpacked(r, NULL);
 }
@@ -376,7 +331,6 @@ int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
     edge_bridge *b = calloc(1, sizeof *b);
     if (!b) return -1;
     b->cfg = *cfg;
-    pthread_mutex_init(&b->lock, NULL);
     pthread_mutex_init(&b->check_mu, NULL);
     dw_cond_init_mono(&b->check_cv);
     if (dw_bus_connect(&b->nc, cfg->nats_url, "edge") != NATS_OK) {
@@ -625,17 +579,10 @@ void bridge_destroy(edge_bridge *b)
     natsSubscription_Destroy(b->down_sub);
     if (b->presence_sub) natsSubscription_Unsubscribe(b->presence_sub);
     natsSubscription_Destroy(b->presence_sub);
-    /* Close first so that no callback runs while the queue is freed. */
+    /* Closed here, no callback posts to the mailbox any more. */
     if (b->nc) natsConnection_Close(b->nc);
     jsCtx_Destroy(b->js);
     natsConnection_Destroy(b->nc);
-    edge_event *ev = bridge_take(b);
-    while (ev) {
-        edge_event *next = ev->next;
-        bridge_event_free(ev);
-        ev = next;
-    }
-    pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->check_mu);
     pthread_cond_destroy(&b->check_cv);
     free(b);

@@ -1,9 +1,10 @@
-/* The edge's side of the bus. NATS callbacks run on nats.c threads; they
- * never touch sockets. They turn what arrives (JetStream publish acks,
- * deliveries from the dispatcher) into events on a mutex-protected queue
- * and wake the lws loop (lws_cancel_service), which takes the events and
- * acts on them. Publishing from the lws thread is asynchronous: nothing
- * here blocks the loop on the network. */
+/* The edge's side of the bus: its subscriptions, publishes and replies,
+ * and nothing else. NATS callbacks run on nats.c threads; they never touch
+ * sockets. They turn what arrives (JetStream publish acks, deliveries from
+ * the dispatcher, @connections requests) into events (event.h) posted to
+ * the lws thread's mailbox, which wakes the loop (lws_cancel_service); the
+ * loop handles them (bus_events.c). Publishing from the lws thread is
+ * asynchronous: nothing here blocks the loop on the network. */
 #ifndef EDGE_BRIDGE_H
 #define EDGE_BRIDGE_H
 
@@ -12,43 +13,18 @@
 #include <stdint.h>
 
 #include "dw/bus.h"
+#include "dw/mailbox.h"
 #include "dw/util.h"
+#include "event.h"
 
 typedef struct edge_bridge edge_bridge;
-
-typedef enum {
-    BEV_CONNECT_ACK, /* the connect event of conn_id is durable (or failed) */
-    BEV_DISCONNECT_ACK,
-    BEV_MSG_ACK,        /* a chat message of conn_id is durable (or failed) */
-    BEV_DELIVERY,       /* the dispatcher hands us messages to write */
-    BEV_CONN_REQUEST,   /* info / post / close for one connection (@connections) */
-    BEV_EDGE_DOWN_SELF, /* someone declared this edge down: announce again */
-    BEV_JOB_DONE,       /* a join / history / presence job finished (jobs.h) */
-    BEV_PRESENCE,       /* someone joined or left a room (presence events) */
-} edge_event_kind;
-
-typedef struct edge_event {
-    struct edge_event *next;
-    edge_event_kind kind;
-    char conn_id[DW_ID_LEN + 1];
-    char msg_id[64];
-    uint64_t seq; /* stream sequence on success */
-    bool ok;
-    char error[96];                /* why not, when !ok */
-    Dw__Delivery *delivery;        /* BEV_DELIVERY: owned by the event */
-    char *reply;                   /* BEV_DELIVERY, BEV_CONN_REQUEST: reply subject, owned */
-    Dw__ConnRequest *conn_request; /* BEV_CONN_REQUEST: owned by the event */
-    struct edge_job *job;          /* BEV_JOB_DONE: owned by the event */
-    Dw__ConnEvent *conn_event;     /* BEV_PRESENCE: owned by the event */
-} edge_event;
 
 typedef struct edge_bridge_config {
     const char *nats_url;
     const char *edge_id;
     int64_t publish_timeout_ms;
     int64_t max_pending;
-    void (*wake)(void *arg); /* called on a nats.c thread after queueing */
-    void *wake_arg;
+    dw_mailbox *mailbox; /* where events go (borrowed; outlives the bridge) */
     /* How many local members could receive presence events (rooms.h's
      * v1_members); while 0, membership events are dropped before they are
      * decoded. NULL: every one is queued. Must outlive the bridge. */
@@ -62,11 +38,6 @@ typedef struct edge_bridge_config {
 int bridge_create(edge_bridge **out, const edge_bridge_config *cfg);
 
 bool bridge_ready(edge_bridge *b);
-
-/* Take every queued event (oldest first); the caller frees each with
- * bridge_event_free(). lws thread. */
-edge_event *bridge_take(edge_bridge *b);
-void bridge_event_free(edge_event *ev);
 
 /* Asynchronous JetStream publishes; the result comes back as an event.
  * 0 when handed to the client library, -1 when refused at once (then no
@@ -89,10 +60,9 @@ int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m, const char *msg
 /* A LEAVE event (asynchronous; the result is only logged). */
 int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n);
 
-/* For jobs.c: the bus handles and the way back to the lws thread. */
+/* For jobs.c: the bus handles (borrowed; valid until bridge_destroy). */
 jsCtx *bridge_js(edge_bridge *b);
 natsConnection *bridge_nc(edge_bridge *b);
-void bridge_post(edge_bridge *b, edge_event *ev);
 
 /* Core NATS publishes (buffered, never wait for the network). */
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);
@@ -116,7 +86,7 @@ int bridge_presence_watch(edge_bridge *b, bool on);
  * registry whether it still lists any connection of this edge; when it
  * lists none although we hold some (an EDGE_DOWN for this edge was applied
  * while we were away: the core notice of it was missed) and it has applied
- * everything we had acked, a BEV_EDGE_DOWN_SELF event asks the loop to
+ * everything we had acked, a EDGE_EV_EDGE_DOWN_SELF event asks the loop to
  * announce every connection again. */
 void bridge_note_held(edge_bridge *b, uint32_t ready, uint64_t conn_seq_acked);
 
@@ -131,7 +101,8 @@ int bridge_publish_edge_down(edge_bridge *b, const char *reason, int64_t timeout
 
 /* Wait up to timeout_ms for outstanding publishes, then flush. Shutdown only. */
 void bridge_flush(edge_bridge *b, int64_t timeout_ms);
-/* Stops the setup thread, closes the connection, frees queued events. NULL-safe. */
+/* Stops the setup and self-check threads, closes the connection. Events
+ * already posted stay in the mailbox. NULL-safe. */
 void bridge_destroy(edge_bridge *b);
 
 #endif

@@ -10,6 +10,7 @@
 #include "bridge.h"
 #include "connmap.h"
 #include "dedup.h"
+#include "dw/mailbox.h"
 #include "dw/metrics.h"
 #include "dw/util.h"
 #include "linger.h"
@@ -86,6 +87,7 @@ typedef struct edge {
     lws_sorted_usec_list_t tick;
     int64_t tick_due_ns; /* when the tick should run: its lateness is the loop's lag */
 
+    dw_mailbox mailbox;        /* events for the lws thread (event.h) */
     pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
     struct lws_context *wake_ctx;
 

@@ -1,6 +1,5 @@
 #include "jobs.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,12 +10,7 @@
 struct edge_jobs {
     edge_jobs_config cfg;
     edge_bridge *b;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    edge_job *head, *tail;
-    bool stopping;
-    pthread_t *threads;
-    int nthreads;
+    dw_pool *pool;
     atomic_uint_fast64_t counter;
 };
 
@@ -276,37 +270,38 @@ static void run_presence(edge_jobs *j, edge_job *job)
     if (!job->presence || !job->presence->ok) job->error = "unavailable";
 }
 
-static void *worker_main(void *arg)
+/* The destructor of a job's done event: the event owns the job. */
+static void job_event_free(dw_mail *m)
 {
-    edge_jobs *j = arg;
-    for (;;) {
-        pthread_mutex_lock(&j->lock);
-        while (!j->head && !j->stopping)
-            pthread_cond_wait(&j->cond, &j->lock);
-        if (j->stopping) {
-            pthread_mutex_unlock(&j->lock);
-            return NULL;
-        }
-        edge_job *job = j->head;
-        j->head = job->next;
-        if (!j->head) j->tail = NULL;
-        pthread_mutex_unlock(&j->lock);
-        job->next = NULL;
+    edge_event *ev = (edge_event *)m;
+    edge_job_free(ev->job);
+    ev->job = NULL;
+    edge_event_free(m);
+}
 
-        switch (job->kind) {
-        case JOB_JOIN: run_join(j, job); break;
-        case JOB_HISTORY: run_history(j, job); break;
-        case JOB_PRESENCE: run_presence(j, job); break;
-        }
-        edge_event *ev = calloc(1, sizeof *ev);
-        if (!ev) {
-            edge_job_free(job);
-            continue;
-        }
-        ev->kind = BEV_JOB_DONE;
-        ev->job = job;
-        bridge_post(j->b, ev);
+static void job_run(dw_task *t)
+{
+    edge_job *job = (edge_job *)t;
+    edge_jobs *j = job->jobs;
+    switch (job->kind) {
+    case JOB_JOIN: run_join(j, job); break;
+    case JOB_HISTORY: run_history(j, job); break;
+    case JOB_PRESENCE: run_presence(j, job); break;
     }
+    edge_event *ev = edge_event_new(EDGE_EV_JOB_DONE);
+    if (!ev) {
+        edge_job_free(job);
+        return;
+    }
+    ev->mail.destroy = job_event_free;
+    ev->job = job;
+    dw_mailbox_post(j->cfg.mailbox, &ev->mail);
+}
+
+/* Queued when the edge stopped: dropped. */
+static void job_cancel(dw_task *t)
+{
+    edge_job_free((edge_job *)t);
 }
 
 int edge_jobs_start(edge_jobs **out, edge_bridge *b, const edge_jobs_config *cfg)
@@ -315,19 +310,9 @@ int edge_jobs_start(edge_jobs **out, edge_bridge *b, const edge_jobs_config *cfg
     if (!j) return -1;
     j->cfg = *cfg;
     j->b = b;
-    pthread_mutex_init(&j->lock, NULL);
-    pthread_cond_init(&j->cond, NULL);
-    j->threads = calloc((size_t)cfg->threads, sizeof *j->threads);
-    if (!j->threads) {
-        edge_jobs_stop(j);
+    if (dw_pool_start(&j->pool, cfg->threads, 0)) {
+        free(j);
         return -1;
-    }
-    for (int i = 0; i < cfg->threads; i++) {
-        if (pthread_create(&j->threads[i], NULL, worker_main, j)) {
-            edge_jobs_stop(j);
-            return -1;
-        }
-        j->nthreads++;
     }
     *out = j;
     return 0;
@@ -335,33 +320,15 @@ int edge_jobs_start(edge_jobs **out, edge_bridge *b, const edge_jobs_config *cfg
 
 void edge_jobs_submit(edge_jobs *j, edge_job *job)
 {
-    job->next = NULL;
-    pthread_mutex_lock(&j->lock);
-    if (j->tail)
-        j->tail->next = job;
-    else
-        j->head = job;
-    j->tail = job;
-    pthread_cond_signal(&j->cond);
-    pthread_mutex_unlock(&j->lock);
+    job->jobs = j;
+    job->task.run = job_run;
+    job->task.cancel = job_cancel;
+    if (dw_pool_submit(j->pool, &job->task)) edge_job_free(job); /* stopping */
 }
 
 void edge_jobs_stop(edge_jobs *j)
 {
     if (!j) return;
-    pthread_mutex_lock(&j->lock);
-    j->stopping = true;
-    pthread_cond_broadcast(&j->cond);
-    pthread_mutex_unlock(&j->lock);
-    for (int i = 0; i < j->nthreads; i++)
-        pthread_join(j->threads[i], NULL);
-    while (j->head) {
-        edge_job *n = j->head->next;
-        edge_job_free(j->head);
-        j->head = n;
-    }
-    free(j->threads);
-    pthread_mutex_destroy(&j->lock);
-    pthread_cond_destroy(&j->cond);
+    dw_pool_stop(j->pool);
     free(j);
 }

@@ -1,7 +1,13 @@
 /* Work the lws thread must not wait for: a v1 join (publish the JOIN, wait
  * until the registry applied it, find where the room's stream ends, read
- * what a resuming client missed), a history page, a presence query. Worker
- * threads do it and hand the finished job back as a BEV_JOB_DONE event. */
+ * what a resuming client missed), a history page, a presence query. A
+ * dw/pool.h pool's workers do it and post the finished job back to the lws
+ * thread's mailbox as an EDGE_EV_JOB_DONE event, which owns the job (its
+ * destructor frees it).
+ *
+ * Threads: edge_jobs_submit on the lws thread; the jobs run on the
+ * workers, using the bridge's connection (borrowed: the bridge outlives
+ * the pool). */
 #ifndef EDGE_JOBS_H
 #define EDGE_JOBS_H
 
@@ -10,6 +16,8 @@
 
 #include "bridge.h"
 #include "dw/bus.h"
+#include "dw/mailbox.h"
+#include "dw/pool.h"
 #include "proto_v1.h"
 
 typedef enum { JOB_JOIN, JOB_HISTORY, JOB_PRESENCE } edge_job_kind;
@@ -20,7 +28,8 @@ typedef struct edge_job_msg {
 } edge_job_msg;
 
 typedef struct edge_job {
-    struct edge_job *next;
+    dw_task task; /* the pool's (first member) */
+    struct edge_jobs *jobs;
     edge_job_kind kind;
     /* input */
     char conn_id[DW_ID_LEN + 1];
@@ -46,17 +55,21 @@ typedef struct edge_jobs edge_jobs;
 
 typedef struct edge_jobs_config {
     const char *edge_id;
+    dw_mailbox *mailbox; /* where finished jobs go (borrowed) */
     int threads;
     int64_t timeout_ms;  /* each bus call */
     uint32_t resume_max; /* more missed messages than this: recovered=false */
 } edge_jobs_config;
 
+/* b is borrowed and must outlive the pool; cfg strings too. 0 or -1. */
 int edge_jobs_start(edge_jobs **out, edge_bridge *b, const edge_jobs_config *cfg);
-/* Takes ownership of job; it comes back as a BEV_JOB_DONE event. */
+/* Takes ownership of job; it comes back as an EDGE_EV_JOB_DONE event. */
 void edge_jobs_submit(edge_jobs *j, edge_job *job);
-/* Stops the workers (queued jobs are dropped). NULL-safe. */
+/* Stops the workers: running jobs finish (and are posted), queued ones are
+ * dropped. NULL-safe. */
 void edge_jobs_stop(edge_jobs *j);
 
+/* NULL-safe. */
 void edge_job_free(edge_job *job);
 
 #endif

@@ -786,20 +786,20 @@ static void on_edge_down_self(edge *e)
 
 static void drain_events(edge *e)
 {
-    edge_event *ev = bridge_take(e->bridge);
+    edge_event *ev = (edge_event *)dw_mailbox_take(&e->mailbox);
     while (ev) {
-        edge_event *next = ev->next;
+        edge_event *next = (edge_event *)ev->mail.next;
         switch (ev->kind) {
-        case BEV_CONNECT_ACK: on_connect_ack(e, ev); break;
-        case BEV_DISCONNECT_ACK: on_disconnect_ack(e, ev); break;
-        case BEV_MSG_ACK: on_msg_ack(e, ev); break;
-        case BEV_DELIVERY: on_delivery(e, ev); break;
-        case BEV_CONN_REQUEST: on_conn_request(e, ev); break;
-        case BEV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
-        case BEV_JOB_DONE: v1_on_job_done(e, ev->job); break;
-        case BEV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
+        case EDGE_EV_CONNECT_ACK: on_connect_ack(e, ev); break;
+        case EDGE_EV_DISCONNECT_ACK: on_disconnect_ack(e, ev); break;
+        case EDGE_EV_MSG_ACK: on_msg_ack(e, ev); break;
+        case EDGE_EV_DELIVERY: on_delivery(e, ev); break;
+        case EDGE_EV_CONN_REQUEST: on_conn_request(e, ev); break;
+        case EDGE_EV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
+        case EDGE_EV_JOB_DONE: v1_on_job_done(e, ev->job); break;
+        case EDGE_EV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
         }
-        bridge_event_free(ev);
+        dw_mail_free(&ev->mail);
         ev = next;
     }
 }
@@ -1088,6 +1088,7 @@ int edge_run(edge *e)
     edge_libev ev = {0}; /* DW_EVENT_LOOP=libev */
     the_edge = e;
     pthread_mutex_init(&e->wake_lock, NULL);
+    if (dw_mailbox_init(&e->mailbox, wake, e)) return -1;
     static edge_metrics metrics;
     metrics.connections = dw_gauge("dw_edge_connections", NULL, "connections taking part in chat");
     metrics.ready = dw_gauge("dw_ready", "service=\"edge\"", "1 when the service is ready");
@@ -1230,8 +1231,7 @@ int edge_run(edge *e)
         .edge_id = e->edge_id,
         .publish_timeout_ms = e->cfg->publish_timeout_ms,
         .max_pending = e->cfg->publish_max_pending,
-        .wake = wake,
-        .wake_arg = e,
+        .mailbox = &e->mailbox,
         .presence_listeners = &e->rooms.v1_members,
     };
     pthread_mutex_lock(&e->wake_lock);
@@ -1240,6 +1240,7 @@ int edge_run(edge *e)
     if (bridge_create(&e->bridge, &bc)) goto out;
     edge_jobs_config jc = {
         .edge_id = e->edge_id,
+        .mailbox = &e->mailbox,
         .threads = (int)e->cfg->job_threads,
         .timeout_ms = e->cfg->publish_timeout_ms,
         .resume_max = (uint32_t)e->cfg->resume_max,
@@ -1301,6 +1302,9 @@ out:
         free(e->disc_retries);
         e->disc_retries = n;
     }
+    /* Every poster is gone: the bridge's connection is closed and the
+     * job workers joined. */
+    dw_mailbox_destroy(&e->mailbox);
     rooms_free(&e->rooms);
     connmap_free(&e->conns);
     pthread_mutex_destroy(&e->wake_lock);
