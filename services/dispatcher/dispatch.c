@@ -11,7 +11,9 @@
 #include "dw/bus.h"
 #include "dw/dlq.h"
 #include "dw/log.h"
+#include "dw/mailbox.h"
 #include "dw/metrics.h"
+#include "dw/pool.h"
 #include "dw/pull.h"
 #include "dw/util.h"
 #include "edges.h"
@@ -114,6 +116,8 @@ typedef struct round_answer {
 } round_answer;
 
 typedef struct round_work {
+    dw_task task; /* the resolver's (first member) */
+    struct dispatcher *d;
     char **rooms; /* owned copies */
     uint64_t *min_seq;
     round_answer *answers;
@@ -123,7 +127,8 @@ typedef struct round_work {
 typedef enum { JOB_EDGE_DOWN, JOB_CONN_GONE, JOB_DEAD_LETTER } job_kind;
 
 typedef struct job {
-    struct job *next;
+    dw_task task; /* the worker's (first member) */
+    struct dispatcher *d;
     job_kind kind;
     char edge[EDGES_ID_MAX + 1];
     char conn[EDGES_ID_MAX + 1];
@@ -132,7 +137,8 @@ typedef struct job {
 } job;
 
 typedef struct loop_ev {
-    struct loop_ev *next;
+    dw_mail mail; /* first member; destroy: ev_free */
+    struct dispatcher *d;
     ev_kind kind;
     uint32_t p, gen;
     uint64_t req;
@@ -173,10 +179,8 @@ struct dispatcher {
     edges_table *edges;
     leasekv *lk;
 
-    /* events */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    loop_ev *head, *tail;
+    /* events for the loop */
+    dw_mailbox mbox;
     atomic_bool reconnected;
 
     part parts[DW_MSG_PARTITIONS];
@@ -188,21 +192,13 @@ struct dispatcher {
     size_t n_reqs;
     uint64_t next_pull_id;
 
-    /* resolver */
-    pthread_t resolver;
-    int resolver_started;
-    pthread_mutex_t rmu;
-    pthread_cond_t rcv;
-    round_work *round_todo;
+    /* resolver: one thread, one round at a time */
+    dw_pool *resolver;
     int round_out; /* a round is with the resolver */
     inbox *ib;
 
-    /* worker */
-    pthread_t worker;
-    int worker_started;
-    pthread_mutex_t wmu;
-    pthread_cond_t wcv;
-    job *jobs_head, *jobs_tail;
+    /* worker: one thread */
+    dw_pool *worker;
     char **downs_pending; /* edges with an EDGE_DOWN job out */
     size_t n_downs_pending;
 
@@ -215,28 +211,34 @@ struct dispatcher {
     size_t per_part_cap;
 };
 
-/* Wait on cv until deadline_ms (dw_mono_ns clock, ms). mu is held. */
-static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ms)
+static void round_free(round_work *w);
+
+/* The destructor of an event nobody handled (left at shutdown): what it
+ * carries goes too; a dead letter's message goes back to the order table. */
+static void ev_free(dw_mail *m)
 {
-    dw_cond_wait_until(cv, mu, deadline_ms * 1000000);
+    loop_ev *e = (loop_ev *)m;
+    if (e->msg) natsMsg_Destroy(e->msg);
+    round_free(e->round);
+    if (e->job) {
+        if (e->job->msg) order_msg_release(e->d->ord, e->job->msg);
+        free(e->job);
+    }
+    free(e);
 }
 
 static void post(dispatcher *d, loop_ev *e)
 {
-    pthread_mutex_lock(&d->mu);
-    if (d->tail)
-        d->tail->next = e;
-    else
-        d->head = e;
-    d->tail = e;
-    pthread_cond_signal(&d->cv);
-    pthread_mutex_unlock(&d->mu);
+    dw_mailbox_post(&d->mbox, &e->mail);
 }
 
-static loop_ev *ev_new(ev_kind kind)
+static loop_ev *ev_new(dispatcher *d, ev_kind kind)
 {
     loop_ev *e = calloc(1, sizeof *e);
-    if (e) e->kind = kind;
+    if (!e) return NULL;
+    e->mail.destroy = ev_free;
+    e->d = d;
+    e->kind = kind;
     return e;
 }
 
@@ -282,7 +284,7 @@ static void on_pull(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
     } else if (subj && !strncmp(subj, d->pull_inbox, plen) && subj[plen] == '.') {
         ok = sscanf(subj + plen + 1, "%lu.%lu.%llu", &p, &gen, &id) == 3;
     }
-    loop_ev *e = ok && p < DW_MSG_PARTITIONS ? ev_new(EV_PULL) : NULL;
+    loop_ev *e = ok && p < DW_MSG_PARTITIONS ? ev_new(d, EV_PULL) : NULL;
     if (e) {
         e->p = (uint32_t)p;
         e->gen = (uint32_t)gen;
@@ -302,7 +304,7 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     size_t plen = strlen(d->reply_inbox);
     loop_ev *e = NULL;
     if (subj && !strncmp(subj, d->reply_inbox, plen) && subj[plen] == '.' &&
-        (e = ev_new(EV_REPLY))) {
+        (e = ev_new(d, EV_REPLY))) {
         e->req = strtoull(subj + plen + 1, NULL, 10);
         e->msg = msg;
         post(d, e);
@@ -344,7 +346,7 @@ static void on_seed(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 
 static void lease_ready(void *arg, uint32_t p, uint32_t gen, const char *consumer, uint64_t floor)
 {
-    loop_ev *e = ev_new(EV_READY);
+    loop_ev *e = ev_new(arg, EV_READY);
     if (!e) return;
     e->p = p;
     e->gen = gen;
@@ -355,7 +357,7 @@ static void lease_ready(void *arg, uint32_t p, uint32_t gen, const char *consume
 
 static void lease_lost(void *arg, uint32_t p)
 {
-    loop_ev *e = ev_new(EV_LOST);
+    loop_ev *e = ev_new(arg, EV_LOST);
     if (!e) return;
     e->p = p;
     post(arg, e);
@@ -363,7 +365,7 @@ static void lease_lost(void *arg, uint32_t p)
 
 static void lease_release(void *arg, uint32_t p)
 {
-    loop_ev *e = ev_new(EV_RELEASE);
+    loop_ev *e = ev_new(arg, EV_RELEASE);
     if (!e) return;
     e->p = p;
     post(arg, e);
@@ -373,9 +375,7 @@ void dispatch_reconnected(dispatcher *d)
 {
     if (!d) return;
     atomic_store(&d->reconnected, true);
-    pthread_mutex_lock(&d->mu);
-    pthread_cond_signal(&d->cv);
-    pthread_mutex_unlock(&d->mu);
+    dw_mailbox_kick(&d->mbox);
 }
 
 /* ---- the resolver thread ---- */
@@ -465,28 +465,25 @@ static void resolve(dispatcher *d, round_work *w)
     if (failed) DW_WARN("registry failed", "rooms=%zu of=%zu reason=%s", failed, w->n, why);
 }
 
-static void *resolver_main(void *arg)
+/* On the resolver's thread: ask, then hand the answers to the loop. */
+static void round_run(dw_task *t)
 {
-    dispatcher *d = arg;
-    pthread_mutex_lock(&d->rmu);
-    while (!atomic_load(&d->quit)) {
-        if (!d->round_todo) {
-            cond_wait_until(&d->rcv, &d->rmu, mono_ms() + 500);
-            continue;
-        }
-        round_work *w = d->round_todo;
-        d->round_todo = NULL;
-        pthread_mutex_unlock(&d->rmu);
-        resolve(d, w);
-        loop_ev *e = ev_new(EV_ROUND);
-        if (e) {
-            e->round = w;
-            post(d, e);
-        }
-        pthread_mutex_lock(&d->rmu);
+    round_work *w = (round_work *)t;
+    dispatcher *d = w->d;
+    resolve(d, w);
+    loop_ev *e = ev_new(d, EV_ROUND);
+    if (e) {
+        e->round = w;
+        post(d, e);
+    } else {
+        round_free(w); /* its rooms stay in the round until the loop ends it */
     }
-    pthread_mutex_unlock(&d->rmu);
-    return NULL;
+}
+
+/* Stopping before the round was asked: nobody waits for it. */
+static void round_cancel(dw_task *t)
+{
+    round_free((round_work *)t);
 }
 
 static void round_free(round_work *w)
@@ -614,45 +611,43 @@ static void run_job(dispatcher *d, job *j)
     }
 }
 
-static void *worker_main(void *arg)
+/* Hand a finished (or undone) job back to the loop. */
+static void job_back(job *j)
 {
-    dispatcher *d = arg;
-    pthread_mutex_lock(&d->wmu);
-    for (;;) {
-        while (!d->jobs_head && !atomic_load(&d->quit))
-            cond_wait_until(&d->wcv, &d->wmu, mono_ms() + 500);
-        job *j = d->jobs_head;
-        if (!j) break; /* quit, nothing left */
-        d->jobs_head = j->next;
-        if (!d->jobs_head) d->jobs_tail = NULL;
-        pthread_mutex_unlock(&d->wmu);
-        if (atomic_load(&d->quit))
-            j->ok = 0; /* stopping: report it undone */
-        else
-            run_job(d, j);
-        loop_ev *e = ev_new(EV_JOB);
-        if (e) {
-            e->job = j;
-            post(d, e);
-        } else {
-            free(j); /* its message stays with the loop's order table */
-        }
-        pthread_mutex_lock(&d->wmu);
+    dispatcher *d = j->d;
+    loop_ev *e = ev_new(d, EV_JOB);
+    if (e) {
+        e->job = j;
+        post(d, e);
+    } else {
+        free(j); /* its message stays with the loop's order table */
     }
-    pthread_mutex_unlock(&d->wmu);
-    return NULL;
+}
+
+/* On the worker's thread. */
+static void job_run(dw_task *t)
+{
+    job *j = (job *)t;
+    if (atomic_load(&j->d->quit))
+        j->ok = 0; /* stopping: report it undone */
+    else
+        run_job(j->d, j);
+    job_back(j);
+}
+
+static void job_cancel(dw_task *t)
+{
+    job *j = (job *)t;
+    j->ok = 0; /* stopping: report it undone */
+    job_back(j);
 }
 
 static void submit(dispatcher *d, job *j)
 {
-    pthread_mutex_lock(&d->wmu);
-    if (d->jobs_tail)
-        d->jobs_tail->next = j;
-    else
-        d->jobs_head = j;
-    d->jobs_tail = j;
-    pthread_cond_signal(&d->wcv);
-    pthread_mutex_unlock(&d->wmu);
+    j->d = d;
+    j->task.run = job_run;
+    j->task.cancel = job_cancel;
+    if (dw_pool_submit(d->worker, &j->task)) job_cancel(&j->task); /* stopping */
 }
 
 /* ---- the loop: partitions and pulls ---- */
@@ -874,6 +869,9 @@ static void start_round(dispatcher *d, int64_t now)
     if (order_round_begin(d->ord, now, &q, &n) || !n) return;
     round_work *w = calloc(1, sizeof *w);
     if (w) {
+        w->d = d;
+        w->task.run = round_run;
+        w->task.cancel = round_cancel;
         w->rooms = calloc(n, sizeof *w->rooms);
         w->min_seq = calloc(n, sizeof *w->min_seq);
         w->answers = calloc(n, sizeof *w->answers);
@@ -894,11 +892,12 @@ static void start_round(dispatcher *d, int64_t now)
             return;
         }
     }
+    if (dw_pool_submit(d->resolver, &w->task)) {
+        round_free(w);
+        order_round_end(d->ord, now);
+        return;
+    }
     d->round_out = 1;
-    pthread_mutex_lock(&d->rmu);
-    d->round_todo = w;
-    pthread_cond_signal(&d->rcv);
-    pthread_mutex_unlock(&d->rmu);
 }
 
 static void on_round(dispatcher *d, round_work *w, int64_t now)
@@ -1082,8 +1081,9 @@ static void handle_event(dispatcher *d, loop_ev *e, int64_t now)
         break;
     case EV_JOB: on_job(d, e->job, now); break;
     }
-    if (e->msg) natsMsg_Destroy(e->msg);
-    free(e);
+    e->round = NULL; /* on_round and on_job took them */
+    e->job = NULL;
+    dw_mail_free(&e->mail);
 }
 
 int dispatch_run(dispatcher *d)
@@ -1099,15 +1099,15 @@ int dispatch_run(dispatcher *d)
         if (stopping && (now >= stop_until || !d->n_reqs)) break;
 
         /* Wait for news or the next tick. */
-        pthread_mutex_lock(&d->mu);
-        if (!d->head && !atomic_load(&d->reconnected)) {
+        dw_mail *mail;
+        if (atomic_load(&d->reconnected)) {
+            mail = dw_mailbox_take(&d->mbox);
+        } else {
             int64_t wake = now + TICK_MS, w = order_next_wake(d->ord);
             if (w < wake) wake = w > now ? w : now;
-            cond_wait_until(&d->cv, &d->mu, wake);
+            mail = dw_mailbox_wait(&d->mbox, wake * 1000000);
         }
-        loop_ev *e = d->head;
-        d->head = d->tail = NULL;
-        pthread_mutex_unlock(&d->mu);
+        loop_ev *e = (loop_ev *)mail;
         now = mono_ms();
 
         if (atomic_exchange(&d->reconnected, false)) {
@@ -1119,7 +1119,7 @@ int dispatch_run(dispatcher *d)
                 part_reset(d, p, "reconnected");
         }
         while (e) {
-            loop_ev *next = e->next;
+            loop_ev *next = (loop_ev *)e->mail.next;
             handle_event(d, e, now);
             e = next;
         }
@@ -1187,12 +1187,10 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     d->js = js;
     d->cfg = *cfg;
     metrics_register();
-    pthread_mutex_init(&d->mu, NULL);
-    dw_cond_init_mono(&d->cv);
-    pthread_mutex_init(&d->rmu, NULL);
-    dw_cond_init_mono(&d->rcv);
-    pthread_mutex_init(&d->wmu, NULL);
-    dw_cond_init_mono(&d->wcv);
+    if (dw_mailbox_init(&d->mbox, NULL, NULL)) {
+        free(d);
+        return -1;
+    }
     atomic_init(&d->reconnected, false);
     atomic_init(&d->quit, false);
     d->sweep_every_ms = cfg->edge_dead_ms / 4;
@@ -1226,10 +1224,7 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
         natsConnection_Subscribe(&d->hb_sub, nc, DW_SUBJ_EDGE_HEARTBEAT, on_heartbeat, d) !=
             NATS_OK)
         goto error;
-    if (pthread_create(&d->resolver, NULL, resolver_main, d)) goto error;
-    d->resolver_started = 1;
-    if (pthread_create(&d->worker, NULL, worker_main, d)) goto error;
-    d->worker_started = 1;
+    if (dw_pool_start(&d->resolver, 1, 0) || dw_pool_start(&d->worker, 1, 0)) goto error;
 
     leasekv_cfg lc = {
         .instance = cfg->instance,
@@ -1258,40 +1253,17 @@ void dispatch_destroy(dispatcher *d)
     leasekv_stop(d->lk);
     d->lk = NULL;
     atomic_store(&d->quit, true);
-    pthread_mutex_lock(&d->rmu);
-    pthread_cond_broadcast(&d->rcv);
-    pthread_mutex_unlock(&d->rmu);
-    pthread_mutex_lock(&d->wmu);
-    pthread_cond_broadcast(&d->wcv);
-    pthread_mutex_unlock(&d->wmu);
-    if (d->resolver_started) pthread_join(d->resolver, NULL);
-    if (d->worker_started) pthread_join(d->worker, NULL);
+    /* A round or job in progress finishes and posts its event; queued ones
+     * are cancelled (jobs are posted undone). */
+    dw_pool_stop(d->resolver);
+    dw_pool_stop(d->worker);
     inbox_sub_close(d->hb_sub);
     inbox_sub_close(d->seed_sub);
     inbox_sub_close(d->pull_sub);
     inbox_sub_close(d->reply_sub);
     inbox_destroy(d->ib);
-    /* Events left (their jobs and rounds included). */
-    loop_ev *e = d->head;
-    while (e) {
-        loop_ev *next = e->next;
-        if (e->msg) natsMsg_Destroy(e->msg);
-        round_free(e->round);
-        if (e->job) {
-            if (e->job->msg) order_msg_release(d->ord, e->job->msg);
-            free(e->job);
-        }
-        free(e);
-        e = next;
-    }
-    job *j = d->jobs_head;
-    while (j) {
-        job *next = j->next;
-        if (j->msg) order_msg_release(d->ord, j->msg);
-        free(j);
-        j = next;
-    }
-    round_free(d->round_todo);
+    /* Events left (their jobs and rounds included): every poster is gone. */
+    dw_mailbox_destroy(&d->mbox);
     for (size_t i = 0; i < d->n_reqs; i++)
         order_request_done(d->ord, d->reqs[i].r, ORDER_TIMEOUT, mono_ms());
     order_destroy(d->ord);
@@ -1299,11 +1271,5 @@ void dispatch_destroy(dispatcher *d)
     for (size_t i = 0; i < d->n_downs_pending; i++)
         free(d->downs_pending[i]);
     free(d->downs_pending);
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cv);
-    pthread_mutex_destroy(&d->rmu);
-    pthread_cond_destroy(&d->rcv);
-    pthread_mutex_destroy(&d->wmu);
-    pthread_cond_destroy(&d->wcv);
     free(d);
 }
