@@ -8,6 +8,7 @@
 #include "dw/bus.h"
 #include "dw/log.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 
 const char *api_op_name(api_op op)
 {
@@ -68,8 +69,7 @@ static int registry_lookup(const api_ops *o, const char *conn_id, Dw__ConnRecord
                                      : natsStatus_GetText(s));
         return -1;
     }
-    Dw__ListReply *lr = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                               (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ListReply *lr = dw_pb_unpack(&dw__list_reply__descriptor, msg);
     natsMsg_Destroy(msg);
     if (!lr) {
         fail(res, 503, "registry unavailable: undecodable reply");
@@ -78,7 +78,7 @@ static int registry_lookup(const api_ops *o, const char *conn_id, Dw__ConnRecord
     int rc = 0;
     if (!lr->ok) {
         /* bad_request: the registry refuses the id itself; no row can have it */
-        if (lr->error && !strncmp(lr->error, "bad_request", 11)) {
+        if (dw_err_of(lr->error) == DW_ERR_BAD_REQUEST) {
             rc = 0;
         } else {
             fail(res, 503, "registry error: %s", lr->error && *lr->error ? lr->error : "refused");
@@ -105,14 +105,11 @@ done:
  * request for the id tries again. */
 static void publish_disconnect(const api_ops *o, const Dw__ConnRecord *rec, const char *why)
 {
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
-    char msg_id[32 + DW_ID_LEN]; /* conn ids are dw_id_valid here */
-    ev.kind = DW__CONN_EVENT__KIND__DISCONNECT;
-    ev.conn_id = rec->conn_id;
-    ev.edge_id = rec->edge_id;
-    ev.ts_ms = dw_now_ms();
-    ev.reason = (char *)why;
-    snprintf(msg_id, sizeof msg_id, "disconnect.%s", rec->conn_id);
+    Dw__ConnEvent ev;
+    char msg_id[DW_MSGID_MAX];
+    dw_conn_event_make(&ev, DW__CONN_EVENT__KIND__DISCONNECT, rec->conn_id, rec->edge_id, why);
+    /* The edge's own id for this DISCONNECT: the registry applies one. */
+    dw_msgid_conn(msg_id, sizeof msg_id, ev.kind, rec->conn_id);
 
     dw_js_ack ack;
     jsErrCode jerr = 0;
@@ -216,8 +213,7 @@ void api_ops_run(const api_ops *o, api_op op, const char *conn_id, const uint8_t
              s == NATS_TIMEOUT ? "no reply in time" : natsStatus_GetText(s));
         goto done;
     }
-    cr = dw__conn_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                (const uint8_t *)natsMsg_GetData(msg));
+    cr = dw_pb_unpack(&dw__conn_reply__descriptor, msg);
     if (!cr) {
         fail(res, 500, "edge %s sent an undecodable reply", rec->edge_id);
         goto done;
@@ -229,7 +225,7 @@ void api_ops_run(const api_ops *o, api_op op, const char *conn_id, const uint8_t
     }
     if (cr->error && *cr->error) {
         /* The edge's own limit may be lower than ours. */
-        fail(res, !strcmp(cr->error, "too_large") ? 413 : 500, "edge %s: %s", rec->edge_id,
+        fail(res, dw_err_of(cr->error) == DW_ERR_TOO_LARGE ? 413 : 500, "edge %s: %s", rec->edge_id,
              cr->error);
         goto done;
     }

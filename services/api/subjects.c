@@ -8,6 +8,7 @@
 #include "dw/bus.h"
 #include "dw/log.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 
 struct api_subjects {
     natsConnection *nc;
@@ -63,8 +64,7 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
         if (!strcmp(subj, subjects[i])) op = (api_op)i;
     if (!reply || op == API_OP_COUNT) goto done; /* a publish nobody waits for */
 
-    Dw__ApiRequest *rq = dw__api_request__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                 (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ApiRequest *rq = dw_pb_unpack(&dw__api_request__descriptor, msg);
     if (!rq) {
         answer_now(s, reply, op, 400, "the request is not an ApiRequest", start);
         goto done;

@@ -8,6 +8,7 @@
 #include "dw/dlq.h"
 #include "dw/log.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 #include "record.h"
 #include "svc.h"
 
@@ -198,8 +199,8 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len)
 
     /* ...then let JetStream's duplicate window settle a race with the
      * dispatcher's own write, which uses the same Nats-Msg-Id. */
-    char msg_id[48];
-    dlq_msg_id(msg_id, sizeof msg_id, adv.stream_seq);
+    char msg_id[DW_MSGID_MAX];
+    dw_msgid_dlq(msg_id, sizeof msg_id, adv.stream_seq);
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MsgId = msg_id;

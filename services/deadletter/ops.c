@@ -9,6 +9,7 @@
 #include "dw/bus.h"
 #include "dw/dlq.h"
 #include "dw/log.h"
+#include "dw/wire.h"
 #include "record.h"
 #include "svc.h"
 
@@ -100,7 +101,7 @@ static int delete_entry(dlq_svc *svc, uint64_t id, char *err, size_t errlen)
  * JetStream (and only then is the entry removed). */
 static void replay_one(dlq_svc *svc, uint64_t id, result_slot *res)
 {
-    char err[256], msg_id[320], of[32];
+    char err[256], msg_id[DW_MSGID_MAX], of[32];
     natsMsg *entry = NULL, *out = NULL;
     Dw__DeadLetter *dl = NULL;
     char *edges = NULL;
@@ -125,7 +126,7 @@ static void replay_one(dlq_svc *svc, uint64_t id, result_slot *res)
                    "nothing to replay: the original had left DW_MSG when it was captured");
         goto done;
     }
-    if (dlq_replay_msg_id(msg_id, sizeof msg_id, dl->msg_id, dl->stream_seq, id) ||
+    if (dw_msgid_replay(msg_id, sizeof msg_id, dl->msg_id, dl->stream_seq, id) ||
         natsMsg_Create(&out, dl->subject, NULL, (const char *)dl->payload.data,
                        (int)dl->payload.len) != NATS_OK) {
         set_result(res, id, DW__DLQ_RESULT__OUTCOME__FAILED, "out of memory");
@@ -374,8 +375,7 @@ static void on_ops(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     int rc = -1;
 
     if (!reply || !*reply) goto done; /* nobody to answer */
-    rq = dw__dlq_request__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                 (const uint8_t *)natsMsg_GetData(msg));
+    rq = dw_pb_unpack(&dw__dlq_request__descriptor, msg);
     if (!rq) {
         rp.error = "the request is not a DlqRequest";
     } else if (!strcmp(subj, DW_SUBJ_DLQ_LIST)) {

@@ -6,22 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void dlq_msg_id(char *buf, size_t len, uint64_t stream_seq)
-{
-    snprintf(buf, len, DW_DLQ_MSG_ID_PREFIX "%" PRIu64, stream_seq);
-}
-
-int dlq_replay_msg_id(char *buf, size_t len, const char *orig_msg_id, uint64_t stream_seq,
-                      uint64_t dlq_id)
-{
-    int n;
-    if (orig_msg_id && *orig_msg_id)
-        n = snprintf(buf, len, "%s.r%" PRIu64, orig_msg_id, dlq_id);
-    else
-        n = snprintf(buf, len, DW_DLQ_MSG_ID_PREFIX "%" PRIu64 ".r%" PRIu64, stream_seq, dlq_id);
-    return n < 0 || (size_t)n >= len ? -1 : 0;
-}
-
 /* Subject tokens as NATS accepts them in a published subject: no empty
  * token, no wildcard, no white space. Looser than dw_room_valid on purpose:
  * a message published straight to DW_MSG under any subject must still be

@@ -33,18 +33,8 @@
 /* Attempt times kept in a record (the schedule is far shorter). */
 #define DLQ_ATTEMPTS_MAX 64
 
-/* Nats-Msg-Id of the dead letter of DW_MSG sequence stream_seq:
- * "dlq.<stream_seq>" into buf (>= 32 bytes). */
-void dlq_msg_id(char *buf, size_t len, uint64_t stream_seq);
-
-/* Nats-Msg-Id of the republish of DW_DLQ entry dlq_id:
- * "<orig_msg_id>.r<dlq_id>" ("dlq.<stream_seq>.r<dlq_id>" without an
- * original id). Distinct from the original's id, whose DW_MSG duplicate
- * window would swallow an early replay, and the same for every replay of
- * one entry, so JetStream drops a second one inside that window.
- * 0, or -1 when it does not fit. */
-int dlq_replay_msg_id(char *buf, size_t len, const char *orig_msg_id, uint64_t stream_seq,
-                      uint64_t dlq_id);
+/* The Nats-Msg-Ids of dead letters and replays: dw_msgid_dlq and
+ * dw_msgid_replay (dw/wire.h). */
 
 /* The room of a DW_MSG subject ("dw.msg.3.a.b", or "dw.msg.a.b" from before
  * partitions -> "a.b"; dw_subj_msg_room), pointing into subject; NULL when

@@ -16,6 +16,7 @@
 #include "dw/pool.h"
 #include "dw/pull.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 #include "edges.h"
 #include "inbox.h"
 #include "leasekv.h"
@@ -316,8 +317,7 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     dispatcher *d = closure;
-    Dw__EdgeHeartbeat *hb = dw__edge_heartbeat__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                       (const uint8_t *)natsMsg_GetData(msg));
+    Dw__EdgeHeartbeat *hb = dw_pb_unpack(&dw__edge_heartbeat__descriptor, msg);
     if (hb) {
         if (edges_seen(d->edges, hb->edge_id, mono_ms()) == 1)
             DW_INFO("edge back", "edge=%s", hb->edge_id);
@@ -330,8 +330,7 @@ static void on_seed(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
 {
     dispatcher *d = closure;
     if (!natsMsg_IsNoResponders(msg)) {
-        Dw__EdgesReply *r = dw__edges_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                    (const uint8_t *)natsMsg_GetData(msg));
+        Dw__EdgesReply *r = dw_pb_unpack(&dw__edges_reply__descriptor, msg);
         if (r) {
             int64_t now = mono_ms();
             for (size_t i = 0; i < r->n_edge_ids; i++)
@@ -440,10 +439,11 @@ static void resolve(dispatcher *d, round_work *w)
         } else if (natsMsg_IsNoResponders(m)) {
             *a = (round_answer){0, DLQ_REASON_REGISTRY, NULL, 0};
         } else {
-            Dw__RoomEdges *re = dw__room_edges__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
-                                                       (const uint8_t *)natsMsg_GetData(m));
+            Dw__RoomEdges *re = dw_pb_unpack(&dw__room_edges__descriptor, m);
             if (!re || !re->ok) {
-                if (re) DW_WARN("registry error", "room=%s error=\"%s\"", w->rooms[i], re->error);
+                if (re)
+                    DW_WARN("registry error", "room=%s code=%s error=\"%s\"", w->rooms[i],
+                            dw_err_name(dw_err_of(re->error)), re->error);
                 *a = (round_answer){0, DLQ_REASON_REGISTRY_ERROR, NULL, 0};
             } else {
                 a->ok = 1;
@@ -507,12 +507,7 @@ static int publish_conn_event(dispatcher *d, Dw__ConnEvent__Kind kind, const cha
                               const char *edge_id, const char *reason, const char *msg_id)
 {
     Dw__ConnEvent ev;
-    dw__conn_event__init(&ev);
-    ev.kind = kind;
-    ev.conn_id = (char *)(conn_id ? conn_id : "");
-    ev.edge_id = (char *)(edge_id ? edge_id : "");
-    ev.reason = (char *)reason;
-    ev.ts_ms = dw_now_ms();
+    dw_conn_event_make(&ev, kind, conn_id, edge_id, reason);
     jsErrCode jerr = 0;
     natsStatus s = dw_js_publish_pb(d->js, dw_subj_conn_event(kind), &ev.base, msg_id,
                                     PUBLISH_WAIT_MS, NULL, &jerr);
@@ -534,7 +529,7 @@ static int dead_letter(dispatcher *d, order_msg *m)
     const char *subject = natsMsg_GetSubject(nm);
     const char *room = dlq_room_of_subject(subject);
     const char *orig_id = NULL;
-    char dlq_subj[256], msg_id[48];
+    char dlq_subj[256], msg_id[DW_MSGID_MAX];
     if (natsMsgHeader_Get(nm, "Nats-Msg-Id", &orig_id) != NATS_OK)
         orig_id = m->chat ? m->chat->id : "";
     if (!room || dlq_subject(dlq_subj, sizeof dlq_subj, room)) {
@@ -562,7 +557,7 @@ static int dead_letter(dispatcher *d, order_msg *m)
     size_t len = 0;
     uint8_t *buf = dlq_record_pack(&dl, &len);
     if (!buf) return -1;
-    dlq_msg_id(msg_id, sizeof msg_id, m->seq);
+    dw_msgid_dlq(msg_id, sizeof msg_id, m->seq);
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MsgId = msg_id;
@@ -584,15 +579,15 @@ static int dead_letter(dispatcher *d, order_msg *m)
 
 static void run_job(dispatcher *d, job *j)
 {
-    char msg_id[EDGES_ID_MAX + 16];
+    char msg_id[DW_MSGID_MAX];
     switch (j->kind) {
     case JOB_EDGE_DOWN:
-        snprintf(msg_id, sizeof msg_id, "edge_down.%s", j->edge);
+        dw_msgid_edge_down(msg_id, sizeof msg_id, j->edge);
         j->ok = !publish_conn_event(d, DW__CONN_EVENT__KIND__EDGE_DOWN, NULL, j->edge,
                                     "heartbeat_timeout", msg_id);
         break;
     case JOB_CONN_GONE:
-        snprintf(msg_id, sizeof msg_id, "gone.%s", j->conn);
+        dw_msgid_gone(msg_id, sizeof msg_id, j->conn);
         j->ok = !publish_conn_event(d, DW__CONN_EVENT__KIND__DISCONNECT, j->conn, j->edge, "gone",
                                     msg_id);
         if (j->ok) DW_INFO("connection gone", "conn=%s edge=%s", j->conn, j->edge);
@@ -822,8 +817,7 @@ static void on_edge_reply(dispatcher *d, loop_ev *e, int64_t now)
         order_request_done(d->ord, r, ORDER_NO_RESPONDERS, now);
         return;
     }
-    Dw__DeliveryReply *rep = dw__delivery_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
-                                                        (const uint8_t *)natsMsg_GetData(m));
+    Dw__DeliveryReply *rep = dw_pb_unpack(&dw__delivery_reply__descriptor, m);
     if (!rep) {
         DW_WARN("bad delivery reply", "edge=%s bytes=%d", r->edge, natsMsg_GetDataLength(m));
         dw_metric_add(M.retried, (int64_t)r->n_items);

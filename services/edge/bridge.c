@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "dw/log.h"
+#include "dw/wire.h"
 
 struct edge_bridge {
     edge_bridge_config cfg;
@@ -53,8 +54,9 @@ natsConnection *bridge_nc(edge_bridge *b)
     return b->nc;
 }
 
-/* Ids of our publishes: "connect.<id>", "disconnect.<id>" and "<id>:<n>"
- * for chat messages; the connection id is recovered from them here. */
+/* Ids of our publishes (dw/wire.h): "connect.<id>", "disconnect.<id>",
+ * "reannounce.<round>.<id>", "drop.<round>.<id>" and "<id>:<n>" for chat
+ * messages; the connection id is recovered from them here. */
 static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     edge_bridge *b = closure;
@@ -72,12 +74,9 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         return;
     }
     snprintf(ev->msg_id, sizeof ev->msg_id, "%s", msg_id);
-    size_t idlen = strlen(msg_id);
     if (!strcmp(subj, "dw.conn.connect")) {
-        /* "connect.<id>" or "reannounce.<round>.<id>": the id ends it. */
         ev->kind = EDGE_EV_CONNECT_ACK;
-        snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
-                 idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
+        dw_msgid_conn_of(msg_id, ev->conn_id);
     } else if (!strncmp(subj, "dw.conn.", 8) && strcmp(subj, "dw.conn.disconnect")) {
         /* leave (join is published synchronously by a job): only log failures */
         if (!pa) DW_WARN("membership event not durable", "subject=%s id=%s", subj, msg_id);
@@ -85,12 +84,11 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         natsMsg_Destroy(msg);
         return;
     } else if (!strcmp(subj, "dw.conn.disconnect")) {
-        /* "disconnect.<id>" or "drop.<round>.<id>": the id ends it. */
         ev->kind = EDGE_EV_DISCONNECT_ACK;
-        snprintf(ev->conn_id, sizeof ev->conn_id, "%s",
-                 idlen >= DW_ID_LEN ? msg_id + idlen - DW_ID_LEN : "");
+        dw_msgid_conn_of(msg_id, ev->conn_id);
     } else {
-        snprintf(ev->conn_id, sizeof ev->conn_id, "%.*s", DW_ID_LEN, msg_id);
+        uint64_t n;
+        dw_msgid_chat_parse(msg_id, ev->conn_id, &n);
     }
     if (pa) {
         ev->ok = true;
@@ -110,8 +108,7 @@ static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     edge_bridge *b = closure;
     const char *reply = natsMsg_GetReply(msg);
     /* Decoding here keeps protobuf work off the socket thread. */
-    Dw__Delivery *d = dw__delivery__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                           (const uint8_t *)natsMsg_GetData(msg));
+    Dw__Delivery *d = dw_pb_unpack(&dw__delivery__descriptor, msg);
     if (!d) {
         DW_WARN("undecodable delivery dropped", "bytes=%d", natsMsg_GetDataLength(msg));
         natsMsg_Destroy(msg);
@@ -134,8 +131,7 @@ static void on_conn_request(natsConnection *nc, natsSubscription *sub, natsMsg *
 {
     edge_bridge *b = closure;
     const char *reply = natsMsg_GetReply(msg);
-    Dw__ConnRequest *r = dw__conn_request__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                  (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ConnRequest *r = dw_pb_unpack(&dw__conn_request__descriptor, msg);
     edge_event *ev = r && reply ? edge_event_new(EDGE_EV_CONN_REQUEST) : NULL;
     if (!ev || !(ev->reply = strdup(reply))) {
         if (r) dw__conn_request__free_unpacked(r, NULL);
@@ -151,8 +147,7 @@ static void on_conn_request(natsConnection *nc, natsSubscription *sub, natsMsg *
 static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     edge_bridge *b = closure;
-    Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                               (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ConnEvent *ce = dw_pb_unpack(&dw__conn_event__descriptor, msg);
     /* While leaving, the EDGE_DOWN for this edge is our own. */
     if (ce && ce->edge_id && !strcmp(ce->edge_id, b->cfg.edge_id) && !atomic_load(&b->leaving)) {
         DW_WARN("this edge was declared down while alive; announcing its connections again",
@@ -179,8 +174,7 @@ static void on_membership(natsConnection *nc, natsSubscription *sub, natsMsg *ms
         natsMsg_Destroy(msg);
         return;
     }
-    Dw__ConnEvent *ce = dw__conn_event__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                               (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ConnEvent *ce = dw_pb_unpack(&dw__conn_event__descriptor, msg);
     natsMsg_Destroy(msg);
     if (!ce) return;
     if (!ce->n_rooms || ce->kind == DW__CONN_EVENT__KIND__EDGE_DOWN) {
@@ -278,8 +272,7 @@ static void self_check(edge_bridge *b)
         natsConnection_Request(&m, b->nc, DW_SUBJ_REG_LIST, buf, (int)len, SELFCHECK_TIMEOUT_MS);
     free(buf);
     if (s != NATS_OK) return; /* no registry now: ask again later */
-    Dw__ListReply *r = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
-                                              (const uint8_t *)natsMsg_GetData(m));
+    Dw__ListReply *r = dw_pb_unpack(&dw__list_reply__descriptor, m);
     natsMsg_Destroy(m);
     if (!r) return;
     /* Only an answer that covers everything we had acked can say we are
@@ -402,35 +395,33 @@ static int publish_async_ref(edge_bridge *b, const char *subj, const char *msg_i
 
 int bridge_publish_conn(edge_bridge *b, const Dw__ConnEvent *ev)
 {
-    char msg_id[64];
-    const char *kind = ev->kind == DW__CONN_EVENT__KIND__CONNECT      ? "connect"
-                       : ev->kind == DW__CONN_EVENT__KIND__DISCONNECT ? "disconnect"
-                                                                      : NULL;
-    if (!kind) return -1; /* joins/leaves come with the rooms protocol */
-    snprintf(msg_id, sizeof msg_id, "%s.%s", kind, ev->conn_id);
+    char msg_id[DW_MSGID_MAX];
+    /* joins/leaves come with the rooms protocol */
+    if (dw_msgid_conn(msg_id, sizeof msg_id, ev->kind, ev->conn_id)) return -1;
     return publish_async(b, dw_subj_conn_event(ev->kind), msg_id, &ev->base);
 }
 
 int bridge_publish_reannounce(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
 {
-    char msg_id[80];
-    snprintf(msg_id, sizeof msg_id, "reannounce.%llu.%s", (unsigned long long)round, ev->conn_id);
+    char msg_id[DW_MSGID_MAX];
+    if (dw_msgid_reannounce(msg_id, sizeof msg_id, round, ev->conn_id)) return -1;
     return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__CONNECT), msg_id, &ev->base);
 }
 
 int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
 {
-    char msg_id[80];
-    snprintf(msg_id, sizeof msg_id, "drop.%llu.%s", (unsigned long long)round, ev->conn_id);
+    char msg_id[DW_MSGID_MAX];
+    if (dw_msgid_drop(msg_id, sizeof msg_id, round, ev->conn_id)) return -1;
     return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__DISCONNECT), msg_id,
                          &ev->base);
 }
 
 int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n)
 {
-    char msg_id[128];
-    snprintf(msg_id, sizeof msg_id, "leave.%s.%s.%llu", ev->conn_id,
-             ev->n_rooms ? ev->rooms[0] : "", (unsigned long long)n);
+    char msg_id[DW_MSGID_MAX];
+    if (dw_msgid_membership(msg_id, sizeof msg_id, ev->kind, ev->conn_id,
+                            ev->n_rooms ? ev->rooms[0] : "", n))
+        return -1;
     return publish_async(b, dw_subj_conn_event(DW__CONN_EVENT__KIND__LEAVE), msg_id, &ev->base);
 }
 
@@ -491,15 +482,12 @@ int bridge_publish_edge_down(edge_bridge *b, const char *reason, int64_t timeout
     /* A fresh id for every stop: neither the dispatcher's "edge_down.<edge>"
      * nor the stop of an earlier process with the same DW_EDGE_ID inside
      * the duplicate window may swallow this one. */
-    char nonce[DW_ID_LEN + 1] = "", msg_id[64], inbox[128];
-    if (dw_id_random(nonce) || dw_bus_new_inbox(inbox, sizeof inbox)) return -1;
-    snprintf(msg_id, sizeof msg_id, "edge_down.%s.stop.%s", b->cfg.edge_id, nonce);
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
-    ev.kind = DW__CONN_EVENT__KIND__EDGE_DOWN;
-    ev.conn_id = "";
-    ev.edge_id = (char *)b->cfg.edge_id;
-    ev.reason = (char *)reason;
-    ev.ts_ms = dw_now_ms();
+    char nonce[DW_ID_LEN + 1] = "", msg_id[DW_MSGID_MAX], inbox[128];
+    if (dw_id_random(nonce) || dw_bus_new_inbox(inbox, sizeof inbox) ||
+        dw_msgid_edge_down_stop(msg_id, sizeof msg_id, b->cfg.edge_id, nonce))
+        return -1;
+    Dw__ConnEvent ev;
+    dw_conn_event_make(&ev, DW__CONN_EVENT__KIND__EDGE_DOWN, NULL, b->cfg.edge_id, reason);
     size_t len = 0;
     uint8_t *buf = dw_pb_pack(&ev.base, &len);
     if (!buf) return -1;

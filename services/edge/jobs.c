@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "dw/log.h"
+#include "dw/wire.h"
 
 struct edge_jobs {
     edge_jobs_config cfg;
@@ -66,8 +67,7 @@ static int first_seq_of_stream(edge_jobs *j, uint64_t *out)
 
 static int push_msg(edge_job *job, size_t *cap, uint64_t seq, natsMsg *m)
 {
-    Dw__ChatMessage *cm = dw__chat_message__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
-                                                   (const uint8_t *)natsMsg_GetData(m));
+    Dw__ChatMessage *cm = dw_pb_unpack(&dw__chat_message__descriptor, m);
     if (!cm) return 0; /* not ours to show: skip it */
     if (job->nmsgs == *cap) {
         size_t ncap = *cap ? *cap * 2 : 64;
@@ -156,18 +156,15 @@ static void drop_msgs(edge_job *job)
 
 static void run_join(edge_jobs *j, edge_job *job)
 {
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    Dw__ConnEvent ev;
     char *rooms[] = {job->room};
-    ev.kind = DW__CONN_EVENT__KIND__JOIN;
-    ev.conn_id = job->conn_id;
-    ev.edge_id = (char *)j->cfg.edge_id;
+    dw_conn_event_make(&ev, DW__CONN_EVENT__KIND__JOIN, job->conn_id, j->cfg.edge_id, NULL);
     ev.rooms = rooms;
     ev.n_rooms = 1;
     ev.user_id = job->user;
-    ev.ts_ms = dw_now_ms();
-    char msg_id[128];
-    snprintf(msg_id, sizeof msg_id, "join.%s.%s.%llu", job->conn_id, job->room,
-             (unsigned long long)atomic_fetch_add(&j->counter, 1));
+    char msg_id[DW_MSGID_MAX];
+    dw_msgid_membership(msg_id, sizeof msg_id, ev.kind, job->conn_id, job->room,
+                        atomic_fetch_add(&j->counter, 1));
     dw_js_ack ack;
     if (dw_js_publish_pb(bridge_js(j->b), dw_subj_conn_event(ev.kind), &ev.base, msg_id,
                          j->cfg.timeout_ms, &ack, NULL) != NATS_OK) {
@@ -189,8 +186,7 @@ static void run_join(edge_jobs *j, edge_job *job)
                        : NATS_NO_MEMORY;
     free(buf);
     Dw__RoomEdges *re = s == NATS_OK
-                            ? dw__room_edges__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
-                                                     (const uint8_t *)natsMsg_GetData(reply))
+                            ? dw_pb_unpack(&dw__room_edges__descriptor, reply)
                             : NULL;
     bool ok = re && re->ok;
     if (re) dw__room_edges__free_unpacked(re, NULL);
@@ -264,8 +260,7 @@ static void run_presence(edge_jobs *j, edge_job *job)
                        : NATS_NO_MEMORY;
     free(buf);
     if (s == NATS_OK)
-        job->presence = dw__presence_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
-                                                   (const uint8_t *)natsMsg_GetData(reply));
+        job->presence = dw_pb_unpack(&dw__presence_reply__descriptor, reply);
     natsMsg_Destroy(reply);
     if (!job->presence || !job->presence->ok) job->error = "unavailable";
 }

@@ -9,6 +9,7 @@
 
 #include "dw/log.h"
 #include "dw/ping.h"
+#include "dw/wire.h"
 #include "edge.h"
 #include "httproute.h"
 #include "jobs.h"
@@ -169,8 +170,8 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
     }
     switch (req.route) {
     case ROUTE_SENDMESSAGE: {
-        char id[64];
-        snprintf(id, sizeof id, "%s:%llu", s->id, (unsigned long long)++s->msg_counter);
+        char id[DW_MSGID_CHAT_MAX];
+        dw_msgid_chat(id, sizeof id, s->id, ++s->msg_counter);
         Dw__ChatMessage m = DW__CHAT_MESSAGE__INIT;
         m.id = id;
         m.room = DW_ROOM_LOBBY;
@@ -294,25 +295,18 @@ static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
 static void publish_disconnect(edge *e, const char *conn_id, const char *user, char **rooms,
                                size_t nrooms, const char *reason)
 {
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
-    ev.kind = DW__CONN_EVENT__KIND__DISCONNECT;
-    ev.conn_id = (char *)conn_id;
-    ev.edge_id = e->edge_id;
+    Dw__ConnEvent ev;
+    dw_conn_event_make(&ev, DW__CONN_EVENT__KIND__DISCONNECT, conn_id, e->edge_id, reason);
     ev.user_id = (char *)(user ? user : "");
     ev.rooms = rooms;
     ev.n_rooms = nrooms;
-    ev.ts_ms = dw_now_ms();
-    ev.reason = (char *)reason;
     if (bridge_publish_conn(e->bridge, &ev))
         DW_WARN("disconnect event not published", "conn=%s", conn_id);
 }
 
 static void connect_event(edge *e, edge_session *s, Dw__ConnEvent *ev, char **rooms, size_t nrooms)
 {
-    dw__conn_event__init(ev);
-    ev->kind = DW__CONN_EVENT__KIND__CONNECT;
-    ev->conn_id = s->id;
-    ev->edge_id = e->edge_id;
+    dw_conn_event_make(ev, DW__CONN_EVENT__KIND__CONNECT, s->id, e->edge_id, NULL);
     ev->rooms = rooms;
     ev->n_rooms = nrooms;
     ev->user_id = s->user;
@@ -681,7 +675,7 @@ static void on_reconcile_request(edge *e, edge_event *ev)
         size_t i = rq->cursor < e->conns.nslots ? (size_t)rq->cursor : e->conns.nslots;
         ids = malloc(limit * sizeof *ids);
         if (!ids) {
-            r.error = "out_of_memory";
+            r.error = DW_ERR_TEXT_OUT_OF_MEMORY;
             goto reply;
         }
         for (; i < e->conns.nslots && r.n_conn_ids < limit; i++) {
@@ -692,7 +686,7 @@ static void on_reconcile_request(edge *e, edge_event *ev)
         r.next_cursor = i;
         r.more = i < e->conns.nslots;
     } else if (rq->n_conn_ids > RECONCILE_MAX_IDS) {
-        r.error = "too_many_ids";
+        r.error = DW_ERR_TEXT_TOO_MANY_IDS;
     } else if (rq->op == DW__CONN_REQUEST__OP__ANNOUNCE) {
         uint64_t round = ++reannounce_round;
         for (size_t i = 0; i < rq->n_conn_ids; i++) {
@@ -709,12 +703,9 @@ static void on_reconcile_request(edge *e, edge_event *ev)
         for (size_t i = 0; i < rq->n_conn_ids; i++) {
             const char *id = rq->conn_ids[i];
             if (strlen(id) == DW_ID_LEN && connmap_get(&e->conns, id, DW_ID_LEN)) continue;
-            Dw__ConnEvent dev = DW__CONN_EVENT__INIT;
-            dev.kind = DW__CONN_EVENT__KIND__DISCONNECT;
-            dev.conn_id = (char *)id;
-            dev.edge_id = e->edge_id;
-            dev.ts_ms = dw_now_ms();
-            dev.reason = "reconcile: not on this edge";
+            Dw__ConnEvent dev;
+            dw_conn_event_make(&dev, DW__CONN_EVENT__KIND__DISCONNECT, id, e->edge_id,
+                               "reconcile: not on this edge");
             if (bridge_publish_drop(e->bridge, &dev, round)) {
                 DW_WARN("reconcile: disconnect event not published", "conn=%s", id);
                 continue;
@@ -758,15 +749,15 @@ static void on_conn_request(edge *e, edge_event *ev)
             break;
         case DW__CONN_REQUEST__OP__POST:
             if (rq->data.len > (size_t)e->cfg->max_message)
-                r.error = "too_large";
+                r.error = DW_ERR_TEXT_TOO_LARGE;
             else if (session_send_text(s, (const char *)rq->data.data, rq->data.len))
-                r.error = "out_of_memory";
+                r.error = DW_ERR_TEXT_OUT_OF_MEMORY;
             break;
         case DW__CONN_REQUEST__OP__CLOSE:
             session_close(s, rq->close_code ? (uint16_t)rq->close_code : LWS_CLOSE_STATUS_NORMAL,
                           "closed by the management API");
             break;
-        default: r.error = "bad_request";
+        default: r.error = DW_ERR_TEXT_BAD_REQUEST;
         }
     }
     bridge_reply_conn(e->bridge, ev->reply, &r);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "dw/log.h"
+#include "dw/wire.h"
 #include "edge.h"
 #include "jobs.h"
 #include "proto_v1.h"
@@ -52,15 +53,12 @@ static edge_job *job_new(edge_session *s, edge_job_kind kind, const v1_request *
 
 static void publish_leave(edge *e, edge_session *s, const char *room)
 {
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    Dw__ConnEvent ev;
     char *rooms[] = {(char *)room};
-    ev.kind = DW__CONN_EVENT__KIND__LEAVE;
-    ev.conn_id = s->id;
-    ev.edge_id = e->edge_id;
+    dw_conn_event_make(&ev, DW__CONN_EVENT__KIND__LEAVE, s->id, e->edge_id, NULL);
     ev.rooms = rooms;
     ev.n_rooms = 1;
     ev.user_id = s->user;
-    ev.ts_ms = dw_now_ms();
     if (bridge_publish_leave(e->bridge, &ev, ++s->msg_counter))
         DW_WARN("leave event not published", "conn=%s room=%s", s->id, room);
 }
@@ -138,9 +136,9 @@ static void do_send(edge *e, edge_session *s, const v1_request *req)
         v1_err(s, "unavailable", "out of memory", req->ref);
         return;
     }
-    char id[64];
+    char id[DW_MSGID_CHAT_MAX];
     pa->n = ++s->msg_counter;
-    snprintf(id, sizeof id, "%s:%llu", s->id, (unsigned long long)pa->n);
+    dw_msgid_chat(id, sizeof id, s->id, pa->n);
     snprintf(pa->room, sizeof pa->room, "%s", req->room);
     snprintf(pa->client_id, sizeof pa->client_id, "%s", req->client_id[0] ? req->client_id : id);
 
@@ -158,15 +156,11 @@ static void do_send(edge *e, edge_session *s, const v1_request *req)
     m.client_id = pa->client_id;
     /* The client's id is the idempotency key: a retry of this send after
      * "unavailable" or a reconnect is stored once (docs/protocol.md). */
-    char key[V1_USER_MAX + V1_CLIENT_ID_MAX + 16];
+    char key[DW_MSGID_MAX];
     const char *msg_id = NULL;
-    if (req->client_id[0]) {
-        if (s->user_stable)
-            snprintf(key, sizeof key, "v1:u:%s:%s", s->user, req->client_id);
-        else
-            snprintf(key, sizeof key, "v1:c:%s:%s", s->id, req->client_id);
+    if (req->client_id[0] && !dw_msgid_v1(key, sizeof key, s->user_stable,
+                                          s->user_stable ? s->user : s->id, req->client_id))
         msg_id = key;
-    }
     if (bridge_publish_msg(e->bridge, &m, msg_id)) {
         free(pa->ref);
         free(pa);
@@ -220,8 +214,9 @@ void v1_handle(edge *e, edge_session *s, const char *buf, size_t len)
 
 void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
 {
-    const char *colon = strchr(ev->msg_id, ':');
-    uint64_t n = colon ? strtoull(colon + 1, NULL, 10) : 0;
+    char conn[DW_ID_LEN + 1];
+    uint64_t n = 0;
+    dw_msgid_chat_parse(ev->msg_id, conn, &n);
     /* Acks mostly come in publish order, but a failure is reported when
      * its wait runs out, after later sends were acked: take exactly the one
      * this event is about, so every send gets its one answer. */

@@ -9,6 +9,7 @@
 #include "dw/bus.h"
 #include "dw/log.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 
 typedef struct parked {
     struct parked *next;
@@ -51,10 +52,10 @@ const char *reg_query_room_parse(const void *data, size_t len, char *room, uint6
     const char *err = NULL;
     room[0] = '\0';
     *min_seq = 0;
-    if (!rq) return "bad_request";
+    if (!rq) return DW_ERR_TEXT_BAD_REQUEST;
     size_t n = rq->room ? strlen(rq->room) : 0;
     if (!dw_room_valid(rq->room, n)) {
-        err = "bad_request: room";
+        err = DW_ERR_TEXT_BAD_REQUEST ": room";
     } else {
         memcpy(room, rq->room, n + 1);
         *min_seq = rq->min_seq;
@@ -67,7 +68,7 @@ uint8_t *reg_query_room_reply(reg_store *st, const char *room, const char *err, 
 {
     Dw__RoomEdges re = DW__ROOM_EDGES__INIT;
     reg_strs edges = {0};
-    if (!err && reg_store_room_edges(st, room, &edges)) err = "internal";
+    if (!err && reg_store_room_edges(st, room, &edges)) err = DW_ERR_TEXT_INTERNAL;
     if (err) {
         re.ok = 0;
         re.error = (char *)err;
@@ -97,19 +98,19 @@ uint8_t *reg_query_list_reply(reg_store *st, const void *data, size_t len, size_
                               size_t *outlen)
 {
     Dw__ListQuery *lq = dw__list_query__unpack(NULL, len, data ? data : (const void *)"");
-    if (!lq) return list_error(st, "bad_request", reg_store_count(st), outlen);
+    if (!lq) return list_error(st, DW_ERR_TEXT_BAD_REQUEST, reg_store_count(st), outlen);
     const char *edge = lq->edge_id ? lq->edge_id : "", *conn = lq->conn_id ? lq->conn_id : "";
     const char *after = lq->after_conn_id ? lq->after_conn_id : "";
     if ((*edge && !reg_id_valid(edge)) || (*conn && !reg_id_valid(conn)) ||
         (*after && !reg_id_valid(after))) {
         dw__list_query__free_unpacked(lq, NULL);
-        return list_error(st, "bad_request: id", reg_store_count(st), outlen);
+        return list_error(st, DW_ERR_TEXT_BAD_REQUEST ": id", reg_store_count(st), outlen);
     }
 
     reg_conns conns;
     uint8_t *buf = NULL;
     if (reg_store_list(st, edge, conn, lq->after_conn_id, lq->limit, &conns)) {
-        buf = list_error(st, "internal", reg_store_count(st), outlen);
+        buf = list_error(st, DW_ERR_TEXT_INTERNAL, reg_store_count(st), outlen);
         goto done;
     }
     Dw__ListReply lr = DW__LIST_REPLY__INIT;
@@ -119,7 +120,7 @@ uint8_t *reg_query_list_reply(reg_store *st, const void *data, size_t len, size_
     lr.applied_seq = conns.applied_seq;
     lr.total = conns.total;
     if (max_bytes && protobuf_c_message_get_packed_size(&lr.base) > max_bytes)
-        buf = list_error(st, "too_large: set a limit", conns.total, outlen);
+        buf = list_error(st, DW_ERR_TEXT_TOO_LARGE ": set a limit", conns.total, outlen);
     else
         buf = dw_pb_pack(&lr.base, outlen);
     reg_conns_free(&conns);
@@ -154,18 +155,18 @@ uint8_t *reg_query_presence_reply(reg_store *st, const void *data, size_t len, s
                                   size_t *outlen)
 {
     Dw__PresenceQuery *pq = dw__presence_query__unpack(NULL, len, data ? data : (const void *)"");
-    if (!pq) return presence_error("bad_request", outlen);
+    if (!pq) return presence_error(DW_ERR_TEXT_BAD_REQUEST, outlen);
     const char *room = pq->room ? pq->room : "";
     uint8_t *buf = NULL;
     if (!dw_room_valid(room, strlen(room))) {
-        buf = presence_error("bad_request: room", outlen);
+        buf = presence_error(DW_ERR_TEXT_BAD_REQUEST ": room", outlen);
         goto done;
     }
     size_t limit = pq->limit ? pq->limit : REG_PRESENCE_DEFAULT_PAGE;
     if (limit > REG_PRESENCE_MAX_PAGE) limit = REG_PRESENCE_MAX_PAGE;
     reg_presence p;
     if (reg_store_presence(st, room, pq->after_user, limit, &p)) {
-        buf = presence_error("internal", outlen);
+        buf = presence_error(DW_ERR_TEXT_INTERNAL, outlen);
         goto done;
     }
     Dw__PresenceReply pr = DW__PRESENCE_REPLY__INIT;
@@ -175,7 +176,7 @@ uint8_t *reg_query_presence_reply(reg_store *st, const void *data, size_t len, s
         free(users);
         free(ptrs);
         reg_presence_free(&p);
-        buf = presence_error("internal", outlen);
+        buf = presence_error(DW_ERR_TEXT_INTERNAL, outlen);
         goto done;
     }
     for (size_t i = 0; i < p.n; i++) {
@@ -189,7 +190,7 @@ uint8_t *reg_query_presence_reply(reg_store *st, const void *data, size_t len, s
     pr.n_users = p.n;
     pr.more = p.more;
     if (max_bytes && protobuf_c_message_get_packed_size(&pr.base) > max_bytes)
-        buf = presence_error("too_large: set a smaller limit", outlen);
+        buf = presence_error(DW_ERR_TEXT_TOO_LARGE ": set a smaller limit", outlen);
     else
         buf = dw_pb_pack(&pr.base, outlen);
     free(ptrs);
@@ -287,7 +288,7 @@ static void on_room(natsConnection *nc, natsSubscription *sub, natsMsg *msg, voi
             free(p);
             free(r);
             answer_now = 1;
-            now_err = "internal";
+            now_err = DW_ERR_TEXT_INTERNAL;
         } else {
             p->reply = r;
             memcpy(p->room, room, sizeof room);

@@ -8,6 +8,7 @@
 #include "dw/bus.h"
 #include "dw/log.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 
 /* Heartbeats from junk edge ids must not grow the table without bound. */
 #define MAX_EDGES 4096
@@ -48,8 +49,7 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     (void)nc;
     (void)sub;
     reg_reconcile *r = arg;
-    Dw__EdgeHeartbeat *hb = dw__edge_heartbeat__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                       (const uint8_t *)natsMsg_GetData(msg));
+    Dw__EdgeHeartbeat *hb = dw_pb_unpack(&dw__edge_heartbeat__descriptor, msg);
     natsMsg_Destroy(msg);
     if (!hb) return;
     size_t n = hb->edge_id ? strlen(hb->edge_id) : 0;
@@ -213,8 +213,7 @@ static ask_rc ask(reg_reconcile *r, const char *edge_id, const Dw__ConnRequest *
                 natsStatus_GetText(s));
         return ASK_UNREACHABLE;
     }
-    *rep = dw__conn_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
-                                  (const uint8_t *)natsMsg_GetData(m));
+    *rep = dw_pb_unpack(&dw__conn_reply__descriptor, m);
     natsMsg_Destroy(m);
     /* An edge from before reconciliation answers found=false. */
     if (!*rep || !(*rep)->found || ((*rep)->error && *(*rep)->error)) {
@@ -269,16 +268,13 @@ static void correct(reg_reconcile *r, const char *edge_id, Dw__ConnRequest__Op o
 
 static int publish_edge_down(reg_reconcile *r, const char *edge_id)
 {
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
-    char msg_id[EDGE_ID_MAX + 48];
-    ev.kind = DW__CONN_EVENT__KIND__EDGE_DOWN;
-    ev.edge_id = (char *)edge_id;
-    ev.conn_id = "";
-    ev.reason = "reconcile: the edge does not answer";
-    ev.ts_ms = dw_now_ms();
+    Dw__ConnEvent ev;
+    char msg_id[DW_MSGID_MAX];
+    dw_conn_event_make(&ev, DW__CONN_EVENT__KIND__EDGE_DOWN, NULL, edge_id,
+                       "reconcile: the edge does not answer");
     /* Not the dispatcher's "edge_down.<id>": one it published within the
      * dedup window may be from before the edge's rows were announced again. */
-    snprintf(msg_id, sizeof msg_id, "reconcile.edge_down.%s.%lld", edge_id, (long long)ev.ts_ms);
+    if (dw_msgid_edge_down_reconcile(msg_id, sizeof msg_id, edge_id, ev.ts_ms)) return -1;
     jsErrCode jerr = 0;
     natsStatus s = dw_js_publish_pb(r->js, dw_subj_conn_event(ev.kind), &ev.base, msg_id,
                                     r->o.request_timeout_ms, NULL, &jerr);

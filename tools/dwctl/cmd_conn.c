@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dw/bus.h"
+#include "dw/wire.h"
 #include "dwctl.h"
 
 static void conn_usage(FILE *out)
@@ -98,8 +99,7 @@ static int conn_query(dwctl *ctl, const char *edge_id, const char *conn_id, Dw__
         dwctl_err("registry: %s", err);
         return DWCTL_FAIL;
     }
-    Dw__ListReply *reply = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                  (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ListReply *reply = dw_pb_unpack(&dw__list_reply__descriptor, msg);
     natsMsg_Destroy(msg);
     if (!reply) {
         dwctl_err("registry: the reply on %s is not a ListReply", DW_SUBJ_REG_LIST);
@@ -320,8 +320,7 @@ static int api_call(dwctl *ctl, const char *cmd, const char *subj, const char *i
         dwctl_err("api: %s", err);
         return DWCTL_FAIL;
     }
-    Dw__ApiReply *reply = dw__api_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                (const uint8_t *)natsMsg_GetData(msg));
+    Dw__ApiReply *reply = dw_pb_unpack(&dw__api_reply__descriptor, msg);
     natsMsg_Destroy(msg);
     if (!reply) {
         dwctl_err("api: the reply on %s is not an ApiReply", subj);

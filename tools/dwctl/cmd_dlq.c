@@ -11,6 +11,7 @@
 #include "dw/bus.h"
 #include "dw/dlq.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 #include "dwctl.h"
 
 /* The area's entry point (registered in main.c). */
@@ -249,8 +250,7 @@ static int dlq_call(dwctl *ctl, const char *subj, const Dw__DlqRequest *rq, int6
             dwctl_err("deadletter: request on %s failed: %s", subj, natsStatus_GetText(s));
         return DWCTL_FAIL;
     }
-    Dw__DlqReply *r = dw__dlq_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(reply),
-                                            (const uint8_t *)natsMsg_GetData(reply));
+    Dw__DlqReply *r = dw_pb_unpack(&dw__dlq_reply__descriptor, reply);
     natsMsg_Destroy(reply);
     if (!r) {
         dwctl_err("deadletter: the reply on %s is not a DlqReply", subj);

@@ -19,6 +19,7 @@
 #include "dw/bus.h"
 #include "dw/ping.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 #include "dwctl.h"
 
 #define NSTREAMS 3 /* DW_MSG, DW_CONN, DW_DLQ */
@@ -154,8 +155,7 @@ static edge_row *edge_find(status_report *st, const char *edge_id, bool add)
 
 static void add_heartbeat(status_report *st, natsMsg *msg)
 {
-    Dw__EdgeHeartbeat *hb = dw__edge_heartbeat__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                       (const uint8_t *)natsMsg_GetData(msg));
+    Dw__EdgeHeartbeat *hb = dw_pb_unpack(&dw__edge_heartbeat__descriptor, msg);
     natsMsg_Destroy(msg);
     if (!hb) return;
     edge_row *e = *hb->edge_id ? edge_find(st, hb->edge_id, true) : NULL;
@@ -208,8 +208,7 @@ static void probe_registry(dwctl *ctl, status_report *st)
         if (dwctl_request(ctl, DW_SUBJ_REG_LIST, &q.base, &msg, st->reg_err, sizeof st->reg_err))
             return;
         st->reg_reachable = 1;
-        Dw__ListReply *lr = dw__list_reply__unpack(NULL, (size_t)natsMsg_GetDataLength(msg),
-                                                   (const uint8_t *)natsMsg_GetData(msg));
+        Dw__ListReply *lr = dw_pb_unpack(&dw__list_reply__descriptor, msg);
         natsMsg_Destroy(msg);
         if (!lr) {
             snprintf(st->reg_err, sizeof st->reg_err, "the reply on %s is not a ListReply",

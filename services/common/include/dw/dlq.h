@@ -25,10 +25,9 @@
 #define DW_STREAM_DLQ_ADVISORIES "DW_DLQ_ADVISORIES"
 #define DW_DLQ_ADVISORY_DURABLE "deadletter"
 
-/* Nats-Msg-Id of the dead letter of DW_MSG sequence N: "dlq.<N>". Both
- * writers (dispatcher, advisory capture) use it, so DW_DLQ's duplicate
- * window keeps one entry per message. */
-#define DW_DLQ_MSG_ID_PREFIX "dlq."
+/* Nats-Msg-Id of the dead letter of DW_MSG sequence N: "dlq.<N>"
+ * (dw_msgid_dlq, dw/wire.h). Both writers (dispatcher, advisory capture)
+ * use it, so DW_DLQ's duplicate window keeps one entry per message. */
 
 /* Headers a replay adds to the republished message (DW_MSG). */
 #define DW_HDR_REPLAY_OF "Dw-Replay-Of"       /* the DW_DLQ id it came from */
