@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "dw/log.h"
+#include "dw/util.h"
 #include "fsutil.h"
 
 #define META_MAX 1024
@@ -28,29 +29,14 @@ int reg_ckpt_name(char *buf, size_t len, int64_t time_ms, uint64_t seq)
     return n > 0 && (size_t)n < len ? 0 : -1;
 }
 
-/* n decimal digits at s into *v; 0 or -1. */
-static int digits(const char *s, int n, int *v)
-{
-    *v = 0;
-    for (int i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9') return -1;
-        *v = *v * 10 + (s[i] - '0');
-    }
-    return 0;
-}
-
 int reg_ckpt_name_parse(const char *name, int64_t *time_ms, uint64_t *seq)
 {
     /* 20261125T085427.123Z-<seq> */
-    int y, mo, d, h, mi, s, ms;
-    if (strlen(name) < 22 || strlen(name) >= REG_CKPT_NAME_MAX) return -1;
-    if (digits(name, 4, &y) || digits(name + 4, 2, &mo) || digits(name + 6, 2, &d) ||
-        name[8] != 'T' || digits(name + 9, 2, &h) || digits(name + 11, 2, &mi) ||
-        digits(name + 13, 2, &s) || name[15] != '.' || digits(name + 16, 3, &ms) ||
-        name[19] != 'Z' || name[20] != '-')
+    const char *p;
+    int64_t t;
+    if (strlen(name) >= REG_CKPT_NAME_MAX || dw_time_parse(name, DW_TIME_BASIC_MS, &t, &p) ||
+        *p++ != '-')
         return -1;
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60) return -1;
-    const char *p = name + 21;
     if (!*p || strlen(p) > 20) return -1;
     uint64_t v = 0;
     for (; *p; p++) {
@@ -59,15 +45,7 @@ int reg_ckpt_name_parse(const char *name, int64_t *time_ms, uint64_t *seq)
         if (nv / 10 != v) return -1; /* overflow */
         v = nv;
     }
-    struct tm tm = {.tm_year = y - 1900,
-                    .tm_mon = mo - 1,
-                    .tm_mday = d,
-                    .tm_hour = h,
-                    .tm_min = mi,
-                    .tm_sec = s};
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1) return -1;
-    *time_ms = (int64_t)t * 1000 + ms;
+    *time_ms = t;
     *seq = v;
     return 0;
 }

@@ -221,7 +221,7 @@ static int restore_offline(const reg_config *c, jsCtx *js, const char *replica_d
     reg_restore_plan plan;
     reg_restore_result res;
     char *err = NULL, when[32];
-    if (reg_time_parse(c->restore_to, &to_ms)) {
+    if (dw_time_parse(c->restore_to, DW_TIME_RFC3339, &to_ms, NULL)) {
         fprintf(stderr,
                 "registry: --restore-to '%s' is not an RFC 3339 time with a zone "
                 "(e.g. 2026-11-25T08:54:27Z)\n",

@@ -176,7 +176,7 @@ static char *op_restore(reg_node *node, const char *rid, const void *data, size_
                              "\"full_replay\": bool}");
         goto done;
     }
-    if (reg_time_parse(to, &to_ms)) {
+    if (dw_time_parse(to, DW_TIME_RFC3339, &to_ms, NULL)) {
         r = reply_error(rid, "bad_request: 'to' is not an RFC 3339 time with a zone "
                              "(e.g. 2026-11-25T08:54:27Z)");
         goto done;

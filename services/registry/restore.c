@@ -5,70 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "apply.h"
 #include "dw/bus.h"
 #include "dw/log.h"
 #include "fsutil.h"
 #include "store.h"
-
-/* ---- time ------------------------------------------------------------- */
-
-static int num(const char **p, int n, int *v)
-{
-    *v = 0;
-    for (int i = 0; i < n; i++, (*p)++) {
-        if (**p < '0' || **p > '9') return -1;
-        *v = *v * 10 + (**p - '0');
-    }
-    return 0;
-}
-
-int reg_time_parse(const char *s, int64_t *ms)
-{
-    int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0, sign = 0;
-    const char *p = s;
-    if (!s || num(&p, 4, &y) || *p++ != '-' || num(&p, 2, &mo) || *p++ != '-' || num(&p, 2, &d))
-        return -1;
-    if (*p != 'T' && *p != 't' && *p != ' ') return -1;
-    p++;
-    if (num(&p, 2, &h) || *p++ != ':' || num(&p, 2, &mi) || *p++ != ':' || num(&p, 2, &sec))
-        return -1;
-    if (*p == '.') {
-        /* Milliseconds: the first three digits count, the rest are read and dropped. */
-        int digits = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-            if (digits < 3) frac = frac * 10 + (*p - '0');
-        if (!digits) return -1;
-        for (; digits < 3; digits++)
-            frac *= 10;
-    }
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        sign = *p++ == '+' ? 1 : -1;
-        if (num(&p, 2, &oh)) return -1;
-        if (*p == ':') p++;
-        if (num(&p, 2, &om)) return -1;
-    } else {
-        return -1; /* a time without its zone is ambiguous: refuse it */
-    }
-    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 || oh > 23 ||
-        om > 59)
-        return -1;
-    struct tm tm = {.tm_year = y - 1900,
-                    .tm_mon = mo - 1,
-                    .tm_mday = d,
-                    .tm_hour = h,
-                    .tm_min = mi,
-                    .tm_sec = sec};
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1 || tm.tm_mday != d) /* 2026-02-31 normalizes to March */
-        return -1;
-    *ms = ((int64_t)t - sign * (oh * 3600 + om * 60)) * 1000 + frac;
-    return 0;
-}
 
 /* ---- plan ------------------------------------------------------------- */
 

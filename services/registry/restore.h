@@ -26,11 +26,6 @@
 #include "checkpoint.h"
 #include "dw/crypto.h"
 
-/* "2026-11-25T08:54:27Z", with optional fraction (".5", ".123") and an
- * offset ("+02:00", "-0130") instead of Z; a ' ' for the 'T' is accepted.
- * 0 with *ms, or -1. */
-int reg_time_parse(const char *s, int64_t *ms);
-
 typedef struct reg_restore_plan {
     int64_t to_ms;
     int has_ckpt; /* start from ckpt, else from an empty table */

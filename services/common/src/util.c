@@ -55,6 +55,73 @@ void dw_iso8601_ms(int64_t ms, char *buf, size_t len)
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
 
+/* n decimal digits at *p into *v, advancing *p. 0 or -1. */
+static int num(const char **p, int n, int *v)
+{
+    *v = 0;
+    for (int i = 0; i < n; i++, (*p)++) {
+        if (**p < '0' || **p > '9') return -1;
+        *v = *v * 10 + (**p - '0');
+    }
+    return 0;
+}
+
+int dw_time_parse(const char *s, dw_time_form form, int64_t *ms, const char **end)
+{
+    int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0, sign = 0;
+    const char *p = s;
+    if (!s) return -1;
+    if (form == DW_TIME_BASIC_MS) {
+        if (num(&p, 4, &y) || num(&p, 2, &mo) || num(&p, 2, &d) || *p++ != 'T' || num(&p, 2, &h) ||
+            num(&p, 2, &mi) || num(&p, 2, &sec) || *p++ != '.' || num(&p, 3, &frac) || *p++ != 'Z')
+            return -1;
+    } else {
+        if (num(&p, 4, &y) || *p++ != '-' || num(&p, 2, &mo) || *p++ != '-' || num(&p, 2, &d))
+            return -1;
+        if (*p != 'T' && *p != 't' && *p != ' ') return -1;
+        p++;
+        if (num(&p, 2, &h) || *p++ != ':' || num(&p, 2, &mi) || *p++ != ':' || num(&p, 2, &sec))
+            return -1;
+        if (*p == '.') {
+            /* Milliseconds: the first three digits count, the rest are read
+             * and dropped. */
+            int digits = 0;
+            for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+                if (digits < 3) frac = frac * 10 + (*p - '0');
+            if (!digits) return -1;
+            for (; digits < 3; digits++)
+                frac *= 10;
+        }
+        if (*p == 'Z' || *p == 'z') {
+            p++;
+        } else if (*p == '+' || *p == '-') {
+            sign = *p++ == '+' ? 1 : -1;
+            if (num(&p, 2, &oh)) return -1;
+            if (*p == ':') p++;
+            if (num(&p, 2, &om)) return -1;
+        } else {
+            return -1;
+        }
+    }
+    if (end)
+        *end = p;
+    else if (*p)
+        return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 || oh > 23 || om > 59)
+        return -1;
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = sec};
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1 || tm.tm_mday != d) /* 2026-02-31 normalizes to March */
+        return -1;
+    *ms = ((int64_t)t - sign * (oh * 3600 + om * 60)) * 1000 + frac;
+    return 0;
+}
+
 static const char id_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 

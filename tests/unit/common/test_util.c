@@ -1,5 +1,5 @@
-/* dw_id_random / dw_id_valid / dw_iso8601_ms, the clocks and the monotonic
- * condition variables. */
+/* dw_id_random / dw_id_valid / dw_iso8601_ms / dw_time_parse, the clocks
+ * and the monotonic condition variables. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -132,6 +132,66 @@ static void test_cond_wait_until(void **state)
     pthread_cond_destroy(&cv);
 }
 
+static int parse3339(const char *s, int64_t *ms)
+{
+    return dw_time_parse(s, DW_TIME_RFC3339, ms, NULL);
+}
+
+static void test_time_parse_rfc3339(void **state)
+{
+    int64_t ms = 0;
+    assert_int_equal(parse3339("2026-11-25T08:54:27Z", &ms), 0);
+    assert_int_equal(ms, 1795596867000LL);
+    assert_int_equal(parse3339("2026-11-25T08:54:27.123Z", &ms), 0);
+    assert_int_equal(ms, 1795596867123LL);
+    assert_int_equal(parse3339("2026-11-25T08:54:27.1Z", &ms), 0);
+    assert_int_equal(ms, 1795596867100LL);
+    assert_int_equal(parse3339("2026-11-25T08:54:27.123456789z", &ms), 0);
+    assert_int_equal(ms, 1795596867123LL);
+    assert_int_equal(parse3339("2026-11-25T10:54:27+02:00", &ms), 0);
+    assert_int_equal(ms, 1795596867000LL);
+    assert_int_equal(parse3339("2026-11-25 07:24:27-0130", &ms), 0);
+    assert_int_equal(ms, 1795596867000LL);
+    assert_int_equal(parse3339("1970-01-01T00:00:00Z", &ms), 0);
+    assert_int_equal(ms, 0);
+
+    const char *bad[] = {"2026-11-25T08:54:27",
+                         "2026-11-25",
+                         "2026-11-25T08:54Z",
+                         "2026-02-30T00:00:00Z",
+                         "2026-13-01T00:00:00Z",
+                         "2026-11-25T24:00:00Z",
+                         "2026-11-25T08:54:27.Z",
+                         "2026-11-25T08:54:27Zx",
+                         "yesterday",
+                         "",
+                         "2026-11-25T08:54:27+2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(parse3339(bad[i], &ms), -1);
+    assert_int_equal(parse3339(NULL, &ms), -1);
+}
+
+/* The compact shape of checkpoint names, and *end for what follows. */
+static void test_time_parse_basic(void **state)
+{
+    int64_t ms = 0;
+    const char *end = NULL;
+    assert_int_equal(dw_time_parse("20261125T085427.123Z-4711", DW_TIME_BASIC_MS, &ms, &end), 0);
+    assert_int_equal(ms, 1795596867123LL);
+    assert_string_equal(end, "-4711");
+    assert_int_equal(dw_time_parse("19700101T000000.000Z", DW_TIME_BASIC_MS, &ms, NULL), 0);
+    assert_int_equal(ms, 0);
+    const char *bad[] = {"20261125T085427Z",     "20261125T085427.12Z",  "20261325T085427.123Z",
+                         "20260231T085427.123Z", "20261125T245427.123Z", "2026-11-25T08:54:27.123Z",
+                         "20261125T085427.123"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(dw_time_parse(bad[i], DW_TIME_BASIC_MS, &ms, NULL), -1);
+    /* both shapes refuse a day the month does not have */
+    assert_int_equal(parse3339("2026-02-31T00:00:00Z", &ms), -1);
+    assert_int_equal(parse3339("2028-02-29T00:00:00Z", &ms), 0);
+    assert_int_equal(parse3339("2026-04-31T00:00:00Z", &ms), -1);
+}
+
 static void test_raise_nofile(void **state)
 {
     assert_true(dw_raise_nofile() > 0);
@@ -147,6 +207,8 @@ int main(void)
         cmocka_unit_test(test_iso8601_exact_buffer),
         cmocka_unit_test(test_clocks),
         cmocka_unit_test(test_cond_wait_until),
+        cmocka_unit_test(test_time_parse_rfc3339),
+        cmocka_unit_test(test_time_parse_basic),
         cmocka_unit_test(test_raise_nofile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,6 +26,18 @@ int dw_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline
 /* "2026-11-25T08:54:27.123Z" into buf (at least 25 bytes). */
 void dw_iso8601_ms(int64_t ms, char *buf, size_t len);
 
+/* Parse an ISO 8601 time in one of the two shapes this project writes:
+ *   DW_TIME_RFC3339   "2026-11-25T08:54:27.123Z" (RFC 3339: 'T', 't' or a
+ *                     space between date and time; a fraction of any length,
+ *                     milliseconds kept; a zone, Z/z or +hh:mm / -hhmm; a
+ *                     time without its zone is ambiguous and refused)
+ *   DW_TIME_BASIC_MS  "20261125T085427.123Z" (registry checkpoint names)
+ * The date must exist: "2026-02-31" is refused, not read as March 3.
+ * *ms: milliseconds since the epoch. end NULL: the time must be all of s;
+ * else *end points after it. 0, or -1 when s holds no such time. */
+typedef enum { DW_TIME_RFC3339, DW_TIME_BASIC_MS } dw_time_form;
+int dw_time_parse(const char *s, dw_time_form form, int64_t *ms, const char **end);
+
 /* Connection and edge ids: 16 URL-safe characters ([A-Za-z0-9_-]) made from
  * 12 bytes of the OS CSPRNG. out must hold DW_ID_LEN + 1 bytes.
  * Returns 0, or -1 if the CSPRNG failed (never falls back to a weak source). */
