@@ -9,6 +9,7 @@
 #include "dw/log.h"
 #include "dw/util.h"
 #include "dw/wire.h"
+#include "advisory.h"
 #include "record.h"
 #include "svc.h"
 

@@ -77,14 +77,4 @@ int dlq_edges_parse(const char *text, char ***out, size_t *n);
 char *dlq_edges_join(char *const *edges, size_t n);
 void dlq_edges_free(char **edges, size_t n);
 
-/* Read JetStream's max-deliveries advisory (JSON): the stream, consumer and
- * stream_seq of the message. 0, or -1 when it is not such an advisory. */
-typedef struct dlq_advisory {
-    char stream[64];
-    char consumer[64];
-    uint64_t stream_seq;
-    uint64_t deliveries;
-} dlq_advisory;
-int dlq_advisory_parse(const void *json, size_t len, dlq_advisory *out);
-
 #endif
