@@ -49,6 +49,31 @@ dw_metric *dw_histogram(const char *name, const char *labels, const char *help,
     return m;
 }
 
+dw_metric *dw_gauge_fn(const char *name, const char *labels, const char *help,
+                       int64_t (*read)(void *arg), void *arg)
+{
+    dw_metric *m = add(name, labels, help, DW_METRIC_GAUGE);
+    if (m) {
+        m->read = read;
+        m->read_arg = arg;
+    }
+    return m;
+}
+
+int dw_metrics_register(void *base, const dw_metric_def *defs, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const dw_metric_def *d = &defs[i];
+        dw_metric *m = d->type == DW_METRIC_HISTOGRAM
+                           ? dw_histogram(d->name, d->labels, d->help, d->bounds, d->nbounds)
+                           : add(d->name, d->labels, d->help, d->type);
+        if (!m) rc = -1;
+        *(dw_metric **)((char *)base + d->offset) = m;
+    }
+    return rc;
+}
+
 void dw_metric_observe_ns(dw_metric *m, int64_t ns)
 {
     if (!m) return;
@@ -117,11 +142,13 @@ char *dw_metrics_render(size_t *len)
     pthread_mutex_lock(&metrics_lock);
     for (dw_metric *m = metrics_head; m; m = m->next) {
         if (!seen_before(metrics_head, m))
-            put(&b, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, type_name(m->type));
+            put(&b, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help ? m->help : "", m->name,
+                type_name(m->type));
         const char *l = m->labels ? m->labels : "";
         if (m->type != DW_METRIC_HISTOGRAM) {
-            put(&b, "%s%s%s%s %lld\n", m->name, *l ? "{" : "", l, *l ? "}" : "",
-                (long long)atomic_load_explicit(&m->value, memory_order_relaxed));
+            int64_t v = m->read ? m->read(m->read_arg)
+                                : atomic_load_explicit(&m->value, memory_order_relaxed);
+            put(&b, "%s%s%s%s %lld\n", m->name, *l ? "{" : "", l, *l ? "}" : "", (long long)v);
             continue;
         }
         uint64_t cum = 0;

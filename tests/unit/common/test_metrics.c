@@ -42,6 +42,50 @@ static void test_render_exposition_format(void **state)
     dw_metrics_free();
 }
 
+typedef struct table_metrics {
+    dw_metric *a, *b, *h;
+} table_metrics;
+
+static int64_t read_seven(void *arg)
+{
+    return *(int *)arg + 7;
+}
+
+/* A metric table fills the caller's struct; a function gauge is read at
+ * render time. */
+static void test_table_and_function_gauge(void **state)
+{
+    static const double bounds[] = {0.1, 1};
+    static const dw_metric_def defs[] = {
+        DW_METRIC_COUNTER_ROW(table_metrics, a, "dw_t_total", "k=\"a\"", "things"),
+        DW_METRIC_COUNTER_ROW(table_metrics, b, "dw_t_total", "k=\"b\"", NULL),
+        DW_METRIC_HISTOGRAM_ROW(table_metrics, h, "dw_t_seconds", NULL, "how long", bounds),
+    };
+    table_metrics tm = {0};
+    assert_int_equal(dw_metrics_register(&tm, defs, sizeof defs / sizeof defs[0]), 0);
+    assert_non_null(tm.a);
+    assert_non_null(tm.b);
+    assert_non_null(tm.h);
+    dw_metric_inc(tm.b);
+    dw_metric_observe_ns(tm.h, 500000000);
+    int base = 0;
+    dw_gauge_fn("dw_t_ready", NULL, "read at render", read_seven, &base);
+    size_t len = 0;
+    char *t = dw_metrics_render(&len);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "# HELP dw_t_total things\n"));
+    assert_non_null(strstr(t, "dw_t_total{k=\"a\"} 0\n"));
+    assert_non_null(strstr(t, "dw_t_total{k=\"b\"} 1\n"));
+    assert_non_null(strstr(t, "dw_t_seconds_bucket{le=\"1\"} 1\n"));
+    assert_non_null(strstr(t, "dw_t_ready 7\n"));
+    free(t);
+    base = 1;
+    t = dw_metrics_render(&len);
+    assert_non_null(strstr(t, "dw_t_ready 8\n"));
+    free(t);
+    dw_metrics_free();
+}
+
 static void test_null_metric_is_a_noop(void **state)
 {
     dw_metric_inc(NULL);
@@ -53,6 +97,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render_exposition_format),
+        cmocka_unit_test(test_table_and_function_gauge),
         cmocka_unit_test(test_null_metric_is_a_noop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
