@@ -23,7 +23,6 @@ static const char *const op_labels[API_OP_COUNT + 1] = {"op=\"post\"", "op=\"get
 
 static dw_metric *requests[API_OP_COUNT + 1][NCODES];
 static dw_metric *latency[API_OP_COUNT + 1];
-static dw_metric *ready_gauge;
 
 void api_counters_init(void)
 {
@@ -37,7 +36,6 @@ void api_counters_init(void)
                                    "@connections requests: arrival to answer", bounds,
                                    sizeof bounds / sizeof bounds[0]);
     }
-    ready_gauge = dw_gauge("dw_ready", "service=\"api\"", "1 when the service is ready");
 }
 
 void api_counters_answer(api_op op, unsigned code, int64_t start_ns)
@@ -48,9 +46,4 @@ void api_counters_answer(api_op op, unsigned code, int64_t start_ns)
         c++;
     dw_metric_inc(requests[o][c]);
     if (start_ns) dw_metric_observe_ns(latency[o], dw_mono_ns() - start_ns);
-}
-
-void api_counters_ready(bool ready)
-{
-    dw_metric_set(ready_gauge, ready ? 1 : 0);
 }

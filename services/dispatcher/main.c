@@ -5,21 +5,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <unistd.h>
 
 #include "dispatch.h"
 #include "dw/bus.h"
-#include "dw/config.h"
 #include "dw/log.h"
-#include "dw/metrics.h"
-#include "dw/ping.h"
-#include "dw/status.h"
-#include "dw/util.h"
+#include "dw/service.h"
 #include "streams.h"
 
 typedef struct dispatcher_config {
-    char *nats_url;
+    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
     int64_t fetch_batch;
     int64_t fetch_wait_ms;
     int64_t ack_wait_ms;
@@ -33,9 +27,6 @@ typedef struct dispatcher_config {
     int64_t edge_dead_ms;
     int64_t lease_ttl_ms;
     int conn_barrier;
-    char *status_host;
-    int64_t status_port;
-    char *log_level;
 } dispatcher_config;
 
 #define F(name, type, field, def, min, max, help)                                                  \
@@ -44,8 +35,7 @@ typedef struct dispatcher_config {
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0,
-      "NATS server URLs, comma-separated: every node of a cluster"),
+    DW_SERVICE_ROW_NATS_URL(dispatcher_config, svc),
     F("FETCH_BATCH", DW_CFG_INT, fetch_batch, "256", 1, 4096, "messages per pull request"),
     F("FETCH_WAIT_MS", DW_CFG_INT, fetch_wait_ms, "500", 20, 60000,
       "how long an idle pull request waits at the server (a message never waits for the batch)"),
@@ -79,11 +69,8 @@ static const dw_cfg_field fields[] = {
       "the registry apply up to it, so a message reaches every connection whose connect was "
       "acked before the message was fetched, on any edge (0: only the sending edge's own "
       "connects are waited for; one JetStream request less per round)"),
-    F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
-      "address of the status port (empty: every address; containers set 0.0.0.0)"),
-    F("STATUS_PORT", DW_CFG_INT, status_port, "9093", 0, 65535,
-      "port of /healthz, /readyz and /metrics (0 = off)"),
-    F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
+    DW_SERVICE_ROWS_STATUS(dispatcher_config, svc, "9093"),
+    DW_SERVICE_ROW_LOG_LEVEL(dispatcher_config, svc),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 
@@ -91,29 +78,17 @@ static const char summary[] =
     "DynamoWave dispatcher: delivers each accepted chat message to every edge\n"
     "holding members of its room (the SendMessage handler).";
 
-/* Until we are connected nothing is in flight, so a stop request may end
- * the process at once: dw_bus_connect blocks for as long as NATS is
- * unreachable, and a signal handler cannot interrupt it. _exit is
- * async-signal-safe. */
-static volatile sig_atomic_t connecting;
-
-static void on_stop(void *arg)
-{
-    if (connecting) _exit(0);
-}
-
-static atomic_bool ready;
-static dw_metric *ready_gauge;
+typedef struct dispatcher_app {
+    dispatcher_config cfg;
+    dispatch_cfg dc;
+    dispatcher *d;
+    atomic_bool ready;
+} dispatcher_app;
 
 static bool is_ready(void *arg)
 {
-    return atomic_load(&ready);
-}
-
-static void set_ready(bool v)
-{
-    atomic_store(&ready, v);
-    dw_metric_set(ready_gauge, v ? 1 : 0);
+    dispatcher_app *a = arg;
+    return atomic_load(&a->ready);
 }
 
 static void on_reconnect(void *arg)
@@ -121,128 +96,91 @@ static void on_reconnect(void *arg)
     dispatch_reconnected(arg);
 }
 
-/* Connecting, streams and consumer setup are retried until they work or we
- * are told to stop: the dispatcher may start before NATS or JetStream. */
-static int setup(natsConnection *nc, jsCtx *js, const dispatch_cfg *dc, dispatcher **out)
+static int init(dw_service *s)
 {
-    dlq_stream_opts dso;
-    dlq_stream_opts_default(&dso);
-    int64_t wait = 250;
-    int dlq_ok = 0;
-    while (!dw_stop) {
-        /* DW_CONN and DW_MSG are the registry's to create; the
-         * dispatcher's NATS user may only look (deploy/nats/auth.conf). */
-        if (dw_streams_exist(js) == NATS_OK) {
-            /* The deadletter service owns DW_DLQ; create it if it is not
-             * there yet, so that a message given up on has somewhere to go.
-             * Not fatal: a dead letter waits (and is retried) until it is. */
-            if (!dlq_ok && !(dlq_ok = dlq_streams_ensure(js, &dso, 0) == NATS_OK))
-                DW_WARN("dead-letter streams not available yet", "stream=%s", DW_STREAM_DLQ);
-            if (dispatch_create(out, nc, js, dc) == 0) return 0;
-        }
-        DW_WARN("setup failed, retrying", "retry_ms=%" PRId64, wait);
-        nats_Sleep(wait);
-        if (wait < 4000) wait *= 2;
-    }
-    return -1;
+    dispatcher_app *a = s->arg;
+    const dispatcher_config *c = &a->cfg;
+    a->dc = (dispatch_cfg){
+        .instance = s->instance,
+        .fetch_batch = c->fetch_batch,
+        .fetch_wait_ms = c->fetch_wait_ms,
+        .ack_wait_ms = c->ack_wait_ms,
+        .max_deliver = c->max_deliver,
+        .max_held = c->max_held,
+        .registry_timeout_ms = c->registry_timeout_ms,
+        .edge_timeout_ms = c->edge_timeout_ms,
+        .retry_base_ms = c->retry_base_ms,
+        .retry_max_ms = c->retry_max_ms,
+        .absent_retry_ms = c->absent_retry_ms,
+        .edge_dead_ms = c->edge_dead_ms,
+        .lease_ttl_ms = c->lease_ttl_ms,
+        .conn_barrier = c->conn_barrier,
+    };
+    return 0;
 }
 
-int main(int argc, char **argv)
+/* Retried until it works or we are told to stop: the dispatcher may start
+ * before NATS or JetStream. */
+static int setup(dw_service *s)
 {
-    dispatcher_config cfg = {0};
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    dispatcher *d = NULL;
-    dw_status *status = NULL;
-    dw_ping *ping = NULL;
-    char instance[DW_ID_LEN + 1] = "";
-    int rc = 1;
+    dispatcher_app *a = s->arg;
+    /* DW_CONN and DW_MSG are the registry's to create; the dispatcher's
+     * NATS user may only look (deploy/nats/auth.conf). */
+    if (dw_streams_exist(s->js) != NATS_OK) return -1;
+    /* The deadletter service owns DW_DLQ; create it if it is not there
+     * yet, so that a message given up on has somewhere to go. Not fatal: a
+     * dead letter waits (and is retried) until it is. */
+    static int dlq_ok;
+    dlq_stream_opts dso;
+    dlq_stream_opts_default(&dso);
+    if (!dlq_ok && !(dlq_ok = dlq_streams_ensure(s->js, &dso, 0) == NATS_OK))
+        DW_WARN("dead-letter streams not available yet", "stream=%s", DW_STREAM_DLQ);
+    return dispatch_create(&a->d, s->nc, s->js, &a->dc);
+}
 
-    int lr = dw_config_load(&cfg, fields, N_FIELDS, argc, argv, "dispatcher", summary);
-    if (lr != 0) {
-        dw_config_free(&cfg, fields, N_FIELDS);
-        return lr > 0 ? 0 : 2;
-    }
-    dw_log_init("dispatcher", cfg.log_level);
-    dw_signals_install(on_stop, NULL);
-    long nofile = dw_raise_nofile();
-
-    if (dw_id_random(instance)) {
-        DW_ERROR("csprng failed", "%s", "");
-        dw_config_free(&cfg, fields, N_FIELDS);
-        return 1;
-    }
-
-    dispatch_cfg dc = {
-        .instance = instance,
-        .fetch_batch = cfg.fetch_batch,
-        .fetch_wait_ms = cfg.fetch_wait_ms,
-        .ack_wait_ms = cfg.ack_wait_ms,
-        .max_deliver = cfg.max_deliver,
-        .max_held = cfg.max_held,
-        .registry_timeout_ms = cfg.registry_timeout_ms,
-        .edge_timeout_ms = cfg.edge_timeout_ms,
-        .retry_base_ms = cfg.retry_base_ms,
-        .retry_max_ms = cfg.retry_max_ms,
-        .absent_retry_ms = cfg.absent_retry_ms,
-        .edge_dead_ms = cfg.edge_dead_ms,
-        .lease_ttl_ms = cfg.lease_ttl_ms,
-        .conn_barrier = cfg.conn_barrier,
-    };
-
-    ready_gauge = dw_gauge("dw_ready", "service=\"dispatcher\"", "1 when the service is ready");
-    /* Metrics are a side show: a port in use must not stop deliveries. */
-    if (dw_status_start(&status, cfg.status_host, (int)cfg.status_port, is_ready, NULL))
-        DW_ERROR("status port not available, running without it", "port=%" PRId64, cfg.status_port);
-
-    connecting = 1;
-    natsStatus s = dw_bus_connect(&nc, cfg.nats_url, "dispatcher");
-    connecting = 0;
-    if (s == NATS_OK) s = natsConnection_JetStream(&js, nc, NULL);
-    if (s != NATS_OK) {
-        DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
-        goto done;
-    }
-    /* dwctl status lists who runs (dw.ops.ping); not being listed must not
-     * stop deliveries, so a failure here is only logged. */
-    if (dw_ping_start(&ping, nc, "dispatcher", instance, is_ready, NULL))
-        DW_WARN("not answering dw.ops.ping", "%s", "");
-    if (setup(nc, js, &dc, &d)) {
-        rc = 0; /* stopped before we were ready: still a clean stop */
-        goto done;
-    }
+static int run(dw_service *s)
+{
+    dispatcher_app *a = s->arg;
+    const dispatcher_config *c = &a->cfg;
     DW_INFO("dispatcher ready",
             "instance=%s nats=%s partitions=%d batch=%" PRId64 " max_held=%" PRId64
             " max_deliver=%" PRId64 " retry_base_ms=%" PRId64 " retry_max_ms=%" PRId64
             " lease_ttl_ms=%" PRId64 " nofile=%ld",
-            instance, cfg.nats_url, DW_MSG_PARTITIONS, cfg.fetch_batch, cfg.max_held,
-            cfg.max_deliver, cfg.retry_base_ms, cfg.retry_max_ms, cfg.lease_ttl_ms, nofile);
-    set_ready(true);
+            s->instance, c->svc.nats_url, DW_MSG_PARTITIONS, c->fetch_batch, c->max_held,
+            c->max_deliver, c->retry_base_ms, c->retry_max_ms, c->lease_ttl_ms, s->nofile);
+    atomic_store(&a->ready, true);
+    dw_bus_on_reconnect(on_reconnect, a->d);
+    int rc = dispatch_run(a->d);
+    dw_bus_on_reconnect_remove(on_reconnect, a->d);
+    atomic_store(&a->ready, false);
+    return rc ? 1 : 0;
+}
 
-    dw_bus_on_reconnect(on_reconnect, d);
-    int run_rc = dispatch_run(d);
-    dw_bus_on_reconnect_remove(on_reconnect, d);
-    set_ready(false);
-    DW_INFO("stopping", "%s", "");
-    rc = run_rc ? 1 : 0;
+/* Partitions are given back and the last acks go out while the connection
+ * is still open (the skeleton drains it afterwards). */
+static void stop(dw_service *s)
+{
+    dispatcher_app *a = s->arg;
+    dispatch_destroy(a->d);
+    a->d = NULL;
+}
 
-done:
-    dw_ping_stop(ping);
-    dispatch_destroy(d);
-    dw_status_stop(status);
-    if (nc) {
-        /* Drain: the acks of the last batch are on the wire before we close. */
-        if (natsConnection_DrainTimeout(nc, 5000) == NATS_OK) {
-            int64_t deadline = dw_mono_ns() + 6000000000LL;
-            while (!natsConnection_IsClosed(nc) && dw_mono_ns() < deadline)
-                nats_Sleep(10);
-        }
-        jsCtx_Destroy(js);
-        natsConnection_Destroy(nc);
-    }
-    nats_Close();
-    if (rc == 0) DW_INFO("stopped", "%s", "");
-    dw_config_free(&cfg, fields, N_FIELDS);
-    dw_metrics_free();
-    return rc;
+int main(int argc, char **argv)
+{
+    static dispatcher_app app;
+    dw_service s = {
+        .name = "dispatcher",
+        .summary = summary,
+        .fields = fields,
+        .n_fields = N_FIELDS,
+        .cfg = &app.cfg,
+        .common = &app.cfg.svc,
+        .arg = &app,
+        .init = init,
+        .setup = setup,
+        .run = run,
+        .stop = stop,
+        .ready = is_ready,
+    };
+    return dw_service_main(&s, argc, argv);
 }

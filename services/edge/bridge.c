@@ -326,29 +326,27 @@ int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
     b->cfg = *cfg;
     pthread_mutex_init(&b->check_mu, NULL);
     dw_cond_init_mono(&b->check_cv);
-    if (dw_bus_connect(&b->nc, cfg->nats_url, "edge") != NATS_OK) {
-        DW_ERROR("nats connect failed", "url=%s err=\"%s\"", cfg->nats_url,
-                 nats_GetLastError(NULL));
-        goto error;
-    }
+    *out = b;
+    return 0;
+}
+
+int bridge_start(edge_bridge *b, natsConnection *nc)
+{
+    b->nc = nc;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = cfg->max_pending;
+    jo.PublishAsync.MaxPending = b->cfg.max_pending;
     jo.PublishAsync.AckHandler = on_pub_ack;
     jo.PublishAsync.AckHandlerClosure = b;
     /* Past MaxPending a publish fails at once instead of stalling the loop. */
     jo.PublishAsync.StallWait = 1;
-    if (natsConnection_JetStream(&b->js, b->nc, &jo) != NATS_OK) goto error;
-    if (pthread_create(&b->setup_thread, NULL, setup_main, b)) goto error;
+    if (natsConnection_JetStream(&b->js, b->nc, &jo) != NATS_OK) return -1;
+    if (pthread_create(&b->setup_thread, NULL, setup_main, b)) return -1;
     b->setup_started = true;
-    if (pthread_create(&b->check_thread, NULL, check_main, b)) goto error;
+    if (pthread_create(&b->check_thread, NULL, check_main, b)) return -1;
     b->check_started = true;
     dw_bus_on_reconnect(on_reconnect, b);
-    *out = b;
     return 0;
-error:
-    bridge_destroy(b);
-    return -1;
 }
 
 bool bridge_ready(edge_bridge *b)
@@ -547,30 +545,33 @@ void bridge_flush(edge_bridge *b, int64_t timeout_ms)
     natsConnection_FlushTimeout(b->nc, timeout_ms);
 }
 
-void bridge_destroy(edge_bridge *b)
+void bridge_stop(edge_bridge *b)
 {
     if (!b) return;
     atomic_store(&b->stopping, true);
     dw_bus_on_reconnect_remove(on_reconnect, b);
     if (b->setup_started) pthread_join(b->setup_thread, NULL);
+    b->setup_started = false;
     if (b->check_started) {
         pthread_mutex_lock(&b->check_mu);
         pthread_cond_signal(&b->check_cv);
         pthread_mutex_unlock(&b->check_mu);
         pthread_join(b->check_thread, NULL);
     }
-    if (b->deliver_sub) natsSubscription_Unsubscribe(b->deliver_sub);
-    natsSubscription_Destroy(b->deliver_sub);
-    if (b->conn_sub) natsSubscription_Unsubscribe(b->conn_sub);
-    natsSubscription_Destroy(b->conn_sub);
-    if (b->down_sub) natsSubscription_Unsubscribe(b->down_sub);
-    natsSubscription_Destroy(b->down_sub);
-    if (b->presence_sub) natsSubscription_Unsubscribe(b->presence_sub);
-    natsSubscription_Destroy(b->presence_sub);
-    /* Closed here, no callback posts to the mailbox any more. */
-    if (b->nc) natsConnection_Close(b->nc);
+    b->check_started = false;
+    natsSubscription **subs[] = {&b->deliver_sub, &b->conn_sub, &b->down_sub, &b->presence_sub};
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+        if (*subs[i]) natsSubscription_Unsubscribe(*subs[i]);
+        natsSubscription_Destroy(*subs[i]);
+        *subs[i] = NULL;
+    }
+}
+
+void bridge_destroy(edge_bridge *b)
+{
+    if (!b) return;
+    bridge_stop(b);
     jsCtx_Destroy(b->js);
-    natsConnection_Destroy(b->nc);
     pthread_mutex_destroy(&b->check_mu);
     pthread_cond_destroy(&b->check_cv);
     free(b);

@@ -20,7 +20,6 @@
 typedef struct edge_bridge edge_bridge;
 
 typedef struct edge_bridge_config {
-    const char *nats_url;
     const char *edge_id;
     int64_t publish_timeout_ms;
     int64_t max_pending;
@@ -31,12 +30,24 @@ typedef struct edge_bridge_config {
     const atomic_uint_fast32_t *presence_listeners;
 } edge_bridge_config;
 
-/* Connects (retrying in the background forever) and starts a setup thread
- * that creates the streams and subscribes to this edge's delivery subject;
- * bridge_ready() turns true when all of that is done and NATS is connected.
- * cfg strings must outlive the bridge. */
+/* Life cycle:
+ *   bridge_create   no NATS yet: the loop can ask bridge_ready (false)
+ *   bridge_start    on the service's connection (dw/service.h; borrowed,
+ *                   it outlives the bridge): a JetStream context of its own
+ *                   for asynchronous publishes, a setup thread that waits
+ *                   for the streams and subscribes to this edge's subjects
+ *                   (bridge_ready turns true when that is done and NATS is
+ *                   connected), and the self-check thread
+ *   bridge_stop     threads joined, subscriptions closed: no new event,
+ *                   except the acks of publishes in flight, which come
+ *                   until the connection is closed
+ *   bridge_destroy  after the connection is closed
+ * cfg strings and the mailbox must outlive the bridge. */
 int bridge_create(edge_bridge **out, const edge_bridge_config *cfg);
+int bridge_start(edge_bridge *b, natsConnection *nc);
+void bridge_stop(edge_bridge *b);
 
+/* Any thread. */
 bool bridge_ready(edge_bridge *b);
 
 /* Asynchronous JetStream publishes; the result comes back as an event.
@@ -101,7 +112,7 @@ int bridge_publish_edge_down(edge_bridge *b, const char *reason, int64_t timeout
 
 /* Wait up to timeout_ms for outstanding publishes, then flush. Shutdown only. */
 void bridge_flush(edge_bridge *b, int64_t timeout_ms);
-/* Stops the setup and self-check threads, closes the connection. Events
+/* Frees the bridge (bridge_stop first, and the connection closed). Events
  * already posted stay in the mailbox. NULL-safe. */
 void bridge_destroy(edge_bridge *b);
 

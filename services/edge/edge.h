@@ -12,14 +12,15 @@
 #include "dedup.h"
 #include "dw/mailbox.h"
 #include "dw/metrics.h"
+#include "dw/service.h"
 #include "dw/util.h"
 #include "linger.h"
 #include "rooms.h"
 #include "session.h"
 
 typedef struct edge_config {
-    char *nats_url;
-    char *host; /* listen address; empty = all */
+    dw_service_cfg svc; /* NATS_URL, LOG_LEVEL (no status port: the edge's own port serves it) */
+    char *host;         /* listen address; empty = all */
     int64_t port;
     char *edge_id;          /* empty = random per start */
     int64_t max_message;    /* reassembled message, bytes */
@@ -52,15 +53,13 @@ typedef struct edge_config {
     int64_t max_outbound;
     int64_t linger_ms, linger_bytes, linger_max; /* lingering close (linger.h) */
     char *origins, *deny_cidrs;
-    char *log_level;
 } edge_config;
 
 typedef struct edge_metrics {
-    dw_metric *connections, *ready, *msgs_in, *msgs_accepted, *msgs_failed, *deliveries, *dups,
-        *writes, *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny,
-        *rejected_auth, *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls,
-        *rejected_url, *rate_limited, *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime,
-        *closed_too_large, *loop_lag;
+    dw_metric *connections, *msgs_in, *msgs_accepted, *msgs_failed, *deliveries, *dups, *writes,
+        *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny, *rejected_auth,
+        *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls, *rejected_url, *rate_limited,
+        *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime, *closed_too_large, *loop_lag;
     /* How long a message spends at each hop this edge sees (docs/operations.md) */
     dw_metric *stage_stored, *stage_delivered, *stage_written;
 } edge_metrics;
@@ -72,7 +71,6 @@ typedef struct edge {
     edge_bridge *bridge;
     struct edge_jobs *jobs;
     edge_admit admit;
-    struct dw_ping *ping;
     int64_t next_sweep_ns;
     edge_connmap conns;
     edge_rooms rooms;
@@ -87,6 +85,7 @@ typedef struct edge {
     lws_sorted_usec_list_t tick;
     int64_t tick_due_ns; /* when the tick should run: its lateness is the loop's lag */
 
+    bool inited;               /* edge_init ran: edge_free has something to free */
     dw_mailbox mailbox;        /* events for the lws thread (event.h) */
     pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
     struct lws_context *wake_ctx;
@@ -95,8 +94,15 @@ typedef struct edge {
 
 } edge;
 
-/* Run the server until dw_stop. 0 on a clean stop. */
-int edge_run(edge *e);
+/* Before NATS: the mailbox and the bridge (not started). 0 or -1. */
+int edge_init(edge *e);
+/* Run the server on the service's connection nc until dw_stop, then close
+ * every socket and stop the bridge. 0 on a clean stop. */
+int edge_run(edge *e, natsConnection *nc);
+/* Ready to take connections (the bus is up). Any thread. */
+bool edge_ready(void *e);
+/* After the connection is closed: free what edge_init and edge_run made. */
+void edge_free(edge *e);
 
 /* server.c, for the protocol handlers (lws thread only). */
 void session_close(edge_session *s, uint16_t code, const char *reason);

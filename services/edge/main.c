@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "dw/config.h"
 #include "dw/log.h"
+#include "dw/service.h"
 #include "edge.h"
 
 #define F(name, type, field, def, min, max, help)                                                  \
@@ -13,8 +13,7 @@
     }
 
 static const dw_cfg_field fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0,
-      "NATS server URLs, comma-separated: every node of a cluster"),
+    DW_SERVICE_ROW_NATS_URL(edge_config, svc),
     F("HOST", DW_CFG_STR, host, "", 0, 0, "address to listen on (empty: all)"),
     F("PORT", DW_CFG_INT, port, "8080", 1, 65535, "WebSocket and HTTP port"),
     F("EDGE_ID", DW_CFG_STR, edge_id, "", 0, 0,
@@ -100,45 +99,56 @@ static const dw_cfg_field fields[] = {
       "allowed Origin values, comma-separated (empty: any)"),
     F("DENY_CIDRS", DW_CFG_STR, deny_cidrs, "", 0, 0,
       "source ranges refused, comma-separated CIDRs"),
-    F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
+    DW_SERVICE_ROW_LOG_LEVEL(edge_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
-int main(int argc, char **argv)
+static int init(dw_service *s)
 {
-    edge_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    int rc = dw_config_load(&cfg, fields, NFIELDS, argc, argv, "edge",
-                            "DynamoWave edge: holds the WebSocket connections, routes frames on "
-                            "\"action\", publishes to NATS JetStream and writes deliveries.");
-    if (rc) {
-        dw_config_free(&cfg, fields, NFIELDS);
-        return rc > 0 ? 0 : 2;
-    }
-    dw_log_init("edge", cfg.log_level);
-
-    edge e;
-    memset(&e, 0, sizeof e);
-    e.cfg = &cfg;
-    if (cfg.edge_id[0]) {
-        if (!dw_id_valid(cfg.edge_id, strlen(cfg.edge_id))) {
+    edge *e = s->arg;
+    const edge_config *c = e->cfg;
+    if (c->edge_id[0]) {
+        if (!dw_id_valid(c->edge_id, strlen(c->edge_id))) {
             fprintf(stderr, "edge: DW_EDGE_ID must be 16 characters of [A-Za-z0-9_-]\n");
-            dw_config_free(&cfg, fields, NFIELDS);
             return 2;
         }
-        memcpy(e.edge_id, cfg.edge_id, DW_ID_LEN + 1);
-    } else if (dw_id_random(e.edge_id)) {
+        memcpy(e->edge_id, c->edge_id, DW_ID_LEN + 1);
+    } else if (dw_id_random(e->edge_id)) {
         DW_ERROR("csprng failed", "%s", "");
-        dw_config_free(&cfg, fields, NFIELDS);
         return 1;
     }
-    long nofile = dw_raise_nofile();
-    DW_INFO("starting", "edge=%s version=%s nofile=%ld", e.edge_id, DW_VERSION, nofile);
-    dw_signals_install(NULL, NULL);
+    snprintf(s->instance, sizeof s->instance, "%s", e->edge_id);
+    return edge_init(e) ? 1 : 0;
+}
 
-    rc = edge_run(&e);
-    nats_Close();
-    DW_INFO("stopped", "edge=%s", e.edge_id);
-    dw_config_free(&cfg, fields, NFIELDS);
-    return rc ? 1 : 0;
+static int run(dw_service *s)
+{
+    return edge_run(s->arg, s->nc) ? 1 : 0;
+}
+
+static void cleanup(dw_service *s)
+{
+    edge_free(s->arg);
+}
+
+int main(int argc, char **argv)
+{
+    static edge_config cfg;
+    static edge e;
+    e.cfg = &cfg;
+    dw_service s = {
+        .name = "edge",
+        .summary = "DynamoWave edge: holds the WebSocket connections, routes frames on "
+                   "\"action\", publishes to NATS JetStream and writes deliveries.",
+        .fields = fields,
+        .n_fields = NFIELDS,
+        .cfg = &cfg,
+        .common = &cfg.svc,
+        .arg = &e,
+        .init = init,
+        .run = run,
+        .cleanup = cleanup,
+        .ready = edge_ready,
+    };
+    return dw_service_main(&s, argc, argv);
 }

@@ -846,7 +846,6 @@ static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
         return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
                                        : http_text(wsi, s, 503, "not ready: bus\n");
     case HTTPROUTE_METRICS: {
-        dw_metric_set(e->m->ready, bridge_ready(e->bridge));
         size_t n = 0;
         char *text = dw_metrics_render(&n);
         return http_respond(wsi, s, 200, "text/plain; version=0.0.4", text, n);
@@ -1051,10 +1050,10 @@ static void tick(lws_sorted_usec_list_t *sul)
     e->tick_due_ns = dw_mono_ns() + TICK_US * 1000LL;
 }
 
-static bool ping_ready(void *arg)
+bool edge_ready(void *arg)
 {
     edge *e = arg;
-    return bridge_ready(e->bridge);
+    return e->bridge && bridge_ready(e->bridge);
 }
 
 static void wake(void *arg)
@@ -1073,16 +1072,32 @@ static void lws_log_bridge(int level, const char *line)
     dw_log(level == LLL_ERR ? DW_LOG_ERROR : DW_LOG_WARN, "lws", "detail=\"%.*s\"", (int)n, line);
 }
 
-int edge_run(edge *e)
+int edge_init(edge *e)
+{
+    pthread_mutex_init(&e->wake_lock, NULL);
+    if (dw_mailbox_init(&e->mailbox, wake, e)) {
+        pthread_mutex_destroy(&e->wake_lock);
+        return -1;
+    }
+    e->inited = true;
+    edge_bridge_config bc = {
+        .edge_id = e->edge_id,
+        .publish_timeout_ms = e->cfg->publish_timeout_ms,
+        .max_pending = e->cfg->publish_max_pending,
+        .mailbox = &e->mailbox,
+        .presence_listeners = &e->rooms.v1_members,
+    };
+    return bridge_create(&e->bridge, &bc);
+}
+
+int edge_run(edge *e, natsConnection *nc)
 {
     int rc = -1;
+    bool bridge_started = false;
     edge_libev ev = {0}; /* DW_EVENT_LOOP=libev */
     the_edge = e;
-    pthread_mutex_init(&e->wake_lock, NULL);
-    if (dw_mailbox_init(&e->mailbox, wake, e)) return -1;
     static edge_metrics metrics;
     metrics.connections = dw_gauge("dw_edge_connections", NULL, "connections taking part in chat");
-    metrics.ready = dw_gauge("dw_ready", "service=\"edge\"", "1 when the service is ready");
     metrics.msgs_in =
         dw_counter("dw_edge_messages_in_total", NULL, "messages received from clients");
     metrics.msgs_accepted = dw_counter("dw_edge_messages_accepted_total", NULL,
@@ -1217,18 +1232,11 @@ int edge_run(edge *e)
         goto out;
     }
 
-    edge_bridge_config bc = {
-        .nats_url = e->cfg->nats_url,
-        .edge_id = e->edge_id,
-        .publish_timeout_ms = e->cfg->publish_timeout_ms,
-        .max_pending = e->cfg->publish_max_pending,
-        .mailbox = &e->mailbox,
-        .presence_listeners = &e->rooms.v1_members,
-    };
     pthread_mutex_lock(&e->wake_lock);
     e->wake_ctx = e->ctx;
     pthread_mutex_unlock(&e->wake_lock);
-    if (bridge_create(&e->bridge, &bc)) goto out;
+    bridge_started = true; /* (a failed start is stopped like a started one) */
+    if (bridge_start(e->bridge, nc)) goto out;
     edge_jobs_config jc = {
         .edge_id = e->edge_id,
         .mailbox = &e->mailbox,
@@ -1237,7 +1245,6 @@ int edge_run(edge *e)
         .resume_max = (uint32_t)e->cfg->resume_max,
     };
     if (edge_jobs_start(&e->jobs, e->bridge, &jc)) goto out;
-    dw_ping_start(&e->ping, bridge_nc(e->bridge), "edge", e->edge_id, ping_ready, e);
 
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
@@ -1276,15 +1283,20 @@ out:
         e->ctx = NULL;
     }
     libev_stop(&ev);
-    dw_ping_stop(e->ping);
-    e->ping = NULL;
     edge_jobs_stop(e->jobs);
     e->jobs = NULL;
-    if (e->bridge) {
-        bridge_flush(e->bridge, 3000);
-        bridge_destroy(e->bridge);
-        e->bridge = NULL;
-    }
+    /* The disconnects the closes published, acked before the drain. */
+    if (bridge_started) bridge_flush(e->bridge, 3000);
+    bridge_stop(e->bridge);
+    return rc;
+}
+
+void edge_free(edge *e)
+{
+    if (!e->inited) return;
+    /* The connection is closed: no callback posts any more. */
+    bridge_destroy(e->bridge);
+    e->bridge = NULL;
     free(e->wbuf);
     linger_free(&e->linger);
     dedup_free(&e->dedup);
@@ -1300,6 +1312,4 @@ out:
     connmap_free(&e->conns);
     pthread_mutex_destroy(&e->wake_lock);
     admit_free(e);
-    dw_metrics_free();
-    return rc;
 }

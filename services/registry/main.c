@@ -13,6 +13,7 @@
  *   registry --bootstrap-from DIR    a new replica starts from a copied checkpoint */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,9 +26,7 @@
 #include "dw/config.h"
 #include "dw/crypto.h"
 #include "dw/log.h"
-#include "dw/metrics.h"
-#include "dw/ping.h"
-#include "dw/status.h"
+#include "dw/service.h"
 #include "dw/util.h"
 #include "fsutil.h"
 #include "node.h"
@@ -37,13 +36,11 @@
 #include "store.h"
 
 typedef struct reg_config {
-    char *nats_url;
+    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
     char *data_dir;
     char *replica_id;
     int64_t query_wait_ms;
     int64_t stream_replicas;
-    char *status_host;
-    int64_t status_port;
     char *checkpoint_dir;
     int64_t checkpoint_interval_s;
     int64_t checkpoint_keep;
@@ -56,7 +53,6 @@ typedef struct reg_config {
     int dry_run;
     int64_t reconcile_edge_ttl_ms;
     int64_t reconcile_timeout_ms;
-    char *log_level;
 } reg_config;
 
 #define F(name, type, field, def, min, max, help)                                                  \
@@ -64,7 +60,7 @@ typedef struct reg_config {
         name, type, offsetof(reg_config, field), def, min, max, help                               \
     }
 static const dw_cfg_field reg_fields[] = {
-    F("NATS_URL", DW_CFG_STR, nats_url, "nats://127.0.0.1:4222", 0, 0, "NATS server URLs, comma-separated: every node of a cluster"),
+    DW_SERVICE_ROW_NATS_URL(reg_config, svc),
     F("DATA_DIR", DW_CFG_STR, data_dir, "var", 0, 0,
       "data directory; the table is <DATA_DIR>/registry/<REPLICA_ID>/db"),
     F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
@@ -73,10 +69,7 @@ static const dw_cfg_field reg_fields[] = {
       "replicas of DW_CONN and DW_MSG, which the registry creates (3 in a cluster)"),
     F("QUERY_WAIT_MS", DW_CFG_INT, query_wait_ms, "2000", 0, 60000,
       "how long a room query waits for the table to reach its min_seq"),
-    F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
-      "address of the status port (empty: every address; containers set 0.0.0.0)"),
-    F("STATUS_PORT", DW_CFG_INT, status_port, "9090", 0, 65535,
-      "/healthz /readyz /metrics port (0: none)"),
+    DW_SERVICE_ROWS_STATUS(reg_config, svc, "9090"),
     F("CHECKPOINT_DIR", DW_CFG_STR, checkpoint_dir, "", 0, 0,
       "checkpoints directory (empty: <DATA_DIR>/registry/<REPLICA_ID>/checkpoints); on the "
       "table's filesystem checkpoints are hard links"),
@@ -109,7 +102,7 @@ static const dw_cfg_field reg_fields[] = {
       "in time is left as it is)"),
     F("DRY_RUN", DW_CFG_BOOL, dry_run, "0", 0, 0,
       "with --restore-to: print the plan, change nothing"),
-    F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
+    DW_SERVICE_ROW_LOG_LEVEL(reg_config, svc),
 };
 #undef F
 #define REG_NFIELDS (sizeof reg_fields / sizeof reg_fields[0])
@@ -198,21 +191,6 @@ static int keys_load(const reg_config *c, dw_keyring **out)
     return 0;
 }
 
-/* Streams must exist before the consumer; NATS may still be coming up. */
-static int streams_ensure_retry(jsCtx *js, int replicas)
-{
-    dw_stream_opts so;
-    dw_stream_opts_default(&so);
-    so.replicas = replicas;
-    int64_t backoff = 100;
-    while (!dw_stop) {
-        if (dw_streams_ensure(js, &so) == NATS_OK) return 0;
-        nats_Sleep(backoff);
-        if (backoff < 2000) backoff *= 2;
-    }
-    return -1;
-}
-
 /* --restore-to: rebuild the stopped replica's table and exit. */
 static int restore_offline(const reg_config *c, jsCtx *js, const char *replica_dir,
                            const char *ckpt_dir, const dw_keyring *keys)
@@ -261,160 +239,188 @@ static int restore_offline(const reg_config *c, jsCtx *js, const char *replica_d
     return 0;
 }
 
-int main(int argc, char **argv)
-{
-    reg_config cfg = {0};
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    dw_keyring *keys = NULL;
-    reg_store *st = NULL;
-    reg_node *node = NULL;
-    reg_ops *ops = NULL;
-    reg_reconcile *recon = NULL;
-    dw_status *status = NULL;
-    dw_ping *ping = NULL;
-    char *err = NULL;
+typedef struct reg_app {
+    reg_config cfg;
     char replica_dir[4096], ckpt_dir[4096], dbdir[4200];
-    int rc = 1, lock_fd = -1;
+    int lock_fd;
+    dw_keyring *keys;
+    reg_store *st;
+    _Atomic(reg_node *) node;
+    reg_ops *ops;
+    reg_reconcile *recon;
+} reg_app;
 
-    int lr = dw_config_load(&cfg, reg_fields, REG_NFIELDS, argc, argv, "registry",
-                            "DynamoWave registry: the connections table (DW_CONN -> RocksDB), "
-                            "its checkpoints, point-in-time restore and encryption at rest.");
-    if (lr != 0) {
-        dw_config_free(&cfg, reg_fields, REG_NFIELDS);
-        return lr > 0 ? 0 : 2;
-    }
-    dw_log_init("registry", cfg.log_level);
-    if (!replica_id_valid(cfg.replica_id)) {
+static bool is_ready(void *arg)
+{
+    reg_app *a = arg;
+    reg_node *n = atomic_load(&a->node);
+    return n && reg_node_ready(n);
+}
+
+/* Before NATS: the replica directory, its lock, the keys, and whatever a
+ * kill -9 interrupted. */
+static int init(dw_service *s)
+{
+    reg_app *a = s->arg;
+    const reg_config *c = &a->cfg;
+    char *err = NULL;
+    a->lock_fd = -1;
+    if (!replica_id_valid(c->replica_id)) {
         fprintf(stderr, "registry: REPLICA_ID must be 1-32 of [A-Za-z0-9_-]\n");
-        dw_config_free(&cfg, reg_fields, REG_NFIELDS);
         return 2;
     }
-    dw_signals_install(NULL, NULL);
-    dw_raise_nofile();
+    snprintf(s->instance, sizeof s->instance, "%s", c->replica_id);
+    snprintf(s->conn_name, sizeof s->conn_name, "registry-%s", c->replica_id);
+    s->offline = *c->restore_to != '\0';
 
-    int n =
-        snprintf(replica_dir, sizeof replica_dir, "%s/registry/%s", cfg.data_dir, cfg.replica_id);
-    if (n < 0 || (size_t)n >= sizeof replica_dir || reg_fs_mkdir_p(replica_dir)) {
-        DW_ERROR("cannot create the data directory", "dir=\"%s\" err=\"%s\"", replica_dir,
+    int n = snprintf(a->replica_dir, sizeof a->replica_dir, "%s/registry/%s", c->data_dir,
+                     c->replica_id);
+    if (n < 0 || (size_t)n >= sizeof a->replica_dir || reg_fs_mkdir_p(a->replica_dir)) {
+        DW_ERROR("cannot create the data directory", "dir=\"%s\" err=\"%s\"", a->replica_dir,
                  strerror(errno));
-        goto done;
+        return 1;
     }
-    if (*cfg.checkpoint_dir)
-        n = snprintf(ckpt_dir, sizeof ckpt_dir, "%s", cfg.checkpoint_dir);
+    if (*c->checkpoint_dir)
+        n = snprintf(a->ckpt_dir, sizeof a->ckpt_dir, "%s", c->checkpoint_dir);
     else
-        n = snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", replica_dir);
-    if (n < 0 || (size_t)n >= sizeof ckpt_dir ||
-        reg_fs_join(dbdir, sizeof dbdir, replica_dir, "db")) {
-        DW_ERROR("directory name too long", "dir=\"%s\"", replica_dir);
-        goto done;
+        n = snprintf(a->ckpt_dir, sizeof a->ckpt_dir, "%s/checkpoints", a->replica_dir);
+    if (n < 0 || (size_t)n >= sizeof a->ckpt_dir ||
+        reg_fs_join(a->dbdir, sizeof a->dbdir, a->replica_dir, "db")) {
+        DW_ERROR("directory name too long", "dir=\"%s\"", a->replica_dir);
+        return 1;
     }
-    if ((lock_fd = replica_lock(replica_dir)) < 0) goto done;
-    if (keys_load(&cfg, &keys)) goto done;
+    if ((a->lock_fd = replica_lock(a->replica_dir)) < 0) return 1;
+    if (keys_load(c, &a->keys)) return 1;
 
     /* Whatever a kill -9 interrupted: finish a swap, drop a half build,
      * drop a half checkpoint. */
-    int rec = reg_restore_recover(replica_dir);
+    int rec = reg_restore_recover(a->replica_dir);
     if (rec < 0) {
-        DW_ERROR("cannot repair the replica directory", "dir=\"%s\" err=\"%s\"", replica_dir,
+        DW_ERROR("cannot repair the replica directory", "dir=\"%s\" err=\"%s\"", a->replica_dir,
                  strerror(errno));
-        goto done;
+        return 1;
     }
     if (rec > 0)
-        DW_WARN("finished swapping in a restored table after a crash", "dir=\"%s\"", replica_dir);
-    reg_ckpt_cleanup_tmp(ckpt_dir);
+        DW_WARN("finished swapping in a restored table after a crash", "dir=\"%s\"",
+                a->replica_dir);
+    reg_ckpt_cleanup_tmp(a->ckpt_dir);
 
-    if (*cfg.bootstrap_from) {
-        reg_ckpt c;
-        int b = reg_bootstrap(replica_dir, cfg.bootstrap_from, keys, &c, &err);
+    if (*c->bootstrap_from) {
+        reg_ckpt ck;
+        int b = reg_bootstrap(a->replica_dir, c->bootstrap_from, a->keys, &ck, &err);
         if (b < 0) {
-            DW_ERROR("bootstrap failed", "from=\"%s\" err=\"%s\"", cfg.bootstrap_from,
+            DW_ERROR("bootstrap failed", "from=\"%s\" err=\"%s\"", c->bootstrap_from,
                      err ? err : "?");
-            goto done;
+            free(err);
+            return 1;
         }
         if (b == 0)
-            DW_INFO("the replica has a table already; BOOTSTRAP_FROM ignored", "dir=\"%s\"", dbdir);
+            DW_INFO("the replica has a table already; BOOTSTRAP_FROM ignored", "dir=\"%s\"",
+                    a->dbdir);
         else
             DW_INFO("bootstrapped from a checkpoint; catching up from its sequence",
-                    "from=\"%s\" applied_seq=%llu connections=%llu", cfg.bootstrap_from,
-                    (unsigned long long)c.applied_seq, (unsigned long long)c.connections);
+                    "from=\"%s\" applied_seq=%llu connections=%llu", c->bootstrap_from,
+                    (unsigned long long)ck.applied_seq, (unsigned long long)ck.connections);
     }
+    return 0;
+}
 
-    char name[64];
-    snprintf(name, sizeof name, "registry-%s", cfg.replica_id);
-    natsStatus s = dw_bus_connect(&nc, cfg.nats_url, name);
-    if (s == NATS_OK) s = natsConnection_JetStream(&js, nc, NULL);
-    if (s != NATS_OK) {
-        DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
-        goto done;
-    }
-    if (streams_ensure_retry(js, (int)cfg.stream_replicas)) {
-        rc = 0; /* stopped while waiting for NATS */
-        goto done;
-    }
+/* Streams must exist before the consumer; NATS may still be coming up.
+ * The registry owns DW_CONN and DW_MSG: it creates or updates them. */
+static int setup(dw_service *s)
+{
+    reg_app *a = s->arg;
+    dw_stream_opts so;
+    dw_stream_opts_default(&so);
+    so.replicas = (int)a->cfg.stream_replicas;
+    return dw_streams_ensure(s->js, &so) == NATS_OK ? 0 : -1;
+}
 
-    if (*cfg.restore_to) {
-        rc = restore_offline(&cfg, js, replica_dir, ckpt_dir, keys);
-        goto done;
-    }
+static int run(dw_service *s)
+{
+    reg_app *a = s->arg;
+    const reg_config *c = &a->cfg;
+    char *err = NULL;
+    if (*c->restore_to) return restore_offline(c, s->js, a->replica_dir, a->ckpt_dir, a->keys);
 
-    reg_store_opts so = {.keys = keys};
-    if (reg_store_open_opts(&st, dbdir, &so, &err)) {
-        DW_ERROR("cannot open the table", "dir=\"%s\" err=\"%s\"", dbdir, err ? err : "?");
-        goto done;
+    reg_store_opts so = {.keys = a->keys};
+    if (reg_store_open_opts(&a->st, a->dbdir, &so, &err)) {
+        DW_ERROR("cannot open the table", "dir=\"%s\" err=\"%s\"", a->dbdir, err ? err : "?");
+        free(err);
+        return 1;
     }
-    DW_INFO("table opened", "dir=\"%s\" applied_seq=%llu connections=%llu", dbdir,
-            (unsigned long long)reg_store_applied_seq(st), (unsigned long long)reg_store_count(st));
+    DW_INFO("table opened", "dir=\"%s\" applied_seq=%llu connections=%llu", a->dbdir,
+            (unsigned long long)reg_store_applied_seq(a->st),
+            (unsigned long long)reg_store_count(a->st));
 
     reg_reconcile_opts ro;
     reg_reconcile_opts_default(&ro);
-    ro.edge_ttl_ms = cfg.reconcile_edge_ttl_ms;
-    ro.request_timeout_ms = cfg.reconcile_timeout_ms;
-    if (reg_reconcile_start(&recon, nc, js, &ro)) goto done;
+    ro.edge_ttl_ms = c->reconcile_edge_ttl_ms;
+    ro.request_timeout_ms = c->reconcile_timeout_ms;
+    if (reg_reconcile_start(&a->recon, s->nc, s->js, &ro)) return 1;
 
     reg_node_cfg nc_cfg = {
-        .replica_id = cfg.replica_id,
-        .replica_dir = replica_dir,
-        .ckpt_dir = ckpt_dir,
-        .query_wait_ms = cfg.query_wait_ms,
-        .ckpt_interval_s = cfg.checkpoint_interval_s,
-        .ckpt_keep = cfg.checkpoint_keep,
-        .ckpt_max_age_s = cfg.checkpoint_max_age_s,
-        .keys = keys,
-        .reconcile = recon,
+        .replica_id = c->replica_id,
+        .replica_dir = a->replica_dir,
+        .ckpt_dir = a->ckpt_dir,
+        .query_wait_ms = c->query_wait_ms,
+        .ckpt_interval_s = c->checkpoint_interval_s,
+        .ckpt_keep = c->checkpoint_keep,
+        .ckpt_max_age_s = c->checkpoint_max_age_s,
+        .keys = a->keys,
+        .reconcile = a->recon,
     };
-    int node_rc = reg_node_create(&node, &nc_cfg, st, nc, js);
-    st = NULL; /* the node owns it now */
-    if (node_rc) goto done;
-    if (reg_ops_start(&ops, nc, node, cfg.replica_id)) goto done;
-    /* dwctl status lists the replicas that answer. */
-    if (dw_ping_start(&ping, nc, "registry", cfg.replica_id, reg_node_ready, node)) goto done;
-    if (dw_status_start(&status, cfg.status_host, (int)cfg.status_port, reg_node_ready, node)) {
-        DW_ERROR("cannot start the status port", "port=%lld", (long long)cfg.status_port);
-        goto done;
-    }
-    if (reg_node_run(node) == 0) {
-        rc = 0;
-        DW_INFO("stopping", "replica=%s", cfg.replica_id);
-    }
+    reg_node *node = NULL;
+    int node_rc = reg_node_create(&node, &nc_cfg, a->st, s->nc, s->js);
+    a->st = NULL; /* the node owns it now */
+    if (node_rc) return 1;
+    atomic_store(&a->node, node);
+    if (reg_ops_start(&a->ops, s->nc, node, c->replica_id)) return 1;
+    return reg_node_run(node) ? 1 : 0;
+}
 
-done:
-    dw_status_stop(status);
-    dw_ping_stop(ping);
-    if (reg_ops_stop(ops)) { /* an operation may still use them: leave them to the exit */
+static void stop(dw_service *s)
+{
+    reg_app *a = s->arg;
+    reg_node *node = atomic_load(&a->node);
+    if (reg_ops_stop(a->ops)) { /* an operation may still use them: leave them to the exit */
         node = NULL;
-        recon = NULL;
+        a->recon = NULL;
     }
+    a->ops = NULL;
+    atomic_store(&a->node, NULL);
     reg_node_free(node);
-    reg_reconcile_free(recon);
-    reg_store_close(st);
-    free(err);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    nats_CloseAndWait(2000);
-    dw_keyring_free(keys);
-    dw_metrics_free();
-    if (lock_fd >= 0) close(lock_fd);
-    dw_config_free(&cfg, reg_fields, REG_NFIELDS);
-    return rc;
+    reg_reconcile_free(a->recon);
+    a->recon = NULL;
+    reg_store_close(a->st);
+    a->st = NULL;
+}
+
+static void cleanup(dw_service *s)
+{
+    reg_app *a = s->arg;
+    dw_keyring_free(a->keys);
+    if (a->lock_fd >= 0) close(a->lock_fd);
+}
+
+int main(int argc, char **argv)
+{
+    static reg_app app;
+    dw_service s = {
+        .name = "registry",
+        .summary = "DynamoWave registry: the connections table (DW_CONN -> RocksDB), its "
+                   "checkpoints, point-in-time restore and encryption at rest.",
+        .fields = reg_fields,
+        .n_fields = REG_NFIELDS,
+        .cfg = &app.cfg,
+        .common = &app.cfg.svc,
+        .arg = &app,
+        .init = init,
+        .setup = setup,
+        .run = run,
+        .stop = stop,
+        .cleanup = cleanup,
+        .ready = is_ready,
+    };
+    return dw_service_main(&s, argc, argv);
 }

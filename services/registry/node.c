@@ -46,7 +46,7 @@ struct reg_node {
     int reconcile_pending; /* a resume lifted a hold: reconcile once caught up (mu) */
 
     struct {
-        dw_metric *connections, *applied_seq, *last_ckpt_ts, *ckpts, *ready;
+        dw_metric *connections, *applied_seq, *last_ckpt_ts, *ckpts;
     } m;
 };
 
@@ -243,7 +243,6 @@ static int serve(reg_node *n)
     atomic_store(&n->q_notify, n->q);
     /* What the apply thread applied before it could see q. */
     reg_query_notify(n->q, reg_store_applied_seq(n->st));
-    dw_metric_set(n->m.ready, 1);
     DW_INFO("serving queries", "replica=%s state=%s applied_seq=%llu connections=%llu",
             n->cfg.replica_id, reg_state_name(atomic_load(&n->state)),
             (unsigned long long)reg_store_applied_seq(n->st),
@@ -286,7 +285,6 @@ int reg_node_create(reg_node **out, const reg_node_cfg *cfg, reg_store *st, nats
     n->m.last_ckpt_ts = dw_gauge("dw_registry_last_checkpoint_timestamp_seconds", NULL,
                                  "when the newest checkpoint was taken (unix seconds)");
     n->m.ckpts = dw_counter("dw_registry_checkpoints_total", NULL, "checkpoints taken");
-    n->m.ready = dw_gauge("dw_ready", "service=\"registry\"", "1 when the service is ready");
     dw_metric_set(n->m.connections, (int64_t)reg_store_count(st));
     dw_metric_set(n->m.applied_seq, (int64_t)reg_store_applied_seq(st));
 
@@ -365,7 +363,6 @@ void reg_node_free(reg_node *n)
     pthread_mutex_lock(&n->amu);
     apply_stop(n);
     pthread_mutex_unlock(&n->amu);
-    dw_metric_set(n->m.ready, 0);
     atomic_store(&n->q_notify, NULL);
     reg_query_stop(n->q);
     reg_query_free(n->q);
