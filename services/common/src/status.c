@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dw/http.h"
 #include "dw/log.h"
-#include "dw/metrics.h"
 
 struct dw_status {
     struct lws_context *ctx;
@@ -17,24 +17,8 @@ struct dw_status {
     void *arg;
 };
 
-typedef struct status_req {
-    char *body;
-    size_t len, sent;
-} status_req;
-
-static int respond(struct lws *wsi, status_req *r, unsigned int code, const char *ctype, char *body,
-                   size_t len)
-{
-    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
-    r->body = body;
-    r->len = len;
-    r->sent = 0;
-    if (lws_add_http_common_headers(wsi, code, ctype, len, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-        return 1;
-    lws_callback_on_writable(wsi);
-    return 0;
-}
+/* A request's answer (the per-connection user data). */
+typedef dw_http_body status_req;
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
@@ -44,44 +28,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_HTTP: {
         const char *uri = in;
-        if (!strcmp(uri, "/healthz")) return respond(wsi, r, 200, "text/plain", strdup("ok\n"), 3);
+        if (!strcmp(uri, "/healthz")) return dw_http_text(wsi, r, 200, "ok\n");
         if (!strcmp(uri, "/readyz")) {
             bool ok = st->ready ? st->ready(st->arg) : true;
-            return respond(wsi, r, ok ? 200 : 503, "text/plain",
-                           strdup(ok ? "ready\n" : "not ready\n"), ok ? 6 : 10);
+            return dw_http_text(wsi, r, ok ? 200 : 503, ok ? "ready\n" : "not ready\n");
         }
-        if (!strcmp(uri, "/metrics")) {
-            size_t n = 0;
-            char *text = dw_metrics_render(&n);
-            if (!text) return 1;
-            return respond(wsi, r, 200, "text/plain; version=0.0.4", text, n);
-        }
-        return respond(wsi, r, 404, "text/plain", strdup("not found\n"), 10);
+        if (!strcmp(uri, "/metrics")) return dw_http_metrics(wsi, r);
+        return dw_http_text(wsi, r, 404, "not found\n");
     }
-    case LWS_CALLBACK_HTTP_WRITEABLE: {
-        if (!r->body) return 0;
-        /* Write in chunks; lws wants LWS_PRE of headroom before each. */
-        unsigned char buf[LWS_PRE + 8192];
-        size_t n = r->len - r->sent;
-        if (n > 8192) n = 8192;
-        memcpy(buf + LWS_PRE, r->body + r->sent, n);
-        r->sent += n;
-        int final = r->sent == r->len;
-        if (lws_write(wsi, buf + LWS_PRE, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) !=
-            (int)n)
-            return 1;
-        if (!final) {
-            lws_callback_on_writable(wsi);
-            return 0;
-        }
-        free(r->body);
-        r->body = NULL;
-        return lws_http_transaction_completed(wsi) ? -1 : 0;
-    }
-    case LWS_CALLBACK_CLOSED_HTTP:
-        free(r->body);
-        r->body = NULL;
-        return 0;
+    case LWS_CALLBACK_HTTP_WRITEABLE: return dw_http_write(wsi, r, false);
+    case LWS_CALLBACK_CLOSED_HTTP: dw_http_body_free(r); return 0;
     default: return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
