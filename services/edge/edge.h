@@ -106,17 +106,14 @@ void edge_free(edge *e);
 
 /* server.c, for the protocol handlers (lws thread only). */
 void session_close(edge_session *s, uint16_t code, const char *reason);
-int session_send_text(edge_session *s, const char *text, size_t len);
+int session_send_text(edge *e, edge_session *s, const char *text, size_t len);
 /* Queue a shared frame to a ready session. */
 void session_deliver(edge *e, edge_session *s, edge_frame *f);
 
-/* v1.c: the dynamowave.v1 protocol (lws thread only). */
+/* v1.c: the dynamowave.v1 bus events (lws thread only); the protocol
+ * itself is edge_proto_v1 (protocol.h). */
 struct edge_job;
-void v1_on_ready(edge *e, edge_session *s);
-void v1_handle(edge *e, edge_session *s, const char *buf, size_t len);
-void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev);
 void v1_on_job_done(edge *e, struct edge_job *job);
 void v1_on_presence(edge *e, const Dw__ConnEvent *ce);
-void v1_session_free(edge_session *s);
 
 #endif

@@ -185,9 +185,7 @@ static void run_join(edge_jobs *j, edge_job *job)
                                                 (int)len, j->cfg.timeout_ms)
                        : NATS_NO_MEMORY;
     free(buf);
-    Dw__RoomEdges *re = s == NATS_OK
-                            ? dw_pb_unpack(&dw__room_edges__descriptor, reply)
-                            : NULL;
+    Dw__RoomEdges *re = s == NATS_OK ? dw_pb_unpack(&dw__room_edges__descriptor, reply) : NULL;
     bool ok = re && re->ok;
     if (re) dw__room_edges__free_unpacked(re, NULL);
     natsMsg_Destroy(reply);
@@ -259,8 +257,7 @@ static void run_presence(edge_jobs *j, edge_job *job)
                                                 (int)len, j->cfg.timeout_ms)
                        : NATS_NO_MEMORY;
     free(buf);
-    if (s == NATS_OK)
-        job->presence = dw_pb_unpack(&dw__presence_reply__descriptor, reply);
+    if (s == NATS_OK) job->presence = dw_pb_unpack(&dw__presence_reply__descriptor, reply);
     natsMsg_Destroy(reply);
     if (!job->presence || !job->presence->ok) job->error = "unavailable";
 }

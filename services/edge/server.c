@@ -15,17 +15,11 @@
 #include "jobs.h"
 #include "linger.h"
 #include "proto_v1.h"
+#include "protocol.h"
 #include "routes.h"
 #include "utf8.h"
 
 #define TICK_US (100 * 1000)
-
-static edge *the_edge; /* lws callbacks reach the process state through this */
-
-static edge *the_edge_for_send(void)
-{
-    return the_edge;
-}
 
 /* ---- writing ---------------------------------------------------------- */
 
@@ -63,11 +57,9 @@ static bool over_outbound_cap(edge *e, edge_session *s, size_t add)
     return true;
 }
 
-static edge *the_edge_for_send(void);
-
-int session_send_text(edge_session *s, const char *text, size_t len)
+int session_send_text(edge *e, edge_session *s, const char *text, size_t len)
 {
-    if (over_outbound_cap(the_edge_for_send(), s, len + 10)) return 0;
+    if (over_outbound_cap(e, s, len + 10)) return 0;
     edge_frame *f = frame_text(text, len);
     if (!f) return -1;
     int rc = outbox_push(&s->out, f);
@@ -119,17 +111,10 @@ static int on_writeable(edge *e, edge_session *s)
 
 /* ---- inbound ---------------------------------------------------------- */
 
-static void reply_error(edge_session *s, const char *message, const char *request_id)
-{
-    size_t len;
-    char *body = routes_error_reply(message, s->id, request_id, &len);
-    if (body) session_send_text(s, body, len);
-    free(body);
-}
-
+/* One whole message from the client: the rate limits first, then the
+ * session's protocol. */
 static void handle_message(edge *e, edge_session *s, const char *buf, size_t len)
 {
-    edge_request req;
     dw_metric_inc(e->m->msgs_in);
     s->last_active_ms = dw_now_ms();
     bool strike_out = false;
@@ -148,61 +133,10 @@ static void handle_message(edge *e, edge_session *s, const char *buf, size_t len
             s->rx_paused_until_ms = s->last_active_ms + 1000;
             lws_rx_flow_control(s->wsi, 0);
         }
-        if (s->v1) {
-            size_t tlen = 0;
-            char *t = v1_error("rate_limited", "too many messages", NULL, wait_ms, &tlen);
-            if (t) session_send_text(s, t, tlen);
-            free(t);
-        } else {
-            char rid[DW_ID_LEN + 1] = "";
-            dw_id_random(rid);
-            reply_error(s, "Too Many Requests", rid);
-        }
+        s->proto->on_throttled(e, s, wait_ms);
         return;
     }
-    if (s->v1) {
-        v1_handle(e, s, buf, len);
-        return;
-    }
-    if (routes_parse(buf, len, &req)) {
-        session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
-        return;
-    }
-    switch (req.route) {
-    case ROUTE_SENDMESSAGE: {
-        char id[DW_MSGID_CHAT_MAX];
-        dw_msgid_chat(id, sizeof id, s->id, ++s->msg_counter);
-        Dw__ChatMessage m = DW__CHAT_MESSAGE__INIT;
-        m.id = id;
-        m.room = DW_ROOM_LOBBY;
-        m.conn_id = s->id;
-        m.user_id = s->user;
-        m.data.data = (uint8_t *)req.data;
-        m.data.len = req.data_len;
-        m.ts_ms = s->last_active_ms;
-        m.conn_seq = e->conn_seq_acked;
-        if (bridge_publish_msg(e->bridge, &m, NULL)) reply_error(s, "Internal server error", id);
-        break;
-    }
-    case ROUTE_BAD_REQUEST: {
-        char rid[DW_ID_LEN + 1] = "";
-        dw_id_random(rid);
-        char msg[160];
-        snprintf(msg, sizeof msg, "Bad request: %s", req.error);
-        reply_error(s, msg, rid);
-        break;
-    }
-    case ROUTE_DEFAULT: {
-        edge_conn_info ci = {s->id, s->ip, s->user_agent, s->connected_at_ms, s->last_active_ms};
-        size_t rlen;
-        char *reply = routes_default_reply(&ci, &rlen);
-        if (reply) session_send_text(s, reply, rlen);
-        free(reply);
-        dw_metric_inc(e->m->default_replies);
-        break;
-    }
-    }
-    routes_request_free(&req);
+    s->proto->on_message(e, s, buf, len);
 }
 
 static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
@@ -330,6 +264,7 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     lws_get_peer_simple(wsi, s->ip, sizeof s->ip);
     const struct lws_protocols *proto = lws_get_protocol(wsi);
     s->v1 = proto && proto->name && !strcmp(proto->name, V1_PROTOCOL);
+    s->proto = s->v1 ? &edge_proto_v1 : &edge_proto_aws;
     char name[80];
     const char *given = lws_get_urlarg_by_name(wsi, "name=", name, sizeof name);
     if (s->user[0]) {
@@ -384,7 +319,7 @@ static void on_closed(edge *e, edge_session *s)
         publish_disconnect(e, s->id, s->user, rooms, n,
                            s->close_code ? "closed_by_server" : "closed");
     }
-    v1_session_free(s);
+    if (s->proto) s->proto->on_closed(e, s);
     if (s->state == SESS_READY) dw_metric_set(e->m->connections, --e->nready);
     rooms_leave_all(&e->rooms, s);
     connmap_del(&e->conns, s->id);
@@ -413,12 +348,11 @@ static void on_connect_ack(edge *e, edge_event *ev)
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "connect event not durable");
         return;
     }
-    if (!s->v1 && rooms_join(&e->rooms, s, DW_ROOM_LOBBY) < 0) {
+    if (s->proto->on_ready(e, s) < 0) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         return;
     }
     s->state = SESS_READY;
-    if (s->v1) v1_on_ready(e, s);
     dw_metric_set(e->m->connections, ++e->nready);
     while (s->pending && s->state == SESS_READY) {
         edge_pending_rx *p = s->pending;
@@ -432,19 +366,16 @@ static void on_connect_ack(edge *e, edge_event *ev)
 
 static void on_msg_ack(edge *e, edge_event *ev)
 {
-    edge_session *vs = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
+    edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
     if (ev->ok)
         dw_metric_inc(e->m->msgs_accepted);
     else
         dw_metric_inc(e->m->msgs_failed);
-    if (vs && vs->v1 && vs->state == SESS_READY) {
-        v1_on_msg_ack(e, vs, ev);
-        return;
-    }
-    if (ev->ok) return;
-    DW_WARN("message not durable", "conn=%s id=%s err=\"%s\"", ev->conn_id, ev->msg_id, ev->error);
-    edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
-    if (s && s->state == SESS_READY) reply_error(s, "Internal server error", ev->msg_id);
+    if (s && s->state == SESS_READY)
+        s->proto->on_ack(e, s, ev);
+    else if (!ev->ok)
+        DW_WARN("message not durable", "conn=%s id=%s err=\"%s\"", ev->conn_id, ev->msg_id,
+                ev->error);
 }
 
 /* Disconnect events that failed wait here for their next try, with a
@@ -750,7 +681,7 @@ static void on_conn_request(edge *e, edge_event *ev)
         case DW__CONN_REQUEST__OP__POST:
             if (rq->data.len > (size_t)e->cfg->max_message)
                 r.error = DW_ERR_TEXT_TOO_LARGE;
-            else if (session_send_text(s, (const char *)rq->data.data, rq->data.len))
+            else if (session_send_text(e, s, (const char *)rq->data.data, rq->data.len))
                 r.error = DW_ERR_TEXT_OUT_OF_MEMORY;
             break;
         case DW__CONN_REQUEST__OP__CLOSE:
@@ -797,28 +728,10 @@ static void drain_events(edge *e)
 
 /* ---- HTTP -------------------------------------------------------------- */
 
-/* Takes ownership of body (malloc'd); NULL body means out of memory. */
-static int http_respond(struct lws *wsi, edge_session *s, unsigned int code, const char *ctype,
-                        char *body, size_t len)
-{
-    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
-    s->state = SESS_HTTP;
-    if (!body) return 1;
-    s->http_body = body;
-    s->http_len = len;
-    s->http_sent = 0;
-    if (lws_add_http_common_headers(wsi, code, ctype, len, &p, end) ||
-        lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL, (unsigned char *)"no-store",
-                                     8, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-        return 1;
-    lws_callback_on_writable(wsi);
-    return 0;
-}
-
 static int http_text(struct lws *wsi, edge_session *s, unsigned int code, const char *text)
 {
-    return http_respond(wsi, s, code, "text/plain; charset=utf-8", strdup(text), strlen(text));
+    s->state = SESS_HTTP;
+    return dw_http_text(wsi, &s->http, code, text);
 }
 
 static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
@@ -845,11 +758,7 @@ static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
     case HTTPROUTE_READYZ:
         return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
                                        : http_text(wsi, s, 503, "not ready: bus\n");
-    case HTTPROUTE_METRICS: {
-        size_t n = 0;
-        char *text = dw_metrics_render(&n);
-        return http_respond(wsi, s, 200, "text/plain; version=0.0.4", text, n);
-    }
+    case HTTPROUTE_METRICS: s->state = SESS_HTTP; return dw_http_metrics(wsi, &s->http);
     case HTTPROUTE_FILE: {
         /* One of a fixed list of files, served by lws from WEB_DIR; a
          * file that resolves outside it (a symlink) is not served. */
@@ -870,33 +779,12 @@ static int on_http(edge *e, struct lws *wsi, edge_session *s, const char *uri)
     return http_text(wsi, s, 404, "not found\n");
 }
 
-static int on_http_writeable(struct lws *wsi, edge_session *s)
-{
-    if (!s->http_body) return 0;
-    unsigned char buf[LWS_PRE + 8192];
-    size_t n = s->http_len - s->http_sent;
-    if (n > 8192) n = 8192;
-    memcpy(buf + LWS_PRE, s->http_body + s->http_sent, n);
-    s->http_sent += n;
-    int final = s->http_sent == s->http_len;
-    if (lws_write(wsi, buf + LWS_PRE, n, final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) != (int)n)
-        return 1;
-    if (!final) {
-        lws_callback_on_writable(wsi);
-        return 0;
-    }
-    free(s->http_body);
-    s->http_body = NULL;
-    if (s->http_close || lws_http_transaction_completed(wsi)) return -1;
-    return 0;
-}
-
 /* ---- the callback ------------------------------------------------------ */
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
-    edge *e = the_edge;
+    edge *e = lws_context_user(lws_get_context(wsi));
     edge_session *s = user;
 
     switch (reason) {
@@ -942,14 +830,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         on_closed(e, s);
         return 0;
     case LWS_CALLBACK_HTTP: return s ? on_http(e, wsi, s, in) : -1;
-    case LWS_CALLBACK_HTTP_WRITEABLE: return s ? on_http_writeable(wsi, s) : -1;
+    case LWS_CALLBACK_HTTP_WRITEABLE: return s ? dw_http_write(wsi, &s->http, s->http_close) : -1;
     case LWS_CALLBACK_CLOSED_HTTP:
         /* lws also reports closes of connections it never gave user data
          * (e.g. a failed TLS accept). */
-        if (s) {
-            free(s->http_body);
-            s->http_body = NULL;
-        }
+        dw_http_body_free(s ? &s->http : NULL);
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (e) drain_events(e);
@@ -957,6 +842,68 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     default: return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
+
+/* ---- metrics ------------------------------------------------------------ */
+
+static const double stage_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                      0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+static const double lag_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
+
+#define COUNTER(field, name, labels, help)                                                         \
+    DW_METRIC_COUNTER_ROW(edge_metrics, field, name, labels, help)
+#define REJECTED(field, reason)                                                                    \
+    COUNTER(field, "dw_edge_connections_rejected_total", "reason=\"" reason "\"",                  \
+            "upgrades refused")
+#define CLOSED(field, reason)                                                                      \
+    COUNTER(field, "dw_edge_closed_total", "reason=\"" reason "\"", "connections the edge closed")
+
+/* The edge's metrics (docs/operations.md), in exposition order. */
+static const dw_metric_def edge_metric_defs[] = {
+    DW_METRIC_GAUGE_ROW(edge_metrics, connections, "dw_edge_connections", NULL,
+                        "connections taking part in chat"),
+    COUNTER(msgs_in, "dw_edge_messages_in_total", NULL, "messages received from clients"),
+    COUNTER(msgs_accepted, "dw_edge_messages_accepted_total", NULL,
+            "chat messages made durable (JetStream acked)"),
+    COUNTER(msgs_failed, "dw_edge_messages_failed_total", NULL,
+            "chat messages JetStream did not take (client told)"),
+    COUNTER(deliveries, "dw_edge_deliveries_total", NULL, "frames queued to sockets"),
+    DW_METRIC_HISTOGRAM_ROW(
+        edge_metrics, stage_stored, "dw_edge_stage_seconds", "stage=\"stored\"",
+        "Time a message spends per hop seen by this edge: stored (a v1 send received -> "
+        "JetStream acked it), delivered (accepted by the sending edge -> its delivery reached "
+        "this edge; wall clocks), written (the delivery reached this edge -> the oldest frame of "
+        "a write pass went to its socket)",
+        stage_bounds),
+    DW_METRIC_HISTOGRAM_ROW(edge_metrics, stage_delivered, "dw_edge_stage_seconds",
+                            "stage=\"delivered\"", NULL, stage_bounds),
+    DW_METRIC_HISTOGRAM_ROW(edge_metrics, stage_written, "dw_edge_stage_seconds",
+                            "stage=\"written\"", NULL, stage_bounds),
+    COUNTER(dups, "dw_edge_duplicates_dropped_total", NULL,
+            "redelivered messages dropped by sequence"),
+    COUNTER(writes, "dw_edge_socket_writes_total", NULL,
+            "socket writes (each carries every frame queued)"),
+    REJECTED(rejected_not_ready, "not_ready"),
+    COUNTER(connect_failed, "dw_edge_connect_failed_total", NULL,
+            "connections closed 1011: connect event not durable"),
+    COUNTER(default_replies, "dw_edge_default_replies_total", NULL,
+            "frames answered by the $default route"),
+    REJECTED(rejected_deny, "deny_list"),
+    REJECTED(rejected_auth, "auth"),
+    REJECTED(rejected_rate, "edge_rate"),
+    REJECTED(rejected_ip, "source_ip"),
+    REJECTED(rejected_origin, "origin"),
+    REJECTED(rejected_tls, "tls"),
+    REJECTED(rejected_url, "url"),
+    COUNTER(rate_limited, "dw_edge_rate_limited_total", NULL,
+            "messages refused by the rate limits"),
+    CLOSED(closed_strikes, "rate_limit"),
+    CLOSED(closed_slow, "slow_reader"),
+    CLOSED(closed_idle, "idle"),
+    CLOSED(closed_lifetime, "lifetime"),
+    CLOSED(closed_too_large, "too_large"),
+    DW_METRIC_HISTOGRAM_ROW(edge_metrics, loop_lag, "dw_edge_loop_lag_seconds", NULL,
+                            "how late the event loop ran the edge's 100 ms tick", lag_bounds),
+};
 
 /* libev, loaded only for DW_EVENT_LOOP=libev: the default poll() loop then
  * needs neither libev nor lws's evlib plugin at run time. The plugin links
@@ -1095,70 +1042,10 @@ int edge_run(edge *e, natsConnection *nc)
     int rc = -1;
     bool bridge_started = false;
     edge_libev ev = {0}; /* DW_EVENT_LOOP=libev */
-    the_edge = e;
     static edge_metrics metrics;
-    metrics.connections = dw_gauge("dw_edge_connections", NULL, "connections taking part in chat");
-    metrics.msgs_in =
-        dw_counter("dw_edge_messages_in_total", NULL, "messages received from clients");
-    metrics.msgs_accepted = dw_counter("dw_edge_messages_accepted_total", NULL,
-                                       "chat messages made durable (JetStream acked)");
-    metrics.msgs_failed = dw_counter("dw_edge_messages_failed_total", NULL,
-                                     "chat messages JetStream did not take (client told)");
-    metrics.deliveries = dw_counter("dw_edge_deliveries_total", NULL, "frames queued to sockets");
-    static const double stage_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
-    const size_t nsb = sizeof stage_bounds / sizeof stage_bounds[0];
-    metrics.stage_stored =
-        dw_histogram("dw_edge_stage_seconds", "stage=\"stored\"",
-                     "Time a message spends per hop seen by this edge: stored (a v1 send "
-                     "received -> JetStream acked it), delivered (accepted by the sending edge "
-                     "-> its delivery reached this edge; wall clocks), written (the delivery "
-                     "reached this edge -> the oldest frame of a write pass went to its socket)",
-                     stage_bounds, nsb);
-    metrics.stage_delivered =
-        dw_histogram("dw_edge_stage_seconds", "stage=\"delivered\"", NULL, stage_bounds, nsb);
-    metrics.stage_written =
-        dw_histogram("dw_edge_stage_seconds", "stage=\"written\"", NULL, stage_bounds, nsb);
-    metrics.dups = dw_counter("dw_edge_duplicates_dropped_total", NULL,
-                              "redelivered messages dropped by sequence");
-    metrics.writes = dw_counter("dw_edge_socket_writes_total", NULL,
-                                "socket writes (each carries every frame queued)");
-    metrics.rejected_not_ready = dw_counter("dw_edge_connections_rejected_total",
-                                            "reason=\"not_ready\"", "upgrades refused");
-    metrics.connect_failed = dw_counter("dw_edge_connect_failed_total", NULL,
-                                        "connections closed 1011: connect event not durable");
-    metrics.default_replies =
-        dw_counter("dw_edge_default_replies_total", NULL, "frames answered by the $default route");
-    metrics.rejected_deny = dw_counter("dw_edge_connections_rejected_total", "reason=\"deny_list\"",
-                                       "upgrades refused");
-    metrics.rejected_auth =
-        dw_counter("dw_edge_connections_rejected_total", "reason=\"auth\"", "upgrades refused");
-    metrics.rejected_rate = dw_counter("dw_edge_connections_rejected_total", "reason=\"edge_rate\"",
-                                       "upgrades refused");
-    metrics.rejected_ip = dw_counter("dw_edge_connections_rejected_total", "reason=\"source_ip\"",
-                                     "upgrades refused");
-    metrics.rejected_origin =
-        dw_counter("dw_edge_connections_rejected_total", "reason=\"origin\"", "upgrades refused");
-    metrics.rejected_tls =
-        dw_counter("dw_edge_connections_rejected_total", "reason=\"tls\"", "upgrades refused");
-    metrics.rejected_url =
-        dw_counter("dw_edge_connections_rejected_total", "reason=\"url\"", "upgrades refused");
-    metrics.rate_limited =
-        dw_counter("dw_edge_rate_limited_total", NULL, "messages refused by the rate limits");
-    metrics.closed_strikes =
-        dw_counter("dw_edge_closed_total", "reason=\"rate_limit\"", "connections the edge closed");
-    metrics.closed_slow =
-        dw_counter("dw_edge_closed_total", "reason=\"slow_reader\"", "connections the edge closed");
-    metrics.closed_idle =
-        dw_counter("dw_edge_closed_total", "reason=\"idle\"", "connections the edge closed");
-    metrics.closed_lifetime =
-        dw_counter("dw_edge_closed_total", "reason=\"lifetime\"", "connections the edge closed");
-    metrics.closed_too_large =
-        dw_counter("dw_edge_closed_total", "reason=\"too_large\"", "connections the edge closed");
-    static const double lag_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
-    metrics.loop_lag = dw_histogram("dw_edge_loop_lag_seconds", NULL,
-                                    "how late the event loop ran the edge's 100 ms tick",
-                                    lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
+    if (dw_metrics_register(&metrics, edge_metric_defs,
+                            sizeof edge_metric_defs / sizeof edge_metric_defs[0]))
+        goto out;
     e->m = &metrics;
     char err[256];
     if (admit_init(e, err, sizeof err)) {
@@ -1179,6 +1066,7 @@ int edge_run(edge *e, natsConnection *nc)
     info.port = (int)e->cfg->port;
     info.iface = e->cfg->host[0] ? e->cfg->host : NULL;
     info.protocols = protocols;
+    info.user = e; /* the callbacks' way to the edge (lws_context_user) */
     /* No LWS_SERVER_OPTION_VALIDATE_UTF8: on_receive checks text itself. */
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     info.pt_serv_buf_size = 32 * 1024;

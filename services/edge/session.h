@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "dw/bus.h"
+#include "dw/http.h"
 #include "dw/util.h"
 #include "outbox.h"
 #include "ratelimit.h"
@@ -70,7 +71,8 @@ typedef struct edge_session {
     edge_membership *rooms;
     uint16_t nrooms, rooms_cap;
     uint8_t state;
-    bool v1; /* speaks dynamowave.v1 */
+    bool v1;                           /* speaks dynamowave.v1 */
+    const struct edge_protocol *proto; /* v1 or plain AWS (protocol.h); set when established */
     bool connect_published;
     bool want_write;
     uint16_t close_code;
@@ -80,9 +82,8 @@ typedef struct edge_session {
     bool peer_closed;  /* the client's close frame came (lws echoes it) */
     utf8_state utf8;   /* of the text message being received */
     /* HTTP requests only */
-    char *http_body; /* malloc'd */
-    bool http_close; /* close after this answer (no keep-alive) */
-    size_t http_len, http_sent;
+    dw_http_body http; /* the answer being written */
+    bool http_close;   /* close after this answer (no keep-alive) */
 } edge_session;
 
 #endif

@@ -1,6 +1,7 @@
 /* The dynamowave.v1 protocol on the lws thread: rooms, acks, history,
- * resume and presence (docs/protocol.md). Bus work that would block goes
- * to jobs.c and comes back through v1_on_job_done(). */
+ * resume and presence (docs/protocol.md), behind the protocol table
+ * (protocol.h: edge_proto_v1). Bus work that would block goes to jobs.c
+ * and comes back through v1_on_job_done(). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,30 +11,37 @@
 #include "edge.h"
 #include "jobs.h"
 #include "proto_v1.h"
+#include "protocol.h"
 
-static void send_owned(edge_session *s, char *text, size_t len)
+static void send_owned(edge *e, edge_session *s, char *text, size_t len)
 {
-    if (text) session_send_text(s, text, len);
+    if (text) session_send_text(e, s, text, len);
     free(text);
 }
 
 /* Build a frame with f(..., &len_) and send it (argument order matters:
  * the length is known only after the call). */
-#define SEND(s, call)                                                                              \
+#define SEND(e, s, call)                                                                           \
     do {                                                                                           \
         size_t len_ = 0;                                                                           \
         char *t_ = (call);                                                                         \
-        send_owned((s), t_, len_);                                                                 \
+        send_owned((e), (s), t_, len_);                                                            \
     } while (0)
 
-static void v1_err(edge_session *s, const char *code, const char *msg, const char *ref)
+static void v1_err(edge *e, edge_session *s, const char *code, const char *msg, const char *ref)
 {
-    SEND(s, v1_error(code, msg, ref, -1, &len_));
+    SEND(e, s, v1_error(code, msg, ref, -1, &len_));
 }
 
-void v1_on_ready(edge *e, edge_session *s)
+static int v1_on_ready(edge *e, edge_session *s)
 {
-    SEND(s, v1_hello(s->id, s->user, &len_));
+    SEND(e, s, v1_hello(s->id, s->user, &len_));
+    return 0;
+}
+
+static void v1_on_throttled(edge *e, edge_session *s, int64_t wait_ms)
+{
+    SEND(e, s, v1_error("rate_limited", "too many messages", NULL, wait_ms, &len_));
 }
 
 static edge_job *job_new(edge_session *s, edge_job_kind kind, const v1_request *req)
@@ -74,25 +82,25 @@ static void do_join(edge *e, edge_session *s, const v1_request *req)
     edge_room *r = rooms_get(&e->rooms, req->room);
     edge_membership *m = r ? rooms_membership(s, r) : NULL;
     if (m && !m->joining) {
-        SEND(s, v1_joined(req->room, r->last_seq, true, req->ref, &len_));
+        SEND(e, s, v1_joined(req->room, r->last_seq, true, req->ref, &len_));
         return;
     }
     if (m) {
-        v1_err(s, "bad_request", "a join of this room is in progress", req->ref);
+        v1_err(e, s, "bad_request", "a join of this room is in progress", req->ref);
         return;
     }
     if (!admit_room(s, req->room)) {
-        v1_err(s, "forbidden", "your token does not allow this room", req->ref);
+        v1_err(e, s, "forbidden", "your token does not allow this room", req->ref);
         return;
     }
     if (s->nrooms >= e->cfg->max_rooms) {
-        v1_err(s, "bad_request", "too many rooms for one connection", req->ref);
+        v1_err(e, s, "bad_request", "too many rooms for one connection", req->ref);
         return;
     }
     edge_job *job = job_new(s, JOB_JOIN, req);
     if (!job || rooms_join(&e->rooms, s, req->room) < 0) {
         edge_job_free(job);
-        v1_err(s, "unavailable", "out of memory", req->ref);
+        v1_err(e, s, "unavailable", "out of memory", req->ref);
         return;
     }
     membership(e, s, req->room)->joining = true;
@@ -116,24 +124,25 @@ static void do_leave(edge *e, edge_session *s, const v1_request *req)
         publish_leave(e, s, req->room);
         rooms_leave(&e->rooms, s, req->room);
     }
-    SEND(s, v1_left(req->room, req->ref, &len_));
+    SEND(e, s, v1_left(req->room, req->ref, &len_));
 }
 
 static void do_send(edge *e, edge_session *s, const v1_request *req)
 {
     if (!membership(e, s, req->room)) {
-        v1_err(s, "not_member", "join the room first", req->ref);
+        v1_err(e, s, "not_member", "join the room first", req->ref);
         return;
     }
     if (s->nacks >= (uint32_t)e->cfg->max_pending_acks) {
-        SEND(s, v1_error("rate_limited", "too many messages awaiting their ack", req->ref, 100,
-                         &len_));
+        SEND(
+            e, s,
+            v1_error("rate_limited", "too many messages awaiting their ack", req->ref, 100, &len_));
         return;
     }
     edge_pending_ack *pa = calloc(1, sizeof *pa);
     if (!pa || (req->ref && !(pa->ref = strdup(req->ref)))) {
         free(pa);
-        v1_err(s, "unavailable", "out of memory", req->ref);
+        v1_err(e, s, "unavailable", "out of memory", req->ref);
         return;
     }
     char id[DW_MSGID_CHAT_MAX];
@@ -164,7 +173,7 @@ static void do_send(edge *e, edge_session *s, const v1_request *req)
     if (bridge_publish_msg(e->bridge, &m, msg_id)) {
         free(pa->ref);
         free(pa);
-        v1_err(s, "unavailable", "the message could not be stored; try again", req->ref);
+        v1_err(e, s, "unavailable", "the message could not be stored; try again", req->ref);
         return;
     }
     pa->sent_ns = dw_mono_ns();
@@ -180,12 +189,12 @@ static void do_job(edge *e, edge_session *s, const v1_request *req, edge_job_kin
 {
     edge_membership *m = membership(e, s, req->room);
     if (!m || m->joining) {
-        v1_err(s, "not_member", "join the room first", req->ref);
+        v1_err(e, s, "not_member", "join the room first", req->ref);
         return;
     }
     edge_job *job = job_new(s, kind, req);
     if (!job) {
-        v1_err(s, "unavailable", "out of memory", req->ref);
+        v1_err(e, s, "unavailable", "out of memory", req->ref);
         return;
     }
     job->before = req->before;
@@ -194,7 +203,7 @@ static void do_job(edge *e, edge_session *s, const v1_request *req, edge_job_kin
     edge_jobs_submit(e->jobs, job);
 }
 
-void v1_handle(edge *e, edge_session *s, const char *buf, size_t len)
+static void v1_handle(edge *e, edge_session *s, const char *buf, size_t len)
 {
     v1_request req;
     if (v1_parse(buf, len, &req)) {
@@ -202,7 +211,7 @@ void v1_handle(edge *e, edge_session *s, const char *buf, size_t len)
         return;
     }
     switch (req.action) {
-    case V1_BAD: v1_err(s, req.error_code, req.error_msg, req.ref); break;
+    case V1_BAD: v1_err(e, s, req.error_code, req.error_msg, req.ref); break;
     case V1_JOIN: do_join(e, s, &req); break;
     case V1_LEAVE: do_leave(e, s, &req); break;
     case V1_SEND: do_send(e, s, &req); break;
@@ -212,7 +221,7 @@ void v1_handle(edge *e, edge_session *s, const char *buf, size_t len)
     v1_request_free(&req);
 }
 
-void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
+static void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
 {
     char conn[DW_ID_LEN + 1];
     uint64_t n = 0;
@@ -234,9 +243,9 @@ void v1_on_msg_ack(edge *e, edge_session *s, const edge_event *ev)
     s->nacks--;
     if (ev->ok) {
         dw_metric_observe_ns(e->m->stage_stored, dw_mono_ns() - pa->sent_ns);
-        SEND(s, v1_ack(pa->client_id, pa->room, ev->seq, pa->ref, &len_));
+        SEND(e, s, v1_ack(pa->client_id, pa->room, ev->seq, pa->ref, &len_));
     } else
-        v1_err(s, "unavailable", "the message could not be stored; try again", pa->ref);
+        v1_err(e, s, "unavailable", "the message could not be stored; try again", pa->ref);
     free(pa->ref);
     free(pa);
 }
@@ -263,14 +272,14 @@ static void join_done(edge *e, edge_session *s, edge_job *job)
     if (!m) return;
     if (job->error) {
         rooms_leave(&e->rooms, s, job->room);
-        v1_err(s, job->error, "could not join the room now; try again", job->ref);
+        v1_err(e, s, job->error, "could not join the room now; try again", job->ref);
         return;
     }
-    SEND(s, v1_joined(job->room, job->last_seq, job->recovered, job->ref, &len_));
+    SEND(e, s, v1_joined(job->room, job->last_seq, job->recovered, job->ref, &len_));
     uint64_t upto = job->last_seq;
     for (size_t i = 0; i < job->nmsgs; i++) {
         v1_msg v = msg_view(job->msgs[i].m, job->msgs[i].seq);
-        SEND(s, v1_message(&v, &len_));
+        SEND(e, s, v1_message(&v, &len_));
         if (job->msgs[i].seq > upto) upto = job->msgs[i].seq;
     }
     /* Live messages that arrived meanwhile, minus what the replay covered. */
@@ -296,7 +305,7 @@ void v1_on_job_done(edge *e, edge_job *job)
     case JOB_JOIN: join_done(e, s, job); break;
     case JOB_HISTORY: {
         if (job->error) {
-            v1_err(s, job->error, "history is not available now; try again", job->ref);
+            v1_err(e, s, job->error, "history is not available now; try again", job->ref);
             break;
         }
         json_t *arr = json_array();
@@ -304,12 +313,12 @@ void v1_on_job_done(edge *e, edge_job *job)
             v1_msg v = msg_view(job->msgs[i].m, job->msgs[i].seq);
             json_array_append_new(arr, v1_message_obj(&v));
         }
-        SEND(s, v1_history(job->room, arr, job->more, job->ref, &len_));
+        SEND(e, s, v1_history(job->room, arr, job->more, job->ref, &len_));
         break;
     }
     case JOB_PRESENCE: {
         if (job->error) {
-            v1_err(s, job->error, "presence is not available now; try again", job->ref);
+            v1_err(e, s, job->error, "presence is not available now; try again", job->ref);
             break;
         }
         Dw__PresenceReply *p = job->presence;
@@ -320,7 +329,7 @@ void v1_on_job_done(edge *e, edge_job *job)
                 users[i] = p->users[i]->user_id;
                 conns[i] = p->users[i]->connections;
             }
-            SEND(s, v1_presence(job->room, users, conns, p->n_users, p->more, job->ref, &len_));
+            SEND(e, s, v1_presence(job->room, users, conns, p->n_users, p->more, job->ref, &len_));
         }
         free(users);
         free(conns);
@@ -361,7 +370,7 @@ void v1_on_presence(edge *e, const Dw__ConnEvent *ce)
     }
 }
 
-void v1_session_free(edge_session *s)
+static void v1_on_closed(edge *e, edge_session *s)
 {
     while (s->acks) {
         edge_pending_ack *n = s->acks->next;
@@ -372,3 +381,12 @@ void v1_session_free(edge_session *s)
     s->acks_tail = NULL;
     s->nacks = 0;
 }
+
+const edge_protocol edge_proto_v1 = {
+    .name = V1_PROTOCOL,
+    .on_ready = v1_on_ready,
+    .on_message = v1_handle,
+    .on_throttled = v1_on_throttled,
+    .on_ack = v1_on_msg_ack,
+    .on_closed = v1_on_closed,
+};
