@@ -77,6 +77,19 @@ class Metrics(StackTest):
                      and 'result="delivered"' in k]
         self.assertTrue(delivered, "no dw_dispatcher_messages_total{result=\"delivered\"}")
         wait_until(lambda: moved("dispatcher", delivered[0], 20), 10, "dispatcher delivered")
+        # Latency per stage: every hop of those 20 messages was observed
+        # (a plain client's send has no "stored" stage: it gets no ack).
+        for stage in ("fetched", "resolved", "confirmed"):
+            wait_until(lambda: moved("dispatcher", f'dw_dispatcher_stage_seconds_count{{stage="{stage}"}}',
+                                     20), 10, f"dispatcher stage {stage}")
+        for stage in ("delivered", "written"):
+            wait_until(lambda: moved("edge", f'dw_edge_stage_seconds_count{{stage="{stage}"}}', 1), 10,
+                       f"edge stage {stage}")
+        # Gauges, updated once a second: all 16 partitions held, nothing
+        # left held once every message was delivered.
+        gauges = lambda: parse(scrape(ports["dispatcher"])[1])
+        wait_until(lambda: gauges().get("dw_dispatcher_partitions") == 16.0, 10, "16 partitions")
+        wait_until(lambda: gauges().get("dw_dispatcher_held_messages") == 0.0, 10, "nothing held")
         for name, port in ports.items():
             values = parse(scrape(port)[1])
             ready = [v for k, v in values.items() if k.startswith("dw_ready")]

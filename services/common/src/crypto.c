@@ -1,4 +1,5 @@
 #include "dw/crypto.h"
+#include "dw/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -222,7 +223,7 @@ int dw_crypto_seal(const dw_keyring *kr, const void *aad, size_t aadlen, const v
     if (!buf) return DW_CRYPTO_EINTERNAL;
     buf[0] = DW_SEAL_VERSION;
     put_be32(buf + 1, k->id);
-    if (RAND_bytes(buf + 5, DW_SEAL_NONCE_LEN) != 1) {
+    if (dw_random_bytes(buf + 5, DW_SEAL_NONCE_LEN)) {
         free(buf);
         return DW_CRYPTO_EINTERNAL;
     }

@@ -125,10 +125,35 @@ int dw_time_parse(const char *s, dw_time_form form, int64_t *ms, const char **en
 static const char id_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+#define RANDOM_POOL 4096
+
+int dw_random_bytes(void *buf, size_t n)
+{
+    static _Thread_local unsigned char pool[RANDOM_POOL];
+    static _Thread_local size_t left;
+    unsigned char *out = buf;
+    if (n > RANDOM_POOL / 4) return RAND_bytes(out, (int)n) == 1 ? 0 : -1;
+    while (n) {
+        if (!left) {
+            if (RAND_bytes(pool, RANDOM_POOL) != 1) return -1;
+            left = RANDOM_POOL;
+        }
+        size_t take = n < left ? n : left;
+        unsigned char *src = pool + RANDOM_POOL - left;
+        memcpy(out, src, take);
+        /* What was handed out is not kept. */
+        memset(src, 0, take);
+        left -= take;
+        out += take;
+        n -= take;
+    }
+    return 0;
+}
+
 int dw_id_random(char *out)
 {
     unsigned char raw[12];
-    if (RAND_bytes(raw, sizeof raw) != 1) return -1;
+    if (dw_random_bytes(raw, sizeof raw)) return -1;
     /* 12 bytes = 96 bits = 16 x 6 bits: base64url without padding. */
     for (int i = 0; i < 4; i++) {
         uint32_t v = (uint32_t)raw[3 * i] << 16 | (uint32_t)raw[3 * i + 1] << 8 | raw[3 * i + 2];

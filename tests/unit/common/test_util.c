@@ -197,6 +197,25 @@ static void test_raise_nofile(void **state)
     assert_true(dw_raise_nofile() > 0);
 }
 
+/* Pooled random bytes: across pool refills, no run repeats, sizes over the
+ * pool's share go straight to the CSPRNG. */
+static void test_random_bytes(void **state)
+{
+    unsigned char a[32], b[32], big[5000];
+    memset(a, 0, sizeof a);
+    memset(b, 0, sizeof b);
+    assert_int_equal(dw_random_bytes(a, sizeof a), 0);
+    for (int i = 0; i < 300; i++) /* past a refill (4096 bytes) */
+        assert_int_equal(dw_random_bytes(b, sizeof b), 0);
+    assert_memory_not_equal(a, b, sizeof a);
+    assert_int_equal(dw_random_bytes(big, sizeof big), 0);
+    assert_int_equal(dw_random_bytes(a, 0), 0);
+    int zeros = 0;
+    for (size_t i = 0; i < sizeof big; i++)
+        zeros += big[i] == 0;
+    assert_true(zeros < 100); /* ~20 expected */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +229,7 @@ int main(void)
         cmocka_unit_test(test_time_parse_rfc3339),
         cmocka_unit_test(test_time_parse_basic),
         cmocka_unit_test(test_raise_nofile),
+        cmocka_unit_test(test_random_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,6 +43,13 @@ int dw_time_parse(const char *s, dw_time_form form, int64_t *ms, const char **en
  * Returns 0, or -1 if the CSPRNG failed (never falls back to a weak source). */
 #define DW_ID_LEN 16
 int dw_id_random(char *out);
+
+/* n bytes from the OS-seeded CSPRNG (OpenSSL's RAND_bytes), drawn from a
+ * per-thread pool refilled 4 KB at a time: one RAND_bytes call costs as
+ * much as thousands of pooled bytes (a connect needs an id, a registry
+ * write a nonce). 0 or -1. */
+int dw_random_bytes(void *buf, size_t n);
+
 /* True when s is a well-formed id (what dw_id_random makes). */
 int dw_id_valid(const char *s, size_t len);
 
