@@ -104,11 +104,13 @@ bool edge_ready(void *e);
 /* After the connection is closed: free what edge_init and edge_run made. */
 void edge_free(edge *e);
 
-/* server.c, for the protocol handlers (lws thread only). */
-void session_close(edge_session *s, uint16_t code, const char *reason);
-int session_send_text(edge *e, edge_session *s, const char *text, size_t len);
-/* Queue a shared frame to a ready session. */
-void session_deliver(edge *e, edge_session *s, edge_frame *f);
+/* server.c: one whole message from a client, through the rate limits to
+ * its protocol (also for messages held until the connection was ready).
+ * lws thread only. */
+void server_message(edge *e, edge_session *s, const char *buf, size_t len);
+
+/* edge_metrics.c: register the edge's metrics into m. 0 or -1. */
+int edge_metrics_register(edge_metrics *m);
 
 /* v1.c: the dynamowave.v1 bus events (lws thread only); the protocol
  * itself is edge_proto_v1 (protocol.h). */

@@ -86,4 +86,19 @@ typedef struct edge_session {
     bool http_close;   /* close after this answer (no keep-alive) */
 } edge_session;
 
+/* The write path (session.c). lws thread only. */
+struct edge;
+struct edge_frame;
+/* Close with code and reason (static text): the close frame goes out on
+ * the next writeable callback; a second call does nothing. */
+void session_close(edge_session *s, uint16_t code, const char *reason);
+/* Queue a text frame (copied); a session over DW_MAX_OUTBOUND is closed
+ * instead (1008) and 0 returned. 0, or -1 when out of memory. */
+int session_send_text(struct edge *e, edge_session *s, const char *text, size_t len);
+/* Queue a shared frame (a reference is taken) to a ready session. */
+void session_deliver(struct edge *e, edge_session *s, struct edge_frame *f);
+/* LWS_CALLBACK_SERVER_WRITEABLE: write everything queued in one call, or
+ * send the close. The callback's return value. */
+int session_on_writeable(struct edge *e, edge_session *s);
+
 #endif
