@@ -10,7 +10,7 @@
 #include "dw/util.h"
 #include "dw/wire.h"
 #include "advisory.h"
-#include "record.h"
+#include "dw/dlq_record.h"
 #include "svc.h"
 
 #define ADVISORY_BATCH 64

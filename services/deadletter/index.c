@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "record.h"
+#include "dw/dlq_record.h"
 
 /* stream_seq -> number of entries, open addressing (linear probing,
  * backward-shift deletion, key 0 = empty: sequences start at 1). */

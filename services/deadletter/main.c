@@ -13,7 +13,7 @@
 #include "dw/log.h"
 #include "dw/metrics.h"
 #include "dw/service.h"
-#include "streams.h"
+#include "dw/dlq_streams.h"
 #include "svc.h"
 
 typedef struct deadletter_config {

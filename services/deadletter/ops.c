@@ -10,7 +10,7 @@
 #include "dw/dlq.h"
 #include "dw/log.h"
 #include "dw/wire.h"
-#include "record.h"
+#include "dw/dlq_record.h"
 #include "svc.h"
 
 /* Per request, at most this many ids (dwctl sends fewer). */

@@ -21,7 +21,7 @@
 #include "inbox.h"
 #include "leasekv.h"
 #include "order.h"
-#include "record.h"
+#include "dw/dlq_record.h"
 
 /* A down edge is remembered this long, so it is reported once; past the
  * JetStream dedup window (2 min), a registry that still names it gets a

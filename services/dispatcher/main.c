@@ -10,7 +10,7 @@
 #include "dw/bus.h"
 #include "dw/log.h"
 #include "dw/service.h"
-#include "streams.h"
+#include "dw/dlq_streams.h"
 
 typedef struct dispatcher_config {
     dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */

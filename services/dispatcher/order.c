@@ -7,7 +7,7 @@
 #include "dw/bus.h"
 #include "dw/dlq.h"
 #include "edges.h"
-#include "record.h"
+#include "dw/dlq_record.h"
 
 /* Target states: where one message stands with one of its edges. */
 enum {

@@ -9,7 +9,7 @@
 #include <cmocka.h>
 
 #include "index.h"
-#include "record.h"
+#include "dw/dlq_record.h"
 
 /* A record as DW_DLQ would hand it back (owned, for dlq_index_add). */
 static Dw__DeadLetter *letter(uint64_t stream_seq, const char *room, const char *reason)

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "record.h"
+#include "dw/dlq_record.h"
 
 static void sample(Dw__DeadLetter *dl, char **edges, int64_t *times)
 {

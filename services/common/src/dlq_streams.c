@@ -1,4 +1,4 @@
-#include "streams.h"
+#include "dw/dlq_streams.h"
 
 #include "dw/dlq.h"
 #include "dw/log.h"

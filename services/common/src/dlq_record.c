@@ -1,4 +1,4 @@
-#include "record.h"
+#include "dw/dlq_record.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -10,8 +10,8 @@
  * The deadletter service owns them (creates and updates); the dispatcher
  * creates them when missing, so that it never gives up on a message with
  * nowhere to put it. */
-#ifndef DEADLETTER_STREAMS_H
-#define DEADLETTER_STREAMS_H
+#ifndef DW_DLQ_STREAMS_H
+#define DW_DLQ_STREAMS_H
 
 #include <nats/nats.h>
 #include <stdint.h>

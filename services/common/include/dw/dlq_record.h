@@ -2,9 +2,9 @@
  * and filtered, and how JetStream's max-deliveries advisory is read. Shared
  * by the two writers of DW_DLQ (the dispatcher when it gives up, the
  * deadletter service for advisories) and by the service's ops. No NATS I/O
- * in here (streams.h does the stream setup). */
-#ifndef DEADLETTER_RECORD_H
-#define DEADLETTER_RECORD_H
+ * in here (dw/dlq_streams.h does the stream setup). */
+#ifndef DW_DLQ_RECORD_H
+#define DW_DLQ_RECORD_H
 
 #include <stddef.h>
 #include <stdint.h>
