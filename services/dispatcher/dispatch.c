@@ -43,48 +43,60 @@
 #define PROGRESS_BATCH 4096
 #define ERROR_LOG_EVERY_MS 5000
 
-static struct {
+/* The dispatcher's metrics (docs/operations.md). */
+typedef struct dispatch_metrics {
     dw_metric *delivered, *retried, *dead_lettered, *dlq_failed, *redeliveries, *latency, *held,
         *partitions, *resets, *stage_fetched, *stage_resolved, *stage_confirmed;
-} M;
+} dispatch_metrics;
 
-static void metrics_register(void)
+static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
+
+#define COUNTER(field, name, labels, help)                                                         \
+    DW_METRIC_COUNTER_ROW(dispatch_metrics, field, name, labels, help)
+#define HISTOGRAM(field, name, labels, help)                                                       \
+    DW_METRIC_HISTOGRAM_ROW(dispatch_metrics, field, name, labels, help, latency_bounds)
+
+static const dw_metric_def metric_defs[] = {
+    COUNTER(delivered, "dw_dispatcher_messages_total", "result=\"delivered\"",
+            "Messages settled or retried, by result: delivered (acked), retried (an attempt "
+            "failed; retried after a backoff), dead_lettered (written to DW_DLQ, then "
+            "terminated)"),
+    COUNTER(retried, "dw_dispatcher_messages_total", "result=\"retried\"", NULL),
+    COUNTER(dead_lettered, "dw_dispatcher_messages_total", "result=\"dead_lettered\"", NULL),
+    COUNTER(redeliveries, "dw_dispatcher_retries_total", NULL,
+            "Deliveries JetStream made again (ack wait passed, or a partition read again from "
+            "its floor)"),
+    COUNTER(dlq_failed, "dw_dispatcher_dead_letter_failures_total", NULL,
+            "Dead letters that could not be written at the first try"),
+    HISTOGRAM(latency, "dw_dispatcher_delivery_seconds", NULL,
+              "From stored in DW_MSG to every edge confirmed, per delivered message"),
+    HISTOGRAM(stage_fetched, "dw_dispatcher_stage_seconds", "stage=\"fetched\"",
+              "Time a delivered message spent per hop in the dispatcher: fetched (stored in "
+              "DW_MSG -> fetched; wall clocks), resolved (fetched -> the registry named its "
+              "edges), confirmed (resolved -> every edge took it)"),
+    HISTOGRAM(stage_resolved, "dw_dispatcher_stage_seconds", "stage=\"resolved\"", NULL),
+    HISTOGRAM(stage_confirmed, "dw_dispatcher_stage_seconds", "stage=\"confirmed\"", NULL),
+    DW_METRIC_GAUGE_ROW(dispatch_metrics, held, "dw_dispatcher_held_messages", NULL,
+                        "Messages fetched and not yet settled (waiting for the registry, an "
+                        "edge, or a retry)"),
+    DW_METRIC_GAUGE_ROW(dispatch_metrics, partitions, "dw_dispatcher_partitions", NULL,
+                        "DW_MSG partitions this dispatcher holds"),
+    COUNTER(resets, "dw_dispatcher_partition_resets_total", NULL,
+            "Partitions read again from their floor (a gap in deliveries, a reconnect)"),
+};
+
+/* Registered once per process: dispatch_create may run again after a
+ * failed setup. */
+static dispatch_metrics *metrics_get(void)
 {
-    static const double bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                    0.25,  0.5,    1,     2.5,  5,     10,   30};
-    if (M.delivered) return;
-    M.delivered = dw_counter("dw_dispatcher_messages_total", "result=\"delivered\"",
-                             "Messages settled or retried, by result: delivered (acked), retried "
-                             "(an attempt failed; retried after a backoff), dead_lettered "
-                             "(written to DW_DLQ, then terminated)");
-    M.retried = dw_counter("dw_dispatcher_messages_total", "result=\"retried\"", NULL);
-    M.dead_lettered = dw_counter("dw_dispatcher_messages_total", "result=\"dead_lettered\"", NULL);
-    M.redeliveries = dw_counter("dw_dispatcher_retries_total", NULL,
-                                "Deliveries JetStream made again (ack wait passed, or a "
-                                "partition read again from its floor)");
-    M.dlq_failed = dw_counter("dw_dispatcher_dead_letter_failures_total", NULL,
-                              "Dead letters that could not be written at the first try");
-    M.latency = dw_histogram("dw_dispatcher_delivery_seconds", NULL,
-                             "From stored in DW_MSG to every edge confirmed, per delivered message",
-                             bounds, sizeof bounds / sizeof bounds[0]);
-    M.stage_fetched = dw_histogram(
-        "dw_dispatcher_stage_seconds", "stage=\"fetched\"",
-        "Time a delivered message spent per hop in the dispatcher: fetched (stored in DW_MSG -> "
-        "fetched; wall clocks), resolved (fetched -> the registry named its edges), confirmed "
-        "(resolved -> every edge took it)",
-        bounds, sizeof bounds / sizeof bounds[0]);
-    M.stage_resolved = dw_histogram("dw_dispatcher_stage_seconds", "stage=\"resolved\"", NULL,
-                                    bounds, sizeof bounds / sizeof bounds[0]);
-    M.stage_confirmed = dw_histogram("dw_dispatcher_stage_seconds", "stage=\"confirmed\"", NULL,
-                                     bounds, sizeof bounds / sizeof bounds[0]);
-    M.held = dw_gauge("dw_dispatcher_held_messages", NULL,
-                      "Messages fetched and not yet settled (waiting for the registry, an "
-                      "edge, or a retry)");
-    M.partitions =
-        dw_gauge("dw_dispatcher_partitions", NULL, "DW_MSG partitions this dispatcher holds");
-    M.resets = dw_counter("dw_dispatcher_partition_resets_total", NULL,
-                          "Partitions read again from their floor (a gap in deliveries, a "
-                          "reconnect)");
+    static dispatch_metrics m;
+    static int registered;
+    if (!registered) {
+        registered = 1;
+        dw_metrics_register(&m, metric_defs, sizeof metric_defs / sizeof metric_defs[0]);
+    }
+    return &m;
 }
 
 static void msg_release(void *h)
@@ -210,6 +222,7 @@ struct dispatcher {
     int64_t next_seed_ms, next_sweep_ms, next_progress_ms, next_floor_ms;
     int64_t sweep_every_ms;
     size_t per_part_cap;
+    dispatch_metrics *m;
 };
 
 static void round_free(round_work *w);
@@ -597,7 +610,7 @@ static void run_job(dispatcher *d, job *j)
          * trying (JetStream is what is down when this fails). */
         int64_t wait = 100;
         while (!(j->ok = !dead_letter(d, j->msg)) && !atomic_load(&d->quit)) {
-            dw_metric_inc(M.dlq_failed);
+            dw_metric_inc(d->m->dlq_failed);
             nats_Sleep(wait);
             if (wait < 2000) wait *= 2;
         }
@@ -661,7 +674,7 @@ static void part_reset(dispatcher *d, uint32_t p, const char *why)
 {
     if (d->parts[p].state != P_READY) return;
     DW_WARN("partition read again from its floor", "partition=%u why=%s", p, why);
-    dw_metric_inc(M.resets);
+    dw_metric_inc(d->m->resets);
     part_drop(d, p, P_RESETTING);
     leasekv_reset(d->lk, p);
 }
@@ -752,10 +765,10 @@ static void on_pull_msg(dispatcher *d, loop_ev *e, int64_t now)
     pt->last_dseq = dseq;
     if (sseq > pt->max_seen) pt->max_seen = sseq;
     if (delivered > 1) {
-        dw_metric_inc(M.redeliveries);
+        dw_metric_inc(d->m->redeliveries);
     } else {
         int64_t age = dw_now_ms() * 1000000 - stored_ns;
-        dw_metric_observe_ns(M.stage_fetched, age > 0 ? age : 0);
+        dw_metric_observe_ns(d->m->stage_fetched, age > 0 ? age : 0);
     }
     size_t n_only = 0;
     int has_only = 0;
@@ -786,7 +799,7 @@ static void send_requests(dispatcher *d, int64_t now)
         if (s != NATS_OK) {
             DW_WARN("delivery publish failed", "edge=%s items=%zu status=%s", r->edge, r->n_items,
                     natsStatus_GetText(s));
-            dw_metric_add(M.retried, (int64_t)r->n_items);
+            dw_metric_add(d->m->retried, (int64_t)r->n_items);
             order_request_done(d->ord, r, ORDER_FAILED, now);
             continue;
         }
@@ -820,7 +833,7 @@ static void on_edge_reply(dispatcher *d, loop_ev *e, int64_t now)
     Dw__DeliveryReply *rep = dw_pb_unpack(&dw__delivery_reply__descriptor, m);
     if (!rep) {
         DW_WARN("bad delivery reply", "edge=%s bytes=%d", r->edge, natsMsg_GetDataLength(m));
-        dw_metric_add(M.retried, (int64_t)r->n_items);
+        dw_metric_add(d->m->retried, (int64_t)r->n_items);
         order_request_done(d->ord, r, ORDER_FAILED, now);
         return;
     }
@@ -848,7 +861,7 @@ static void request_timeouts(dispatcher *d, int64_t now)
         DW_WARN("edge timeout", "edge=%s items=%zu timeout_ms=%" PRId64, r->edge, r->n_items,
                 d->cfg.edge_timeout_ms);
         d->reqs[i] = d->reqs[--d->n_reqs];
-        dw_metric_add(M.retried, (int64_t)r->n_items);
+        dw_metric_add(d->m->retried, (int64_t)r->n_items);
         order_request_done(d->ord, r, ORDER_TIMEOUT, now);
     }
 }
@@ -906,10 +919,10 @@ static void on_round(dispatcher *d, round_work *w, int64_t now)
         } else {
             size_t n = order_round_room_failed(d->ord, i,
                                                a->reason ? a->reason : DLQ_REASON_REGISTRY, now);
-            dw_metric_add(M.retried, (int64_t)n);
+            dw_metric_add(d->m->retried, (int64_t)n);
         }
     }
-    dw_metric_add(M.retried, (int64_t)order_round_end(d->ord, now));
+    dw_metric_add(d->m->retried, (int64_t)order_round_end(d->ord, now));
     round_free(w);
     d->round_out = 0;
 }
@@ -928,17 +941,18 @@ static void settle(dispatcher *d)
         if (m->verdict == ORDER_ACK) {
             natsMsg *nm = m->handle;
             dw_pull_ack(d->nc, nm);
-            dw_metric_inc(M.delivered);
+            dw_metric_inc(d->m->delivered);
             jsMsgMetaData *meta = NULL;
             if (natsMsg_GetMetaData(&meta, nm) == NATS_OK) {
                 int64_t ns = wall_ms * 1000000 - meta->Timestamp;
-                dw_metric_observe_ns(M.latency, ns > 0 ? ns : 0);
+                dw_metric_observe_ns(d->m->latency, ns > 0 ? ns : 0);
                 jsMsgMetaData_Destroy(meta);
             }
             if (m->resolved_ms) {
                 int64_t mono = mono_ms();
-                dw_metric_observe_ns(M.stage_resolved, (m->resolved_ms - m->fetched_ms) * 1000000);
-                dw_metric_observe_ns(M.stage_confirmed, (mono - m->resolved_ms) * 1000000);
+                dw_metric_observe_ns(d->m->stage_resolved,
+                                     (m->resolved_ms - m->fetched_ms) * 1000000);
+                dw_metric_observe_ns(d->m->stage_confirmed, (mono - m->resolved_ms) * 1000000);
             }
             order_msg_release(d->ord, m);
             continue;
@@ -975,7 +989,7 @@ static void on_job(dispatcher *d, job *j, int64_t now)
         order_msg *m = j->msg;
         if (j->ok && !m->dropped) {
             dw_pull_term(d->nc, m->handle);
-            dw_metric_inc(M.dead_lettered);
+            dw_metric_inc(d->m->dead_lettered);
         }
         /* Not written (stopping), or dropped: its next owner deals with it. */
         order_msg_release(d->ord, m);
@@ -1039,8 +1053,8 @@ static void housekeeping(dispatcher *d, int64_t now)
         }
         order_stats st;
         order_get_stats(d->ord, &st);
-        dw_metric_set(M.held, (double)st.held);
-        dw_metric_set(M.partitions, (double)leasekv_owned(d->lk));
+        dw_metric_set(d->m->held, (double)st.held);
+        dw_metric_set(d->m->partitions, (double)leasekv_owned(d->lk));
     }
 }
 
@@ -1180,7 +1194,7 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     d->nc = nc;
     d->js = js;
     d->cfg = *cfg;
-    metrics_register();
+    d->m = metrics_get();
     if (dw_mailbox_init(&d->mbox, NULL, NULL)) {
         free(d);
         return -1;
