@@ -1,0 +1,297 @@
+/* Applying DW_CONN events to the table (store.h: reg_store_apply): each
+ * event one WriteBatch with the change, m/count and m/applied_seq. One
+ * writer at a time (wmu). */
+#include "store.h"
+
+#include <pthread.h>
+#include <rocksdb/c.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dw/bus.h"
+#include "dw/log.h"
+#include "store_int.h"
+
+/* Append room to rooms[*n] unless it is invalid, already there, or the list
+ * is full. The pointer is borrowed, not copied. */
+static int rooms_add(const char **rooms, size_t *n, const char *room)
+{
+    if (!room || !dw_room_valid(room, strlen(room))) return 0;
+    for (size_t i = 0; i < *n; i++)
+        if (!strcmp(rooms[i], room)) return 0;
+    if (*n >= REG_ROOMS_MAX) return 0;
+    rooms[(*n)++] = room;
+    return 1;
+}
+
+static int rooms_has(char *const *rooms, size_t n, const char *room)
+{
+    for (size_t i = 0; i < n; i++)
+        if (rooms[i] && !strcmp(rooms[i], room)) return 1;
+    return 0;
+}
+
+/* Put the record plus its room and edge keys. */
+static int batch_put_record(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnRecord *rec)
+{
+    char key[KEY_MAX];
+    size_t len = 0, vlen = 0;
+    uint8_t *packed = dw_pb_pack(&rec->base, &len), *val = NULL;
+    if (!packed) return -1;
+    size_t klen = store__key_join(key, "c", rec->conn_id, NULL, NULL);
+    int rc = klen ? store__value_encode(st, key, klen, packed, len, &val, &vlen) : 0;
+    free(packed);
+    if (rc) return -1;
+    if (klen) rocksdb_writebatch_put(b, key, klen, (const char *)val, vlen);
+    free(val);
+    store__batch_put_empty(b, key, store__key_join(key, "e", rec->edge_id, rec->conn_id, NULL));
+    for (size_t i = 0; i < rec->n_rooms; i++)
+        store__batch_put_empty(
+            b, key, store__key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
+    return 0;
+}
+
+/* Delete the record and every key that points at it. */
+static void batch_delete_record(rocksdb_writebatch_t *b, const Dw__ConnRecord *rec)
+{
+    char key[KEY_MAX];
+    store__batch_delete(b, key, store__key_join(key, "c", rec->conn_id, NULL, NULL));
+    store__batch_delete(b, key, store__key_join(key, "e", rec->edge_id, rec->conn_id, NULL));
+    for (size_t i = 0; i < rec->n_rooms; i++)
+        store__batch_delete(b, key,
+                            store__key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
+}
+
+static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
+                         const Dw__ConnEvent *ev, int64_t *delta)
+{
+    Dw__ConnRecord *old = NULL;
+    int rc = store__get_record(st, st->ropts, ev->conn_id, &old);
+    if (rc < 0) return -1;
+    /* A reused id replaces the old row cleanly: its old rooms and edge go. */
+    if (old) {
+        batch_delete_record(b, old);
+        dw__conn_record__free_unpacked(old, NULL);
+    } else {
+        *delta = 1;
+    }
+
+    size_t cap = ev->n_rooms < REG_ROOMS_MAX ? ev->n_rooms : REG_ROOMS_MAX;
+    const char **rooms = calloc(cap ? cap : 1, sizeof *rooms);
+    if (!rooms) return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < ev->n_rooms; i++)
+        rooms_add(rooms, &n, ev->rooms[i]);
+
+    Dw__ConnRecord rec = DW__CONN_RECORD__INIT;
+    rec.conn_id = ev->conn_id;
+    rec.edge_id = ev->edge_id;
+    rec.rooms = (char **)rooms;
+    rec.n_rooms = n;
+    rec.user_id = (char *)store__str_or_empty(ev->user_id);
+    rec.source_ip = (char *)store__str_or_empty(ev->source_ip);
+    rec.user_agent = (char *)store__str_or_empty(ev->user_agent);
+    rec.has_user_agent = ev->has_user_agent;
+    rec.connected_at_ms = ev->ts_ms;
+    rec.conn_seq = seq;
+    rc = batch_put_record(st, b, &rec);
+    free(rooms);
+    return rc;
+}
+
+/* An event that names an edge only touches the row if it is on that edge:
+ * a late event from the edge that held a reused id must not hit the row a
+ * newer connect made elsewhere. An empty edge_id (ops, cleanup) matches. */
+static int same_edge(const Dw__ConnEvent *ev, const Dw__ConnRecord *rec)
+{
+    return !ev->edge_id || !*ev->edge_id || !strcmp(ev->edge_id, rec->edge_id);
+}
+
+static int apply_disconnect(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
+                            int64_t *delta)
+{
+    Dw__ConnRecord *old = NULL;
+    int rc = store__get_record(st, st->ropts, ev->conn_id, &old);
+    if (rc <= 0) return rc;
+    if (!same_edge(ev, old)) {
+        dw__conn_record__free_unpacked(old, NULL);
+        return 0;
+    }
+    batch_delete_record(b, old);
+    dw__conn_record__free_unpacked(old, NULL);
+    *delta = -1;
+    return 0;
+}
+
+/* JOIN (join=1) or LEAVE (join=0): rewrite the record's room list. */
+static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev, int join)
+{
+    Dw__ConnRecord *rec = NULL;
+    int rc = store__get_record(st, st->ropts, ev->conn_id, &rec);
+    if (rc <= 0) return rc;
+    if (!same_edge(ev, rec)) {
+        dw__conn_record__free_unpacked(rec, NULL);
+        return 0;
+    }
+
+    char key[KEY_MAX];
+    size_t cap = rec->n_rooms + (join ? ev->n_rooms : 0);
+    const char **rooms = calloc(cap ? cap : 1, sizeof *rooms);
+    if (!rooms) {
+        dw__conn_record__free_unpacked(rec, NULL);
+        return -1;
+    }
+    size_t n = 0;
+    int changed = 0;
+    for (size_t i = 0; i < rec->n_rooms; i++) {
+        if (!join && rooms_has(ev->rooms, ev->n_rooms, rec->rooms[i])) {
+            store__batch_delete(
+                b, key, store__key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
+            changed = 1;
+            continue;
+        }
+        rooms_add(rooms, &n, rec->rooms[i]);
+    }
+    for (size_t i = 0; join && i < ev->n_rooms; i++) {
+        if (rooms_add(rooms, &n, ev->rooms[i])) changed = 1;
+    }
+    if (changed) {
+        char **saved = rec->rooms;
+        size_t saved_n = rec->n_rooms;
+        rec->rooms = (char **)rooms;
+        rec->n_rooms = n;
+        rc = batch_put_record(st, b, rec);
+        rec->rooms = saved; /* free_unpacked must free its own array */
+        rec->n_rooms = saved_n;
+    }
+    free(rooms);
+    dw__conn_record__free_unpacked(rec, NULL);
+    return rc;
+}
+
+static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
+                           int64_t *delta)
+{
+    char prefix[KEY_MAX], upper[KEY_MAX];
+    size_t plen = store__key_join(prefix, "e", ev->edge_id, "", NULL);
+    if (!plen) return 0;
+    memcpy(upper, prefix, plen);
+    upper[plen - 1] = '/' + 1;
+
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_upper_bound(ro, upper, plen);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    int rc = 0;
+    char *err = NULL;
+    for (rocksdb_iter_seek(it, prefix, plen); rc == 0 && rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t klen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        char conn_id[REG_ID_MAX + 1];
+        if (klen - plen > REG_ID_MAX) continue;
+        memcpy(conn_id, k + plen, klen - plen);
+        conn_id[klen - plen] = '\0';
+        /* The index entry goes even if its record is missing: self-repair. */
+        rocksdb_writebatch_delete(b, k, klen);
+        Dw__ConnRecord *rec = NULL;
+        rc = store__get_record(st, st->ropts, conn_id, &rec);
+        if (rc == 1) {
+            if (!strcmp(rec->edge_id, ev->edge_id)) {
+                batch_delete_record(b, rec);
+                (*delta)--;
+            }
+            dw__conn_record__free_unpacked(rec, NULL);
+            rc = 0;
+        }
+    }
+    rocksdb_iter_get_error(it, &err);
+    if (err) {
+        DW_ERROR("rocksdb scan failed", "edge_id=%s err=\"%s\"", ev->edge_id, err);
+        rocksdb_free(err);
+        rc = -1;
+    }
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    return rc;
+}
+
+static int apply_event(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
+                       const Dw__ConnEvent *ev, int64_t *delta)
+{
+    int conn_ok = reg_id_valid(ev->conn_id), edge_ok = reg_id_valid(ev->edge_id);
+    switch (ev->kind) {
+    case DW__CONN_EVENT__KIND__CONNECT:
+        if (!conn_ok || !edge_ok) break;
+        return apply_connect(st, b, seq, ev, delta);
+    case DW__CONN_EVENT__KIND__DISCONNECT:
+        if (!conn_ok) break;
+        return apply_disconnect(st, b, ev, delta);
+    case DW__CONN_EVENT__KIND__JOIN:
+    case DW__CONN_EVENT__KIND__LEAVE:
+        if (!conn_ok) break;
+        return apply_rooms(st, b, ev, ev->kind == DW__CONN_EVENT__KIND__JOIN);
+    case DW__CONN_EVENT__KIND__EDGE_DOWN:
+        if (!edge_ok) break;
+        return apply_edge_down(st, b, ev, delta);
+    default:
+        DW_WARN("unknown event kind ignored", "seq=%llu kind=%d", (unsigned long long)seq,
+                (int)ev->kind);
+        return 0;
+    }
+    /* Ids come from the edges; never print them raw when they are bad. */
+    DW_WARN("event with invalid ids ignored", "seq=%llu kind=%d", (unsigned long long)seq,
+            (int)ev->kind);
+    return 0;
+}
+
+int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
+{
+    return reg_store_apply_at(st, seq, 0, ev);
+}
+
+int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__ConnEvent *ev)
+{
+    int rc = 0;
+    int64_t delta = 0;
+    char *err = NULL;
+
+    pthread_mutex_lock(&st->wmu);
+    if (seq <= atomic_load(&st->applied_seq)) {
+        pthread_mutex_unlock(&st->wmu);
+        return 0;
+    }
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    if (ev) rc = apply_event(st, b, seq, ev, &delta);
+    uint64_t count = atomic_load(&st->count);
+    if (delta < 0 && (uint64_t)-delta > count)
+        count = 0; /* never wrap, even if the index was inconsistent */
+    else
+        count = (uint64_t)((int64_t)count + delta);
+    if (rc == 0) {
+        uint8_t v[8];
+        store__u64_put_be(v, count);
+        rocksdb_writebatch_put(b, KEY_COUNT, strlen(KEY_COUNT), (const char *)v, 8);
+        store__u64_put_be(v, seq);
+        rocksdb_writebatch_put(b, KEY_APPLIED, strlen(KEY_APPLIED), (const char *)v, 8);
+        if (ts_ms > 0) {
+            store__u64_put_be(v, (uint64_t)ts_ms);
+            rocksdb_writebatch_put(b, KEY_APPLIED_TS, strlen(KEY_APPLIED_TS), (const char *)v, 8);
+        }
+        rocksdb_write(st->db, st->wopts, b, &err);
+        if (err) {
+            DW_ERROR("rocksdb write failed", "seq=%llu err=\"%s\"", (unsigned long long)seq, err);
+            rocksdb_free(err);
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        atomic_store(&st->count, count);
+        atomic_store(&st->applied_seq, seq);
+        if (ts_ms > 0) atomic_store(&st->applied_ts, ts_ms);
+    }
+    rocksdb_writebatch_destroy(b);
+    pthread_mutex_unlock(&st->wmu);
+    return rc == 0 ? 1 : -1;
+}

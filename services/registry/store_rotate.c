@@ -1,0 +1,126 @@
+/* Key rotation (store.h: reg_store_rotate): every value re-sealed with the
+ * keyring's current key, a batch at a time under the writer lock, then the
+ * other keys forgotten and the table compacted. */
+#include "store.h"
+
+#include <pthread.h>
+#include <rocksdb/c.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dw/bus.h"
+#include "dw/log.h"
+#include "store_int.h"
+
+/* Re-seal up to ROTATE_BATCH values from start (a key under c/), holding
+ * the writer lock so that no event changes a row between our read and our
+ * write. *next receives the key to continue from ("" when done). */
+static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uint64_t *rewritten,
+                        char **err)
+{
+    char *rerr = NULL;
+    int rc = 0, n = 0;
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_upper_bound(ro, "c0", 2);
+
+    pthread_mutex_lock(&st->wmu);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    *done = 1;
+    for (rocksdb_iter_seek(it, start, *slen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        if (n == ROTATE_BATCH) {
+            /* Continue from this key next time (not yet looked at). */
+            if (klen <= KEY_MAX) {
+                memcpy(start, k, klen);
+                *slen = klen;
+                *done = 0;
+            }
+            break;
+        }
+        uint32_t kid = 0;
+        if (dw_crypto_is_sealed(val, vlen, &kid) && kid == st->cur_key) continue;
+        Dw__ConnRecord *rec = store__value_decode(st, k, klen, val, vlen);
+        if (!rec) {
+            char msg[KEY_MAX + 128];
+            snprintf(msg, sizeof msg, "the value of %.*s cannot be read (see the log)", (int)klen,
+                     k);
+            *err = strdup(msg);
+            rc = -1;
+            break;
+        }
+        size_t plen = 0, slen2 = 0;
+        uint8_t *packed = dw_pb_pack(&rec->base, &plen), *sealed = NULL;
+        dw__conn_record__free_unpacked(rec, NULL);
+        if (!packed || store__value_encode(st, k, klen, packed, plen, &sealed, &slen2)) {
+            free(packed);
+            *err = strdup("cannot seal a value");
+            rc = -1;
+            break;
+        }
+        rocksdb_writebatch_put(b, k, klen, (const char *)sealed, slen2);
+        free(packed);
+        free(sealed);
+        n++;
+    }
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    if (!rc && !rerr && n) rocksdb_write(st->db, st->wopts, b, &rerr);
+    pthread_mutex_unlock(&st->wmu);
+    if (rerr) {
+        *err = strdup(rerr);
+        rocksdb_free(rerr);
+        rc = -1;
+    }
+    if (!rc) *rewritten += (uint64_t)n;
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_writebatch_destroy(b);
+    return rc;
+}
+
+int reg_store_rotate(reg_store *st, uint64_t *rewritten, char **err)
+{
+    char start[KEY_MAX];
+    size_t slen = 2;
+    int done = 0;
+    *rewritten = 0;
+    *err = NULL;
+    if (!st->cur_key) {
+        *err = strdup("no current key: set the key file to rotate to");
+        return -1;
+    }
+    memcpy(start, "c/", 2);
+    while (!done)
+        if (rotate_batch(st, start, &slen, &done, rewritten, err)) return -1;
+
+    /* Every value is now sealed with the current key (the writer only seals
+     * with it): the others are no longer needed. */
+    pthread_mutex_lock(&st->wmu);
+    uint32_t saved[DW_KEYRING_MAX + 1];
+    size_t saved_n = st->n_key_ids;
+    memcpy(saved, st->key_ids, sizeof saved);
+    st->key_ids[0] = st->cur_key;
+    st->n_key_ids = 1;
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    store__key_ids_put(st, b);
+    int rc = store__write_sync(st, b, "key_ids");
+    rocksdb_writebatch_destroy(b);
+    if (rc) {
+        memcpy(st->key_ids, saved, sizeof saved);
+        st->n_key_ids = saved_n;
+    } else {
+        atomic_store(&st->allow_plain, 0);
+    }
+    pthread_mutex_unlock(&st->wmu);
+    if (rc) {
+        *err = strdup("cannot write the table's key ids");
+        return -1;
+    }
+    /* Old ciphertexts (and plaintext) stay in table files until compacted. */
+    rocksdb_compact_range(st->db, NULL, 0, NULL, 0);
+    return 0;
+}
