@@ -21,21 +21,13 @@
 /* Count c/ keys: only for a table written before m/count existed. */
 static int count_scan(reg_store *st, uint64_t *n)
 {
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_iterate_upper_bound(ro, "c0", 2);
-    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
-    char *err = NULL;
+    store_scan sc;
+    size_t klen;
     *n = 0;
-    for (rocksdb_iter_seek(it, "c/", 2); rocksdb_iter_valid(it); rocksdb_iter_next(it))
+    for (const char *k = store__scan_begin(&sc, st, NULL, "c/", 2, NULL, 0, &klen); k;
+         k = store__scan_next(&sc, &klen))
         (*n)++;
-    rocksdb_iter_get_error(it, &err);
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
-    if (err) {
-        rocksdb_free(err);
-        return -1;
-    }
-    return 0;
+    return store__scan_end(&sc, NULL);
 }
 
 static int key_ids_has(const reg_store *st, uint32_t id)

@@ -174,21 +174,13 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
 static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
                            int64_t *delta)
 {
-    char prefix[KEY_MAX], upper[KEY_MAX];
-    size_t plen = store__key_join(prefix, "e", ev->edge_id, "", NULL);
+    char prefix[KEY_MAX];
+    size_t plen = store__key_join(prefix, "e", ev->edge_id, "", NULL), klen;
     if (!plen) return 0;
-    memcpy(upper, prefix, plen);
-    upper[plen - 1] = '/' + 1;
-
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_iterate_upper_bound(ro, upper, plen);
-    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    store_scan sc;
     int rc = 0;
-    char *err = NULL;
-    for (rocksdb_iter_seek(it, prefix, plen); rc == 0 && rocksdb_iter_valid(it);
-         rocksdb_iter_next(it)) {
-        size_t klen;
-        const char *k = rocksdb_iter_key(it, &klen);
+    for (const char *k = store__scan_begin(&sc, st, NULL, prefix, plen, NULL, 0, &klen);
+         rc == 0 && k; k = store__scan_next(&sc, &klen)) {
         char conn_id[REG_ID_MAX + 1];
         if (klen - plen > REG_ID_MAX) continue;
         memcpy(conn_id, k + plen, klen - plen);
@@ -206,14 +198,7 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
             rc = 0;
         }
     }
-    rocksdb_iter_get_error(it, &err);
-    if (err) {
-        DW_ERROR("rocksdb scan failed", "edge_id=%s err=\"%s\"", ev->edge_id, err);
-        rocksdb_free(err);
-        rc = -1;
-    }
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
+    if (store__scan_end(&sc, NULL)) rc = -1;
     return rc;
 }
 

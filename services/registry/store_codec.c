@@ -164,3 +164,60 @@ void store__batch_delete(rocksdb_writebatch_t *b, const char *key, size_t klen)
 {
     if (klen) rocksdb_writebatch_delete(b, key, klen);
 }
+
+/* ---- scans -------------------------------------------------------------- */
+
+static const char *scan_key(store_scan *sc, size_t *klen)
+{
+    return rocksdb_iter_valid(sc->it) ? rocksdb_iter_key(sc->it, klen) : NULL;
+}
+
+const char *store__scan_begin(store_scan *sc, reg_store *st, rocksdb_readoptions_t *ro,
+                              const char *prefix, size_t plen, const char *start, size_t slen,
+                              size_t *klen)
+{
+    sc->own_ro = ro ? NULL : rocksdb_readoptions_create();
+    sc->plen = plen;
+    /* Every key under "x/" sorts before "x0" ('0' is '/' + 1). */
+    memcpy(sc->upper, prefix, plen);
+    sc->upper[plen - 1] = '/' + 1;
+    rocksdb_readoptions_set_iterate_upper_bound(ro ? ro : sc->own_ro, sc->upper, plen);
+    sc->it = rocksdb_create_iterator(st->db, ro ? ro : sc->own_ro);
+    if (start)
+        rocksdb_iter_seek(sc->it, start, slen);
+    else
+        rocksdb_iter_seek(sc->it, prefix, plen);
+    return scan_key(sc, klen);
+}
+
+const char *store__scan_next(store_scan *sc, size_t *klen)
+{
+    rocksdb_iter_next(sc->it);
+    return scan_key(sc, klen);
+}
+
+const char *store__scan_seek(store_scan *sc, const char *target, size_t tlen, size_t *klen)
+{
+    rocksdb_iter_seek(sc->it, target, tlen);
+    return scan_key(sc, klen);
+}
+
+const char *store__scan_value(store_scan *sc, size_t *vlen)
+{
+    return rocksdb_iter_value(sc->it, vlen);
+}
+
+int store__scan_end(store_scan *sc, char **errmsg)
+{
+    char *err = NULL;
+    rocksdb_iter_get_error(sc->it, &err);
+    rocksdb_iter_destroy(sc->it);
+    if (sc->own_ro) rocksdb_readoptions_destroy(sc->own_ro);
+    sc->it = NULL;
+    sc->own_ro = NULL;
+    if (!err) return 0;
+    DW_ERROR("rocksdb scan failed", "bound=%.*s err=\"%s\"", (int)sc->plen, sc->upper, err);
+    if (errmsg) *errmsg = strdup(err);
+    rocksdb_free(err);
+    return -1;
+}

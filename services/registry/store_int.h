@@ -74,6 +74,38 @@ int store__get_record(reg_store *st, const rocksdb_readoptions_t *ro, const char
 void store__batch_put_empty(rocksdb_writebatch_t *b, const char *key, size_t klen);
 void store__batch_delete(rocksdb_writebatch_t *b, const char *key, size_t klen);
 
+/* A scan of the keys that start with a prefix (ending in '/'), in key
+ * order: the one way this table iterates. It bounds the iterator at the
+ * prefix's end (so RocksDB stops there), and logs and reports an error the
+ * iterator met. ro is the read options to scan with (a snapshot's, or NULL
+ * for fresh ones, owned by the scan); its upper bound is set to the
+ * prefix's end, so it serves one scan at a time.
+ *
+ *   store_scan sc;
+ *   for (k = store__scan_begin(&sc, st, ro, prefix, plen, NULL, 0, &klen); k;
+ *        k = store__scan_next(&sc, &klen)) ...
+ *   if (store__scan_end(&sc)) -> the scan was cut short by an error */
+typedef struct store_scan {
+    rocksdb_iterator_t *it;
+    rocksdb_readoptions_t *own_ro; /* made by the scan (ro was NULL) */
+    char upper[KEY_MAX];
+    size_t plen; /* a key's own part starts here */
+} store_scan;
+/* Start at start (slen bytes; NULL: the prefix itself). Returns the first
+ * key (its length in *klen) or NULL when there is none. */
+const char *store__scan_begin(store_scan *sc, reg_store *st, rocksdb_readoptions_t *ro,
+                              const char *prefix, size_t plen, const char *start, size_t slen,
+                              size_t *klen);
+/* The next key, or NULL at the end of the prefix. */
+const char *store__scan_next(store_scan *sc, size_t *klen);
+/* Jump to the first key at or after target, or NULL. */
+const char *store__scan_seek(store_scan *sc, const char *target, size_t tlen, size_t *klen);
+/* The value of the current key. */
+const char *store__scan_value(store_scan *sc, size_t *vlen);
+/* Free the iterator: 0, or -1 when RocksDB reported an error (logged;
+ * also into *err, malloc'd, when err is not NULL). */
+int store__scan_end(store_scan *sc, char **err);
+
 /* store.c */
 void store__key_ids_put(reg_store *st, rocksdb_writebatch_t *b);
 int store__write_sync(reg_store *st, rocksdb_writebatch_t *b, const char *what);

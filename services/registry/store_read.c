@@ -42,6 +42,13 @@ typedef struct read_view {
     uint64_t applied_seq, count;
 } read_view;
 
+static void view_close(reg_store *st, read_view *v)
+{
+    rocksdb_readoptions_destroy(v->ro);
+    rocksdb_release_snapshot(st->db, v->snap);
+}
+
+/* 0, or -1 (nothing left open). */
 static int view_open(reg_store *st, read_view *v)
 {
     int found;
@@ -49,15 +56,11 @@ static int view_open(reg_store *st, read_view *v)
     v->ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_snapshot(v->ro, v->snap);
     if (store__read_u64(st, v->ro, KEY_APPLIED, &v->applied_seq, &found) ||
-        store__read_u64(st, v->ro, KEY_COUNT, &v->count, &found))
+        store__read_u64(st, v->ro, KEY_COUNT, &v->count, &found)) {
+        view_close(st, v);
         return -1;
+    }
     return 0;
-}
-
-static void view_close(reg_store *st, read_view *v)
-{
-    rocksdb_readoptions_destroy(v->ro);
-    rocksdb_release_snapshot(st->db, v->snap);
 }
 
 static int strs_push(reg_strs *s, size_t *cap, const char *p, size_t len)
@@ -86,29 +89,20 @@ static int cmp_str(const void *a, const void *b)
 static int distinct_parts(reg_store *st, const char *prefix, size_t plen, reg_strs *out)
 {
     read_view v;
-    char upper[KEY_MAX], target[KEY_MAX];
-    size_t cap = 0;
+    store_scan sc;
+    char target[KEY_MAX];
+    size_t cap = 0, klen;
     int rc = 0;
-    char *err = NULL;
 
     memset(out, 0, sizeof *out);
-    if (view_open(st, &v)) {
-        view_close(st, &v);
-        return -1;
-    }
+    if (view_open(st, &v)) return -1;
     out->applied_seq = v.applied_seq;
-    memcpy(upper, prefix, plen);
-    upper[plen - 1] = '/' + 1;
-    rocksdb_readoptions_set_iterate_upper_bound(v.ro, upper, plen);
-    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, v.ro);
-    rocksdb_iter_seek(it, prefix, plen);
-    while (rocksdb_iter_valid(it)) {
-        size_t klen;
-        const char *k = rocksdb_iter_key(it, &klen);
+    const char *k = store__scan_begin(&sc, st, v.ro, prefix, plen, NULL, 0, &klen);
+    while (k) {
         const char *part = k + plen;
         const char *slash = memchr(part, '/', klen - plen);
         if (!slash) { /* not written by us: step over it */
-            rocksdb_iter_next(it);
+            k = store__scan_next(&sc, &klen);
             continue;
         }
         size_t partlen = (size_t)(slash - part);
@@ -123,15 +117,9 @@ static int distinct_parts(reg_store *st, const char *prefix, size_t plen, reg_st
         }
         memcpy(target, k, plen + partlen);
         target[plen + partlen] = '/' + 1;
-        rocksdb_iter_seek(it, target, tlen);
+        k = store__scan_seek(&sc, target, tlen, &klen);
     }
-    rocksdb_iter_get_error(it, &err);
-    if (err) {
-        DW_ERROR("rocksdb scan failed", "err=\"%s\"", err);
-        rocksdb_free(err);
-        rc = -1;
-    }
-    rocksdb_iter_destroy(it);
+    if (store__scan_end(&sc, NULL)) rc = -1;
     view_close(st, &v);
     if (rc)
         reg_strs_free(out);
@@ -174,16 +162,13 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, cons
                    size_t limit, reg_conns *out)
 {
     read_view v;
-    char prefix[KEY_MAX], upper[KEY_MAX], start[KEY_MAX];
-    size_t cap = 0, plen, slen;
+    store_scan sc;
+    char prefix[KEY_MAX], start[KEY_MAX];
+    size_t cap = 0, plen, slen, klen;
     int rc = 0, by_edge = edge_id && *edge_id, has_after = after && *after;
-    char *err = NULL;
 
     memset(out, 0, sizeof *out);
-    if (view_open(st, &v)) {
-        view_close(st, &v);
-        return -1;
-    }
+    if (view_open(st, &v)) return -1;
     out->applied_seq = v.applied_seq;
     out->total = v.count;
     if ((by_edge && !reg_id_valid(edge_id)) || (conn_id && *conn_id && !reg_id_valid(conn_id)))
@@ -203,8 +188,6 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, cons
 
     plen = by_edge ? store__key_join(prefix, "e", edge_id, "", NULL)
                    : store__key_join(prefix, "c", "", NULL, NULL);
-    memcpy(upper, prefix, plen);
-    upper[plen - 1] = '/' + 1;
     /* Paging: start at prefix + after; the id itself is stepped over below.
      * An after too long to be an id sorts after every id of its prefix. */
     memcpy(start, prefix, plen);
@@ -215,13 +198,9 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, cons
         memcpy(start + plen, after, alen);
         slen += alen;
     }
-    rocksdb_readoptions_set_iterate_upper_bound(v.ro, upper, plen);
-    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, v.ro);
-    for (rocksdb_iter_seek(it, start, slen); rocksdb_iter_valid(it) && (!limit || out->n < limit);
-         rocksdb_iter_next(it)) {
+    for (const char *k = store__scan_begin(&sc, st, v.ro, prefix, plen, start, slen, &klen);
+         k && (!limit || out->n < limit); k = store__scan_next(&sc, &klen)) {
         Dw__ConnRecord *rec = NULL;
-        size_t klen;
-        const char *k = rocksdb_iter_key(it, &klen);
         if (has_after && klen == slen && !memcmp(k, start, slen)) continue;
         if (by_edge) {
             char id[REG_ID_MAX + 1];
@@ -233,7 +212,7 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, cons
             rc = 0;
         } else {
             size_t vlen;
-            const char *val = rocksdb_iter_value(it, &vlen);
+            const char *val = store__scan_value(&sc, &vlen);
             rec = store__value_decode(st, k, klen, val, vlen);
         }
         if (rec && conns_push(out, &cap, rec)) {
@@ -242,13 +221,7 @@ int reg_store_list(reg_store *st, const char *edge_id, const char *conn_id, cons
             break;
         }
     }
-    rocksdb_iter_get_error(it, &err);
-    if (err) {
-        DW_ERROR("rocksdb scan failed", "err=\"%s\"", err);
-        rocksdb_free(err);
-        rc = -1;
-    }
-    rocksdb_iter_destroy(it);
+    if (store__scan_end(&sc, NULL)) rc = -1;
 done:
     view_close(st, &v);
     if (rc) reg_conns_free(out);
@@ -273,17 +246,14 @@ int reg_store_presence(reg_store *st, const char *room, const char *after_user, 
                        reg_presence *out)
 {
     read_view v;
-    char prefix[KEY_MAX], upper[KEY_MAX];
+    store_scan sc;
+    char prefix[KEY_MAX];
     reg_strs users = {0};
-    size_t cap = 0;
+    size_t cap = 0, klen;
     int rc = 0;
-    char *err = NULL;
 
     memset(out, 0, sizeof *out);
-    if (view_open(st, &v)) {
-        view_close(st, &v);
-        return -1;
-    }
+    if (view_open(st, &v)) return -1;
     out->applied_seq = v.applied_seq;
     size_t plen = room && dw_room_valid(room, strlen(room))
                       ? store__key_join(prefix, "r", room, "", NULL)
@@ -291,14 +261,8 @@ int reg_store_presence(reg_store *st, const char *room, const char *after_user, 
     if (!plen) goto done;
 
     /* One user id per member connection; grouped after sorting. */
-    memcpy(upper, prefix, plen);
-    upper[plen - 1] = '/' + 1;
-    rocksdb_readoptions_set_iterate_upper_bound(v.ro, upper, plen);
-    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, v.ro);
-    for (rocksdb_iter_seek(it, prefix, plen); rc == 0 && rocksdb_iter_valid(it);
-         rocksdb_iter_next(it)) {
-        size_t klen;
-        const char *k = rocksdb_iter_key(it, &klen);
+    for (const char *k = store__scan_begin(&sc, st, v.ro, prefix, plen, NULL, 0, &klen);
+         rc == 0 && k; k = store__scan_next(&sc, &klen)) {
         const char *slash = memchr(k + plen, '/', klen - plen); /* <edge>/<conn> */
         if (!slash) continue;
         size_t idlen = klen - (size_t)(slash + 1 - k);
@@ -315,13 +279,7 @@ int reg_store_presence(reg_store *st, const char *room, const char *after_user, 
             rc = strs_push(&users, &cap, rec->user_id, strlen(rec->user_id));
         dw__conn_record__free_unpacked(rec, NULL);
     }
-    rocksdb_iter_get_error(it, &err);
-    if (err) {
-        DW_ERROR("rocksdb scan failed", "err=\"%s\"", err);
-        rocksdb_free(err);
-        rc = -1;
-    }
-    rocksdb_iter_destroy(it);
+    if (store__scan_end(&sc, NULL)) rc = -1;
     if (rc || !users.n) goto done;
 
     qsort(users.v, users.n, sizeof *users.v, cmp_str);

@@ -23,16 +23,14 @@ static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uin
     char *rerr = NULL;
     int rc = 0, n = 0;
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_iterate_upper_bound(ro, "c0", 2);
+    store_scan sc;
+    size_t klen, vlen;
 
     pthread_mutex_lock(&st->wmu);
-    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
     *done = 1;
-    for (rocksdb_iter_seek(it, start, *slen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-        size_t klen, vlen;
-        const char *k = rocksdb_iter_key(it, &klen);
-        const char *val = rocksdb_iter_value(it, &vlen);
+    for (const char *k = store__scan_begin(&sc, st, NULL, "c/", 2, start, *slen, &klen); k;
+         k = store__scan_next(&sc, &klen)) {
+        const char *val = store__scan_value(&sc, &vlen);
         if (n == ROTATE_BATCH) {
             /* Continue from this key next time (not yet looked at). */
             if (klen <= KEY_MAX) {
@@ -67,9 +65,8 @@ static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uin
         free(sealed);
         n++;
     }
-    rocksdb_iter_get_error(it, &rerr);
-    rocksdb_iter_destroy(it);
-    if (!rc && !rerr && n) rocksdb_write(st->db, st->wopts, b, &rerr);
+    if (store__scan_end(&sc, rc ? NULL : err)) rc = -1;
+    if (!rc && n) rocksdb_write(st->db, st->wopts, b, &rerr);
     pthread_mutex_unlock(&st->wmu);
     if (rerr) {
         *err = strdup(rerr);
@@ -77,7 +74,6 @@ static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uin
         rc = -1;
     }
     if (!rc) *rewritten += (uint64_t)n;
-    rocksdb_readoptions_destroy(ro);
     rocksdb_writebatch_destroy(b);
     return rc;
 }
