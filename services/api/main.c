@@ -157,24 +157,16 @@ static void cleanup(dw_service *s)
     api_auth_clear(&a->auth);
 }
 
+static const char summary[] =
+    "DynamoWave api: the @connections management API. POST, GET and DELETE "
+    "/@connections/{id} over HTTP (AWS's shape) and over NATS "
+    "(dw.api.connections.post|get|delete).";
+
 int main(int argc, char **argv)
 {
     static api_app app;
-    dw_service s = {
-        .name = "api",
-        .summary = "DynamoWave api: the @connections management API. POST, GET and DELETE "
-                   "/@connections/{id} over HTTP (AWS's shape) and over NATS "
-                   "(dw.api.connections.post|get|delete).",
-        .fields = fields,
-        .n_fields = NFIELDS,
-        .cfg = &app.cfg,
-        .common = &app.cfg.svc,
-        .arg = &app,
-        .init = init,
-        .run = run,
-        .stop = stop,
-        .cleanup = cleanup,
-        .ready = api_ready,
-    };
+    /* init, setup, run, stop, cleanup, ready */
+    static const dw_service_hooks hooks = {init, NULL, run, stop, cleanup, api_ready};
+    dw_service s = DW_SERVICE("api", summary, fields, &app.cfg, &hooks, &app);
     return dw_service_main(&s, argc, argv);
 }

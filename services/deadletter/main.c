@@ -206,20 +206,8 @@ static void cleanup(dw_service *s)
 int main(int argc, char **argv)
 {
     static deadletter_app app;
-    dw_service s = {
-        .name = "deadletter",
-        .summary = summary,
-        .fields = fields,
-        .n_fields = N_FIELDS,
-        .cfg = &app.cfg,
-        .common = &app.cfg.svc,
-        .arg = &app,
-        .init = init,
-        .setup = setup,
-        .run = run,
-        .stop = stop,
-        .cleanup = cleanup,
-        .ready = is_ready,
-    };
+    /* init, setup, run, stop, cleanup, ready */
+    static const dw_service_hooks hooks = {init, setup, run, stop, cleanup, is_ready};
+    dw_service s = DW_SERVICE("deadletter", summary, fields, &app.cfg, &hooks, &app);
     return dw_service_main(&s, argc, argv);
 }

@@ -168,19 +168,8 @@ static void stop(dw_service *s)
 int main(int argc, char **argv)
 {
     static dispatcher_app app;
-    dw_service s = {
-        .name = "dispatcher",
-        .summary = summary,
-        .fields = fields,
-        .n_fields = N_FIELDS,
-        .cfg = &app.cfg,
-        .common = &app.cfg.svc,
-        .arg = &app,
-        .init = init,
-        .setup = setup,
-        .run = run,
-        .stop = stop,
-        .ready = is_ready,
-    };
+    /* init, setup, run, stop, cleanup, ready */
+    static const dw_service_hooks hooks = {init, setup, run, stop, NULL, is_ready};
+    dw_service s = DW_SERVICE("dispatcher", summary, fields, &app.cfg, &hooks, &app);
     return dw_service_main(&s, argc, argv);
 }

@@ -131,24 +131,16 @@ static void cleanup(dw_service *s)
     edge_free(s->arg);
 }
 
+static const char summary[] = "DynamoWave edge: holds the WebSocket connections, routes frames on "
+                              "\"action\", publishes to NATS JetStream and writes deliveries.";
+
 int main(int argc, char **argv)
 {
     static edge_config cfg;
     static edge e;
     e.cfg = &cfg;
-    dw_service s = {
-        .name = "edge",
-        .summary = "DynamoWave edge: holds the WebSocket connections, routes frames on "
-                   "\"action\", publishes to NATS JetStream and writes deliveries.",
-        .fields = fields,
-        .n_fields = NFIELDS,
-        .cfg = &cfg,
-        .common = &cfg.svc,
-        .arg = &e,
-        .init = init,
-        .run = run,
-        .cleanup = cleanup,
-        .ready = edge_ready,
-    };
+    /* init, setup, run, stop, cleanup, ready */
+    static const dw_service_hooks hooks = {init, NULL, run, NULL, cleanup, edge_ready};
+    dw_service s = DW_SERVICE("edge", summary, fields, &cfg, &hooks, &e);
     return dw_service_main(&s, argc, argv);
 }

@@ -403,24 +403,15 @@ static void cleanup(dw_service *s)
     if (a->lock_fd >= 0) close(a->lock_fd);
 }
 
+static const char summary[] =
+    "DynamoWave registry: the connections table (DW_CONN -> RocksDB), its "
+    "checkpoints, point-in-time restore and encryption at rest.";
+
 int main(int argc, char **argv)
 {
     static reg_app app;
-    dw_service s = {
-        .name = "registry",
-        .summary = "DynamoWave registry: the connections table (DW_CONN -> RocksDB), its "
-                   "checkpoints, point-in-time restore and encryption at rest.",
-        .fields = reg_fields,
-        .n_fields = REG_NFIELDS,
-        .cfg = &app.cfg,
-        .common = &app.cfg.svc,
-        .arg = &app,
-        .init = init,
-        .setup = setup,
-        .run = run,
-        .stop = stop,
-        .cleanup = cleanup,
-        .ready = is_ready,
-    };
+    /* init, setup, run, stop, cleanup, ready */
+    static const dw_service_hooks hooks = {init, setup, run, stop, cleanup, is_ready};
+    dw_service s = DW_SERVICE("registry", summary, reg_fields, &app.cfg, &hooks, &app);
     return dw_service_main(&s, argc, argv);
 }

@@ -17,7 +17,7 @@
 static bool is_ready(void *arg)
 {
     dw_service *s = arg;
-    if (s->ready) return s->ready(s->arg);
+    if (s->hooks->ready) return s->hooks->ready(s->arg);
     return atomic_load(&s->running);
 }
 
@@ -47,7 +47,7 @@ int dw_service_main(dw_service *s, int argc, char **argv)
         return rc > 0 ? 0 : 2;
     }
     dw_log_init(s->name, s->common->log_level);
-    if (s->init && (rc = s->init(s))) goto cleanup;
+    if (s->hooks->init && (rc = s->hooks->init(s))) goto cleanup;
     rc = 1;
     if (!s->instance[0] && dw_id_random(s->instance)) {
         DW_ERROR("csprng failed", "%s", "");
@@ -84,7 +84,7 @@ int dw_service_main(dw_service *s, int argc, char **argv)
         DW_WARN("not answering dw.ops.ping", "%s", "");
 
     int64_t wait = SETUP_RETRY_FIRST_MS;
-    while (s->setup && !dw_stop && s->setup(s)) {
+    while (s->hooks->setup && !dw_stop && s->hooks->setup(s)) {
         DW_WARN("setup failed, retrying", "retry_ms=%" PRId64, wait);
         nats_Sleep(wait);
         wait = wait * 2 < SETUP_RETRY_MAX_MS ? wait * 2 : SETUP_RETRY_MAX_MS;
@@ -94,8 +94,8 @@ int dw_service_main(dw_service *s, int argc, char **argv)
         goto stop;
     }
     atomic_store(&s->running, true);
-    if (s->run) {
-        rc = s->run(s);
+    if (s->hooks->run) {
+        rc = s->hooks->run(s);
     } else {
         while (!dw_stop)
             nats_Sleep(100);
@@ -108,14 +108,14 @@ stop:
     /* No one may ask ready() once the stop hook frees what it reads. */
     dw_ping_stop(ping);
     dw_status_stop(status);
-    if (s->stop) s->stop(s);
+    if (s->hooks->stop) s->hooks->stop(s);
     if (s->nc) drain(s->nc);
     jsCtx_Destroy(s->js);
     s->js = NULL;
     natsConnection_Destroy(s->nc);
     s->nc = NULL;
 cleanup:
-    if (s->cleanup) s->cleanup(s);
+    if (s->hooks->cleanup) s->hooks->cleanup(s);
     nats_CloseAndWait(2000);
     dw_metrics_free();
     if (rc == 0) DW_INFO("stopped", "instance=%s", s->instance);

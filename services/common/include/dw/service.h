@@ -67,18 +67,8 @@ typedef struct dw_service_cfg {
 
 typedef struct dw_service dw_service;
 
-struct dw_service {
-    /* ---- set by the service before dw_service_main ---- */
-    const char *name;           /* "dispatcher": logs, ping, dw_ready, the connection */
-    const char *summary;        /* --help */
-    const dw_cfg_field *fields; /* the binary's one config table */
-    size_t n_fields;
-    void *cfg;              /* its config struct, zeroed */
-    dw_service_cfg *common; /* the shared rows, inside cfg */
-    int64_t js_wait_ms;     /* the JetStream context's default wait (0: nats.c's) */
-    void *arg;              /* the service's state, for the hooks and ready */
-
-    /* Hooks (NULL: nothing to do). */
+/* What a service does at each step; NULL: nothing. */
+typedef struct dw_service_hooks {
     /* After config and logging: check what the table cannot, open local
      * files. 0, or the exit status (2: a bad setting). */
     int (*init)(dw_service *s);
@@ -98,11 +88,24 @@ struct dw_service {
     /* Ready to serve: /readyz, dw.ops.ping, dw_ready. Thread-safe. NULL:
      * ready once run has started. */
     bool (*ready)(void *arg);
+} dw_service_hooks;
+
+struct dw_service {
+    /* ---- set by the service before dw_service_main (DW_SERVICE) ---- */
+    const char *name;           /* "dispatcher": logs, ping, dw_ready, the connection */
+    const char *summary;        /* --help */
+    const dw_cfg_field *fields; /* the binary's one config table */
+    size_t n_fields;
+    void *cfg;                     /* its config struct, zeroed */
+    dw_service_cfg *common;        /* the shared rows, inside cfg */
+    const dw_service_hooks *hooks; /* borrowed */
+    void *arg;                     /* the service's state, for the hooks and ready */
 
     /* ---- may be set by init ---- */
     char instance[DW_ID_LEN + 64]; /* this process's id in dw.ops.ping ("": random) */
     char conn_name[64];            /* the NATS connection's name ("": name) */
     bool offline;                  /* a one-shot job (a restore): no status port, no ping */
+    int64_t js_wait_ms;            /* the JetStream context's default wait (0: nats.c's) */
 
     /* ---- set by dw_service_main ---- */
     natsConnection *nc; /* valid from setup until cleanup */
@@ -112,6 +115,16 @@ struct dw_service {
     char ready_labels[64];
     atomic_bool running;
 };
+
+/* A dw_service for the service called name: its --help summary, its config
+ * table (an array), the config struct it fills (cfg_ points to it; the
+ * shared rows are its member svc), its hooks and its state. */
+#define DW_SERVICE(name_, summary_, fields_, cfg_, hooks_, arg_)                                   \
+    {                                                                                              \
+        .name = name_, .summary = summary_, .fields = fields_,                                     \
+        .n_fields = sizeof fields_ / sizeof fields_[0], .cfg = cfg_, .common = &(cfg_)->svc,       \
+        .hooks = hooks_, .arg = arg_                                                               \
+    }
 
 /* Run the service; returns the exit status for main. */
 int dw_service_main(dw_service *s, int argc, char **argv);
