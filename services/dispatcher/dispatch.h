@@ -9,9 +9,11 @@
  *  - the worker thread writes what must be durable before the loop acts:
  *    EDGE_DOWN events, gone connections, dead letters;
  *  - the lease thread (leasekv.h) takes and gives back partitions;
- *  - nats.c's threads only queue what arrives (deliveries, replies,
- *    heartbeats) for the loop.
- * Nothing but the loop touches the ordering core. */
+ *  - nats.c's threads only queue what arrives (deliveries, replies) for
+ *    the loop, or note heartbeats in the edges table (edges.h: its own
+ *    lock).
+ * Nothing but the loop touches the ordering core. The files of this shell
+ * and what each owns: dispatch_int.h. */
 #ifndef DISPATCHER_DISPATCH_H
 #define DISPATCHER_DISPATCH_H
 

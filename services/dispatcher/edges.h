@@ -1,11 +1,12 @@
 /* Edge liveness: when did we last hear of each edge, and which edges have
  * been silent long enough to be declared down (EDGE_DOWN, once).
  *
- * Fed by the heartbeat subscription (edges_seen, on a nats.c thread) and by
- * the dispatcher's loop (edges_known from registry answers, edges_stale when
- * sweeping, edges_touch_all after a reconnect) and its worker thread
- * (edges_mark_down once an EDGE_DOWN is durable), hence the internal mutex. The clock is
- * always passed in, so tests drive time by hand. */
+ * Threads: nats.c callback threads (edges_seen for heartbeats, edges_known
+ * for the registry's list of edges: requests.c) and the dispatcher's loop
+ * (edges_known from round answers, edges_stale when sweeping,
+ * edges_touch_all after a reconnect, edges_mark_down once the worker has
+ * made an EDGE_DOWN durable), hence the internal mutex. The clock is always
+ * passed in, so tests drive time by hand. */
 #ifndef DISPATCHER_EDGES_H
 #define DISPATCHER_EDGES_H
 

@@ -1,5 +1,9 @@
 /* Connection id -> session, for the lws thread. Ids are DW_ID_LEN chars.
- * Open addressing with backward-shift deletion; grows at 50% load. */
+ * Open addressing with backward-shift deletion; grows at 50% load.
+ *
+ * Ownership: ids are copied in; values are borrowed (the sessions are
+ * lws's per-connection data): the map never frees one, and a session must
+ * be taken out (connmap_del) before lws frees it. lws thread only. */
 #ifndef EDGE_CONNMAP_H
 #define EDGE_CONNMAP_H
 

@@ -1,4 +1,13 @@
-/* The edge process: its configuration and the state the lws thread owns. */
+/* The edge process: its configuration and its state.
+ *
+ * Threads: the lws thread (the event loop: lws callbacks, the tick, the
+ * mailbox's events) owns almost all of struct edge; nats.c callback
+ * threads and the job workers only post to the mailbox. The fields any
+ * other thread touches are grouped at the end and say how. Written once
+ * before the threads start, then read-only: cfg, edge_id, bridge, m.
+ *
+ * The map of the edge's modules is in docs/architecture.md ("Where things
+ * live"). */
 #ifndef EDGE_EDGE_H
 #define EDGE_EDGE_H
 
@@ -65,10 +74,14 @@ typedef struct edge_metrics {
 } edge_metrics;
 
 typedef struct edge {
+    /* set before any thread starts, read-only after */
     const edge_config *cfg;
     char edge_id[DW_ID_LEN + 1];
+    edge_bridge *bridge;    /* its own calls say which thread may make them */
+    struct edge_metrics *m; /* atomics: any thread may count */
+
+    /* lws thread only */
     struct lws_context *ctx;
-    edge_bridge *bridge;
     struct edge_jobs *jobs;
     edge_admit admit;
     int64_t next_sweep_ns;
@@ -84,14 +97,13 @@ typedef struct edge {
     int64_t next_heartbeat_ns;
     lws_sorted_usec_list_t tick;
     int64_t tick_due_ns; /* when the tick should run: its lateness is the loop's lag */
+    bool inited;         /* edge_init ran: edge_free has something to free */
 
-    bool inited;               /* edge_init ran: edge_free has something to free */
-    dw_mailbox mailbox;        /* events for the lws thread (event.h) */
-    pthread_mutex_t wake_lock; /* guards ctx against wakes during destroy */
+    /* shared with other threads */
+    dw_mailbox mailbox;        /* any thread posts (its own lock); the lws thread takes */
+    pthread_mutex_t wake_lock; /* guards wake_ctx: a post wakes the loop while it exists */
     struct lws_context *wake_ctx;
-
-    struct edge_metrics *m;
-
+    /* rooms.v1_members (atomic) is read by the bridge's presence filter. */
 } edge;
 
 /* Before NATS: the mailbox and the bridge (not started). 0 or -1. */

@@ -13,7 +13,7 @@
 /* Heartbeats from junk edge ids must not grow the table without bound. */
 #define MAX_EDGES 4096
 #define EDGE_ID_MAX 128
-/* The edge's own bound per request (services/edge/server.c). */
+/* The edge's own bound per request (services/edge/bus_events.c). */
 #define EDGE_MAX_IDS 10000
 
 typedef struct seen_edge {
