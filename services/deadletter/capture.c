@@ -164,7 +164,7 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len)
     const char *room = found ? dlq_room_of_subject(subject) : "";
     const char *orig_id = "";
     char dlq_subj[512];
-    if (found && natsMsgHeader_Get(orig, "Nats-Msg-Id", &orig_id) != NATS_OK) orig_id = "";
+    if (found && natsMsgHeader_Get(orig, DW_HDR_MSG_ID, &orig_id) != NATS_OK) orig_id = "";
     if (!room || (found && dlq_subject(dlq_subj, sizeof dlq_subj, room))) {
         /* Not a chat subject (cannot be: DW_MSG holds dw.msg.>); keep it anyway. */
         DW_WARN("advisory: odd original subject", "seq=%" PRIu64 " subject=%s", adv.stream_seq,

@@ -42,7 +42,7 @@ static int dead_letter(dispatcher *d, order_msg *m)
     const char *room = dlq_room_of_subject(subject);
     const char *orig_id = NULL;
     char dlq_subj[256], msg_id[DW_MSGID_MAX];
-    if (natsMsgHeader_Get(nm, "Nats-Msg-Id", &orig_id) != NATS_OK)
+    if (natsMsgHeader_Get(nm, DW_HDR_MSG_ID, &orig_id) != NATS_OK)
         orig_id = m->chat ? m->chat->id : "";
     if (!room || dlq_subject(dlq_subj, sizeof dlq_subj, room)) {
         /* Not a chat subject: keep it under a room of its own name. */

@@ -65,7 +65,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     /* A chat message whose Nats-Msg-Id is the client's key names the
      * edge's own "<conn>:<n>" in Dw-Ref. */
     if (natsMsgHeader_Get(msg, DW_HDR_REF, &msg_id) != NATS_OK || !msg_id)
-        natsMsgHeader_Get(msg, "Nats-Msg-Id", &msg_id);
+        natsMsgHeader_Get(msg, DW_HDR_MSG_ID, &msg_id);
     edge_event *ev = edge_event_new(EDGE_EV_MSG_ACK);
     if (!ev || !msg_id) {
         DW_ERROR("publish ack lost", "subject=%s", subj ? subj : "?");
@@ -500,7 +500,7 @@ int bridge_publish_edge_down(edge_bridge *b, const char *reason, int64_t timeout
     natsMsg *m = NULL, *reply = NULL;
     natsStatus s = natsConnection_SubscribeSync(&sub, b->nc, inbox);
     if (s == NATS_OK) s = natsMsg_Create(&m, subj, inbox, (const char *)buf, (int)len);
-    if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Msg-Id", msg_id);
+    if (s == NATS_OK) s = natsMsgHeader_Set(m, DW_HDR_MSG_ID, msg_id);
     if (s == NATS_OK) s = natsConnection_PublishMsg(b->nc, m);
     /* The server answers a refusal before the PONG of this flush. */
     if (s == NATS_OK) s = natsConnection_FlushTimeout(b->nc, timeout_ms);

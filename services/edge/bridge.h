@@ -65,7 +65,6 @@ int bridge_publish_drop(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t round)
  * Nats-Msg-Id (a v1 client's idempotency key, so a retry of the same send
  * is stored once; DW_MSG acks a repeat with the first one's sequence); NULL
  * for m->id. The ack event names m->id either way. */
-#define DW_HDR_REF "Dw-Ref"
 int bridge_publish_msg(edge_bridge *b, const Dw__ChatMessage *m, const char *msg_id);
 
 /* A LEAVE event (asynchronous; the result is only logged). */

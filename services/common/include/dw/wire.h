@@ -29,6 +29,12 @@
 
 #define DW_MSGID_MAX 384
 
+/* The header JetStream deduplicates on. */
+#define DW_HDR_MSG_ID "Nats-Msg-Id"
+/* On a chat message whose Nats-Msg-Id is a v1 client's idempotency key:
+ * the edge's own "<conn>:<n>", which its publish ack must name. */
+#define DW_HDR_REF "Dw-Ref"
+
 /* ---- DW_MSG: chat messages ---- */
 
 /* A chat id of an edge connection fits in this (DW_ID_LEN + ':' + 20 digits). */
