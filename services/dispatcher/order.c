@@ -81,13 +81,9 @@ void order__targets_unref(order_msg *m)
     m->n_targets = 0; /* the states stay readable through r->items[].t */
 }
 
-void order__settle(order *s, order_msg *m, order_verdict v)
+/* At the end of the settled list (oldest settled first). */
+static void settled_append(order *s, order_msg *m)
 {
-    if (m->settled) return;
-    m->settled = 1;
-    m->verdict = v;
-    order__targets_unref(m);
-    order__room_unlink(s, m);
     m->prev = s->set_tail;
     m->next = NULL;
     if (s->set_tail)
@@ -95,6 +91,16 @@ void order__settle(order *s, order_msg *m, order_verdict v)
     else
         s->set_head = m;
     s->set_tail = m;
+}
+
+void order__settle(order *s, order_msg *m, order_verdict v)
+{
+    if (m->settled) return;
+    m->settled = 1;
+    m->verdict = v;
+    order__targets_unref(m);
+    order__room_unlink(s, m);
+    settled_append(s, m);
 }
 
 /* Every target is done: ack, or dead-letter what failed. */
@@ -297,13 +303,7 @@ void order_settled_push_back(order *s, order_msg *m)
         order__msg_maybe_free(s, m);
         return;
     }
-    m->prev = s->set_tail;
-    m->next = NULL;
-    if (s->set_tail)
-        s->set_tail->next = m;
-    else
-        s->set_head = m;
-    s->set_tail = m;
+    settled_append(s, m);
 }
 
 void order_msg_release(order *s, order_msg *m)
