@@ -417,7 +417,9 @@ size_t order_progress_due(order *s, int64_t now_ms, int64_t every_ms, void **out
 int64_t order_next_wake(const order *s)
 {
     int64_t t = INT64_MAX;
-    for (const order_room *r = s->pend_head; r; r = r->pend_next)
+    /* While a round is open no other can begin: the rooms waiting for one
+     * have no clock until it ends (the caller hears that as news). */
+    for (const order_room *r = s->round_open ? NULL : s->pend_head; r; r = r->pend_next)
         if (r->n_unresolved && r->next_ms < t) t = r->next_ms;
     for (size_t i = 0; i < s->n_edges; i++) {
         const order_edge *e = s->edges[i];

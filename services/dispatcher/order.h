@@ -210,7 +210,8 @@ size_t order_inflight_of(const order *s, uint32_t part);
 size_t order_progress_due(order *s, int64_t now_ms, int64_t every_ms, void **out, size_t max);
 
 /* When something waits for a clock (a room's or an edge's backoff): the
- * earliest such time, or INT64_MAX. */
+ * earliest such time, or INT64_MAX. Rooms waiting for a round count only
+ * while no round is open (one cannot begin before the open one ends). */
 int64_t order_next_wake(const order *s);
 
 /* For metrics and logs. */

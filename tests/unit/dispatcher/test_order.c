@@ -376,8 +376,12 @@ static void test_message_during_round(void **state)
     order_round_begin(o, 0, &q, &nq);
     assert_int_equal(nq, 1);
     add(o, 0, 2, "A", 0);
+    /* No clock to wait for while the round is open: no new round can
+     * begin before it ends (a loop polling for one would spin). */
+    assert_true(order_next_wake(o) == INT64_MAX);
     order_round_room_edges(o, 0, e1, 1, 0);
     order_round_end(o, 0);
+    assert_int_equal(order_next_wake(o), 0);
     assert_int_equal(round_all(o, e12, 2, 0), 1);
     uint64_t seqs[8];
     order_request *a = order_next_request(o, 0), *b = order_next_request(o, 0);
