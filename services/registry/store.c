@@ -567,6 +567,9 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
     for (size_t i = 0; join && i < ev->n_rooms; i++) {
         if (rooms_add(rooms, &n, ev->rooms[i])) changed = 1;
     }
+    /* (rc is still get_record's 1 here: a JOIN or LEAVE that changes
+     * nothing must not pass for a failed write.) */
+    rc = 0;
     if (changed) {
         char **saved = rec->rooms;
         size_t saved_n = rec->n_rooms;
