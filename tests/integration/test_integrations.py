@@ -1,0 +1,269 @@
+"""Issue 17, integrations (part A): lifecycle events in DW_EVENTS, publishing
+to a room from a backend (HTTP and NATS), and a real worker process (the C
+moderation bot from examples/workers/c) against a real stack.
+
+DW_EVENTS is read the way any NATS client reads it, over the NATS text
+protocol: the JetStream API's stream info and message get."""
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import unittest
+import urllib.error
+import urllib.request
+
+from harness import BIN, Stack, StackTest, connect, no_message, recv_text, wait_until
+
+V1 = ["dynamowave.v1"]
+
+
+class Nats:
+    """Just enough of the NATS text protocol for request/reply (JetStream's
+    API included) with headers: each request gets its own reply subject
+    under the connection's inbox."""
+
+    def __init__(self, port, user=None, password=None, inbox="_INBOX.t"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.inbox = f"{inbox}.{os.getpid()}"
+        self.n = 0
+        assert self._line().startswith("INFO ")
+        c = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+             "protocol": 1, "name": "test"}
+        if user:
+            c.update(user=user, **{"pass": password})
+        self.sock.sendall(f"CONNECT {json.dumps(c)}\r\nSUB {self.inbox}.> 1\r\nPING\r\n".encode())
+        while (line := self._line()) != "PONG":
+            if line.startswith("-ERR"):
+                raise AssertionError(line)
+
+    def close(self):
+        self.sock.close()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("nats closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def _payload(self, n):
+        while len(self.buf) < n + 2:
+            self.buf += self.sock.recv(65536)
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def request(self, subject, payload=b"", headers=None, timeout=5.0):
+        """(headers, data) of the reply; headers has "Status" for a status
+        reply (503: no responders). Raises TimeoutError."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        self.n += 1
+        reply = f"{self.inbox}.{self.n}"
+        if headers:
+            h = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                 + "\r\n").encode()
+            self.sock.sendall(f"HPUB {subject} {reply} {len(h)} {len(h) + len(payload)}\r\n"
+                              .encode() + h + payload + b"\r\n")
+        else:
+            self.sock.sendall(f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload
+                              + b"\r\n")
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                line = self._line()
+                if line == "PING":
+                    self.sock.sendall(b"PONG\r\n")
+                    continue
+                if line.startswith("-ERR"):
+                    raise PermissionError(line)
+                parts = line.split()
+                if parts[0] == "MSG":
+                    data = self._payload(int(parts[-1]))
+                    hdrs = {}
+                elif parts[0] == "HMSG":
+                    raw = self._payload(int(parts[-1]))
+                    hl = int(parts[-2])
+                    hdrs = parse_headers(raw[:hl])
+                    data = raw[hl:]
+                else:
+                    continue
+                if parts[1] == reply:
+                    return hdrs, data
+        except socket.timeout:
+            raise TimeoutError(f"no reply to {subject}")
+
+
+def parse_headers(raw):
+    lines = raw.decode().split("\r\n")
+    hdrs = {}
+    first = lines[0].split(None, 2)
+    if len(first) > 1:
+        hdrs["Status"] = first[1]
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            hdrs[k.strip()] = v.strip()
+    return hdrs
+
+
+def stream_messages(nc, stream):
+    """Every message a stream holds now: [(seq, subject, headers, data)]."""
+    _, info = nc.request(f"$JS.API.STREAM.INFO.{stream}")
+    info = json.loads(info)
+    if "error" in info:
+        return []
+    state = info["state"]
+    out = []
+    for seq in range(state["first_seq"], state["last_seq"] + 1):
+        _, r = nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"seq": seq}))
+        m = json.loads(r).get("message")
+        if not m:
+            continue
+        hdrs = parse_headers(base64.b64decode(m["hdrs"])) if m.get("hdrs") else {}
+        out.append((m["seq"], m["subject"], hdrs, base64.b64decode(m.get("data", ""))))
+    return out
+
+
+def lifecycle(nc):
+    """DW_EVENTS as (subject, event) in stream order."""
+    return [(subj, json.loads(data)) for _, subj, _, data in stream_messages(nc, "DW_EVENTS")]
+
+
+def of_conn(events, conn):
+    return [(e["type"], e["room"], e["reason"]) for _, e in events if e["connectionId"] == conn]
+
+
+class LifecycleEvents(StackTest):
+    """DW_EVENTS: every connect is followed by exactly one disconnect, also
+    when the connection's edge is killed with kill -9; exactly once across
+    a second registry replica and a rebuild of the table from DW_CONN."""
+    # The dispatcher declares an edge down after 1.5 s of heartbeat silence.
+    ENV = {"DW_EDGE_DEAD_MS": "1500", "DW_HEARTBEAT_MS": "300"}
+
+    def nats(self):
+        nc = Nats(self.stack.nats_port)
+        self.addCleanup(nc.close)
+        return nc
+
+    def test_disconnect_after_kill9_of_the_edge(self):
+        st = self.stack
+        nc = self.nats()
+        doomed = st.start_edge()
+        # A second registry replica: both emit, the stream keeps one copy.
+        st.start_registry(REPLICA_ID="r1", STATUS_PORT=0)
+        wait = lambda *a: asyncio.to_thread(wait_until, *a)
+        count = lambda typ: len([1 for _, e in lifecycle(nc) if e["type"] == typ])
+        connects = lambda: [e for _, e in lifecycle(nc) if e["type"] == "connect"]
+
+        async def scenario():
+            plain = await connect(doomed.url)
+            v = await connect(doomed.url + "?name=ev-bob", subprotocols=V1)
+            v_id = json.loads(await recv_text(v))["connectionId"]
+            await v.send(json.dumps({"action": "join", "room": "ev-room"}))
+            while json.loads(await recv_text(v))["type"] != "joined":
+                pass
+            # A client that leaves cleanly, on the edge that stays.
+            calm = await connect(st.edges[0].url)
+            await wait(lambda: len(connects()) == 3, 20, "three connects in DW_EVENTS")
+
+            doomed.kill9()
+            await wait(lambda: count("disconnect") == 2, 20,
+                       "the killed edge's connections to be disconnected")
+            await calm.close()
+            await wait(lambda: count("disconnect") == 3, 20, "the calm client's disconnect")
+            for ws in (plain, v):
+                try:
+                    await ws.close()
+                except Exception:
+                    pass
+            return v_id
+
+        v_id = self.run_async(scenario())
+        doomed_id = doomed_edge_id(doomed)
+        on_doomed = {e["connectionId"] for e in connects() if e["edge"] == doomed_id}
+        self.assertIn(v_id, on_doomed)
+        self.assertEqual(len(on_doomed), 2)
+        plain_id = (on_doomed - {v_id}).pop()
+        calm_id = next(e["connectionId"] for e in connects() if e["edge"] != doomed_id)
+
+        events = lifecycle(nc)
+        self.assertEqual(of_conn(events, v_id), [
+            ("connect", None, None), ("join", "ev-room", None),
+            ("leave", "ev-room", "disconnect"), ("disconnect", None, "edge_down:heartbeat_timeout")])
+        self.assertEqual(of_conn(events, plain_id), [
+            ("connect", None, None), ("join", "lobby", None),
+            ("leave", "lobby", "disconnect"), ("disconnect", None, "edge_down:heartbeat_timeout")])
+        self.assertEqual(of_conn(events, calm_id), [
+            ("connect", None, None), ("join", "lobby", None),
+            ("leave", "lobby", "disconnect"), ("disconnect", None, "closed")])
+        for subj, e in events:
+            self.assertEqual(subj, "dw.events." + e["type"])
+            self.assertEqual(set(e), {"type", "connectionId", "user", "room", "edge", "ts",
+                                      "reason"})
+            self.assertIsInstance(e["ts"], int)
+        v_events = [e for _, e in events if e["connectionId"] == v_id]
+        self.assertEqual({e["user"] for e in v_events}, {"ev-bob"})
+        self.assertEqual({e["edge"] for e in v_events}, {doomed_id})
+
+        # Replays: the first replica rebuilds its table from DW_CONN's start
+        # (kill -9, table wiped): it publishes nothing twice, and both
+        # replicas go on publishing new events once. Its events are older
+        # than DW_EVENTS's duplicate window by then (shrunk to 1 s here, and
+        # checked: the stream no longer knows the first event's id), so the
+        # stream's own deduplication cannot be what prevents repeats.
+        before = stream_messages(nc, "DW_EVENTS")
+        first_id = before[0][2]["Nats-Msg-Id"]
+        _, info = nc.request("$JS.API.STREAM.INFO.DW_EVENTS")
+        cfg = json.loads(info)["config"]
+        cfg["duplicate_window"] = 1_000_000_000
+        _, r = nc.request("$JS.API.STREAM.UPDATE.DW_EVENTS", json.dumps(cfg))
+        self.assertNotIn("error", json.loads(r), r)
+
+        def forgotten():
+            # Expected last sequence 0 makes the probe a no-op either way:
+            # refused as a duplicate while the id is known, else as out of
+            # sequence (never stored).
+            _, r = nc.request("dw.events.connect", b"{}", {"Nats-Msg-Id": first_id,
+                                                           "Nats-Expected-Last-Sequence": "0"})
+            return json.loads(r).get("error", {}).get("err_code") == 10071
+        wait_until(forgotten, 30, "DW_EVENTS to forget the first event's id", interval=0.2)
+        self.assertEqual(len(stream_messages(nc, "DW_EVENTS")), len(before))
+        st.registry.kill9()
+        shutil.rmtree(os.path.join(st.dir, "data", "registry", "r0"))
+        st.restart(st.registry)
+
+        async def one_more():
+            ws = await connect(st.edges[0].url)
+            await wait(lambda: len(stream_messages(nc, "DW_EVENTS")) == len(before) + 2, 20,
+                       "the new connection's connect and join")
+            await ws.close()
+            await wait(lambda: len(stream_messages(nc, "DW_EVENTS")) == len(before) + 4, 20,
+                       "its leave and disconnect")
+        self.run_async(one_more())
+        after = stream_messages(nc, "DW_EVENTS")
+        self.assertEqual([m[:3] for m in after[:len(before)]], [m[:3] for m in before])
+        ids = [m[2]["Nats-Msg-Id"] for m in after]
+        self.assertEqual(len(ids), len(set(ids)), "an event id twice in DW_EVENTS")
+        self.assertEqual([json.loads(m[3])["type"] for m in after[len(before):]],
+                         ["connect", "join", "leave", "disconnect"])
+
+
+def doomed_edge_id(edge):
+    """The edge id an edge process uses (from its log)."""
+    with open(edge.log_path, errors="replace") as f:
+        for line in f:
+            if "starting" in line and "edge=" in line:
+                return line.split("edge=", 1)[1].split()[0]
+    raise AssertionError("no edge id in the edge's log")
+
+
+if __name__ == "__main__":
+    unittest.main()
