@@ -256,6 +256,157 @@ class LifecycleEvents(StackTest):
                          ["connect", "join", "leave", "disconnect"])
 
 
+TOKEN = "room-publish-token-for-tests"
+_token_dir = tempfile.mkdtemp(prefix="dw-it-token-")
+TOKEN_FILE = os.path.join(_token_dir, "admin-token")
+with open(TOKEN_FILE, "w") as f:
+    f.write(TOKEN + "\n")
+
+
+def tearDownModule():
+    shutil.rmtree(_token_dir, ignore_errors=True)
+
+
+async def next_of(ws, typ, room=None, timeout=10):
+    """The next v1 frame of this type (and room), skipping others."""
+    while True:
+        f = json.loads(await recv_text(ws, timeout))
+        if f.get("type") == typ and (room is None or f.get("room") == room):
+            return f
+
+
+class RoomPublish(StackTest):
+    """POST /@rooms/{room}/messages and dw.api.rooms.publish: stored in
+    DW_MSG, delivered like a chat message to plain and v1 members."""
+    ENV = {"DW_ADMIN_TOKEN_FILE": TOKEN_FILE}
+
+    def http(self, method, path, body=b"", token=TOKEN, headers=None):
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.stack.api.base_url + path, data=body, method=method,
+                                     headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
+    def test_http_nats_and_dwctl(self):
+        st = self.stack
+        nc = Nats(st.nats_port)
+        self.addCleanup(nc.close)
+        ahttp = lambda *a, **kw: asyncio.to_thread(self.http, *a, **kw)
+
+        def publish(req):
+            _, r = nc.request("dw.api.rooms.publish", json.dumps(req))
+            return json.loads(r)
+
+        async def scenario():
+            plain = await connect(st.edges[0].url)
+            v = await connect(st.edges[0].url + "?name=rp-alice", subprotocols=V1)
+            await recv_text(v)  # hello
+            for room in ("lobby", "general"):
+                await v.send(json.dumps({"action": "join", "room": room}))
+                await next_of(v, "joined", room)
+            await asyncio.to_thread(st.wait_conn_count, 2)
+
+            # HTTP, plain text: plain clients get the text as it is.
+            code, body, _ = await ahttp("POST", "/@rooms/lobby/messages",
+                                        "hello from the backend".encode())
+            self.assertEqual(code, 200, body)
+            ans = json.loads(body)
+            self.assertEqual(ans["room"], "lobby")
+            self.assertIsInstance(ans["seq"], int)
+            self.assertEqual(await recv_text(plain), "hello from the backend")
+            m = await next_of(v, "message", "lobby")
+            self.assertEqual((m["seq"], m["from"], m["data"]),
+                             (ans["seq"], "server", "hello from the backend"))
+
+            # HTTP, a JSON value from a named sender.
+            code, body, _ = await ahttp("POST", "/@rooms/general/messages",
+                                        b'{ "kind": "notice", "n": [1, 2] }',
+                                        headers={"Content-Type": "application/json",
+                                                 "X-DW-From": "moderator"})
+            self.assertEqual(code, 200, body)
+            m = await next_of(v, "message", "general")
+            self.assertEqual((m["from"], m["data"], m["seq"]),
+                             ("moderator", {"kind": "notice", "n": [1, 2]}, json.loads(body)["seq"]))
+
+            # NATS, with an idempotency key: a retry is stored once.
+            first = await asyncio.to_thread(publish, {"room": "general", "data": "over nats",
+                                                      "from": "bot", "idempotencyKey": "k-1"})
+            again = await asyncio.to_thread(publish, {"room": "general", "data": "over nats",
+                                                      "from": "bot", "idempotencyKey": "k-1"})
+            self.assertEqual(first, {"room": "general", "seq": first["seq"]})
+            self.assertEqual(again, {"room": "general", "seq": first["seq"], "duplicate": True})
+            m = await next_of(v, "message", "general")
+            self.assertEqual((m["from"], m["data"], m["id"]), ("bot", "over nats", "k-1"))
+
+            # dwctl room post.
+            r = await asyncio.to_thread(st.dwctl, "room", "post", "general", "--data",
+                                        "from dwctl", "--from", "ops", "--json")
+            seq = json.loads(r.stdout)["seq"]
+            m = await next_of(v, "message", "general")
+            self.assertEqual((m["seq"], m["from"], m["data"]), (seq, "ops", "from dwctl"))
+            # Nothing else arrived: the retry was not delivered twice, plain
+            # clients hear only lobby.
+            self.assertIsNone(await no_message(v))
+            self.assertIsNone(await no_message(plain))
+
+            # History reads them from DW_MSG like any chat message.
+            await v.send(json.dumps({"action": "history", "room": "general"}))
+            h = await next_of(v, "history", "general")
+            self.assertEqual([x["data"] for x in h["messages"]],
+                             [{"kind": "notice", "n": [1, 2]}, "over nats", "from dwctl"])
+            await v.close()
+            await plain.close()
+        self.run_async(scenario())
+
+    def test_refusals(self):
+        big = b"x" * (131072 + 1)
+        cases = [
+            ("POST", "/@rooms/general/messages", b"x", None, {}, 401),
+            ("POST", "/@rooms/general/messages", b"x", "wrong", {}, 403),
+            ("POST", "/@rooms/bad..room/messages", b"x", TOKEN, {}, 400),
+            ("POST", "/@rooms/general/messages", big, TOKEN, {}, 413),
+            ("POST", "/@rooms/general/messages", b"caf\xff", TOKEN, {}, 400),
+            ("POST", "/@rooms/general/messages", b"{", TOKEN, {"Content-Type": "application/json"},
+             400),
+            ("POST", "/@rooms/general/messages", b"x", TOKEN, {"X-DW-From": "a\tb"}, 400),
+            ("POST", "/@rooms/general/messages", b"x", TOKEN, {"Idempotency-Key": "no spaces"},
+             400),
+            ("GET", "/@rooms/general/messages", None, TOKEN, {}, 405),
+            ("POST", "/@rooms/general", b"x", TOKEN, {}, 404),
+        ]
+        for method, path, body, token, headers, want in cases:
+            with self.subTest(method=method, path=path, want=want, headers=headers):
+                code, text, hdrs = self.http(method, path, body, token, headers)
+                self.assertEqual(code, want, text)
+                if want == 405:
+                    self.assertEqual(hdrs["Allow"], "POST")
+                if want >= 400 and want != 405:
+                    self.assertIn("message", json.loads(text))
+        # The message limit counts the message: exactly 128 KB passes.
+        code, text, _ = self.http("POST", "/@rooms/general/messages", b"y" * 131072)
+        self.assertEqual(code, 200, text)
+
+        nc = Nats(self.stack.nats_port)
+        self.addCleanup(nc.close)
+        for req, want in [({"room": "a..b", "data": "x"}, 400), ({"room": "g"}, 400),
+                          ({"room": "g", "data": "x" * 131073}, 413),
+                          ({"room": "g", "data": "x", "idempotencyKey": ""}, 400)]:
+            with self.subTest(req=str(req)[:60]):
+                _, r = nc.request("dw.api.rooms.publish", json.dumps(req))
+                ans = json.loads(r)
+                self.assertEqual(ans["status"], want, ans)
+                self.assertIn("error", ans)
+        _, r = nc.request("dw.api.rooms.publish", b"not json")
+        self.assertEqual(json.loads(r)["status"], 400)
+        r = self.stack.dwctl("room", "post", "a..b", "--data", "x", check=False)
+        self.assertEqual(r.returncode, 2, r.stderr)
+
+
 def doomed_edge_id(edge):
     """The edge id an edge process uses (from its log)."""
     with open(edge.log_path, errors="replace") as f:
