@@ -13,11 +13,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import unittest
 import urllib.error
 import urllib.request
 
 from harness import BIN, Stack, StackTest, connect, no_message, recv_text, wait_until
+from test_security import upgrade_status
 
 V1 = ["dynamowave.v1"]
 
@@ -265,6 +267,7 @@ with open(TOKEN_FILE, "w") as f:
 
 def tearDownModule():
     shutil.rmtree(_token_dir, ignore_errors=True)
+    shutil.rmtree(_jwks_dir, ignore_errors=True)
 
 
 async def next_of(ws, typ, room=None, timeout=10):
@@ -405,6 +408,133 @@ class RoomPublish(StackTest):
         self.assertEqual(json.loads(r)["status"], 400)
         r = self.stack.dwctl("room", "post", "a..b", "--data", "x", check=False)
         self.assertEqual(r.returncode, 2, r.stderr)
+
+
+try:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+except ImportError:  # python3-cryptography (scripts/test-packages.txt)
+    ec = None
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def new_key(kind):
+    if kind == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_jwk(key, kid):
+    pub = key.public_key().public_numbers()
+    if isinstance(key, rsa.RSAPrivateKey):
+        n = pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")
+        return {"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64u(n),
+                "e": b64u(pub.e.to_bytes(3, "big"))}
+    return {"kty": "EC", "crv": "P-256", "kid": kid, "x": b64u(pub.x.to_bytes(32, "big")),
+            "y": b64u(pub.y.to_bytes(32, "big"))}
+
+
+def signed(key, kid, claims):
+    alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+    si = (b64u(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode()) + "."
+          + b64u(json.dumps(claims).encode()))
+    if alg == "RS256":
+        sig = key.sign(si.encode(), padding.PKCS1v15(), hashes.SHA256())
+    else:
+        r, s = utils.decode_dss_signature(key.sign(si.encode(), ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return si + "." + b64u(sig)
+
+
+def write_jwks(path, keys):
+    with open(path + ".tmp", "w") as f:
+        json.dump({"keys": keys}, f)
+    os.replace(path + ".tmp", path)
+
+
+HS_SECRET = b"an-hs256-secret-of-at-least-32-bytes!!"
+_jwks_dir = tempfile.mkdtemp(prefix="dw-it-jwks-")
+JWKS_FILE = os.path.join(_jwks_dir, "jwks.json")
+HS_FILE = os.path.join(_jwks_dir, "hs256")
+with open(HS_FILE, "wb") as f:
+    f.write(HS_SECRET)
+
+
+def hs256(claims):
+    import hashlib
+    import hmac
+    si = (b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "."
+          + b64u(json.dumps(claims).encode()))
+    return si + "." + b64u(hmac.new(HS_SECRET, si.encode(), hashlib.sha256).digest())
+
+
+@unittest.skipIf(ec is None, "python3-cryptography is not installed")
+class JwtPublicKeys(StackTest):
+    """DW_AUTH=jwt with a JWKS file (RS256 and ES256) beside an HS256 secret;
+    the file is reread on SIGHUP."""
+    ENV = {"DW_AUTH": "jwt", "DW_JWT_JWKS_FILE": JWKS_FILE, "DW_JWT_SECRET_FILE": HS_FILE}
+
+    def setUp(self):
+        self.rsa, self.ec = new_key("RS256"), new_key("ES256")
+        write_jwks(JWKS_FILE, [public_jwk(self.rsa, "r1"), public_jwk(self.ec, "e1")])
+        super().setUp()
+
+    def user_of(self, token):
+        """The v1 hello's user for a token, or the HTTP status that refused it."""
+        url = self.stack.edges[0].url + "?token=" + token
+        # (A refused upgrade may be answered in HTTP/1.0, which the
+        # websockets client does not read: the status line tells.)
+        status = upgrade_status(url, subprotocols=V1)
+        if status != 101:
+            return status
+
+        async def go():
+            ws = await connect(url, subprotocols=V1)
+            hello = json.loads(await recv_text(ws))
+            await ws.close()
+            return hello["user"]
+        return self.run_async(go())
+
+    def test_rs256_es256_beside_hs256(self):
+        now = int(time.time())
+        good = {"exp": now + 600}
+        self.assertEqual(self.user_of(signed(self.rsa, "r1", {"sub": "rsa-user", **good})),
+                         "rsa-user")
+        self.assertEqual(self.user_of(signed(self.ec, "e1", {"sub": "ec-user", **good})),
+                         "ec-user")
+        self.assertEqual(self.user_of(hs256({"sub": "hs-user", **good})), "hs-user")
+        stranger_rsa, stranger_ec = new_key("RS256"), new_key("ES256")
+        refused = {
+            "RS256 expired": signed(self.rsa, "r1", {"sub": "u", "exp": now - 3600}),
+            "ES256 expired": signed(self.ec, "e1", {"sub": "u", "exp": now - 3600}),
+            "RS256 wrong key": signed(stranger_rsa, "r1", {"sub": "u", **good}),
+            "ES256 wrong key": signed(stranger_ec, "e1", {"sub": "u", **good}),
+            "unknown kid": signed(self.rsa, "r9", {"sub": "u", **good}),
+        }
+        for what, token in refused.items():
+            with self.subTest(what):
+                self.assertEqual(self.user_of(token), 401)
+
+        # Rotation: a new key set, then SIGHUP; the old key stops working.
+        new_ec = new_key("ES256")
+        write_jwks(JWKS_FILE, [public_jwk(new_ec, "e2")])
+        edge = self.stack.edges[0]
+        edge.signal(signal.SIGHUP)
+        wait_until(lambda: "JWKS reloaded" in open(edge.log_path, errors="replace").read(), 10,
+                   "the edge to reload its JWKS")
+        self.assertEqual(self.user_of(signed(new_ec, "e2", {"sub": "rotated", **good})), "rotated")
+        self.assertEqual(self.user_of(signed(self.ec, "e1", {"sub": "u", **good})), 401)
+        # A broken file keeps the keys in force (and says so).
+        with open(JWKS_FILE, "w") as f:
+            f.write("{not json")
+        edge.signal(signal.SIGHUP)
+        wait_until(lambda: "JWKS not reloaded" in open(edge.log_path, errors="replace").read(), 10,
+                   "the edge to refuse the broken JWKS")
+        self.assertTrue(edge.alive())
+        self.assertEqual(self.user_of(signed(new_ec, "e2", {"sub": "still", **good})), "still")
 
 
 def doomed_edge_id(edge):
