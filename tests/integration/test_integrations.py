@@ -19,7 +19,11 @@ import urllib.error
 import urllib.request
 
 from harness import BIN, Stack, StackTest, connect, no_message, recv_text, wait_until
+from test_nats_security import LOCAL_CONF, credentials
 from test_security import upgrade_status
+from test_up_sh import UpStack
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 V1 = ["dynamowave.v1"]
 
@@ -523,18 +527,182 @@ class JwtPublicKeys(StackTest):
         write_jwks(JWKS_FILE, [public_jwk(new_ec, "e2")])
         edge = self.stack.edges[0]
         edge.signal(signal.SIGHUP)
-        wait_until(lambda: "JWKS reloaded" in open(edge.log_path, errors="replace").read(), 10,
-                   "the edge to reload its JWKS")
+        wait_until(lambda: log_has(edge, "JWKS reloaded"), 10, "the edge to reload its JWKS")
         self.assertEqual(self.user_of(signed(new_ec, "e2", {"sub": "rotated", **good})), "rotated")
         self.assertEqual(self.user_of(signed(self.ec, "e1", {"sub": "u", **good})), 401)
         # A broken file keeps the keys in force (and says so).
         with open(JWKS_FILE, "w") as f:
             f.write("{not json")
         edge.signal(signal.SIGHUP)
-        wait_until(lambda: "JWKS not reloaded" in open(edge.log_path, errors="replace").read(), 10,
+        wait_until(lambda: log_has(edge, "JWKS not reloaded"), 10,
                    "the edge to refuse the broken JWKS")
         self.assertTrue(edge.alive())
         self.assertEqual(self.user_of(signed(new_ec, "e2", {"sub": "still", **good})), "still")
+
+
+class ModerationBot(unittest.TestCase):
+    """The C example (examples/workers/c, dw-moderator) as a real worker
+    process logged in as the NATS user worker, against the whole stack
+    under its least-privilege users (deploy/nats/local.conf): it greets
+    joiners; a join while it is down (kill -9) is greeted once it is back;
+    nats-server refused nothing."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="dw-bot-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.nats_env, self.service_env = credentials(self.dir)
+        self.stack = Stack(edges=1, nats_conf=LOCAL_CONF, nats_env=self.nats_env,
+                           service_env=self.service_env)
+        self.addCleanup(self.stack.cleanup)
+        self.stack.start()
+        self.addCleanup(self._logs_on_failure)
+
+    def _logs_on_failure(self):
+        outcome = getattr(self, "_outcome", None)
+        if outcome is not None and not outcome.success:
+            print(self.stack.logs())
+
+    def start_bot(self):
+        env = dict(os.environ, DW_NATS_URL=self.stack.nats_url, **self.service_env["worker"])
+        bot = self.stack._spawn("moderator", [os.path.join(BIN, "dw-moderator")], env)
+        wait_until(lambda: log_has(bot, "reading DW_EVENTS") or not bot.alive(), 20,
+                   "the bot to read DW_EVENTS")
+        self.assertTrue(bot.alive(), bot.tail())
+        return bot
+
+    def test_greets_joiners_also_after_a_crash(self):
+        st = self.stack
+        bot = self.start_bot()
+        url = st.edges[0].url
+
+        async def join(name):
+            ws = await connect(url + "?name=" + name, subprotocols=V1)
+            await recv_text(ws)  # hello
+            await ws.send(json.dumps({"action": "join", "room": "general"}))
+            await next_of(ws, "joined", "general")
+            return ws
+
+        async def greeting(ws):
+            while True:
+                m = await next_of(ws, "message", "general", timeout=20)
+                if m["from"] == "moderator":
+                    return m["data"]
+
+        async def scenario():
+            alice = await join("alice")
+            self.assertEqual(await greeting(alice), "Welcome to general, alice!")
+            bot.kill9()
+            bob = await join("bob")  # nobody reads DW_EVENTS now
+            self.assertIsNone(await no_message(bob, 0.5))
+            await asyncio.to_thread(bot.restart)
+            self.assertEqual(await greeting(bob), "Welcome to general, bob!")
+            self.assertEqual(await greeting(alice), "Welcome to general, bob!")
+            # One greeting per join, in the room's history too.
+            await alice.send(json.dumps({"action": "history", "room": "general"}))
+            h = await next_of(alice, "history", "general")
+            self.assertEqual([m["data"] for m in h["messages"] if m["from"] == "moderator"],
+                             ["Welcome to general, alice!", "Welcome to general, bob!"])
+            await alice.close()
+            await bob.close()
+        asyncio.run(asyncio.wait_for(scenario(), 90))
+        with open(st.nats.log_path, errors="replace") as f:
+            self.assertEqual([line for line in f if "Violation" in line], [])
+
+
+JS_DIR = os.path.join(ROOT, "examples", "workers", "js")
+
+
+class ExamplesAgainstMakeUp(unittest.TestCase):
+    """The examples as docs/integrations.md runs them: `make up`
+    (scripts/up.sh, on free ports) makes the worker's password in
+    $DW_DATA_DIR/secrets/nats_worker, and each bot starts with one command
+    from its directory, using its defaults for the user and the password
+    file (var/secrets/nats_worker of the checkout: here a var/ that is the
+    stack's data directory). The JS bot runs when examples/workers/js has
+    its node_modules (npm ci there: never at build or test time)."""
+
+    def setUp(self):
+        self.up = UpStack()
+        self.addCleanup(self.up.cleanup)
+        self.up.start()
+        # A checkout whose var/ is this stack's data directory.
+        self.checkout = os.path.join(self.up.dir, "checkout")
+        os.makedirs(self.checkout)
+        os.symlink(self.up.data, os.path.join(self.checkout, "var"))
+        self.procs = []
+        self.addCleanup(self._stop_bots)
+
+    def _stop_bots(self):
+        for p in self.procs:
+            p.stop()
+
+    def bot(self, name, argv, cwd, env_extra=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DW_")}
+        env.update(DW_NATS_URL=self.up.nats_url, **(env_extra or {}))
+        log = open(os.path.join(self.up.dir, f"{name}.log"), "ab")
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
+        log.close()
+        proc = BotProc(name, p, os.path.join(self.up.dir, f"{name}.log"))
+        self.procs.append(proc)
+        wait_until(lambda: log_has(proc, "reading DW_EVENTS") or p.poll() is not None, 30,
+                   f"{name} to read DW_EVENTS")
+        self.assertIsNone(p.poll(), proc.tail())
+        return proc
+
+    def test_bots_with_their_defaults(self):
+        secret = os.path.join(self.up.data, "secrets", "nats_worker")
+        st = os.stat(secret)
+        self.assertEqual(st.st_mode & 0o777, 0o600)
+        bots = [("c", [os.path.join(BIN, "dw-moderator")], self.checkout)]
+        if os.path.isdir(os.path.join(JS_DIR, "node_modules")):
+            # The JS bot's default password file is ../../../var/... of its
+            # directory: run a copy of it inside the fake checkout.
+            js = os.path.join(self.checkout, "examples", "workers", "js")
+            shutil.copytree(JS_DIR, js, symlinks=True)
+            bots.append(("js", ["node", "moderator.mjs"], js))
+        else:
+            print("note: examples/workers/js/node_modules missing (npm ci there): JS bot not run")
+        for name, argv, cwd in bots:
+            self.bot(name, argv, cwd)
+
+        async def scenario():
+            ws = await connect(self.up.url + "?name=carol", subprotocols=V1)
+            await recv_text(ws)
+            await ws.send(json.dumps({"action": "join", "room": "welcome"}))
+            await next_of(ws, "joined", "welcome")
+            m = await next_of(ws, "message", "welcome", timeout=20)
+            self.assertEqual((m["from"], m["data"]), ("moderator", "Welcome to welcome, carol!"))
+            # Both bots greet the same join with the same idempotency key
+            # (the event's sequence): it is stored once.
+            self.assertIsNone(await no_message(ws, 1.0))
+            await ws.close()
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+        for p in self.procs:
+            wait_until(lambda: log_has(p, "greeted carol in welcome"), 20, f"{p.name} to greet")
+
+
+class BotProc:
+    def __init__(self, name, p, log_path):
+        self.name, self.p, self.log_path = name, p, log_path
+
+    def tail(self, n=30):
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(10)
+
+
+def log_has(proc, text):
+    with open(proc.log_path, errors="replace") as f:
+        return text in f.read()
 
 
 def doomed_edge_id(edge):
