@@ -211,7 +211,7 @@ int api_publish_msg_id(const api_publish_req *r, char *buf, size_t len)
 {
     int n;
     if (r->key[0]) {
-        n = snprintf(buf, len, "api:k:%s", r->key);
+        n = snprintf(buf, len, "api:k:%s:%s", r->room, r->key);
     } else {
         char rnd[DW_ID_LEN + 1];
         if (dw_id_random(rnd)) return -1;

@@ -65,9 +65,10 @@ int api_publish_parse_json(api_publish_req *r, const char *body, size_t len, siz
                            size_t errlen);
 
 /* The id of the message (ChatMessage.id and its Nats-Msg-Id): with a key
- * "api:k:<key>", so a retry within DW_MSG's duplicate window is stored once;
- * otherwise "api:<random>". 0 or -1. buf: API_MSG_ID_MAX bytes. */
-#define API_MSG_ID_MAX (API_KEY_MAX + 8)
+ * "api:k:<room>:<key>", so a retry within DW_MSG's duplicate window is
+ * stored once (a key is a message's identity within its room); otherwise
+ * "api:<random>". 0 or -1. buf: API_MSG_ID_MAX bytes. */
+#define API_MSG_ID_MAX (DW_ROOM_MAX + API_KEY_MAX + 8)
 int api_publish_msg_id(const api_publish_req *r, char *buf, size_t len);
 
 /* Answers: {"room":"general","seq":58} (with "duplicate":true when the key

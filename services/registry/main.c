@@ -212,6 +212,7 @@ static int streams_ensure_retry(jsCtx *js, const reg_config *c)
     dw_stream_opts_default(&so);
     so.replicas = (int)c->stream_replicas;
     so.events_max_age_s = c->events_max_age_s;
+    so.events = c->events;
     int64_t backoff = 100;
     while (!dw_stop) {
         if (dw_streams_ensure(js, &so) == NATS_OK) return 0;

@@ -408,6 +408,7 @@ void dw_stream_opts_default(dw_stream_opts *o)
     o->msg_max_age_s = 24LL * 3600;
     o->dedup_window_s = 120;
     o->events_max_age_s = 7LL * 24 * 3600;
+    o->events = 1;
     o->replicas = 1;
 }
 
@@ -529,7 +530,7 @@ natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
     natsStatus s = ensure_one(js, &cfg);
     if (s != NATS_OK) return s;
     msg_config(&cfg, o, msg_subj);
-    if ((s = ensure_one(js, &cfg)) != NATS_OK) return s;
+    if ((s = ensure_one(js, &cfg)) != NATS_OK || !o->events) return s;
     events_config(&cfg, o, events_subj);
     return ensure_one(js, &cfg);
 }

@@ -159,9 +159,12 @@ static void test_msg_id_and_answers(void **state)
     char longest[API_KEY_MAX + 1];
     memset(longest, 'k', API_KEY_MAX);
     assert_int_equal(api_publish_set_key(&r, longest, API_KEY_MAX, err, sizeof err), 0);
+    memset(r.room, 'r', DW_ROOM_MAX);
+    r.room[DW_ROOM_MAX] = '\0';
     assert_int_equal(api_publish_msg_id(&r, id, sizeof id), 0);
-    assert_int_equal(strncmp(id, "api:k:kkkk", 10), 0);
-    assert_int_equal(strlen(id), 6 + API_KEY_MAX);
+    assert_int_equal(strncmp(id, "api:k:rrrr", 10), 0);
+    assert_int_equal(strlen(id), 6 + DW_ROOM_MAX + 1 + API_KEY_MAX);
+    assert_non_null(strstr(id, "r:kkkk"));
 
     size_t len = 0;
     char *j = api_publish_ok_json("general", 58, false, &len);

@@ -124,6 +124,7 @@ typedef struct dw_stream_opts {
     int64_t msg_max_age_s;    /* DW_MSG: the history window (24 h) */
     int64_t dedup_window_s;   /* Nats-Msg-Id window of all three (120 s) */
     int64_t events_max_age_s; /* DW_EVENTS: how long workers may take to read (7 days) */
+    int events;               /* 0: no DW_EVENTS (lifecycle events turned off) */
     int replicas;
 } dw_stream_opts;
 void dw_stream_opts_default(dw_stream_opts *o);
