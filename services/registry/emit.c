@@ -346,6 +346,7 @@ int reg_emit_start(reg_emit **out, natsConnection *nc, jsCtx *js, reg_store *st,
     bool known = false;
     if (position(e, START_LOOK_MS, &last, &pos, &known) == 0 && known) {
         reg_store_events_floor(st, pos.seq, pos.idx);
+        dw_metric_set(m.position, (int64_t)pos.seq);
         DW_INFO("lifecycle events: DW_EVENTS position",
                 "last_seq=%" PRIu64 " conn_seq=%" PRIu64 " idx=%u", last, pos.seq, pos.idx);
     }

@@ -164,7 +164,9 @@ class LifecycleEvents(StackTest):
         nc = self.nats()
         doomed = st.start_edge()
         # A second registry replica: both emit, the stream keeps one copy.
-        st.start_registry(REPLICA_ID="r1", STATUS_PORT=0)
+        r0 = st.registry
+        r1 = st.start_registry(REPLICA_ID="r1")
+        st.registry = r0
         wait = lambda *a: asyncio.to_thread(wait_until, *a)
         count = lambda typ: len([1 for _, e in lifecycle(nc) if e["type"] == typ])
         connects = lambda: [e for _, e in lifecycle(nc) if e["type"] == "connect"]
@@ -219,12 +221,13 @@ class LifecycleEvents(StackTest):
         self.assertEqual({e["user"] for e in v_events}, {"ev-bob"})
         self.assertEqual({e["edge"] for e in v_events}, {doomed_id})
 
-        # Replays: the first replica rebuilds its table from DW_CONN's start
-        # (kill -9, table wiped): it publishes nothing twice, and both
-        # replicas go on publishing new events once. Its events are older
-        # than DW_EVENTS's duplicate window by then (shrunk to 1 s here, and
-        # checked: the stream no longer knows the first event's id), so the
-        # stream's own deduplication cannot be what prevents repeats.
+        # Replays. Both replicas are killed (-9); r0's table is wiped, so it
+        # rebuilds from DW_CONN's start and derives every event again; r1
+        # comes back later and catches up on what happened meanwhile. Their
+        # events are older than DW_EVENTS's duplicate window by then (shrunk
+        # to 1 s here, and checked: the stream no longer knows the first
+        # event's id), so the stream's own deduplication cannot be what
+        # keeps them from being stored twice.
         before = stream_messages(nc, "DW_EVENTS")
         first_id = before[0][2]["Nats-Msg-Id"]
         _, info = nc.request("$JS.API.STREAM.INFO.DW_EVENTS")
@@ -242,24 +245,37 @@ class LifecycleEvents(StackTest):
             return json.loads(r).get("error", {}).get("err_code") == 10071
         wait_until(forgotten, 30, "DW_EVENTS to forget the first event's id", interval=0.2)
         self.assertEqual(len(stream_messages(nc, "DW_EVENTS")), len(before))
-        st.registry.kill9()
+        r1.kill9()
+        r0.kill9()
         shutil.rmtree(os.path.join(st.dir, "data", "registry", "r0"))
-        st.restart(st.registry)
+        st.restart(r0)
 
         async def one_more():
+            n = len(stream_messages(nc, "DW_EVENTS"))
             ws = await connect(st.edges[0].url)
-            await wait(lambda: len(stream_messages(nc, "DW_EVENTS")) == len(before) + 2, 20,
+            await wait(lambda: len(stream_messages(nc, "DW_EVENTS")) == n + 2, 20,
                        "the new connection's connect and join")
             await ws.close()
-            await wait(lambda: len(stream_messages(nc, "DW_EVENTS")) == len(before) + 4, 20,
+            await wait(lambda: len(stream_messages(nc, "DW_EVENTS")) == n + 4, 20,
                        "its leave and disconnect")
         self.run_async(one_more())
+        # r0 alone published them, after its rebuild.
+        self.assertEqual(metric(r0, 'dw_registry_events_total{outcome="stored"}'), 4)
+        # r1 comes back and catches up on those four; then both publish a
+        # last connection's events. r1 has settled everything older once its
+        # position reaches the last event (its outbox goes in order).
+        st.restart(r1)
+        self.run_async(one_more())
+        last = stream_messages(nc, "DW_EVENTS")[-1][2]["Nats-Msg-Id"]
+        last_seq = int(last.split(".")[1])
+        wait_until(lambda: metric(r1, "dw_registry_events_position") == last_seq, 20,
+                   "r1 to have settled its outbox")
         after = stream_messages(nc, "DW_EVENTS")
         self.assertEqual([m[:3] for m in after[:len(before)]], [m[:3] for m in before])
         ids = [m[2]["Nats-Msg-Id"] for m in after]
         self.assertEqual(len(ids), len(set(ids)), "an event id twice in DW_EVENTS")
         self.assertEqual([json.loads(m[3])["type"] for m in after[len(before):]],
-                         ["connect", "join", "leave", "disconnect"])
+                         ["connect", "join", "leave", "disconnect"] * 2)
 
 
 TOKEN = "room-publish-token-for-tests"
@@ -698,6 +714,15 @@ class BotProc:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(10)
+
+
+def metric(proc, name):
+    """A service's metric (name with its labels, as /metrics prints it)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.status_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return None
 
 
 def log_has(proc, text):
