@@ -623,6 +623,8 @@ class ModerationBot(unittest.TestCase):
         asyncio.run(asyncio.wait_for(scenario(), 90))
         with open(st.nats.log_path, errors="replace") as f:
             self.assertEqual([line for line in f if "Violation" in line], [])
+        st.stop()
+        self.assertEqual(st.sanitizer_reports(), [])
 
 
 JS_DIR = os.path.join(ROOT, "examples", "workers", "js")
@@ -696,6 +698,13 @@ class ExamplesAgainstMakeUp(unittest.TestCase):
         asyncio.run(asyncio.wait_for(scenario(), 60))
         for p in self.procs:
             wait_until(lambda: log_has(p, "greeted carol in welcome"), 20, f"{p.name} to greet")
+        self._stop_bots()
+        self.assertEqual(self.up.stop(), 0)
+        self.assertEqual(self.up.sanitizer_reports(), [])
+        for p in self.procs:
+            with open(p.log_path, errors="replace") as f:
+                self.assertEqual([ln for ln in f if any(m in ln for m in Stack.SANITIZER_MARKS)],
+                                 [])
 
 
 class BotProc:
