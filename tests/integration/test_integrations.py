@@ -279,15 +279,22 @@ class LifecycleEvents(StackTest):
 
 
 TOKEN = "room-publish-token-for-tests"
-_token_dir = tempfile.mkdtemp(prefix="dw-it-token-")
-TOKEN_FILE = os.path.join(_token_dir, "admin-token")
-with open(TOKEN_FILE, "w") as f:
-    f.write(TOKEN + "\n")
+HS_SECRET = b"an-hs256-secret-of-at-least-32-bytes!!"
+# Files the stacks read, made in setUpModule (nothing is written on import).
+FILES = {}
+
+
+def setUpModule():
+    d = FILES["dir"] = tempfile.mkdtemp(prefix="dw-it-integrations-")
+    for name, content in (("admin-token", TOKEN.encode() + b"\n"), ("hs256", HS_SECRET)):
+        FILES[name] = os.path.join(d, name)
+        with open(FILES[name], "wb") as f:
+            f.write(content)
+    FILES["jwks"] = os.path.join(d, "jwks.json")
 
 
 def tearDownModule():
-    shutil.rmtree(_token_dir, ignore_errors=True)
-    shutil.rmtree(_jwks_dir, ignore_errors=True)
+    shutil.rmtree(FILES.pop("dir", ""), ignore_errors=True)
 
 
 async def next_of(ws, typ, room=None, timeout=10):
@@ -301,7 +308,9 @@ async def next_of(ws, typ, room=None, timeout=10):
 class RoomPublish(StackTest):
     """POST /@rooms/{room}/messages and dw.api.rooms.publish: stored in
     DW_MSG, delivered like a chat message to plain and v1 members."""
-    ENV = {"DW_ADMIN_TOKEN_FILE": TOKEN_FILE}
+    @classmethod
+    def setUpClass(cls):
+        cls.ENV = {"DW_ADMIN_TOKEN_FILE": FILES["admin-token"]}
 
     def http(self, method, path, body=b"", token=TOKEN, headers=None):
         h = dict(headers or {})
@@ -475,14 +484,6 @@ def write_jwks(path, keys):
     os.replace(path + ".tmp", path)
 
 
-HS_SECRET = b"an-hs256-secret-of-at-least-32-bytes!!"
-_jwks_dir = tempfile.mkdtemp(prefix="dw-it-jwks-")
-JWKS_FILE = os.path.join(_jwks_dir, "jwks.json")
-HS_FILE = os.path.join(_jwks_dir, "hs256")
-with open(HS_FILE, "wb") as f:
-    f.write(HS_SECRET)
-
-
 def hs256(claims):
     import hashlib
     import hmac
@@ -495,11 +496,14 @@ def hs256(claims):
 class JwtPublicKeys(StackTest):
     """DW_AUTH=jwt with a JWKS file (RS256 and ES256) beside an HS256 secret;
     the file is reread on SIGHUP."""
-    ENV = {"DW_AUTH": "jwt", "DW_JWT_JWKS_FILE": JWKS_FILE, "DW_JWT_SECRET_FILE": HS_FILE}
+    @classmethod
+    def setUpClass(cls):
+        cls.ENV = {"DW_AUTH": "jwt", "DW_JWT_JWKS_FILE": FILES["jwks"],
+                   "DW_JWT_SECRET_FILE": FILES["hs256"]}
 
     def setUp(self):
         self.rsa, self.ec = new_key("RS256"), new_key("ES256")
-        write_jwks(JWKS_FILE, [public_jwk(self.rsa, "r1"), public_jwk(self.ec, "e1")])
+        write_jwks(FILES["jwks"], [public_jwk(self.rsa, "r1"), public_jwk(self.ec, "e1")])
         super().setUp()
 
     def user_of(self, token):
@@ -540,14 +544,14 @@ class JwtPublicKeys(StackTest):
 
         # Rotation: a new key set, then SIGHUP; the old key stops working.
         new_ec = new_key("ES256")
-        write_jwks(JWKS_FILE, [public_jwk(new_ec, "e2")])
+        write_jwks(FILES["jwks"], [public_jwk(new_ec, "e2")])
         edge = self.stack.edges[0]
         edge.signal(signal.SIGHUP)
         wait_until(lambda: log_has(edge, "JWKS reloaded"), 10, "the edge to reload its JWKS")
         self.assertEqual(self.user_of(signed(new_ec, "e2", {"sub": "rotated", **good})), "rotated")
         self.assertEqual(self.user_of(signed(self.ec, "e1", {"sub": "u", **good})), 401)
         # A broken file keeps the keys in force (and says so).
-        with open(JWKS_FILE, "w") as f:
+        with open(FILES["jwks"], "w") as f:
             f.write("{not json")
         edge.signal(signal.SIGHUP)
         wait_until(lambda: log_has(edge, "JWKS not reloaded"), 10,
