@@ -40,10 +40,20 @@ error:
     return NULL;
 }
 
+api_job *api_job_new_publish(api_publish_req *req)
+{
+    api_job *job = api_job_new(API_OP_PUBLISH, "", NULL, 0);
+    if (!job) return NULL;
+    job->pub = *req;
+    memset(req, 0, sizeof *req);
+    return job;
+}
+
 void api_job_free(api_job *job)
 {
     if (!job) return;
     api_result_clear(&job->res);
+    api_publish_req_clear(&job->pub);
     free(job->conn_id);
     free(job->data);
     free(job->reply);
@@ -71,6 +81,8 @@ static void *worker_main(void *arg)
             memset(&job->res, 0, sizeof job->res);
             job->res.status = 503;
             strcpy(job->res.error, "the api service is stopping");
+        } else if (job->op == API_OP_PUBLISH) {
+            api_ops_publish(p->ops, &job->pub, &job->res);
         } else {
             api_ops_run(p->ops, job->op, job->conn_id, job->data, job->len, &job->res);
         }

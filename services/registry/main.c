@@ -56,6 +56,8 @@ typedef struct reg_config {
     int dry_run;
     int64_t reconcile_edge_ttl_ms;
     int64_t reconcile_timeout_ms;
+    int events;
+    int64_t events_max_age_s;
     char *log_level;
 } reg_config;
 
@@ -70,7 +72,7 @@ static const dw_cfg_field reg_fields[] = {
     F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
       "this replica's name ([A-Za-z0-9_-]{1,32}); its DW_CONN durable is registry-<REPLICA_ID>"),
     F("STREAM_REPLICAS", DW_CFG_INT, stream_replicas, "1", 1, 5,
-      "replicas of DW_CONN and DW_MSG, which the registry creates (3 in a cluster)"),
+      "replicas of DW_CONN, DW_MSG and DW_EVENTS, which the registry creates (3 in a cluster)"),
     F("QUERY_WAIT_MS", DW_CFG_INT, query_wait_ms, "2000", 0, 60000,
       "how long a room query waits for the table to reach its min_seq"),
     F("STATUS_HOST", DW_CFG_STR, status_host, "127.0.0.1", 0, 0,
@@ -107,6 +109,11 @@ static const dw_cfg_field reg_fields[] = {
     F("RECONCILE_TIMEOUT_MS", DW_CFG_INT, reconcile_timeout_ms, "5000", 100, 60000,
       "reconciliation: how long one request to an edge may take (an edge that does not answer "
       "in time is left as it is)"),
+    F("EVENTS", DW_CFG_BOOL, events, "1", 0, 0,
+      "publish lifecycle events (connect, disconnect, join, leave) to DW_EVENTS for user code "
+      "(docs/integrations.md); every replica may, each event is stored once"),
+    F("EVENTS_MAX_AGE_S", DW_CFG_INT, events_max_age_s, "604800", 60, 3650LL * 86400,
+      "DW_EVENTS retention (default 7 days): how far behind a worker may fall"),
     F("DRY_RUN", DW_CFG_BOOL, dry_run, "0", 0, 0,
       "with --restore-to: print the plan, change nothing"),
     F("LOG_LEVEL", DW_CFG_STR, log_level, "info", 0, 0, "debug, info, warn or error"),
@@ -199,11 +206,13 @@ static int keys_load(const reg_config *c, dw_keyring **out)
 }
 
 /* Streams must exist before the consumer; NATS may still be coming up. */
-static int streams_ensure_retry(jsCtx *js, int replicas)
+static int streams_ensure_retry(jsCtx *js, const reg_config *c)
 {
     dw_stream_opts so;
     dw_stream_opts_default(&so);
-    so.replicas = replicas;
+    so.replicas = (int)c->stream_replicas;
+    so.events_max_age_s = c->events_max_age_s;
+    so.events = c->events;
     int64_t backoff = 100;
     while (!dw_stop) {
         if (dw_streams_ensure(js, &so) == NATS_OK) return 0;
@@ -247,6 +256,9 @@ static int restore_offline(const reg_config *c, jsCtx *js, const char *replica_d
                 (unsigned long long)plan.ckpt.applied_seq,
                 (unsigned long long)plan.stream_first_seq);
     if (c->dry_run) return 0;
+    /* No emitter runs here: the rebuilt table keeps every event it derives
+     * in its outbox, and the next start publishes those DW_EVENTS lacks. */
+    plan.events = c->events;
     if (reg_restore_build(js, replica_dir, &plan, keys, &dw_stop, &res, &err) ||
         reg_restore_recover(replica_dir) < 0) {
         DW_ERROR("restore failed; the table is unchanged", "err=\"%s\"",
@@ -348,7 +360,7 @@ int main(int argc, char **argv)
         DW_ERROR("nats connect failed", "url=%s status=%s", cfg.nats_url, natsStatus_GetText(s));
         goto done;
     }
-    if (streams_ensure_retry(js, (int)cfg.stream_replicas)) {
+    if (streams_ensure_retry(js, &cfg)) {
         rc = 0; /* stopped while waiting for NATS */
         goto done;
     }
@@ -358,7 +370,7 @@ int main(int argc, char **argv)
         goto done;
     }
 
-    reg_store_opts so = {.keys = keys};
+    reg_store_opts so = {.keys = keys, .events = cfg.events};
     if (reg_store_open_opts(&st, dbdir, &so, &err)) {
         DW_ERROR("cannot open the table", "dir=\"%s\" err=\"%s\"", dbdir, err ? err : "?");
         goto done;
@@ -382,7 +394,9 @@ int main(int argc, char **argv)
         .ckpt_max_age_s = cfg.checkpoint_max_age_s,
         .keys = keys,
         .reconcile = recon,
+        .events = cfg.events,
     };
+    reg_emit_opts_default(&nc_cfg.emit);
     int node_rc = reg_node_create(&node, &nc_cfg, st, nc, js);
     st = NULL; /* the node owns it now */
     if (node_rc) goto done;

@@ -9,6 +9,7 @@
 
 #include "dw/bus.h"
 #include "dw/log.h"
+#include "events.h"
 
 /* "r/" room "/" edge "/" conn: 2 + 64 + 1 + 128 + 1 + 128, with room to spare. */
 #define KEY_MAX 512
@@ -18,6 +19,11 @@
 #define KEY_COUNT "m/count"
 #define KEY_KEY_IDS "m/key_ids"
 #define KEY_HOLD "m/restored_to"
+/* The outbox of lifecycle events: o/<seq>/<idx>, both zero-padded so that
+ * the keys sort in event order. */
+#define OUTBOX_PREFIX "o/"
+#define OUTBOX_UPPER "o0"
+#define OUTBOX_KEY_LEN (2 + 20 + 1 + 10)
 
 /* Values re-sealed per write batch by reg_store_rotate (the writer waits
  * for one batch at most). */
@@ -41,6 +47,11 @@ struct reg_store {
     uint32_t key_ids[DW_KEYRING_MAX + 1]; /* m/key_ids, under wmu */
     size_t n_key_ids;
     int read_only;
+    int events; /* derive lifecycle events into the outbox */
+    /* Events at or before this position are in DW_EVENTS already: not
+     * written (a replica catching up or replaying would only delete them). */
+    _Atomic uint64_t floor_seq;
+    _Atomic uint32_t floor_idx;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -113,32 +124,44 @@ static int value_encode(reg_store *st, const char *key, size_t klen, const uint8
     return 0;
 }
 
-/* Decode the value under key. NULL when it cannot be read (logged): a
+/* The bytes under key as they were before value_encode: 0 with *out
+ * (malloc'd) and *outlen, or -1 when they cannot be read (logged): a
  * sealed value that does not open, or plaintext where none may be. */
-static Dw__ConnRecord *value_decode(reg_store *st, const char *key, size_t klen, const char *val,
-                                    size_t vlen)
+static int value_open(reg_store *st, const char *key, size_t klen, const char *val, size_t vlen,
+                      uint8_t **out, size_t *outlen)
 {
-    Dw__ConnRecord *rec = NULL;
     uint32_t kid = 0;
     if (dw_crypto_is_sealed(val, vlen, &kid)) {
-        uint8_t *pt = NULL;
-        size_t ptlen = 0;
-        int rc = dw_crypto_open(st->keys, key, klen, val, vlen, &pt, &ptlen, NULL);
+        int rc = dw_crypto_open(st->keys, key, klen, val, vlen, out, outlen, NULL);
         if (rc) {
             char hex[16];
             DW_ERROR("cannot open a sealed record", "key=\"%.*s\" key_id=%s err=\"%s\"", (int)klen,
                      key, dw_key_id_hex(kid, hex, sizeof hex), dw_crypto_strerror(rc));
-            return NULL;
+            return -1;
         }
-        rec = dw__conn_record__unpack(NULL, ptlen, pt);
-        free(pt);
-    } else if (atomic_load(&st->allow_plain)) {
-        rec = dw__conn_record__unpack(NULL, vlen, (const uint8_t *)val);
-    } else {
+        return 0;
+    }
+    if (!atomic_load(&st->allow_plain)) {
         /* An encrypted table never holds plaintext: someone wrote it. */
         DW_ERROR("plaintext record in an encrypted table", "key=\"%.*s\"", (int)klen, key);
-        return NULL;
+        return -1;
     }
+    *out = malloc(vlen ? vlen : 1);
+    if (!*out) return -1;
+    memcpy(*out, val, vlen);
+    *outlen = vlen;
+    return 0;
+}
+
+/* Decode the value under key. NULL when it cannot be read (logged). */
+static Dw__ConnRecord *value_decode(reg_store *st, const char *key, size_t klen, const char *val,
+                                    size_t vlen)
+{
+    uint8_t *pt = NULL;
+    size_t ptlen = 0;
+    if (value_open(st, key, klen, val, vlen, &pt, &ptlen)) return NULL;
+    Dw__ConnRecord *rec = dw__conn_record__unpack(NULL, ptlen, pt);
+    free(pt);
     if (!rec) DW_ERROR("undecodable record", "key=\"%.*s\"", (int)klen, key);
     return rec;
 }
@@ -347,6 +370,7 @@ int reg_store_open_opts(reg_store **out, const char *dir, const reg_store_opts *
     st->keys = o->keys;
     st->cur_key = dw_keyring_current(o->keys);
     st->read_only = o->read_only;
+    st->events = o->events && !o->read_only;
 
     st->opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(st->opts, !o->read_only);
@@ -425,6 +449,67 @@ uint64_t reg_store_count(const reg_store *st)
     return atomic_load(&((reg_store *)st)->count);
 }
 
+/* ---- lifecycle events ------------------------------------------------- */
+
+/* What the events of one applied DW_CONN event need: where they go, the
+ * next index, the time they carry. */
+typedef struct ev_ctx {
+    reg_store *st;
+    rocksdb_writebatch_t *b;
+    uint64_t seq;
+    uint32_t idx;
+    int64_t ts_ms;
+    int failed;
+} ev_ctx;
+
+static void outbox_key(char *buf, uint64_t seq, uint32_t idx)
+{
+    snprintf(buf, OUTBOX_KEY_LEN + 1, OUTBOX_PREFIX "%020llu/%010u", (unsigned long long)seq,
+             (unsigned)idx);
+}
+
+/* Add one event to the outbox in the apply's batch. Its index is taken
+ * whether or not it is written, so that the positions are the same on
+ * every replica, whatever each one's floor. */
+static void ev_put(ev_ctx *c, const char *type, const char *conn_id, const char *user_id,
+                   const char *room, const char *edge_id, const char *reason)
+{
+    reg_ev_pos pos = {c->seq, c->idx++}, floor;
+    if (!c->st->events || c->failed) return;
+    floor.seq = atomic_load(&c->st->floor_seq);
+    floor.idx = atomic_load(&c->st->floor_idx);
+    if (reg_ev_pos_cmp(pos, floor) <= 0) return;
+
+    Dw__LifecycleEvent ev = DW__LIFECYCLE_EVENT__INIT;
+    ev.type = (char *)type;
+    ev.conn_id = (char *)str_or_empty(conn_id);
+    ev.user_id = (char *)str_or_empty(user_id);
+    ev.room = (char *)str_or_empty(room);
+    ev.edge_id = (char *)str_or_empty(edge_id);
+    ev.ts_ms = c->ts_ms;
+    ev.reason = (char *)str_or_empty(reason);
+    char key[OUTBOX_KEY_LEN + 1];
+    outbox_key(key, pos.seq, pos.idx);
+    size_t len = 0, vlen = 0;
+    uint8_t *packed = dw_pb_pack(&ev.base, &len), *val = NULL;
+    if (!packed || value_encode(c->st, key, OUTBOX_KEY_LEN, packed, len, &val, &vlen)) {
+        c->failed = 1; /* the apply fails as a whole and is retried */
+    } else {
+        rocksdb_writebatch_put(c->b, key, OUTBOX_KEY_LEN, (const char *)val, vlen);
+    }
+    free(packed);
+    free(val);
+}
+
+/* A connection leaves every room it is in, then is gone. */
+static void ev_gone(ev_ctx *c, const Dw__ConnRecord *rec, const char *reason)
+{
+    for (size_t i = 0; i < rec->n_rooms; i++)
+        ev_put(c, REG_EV_LEAVE, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id,
+               "disconnect");
+    ev_put(c, REG_EV_DISCONNECT, rec->conn_id, rec->user_id, NULL, rec->edge_id, reason);
+}
+
 /* ---- apply ------------------------------------------------------------ */
 
 /* Append room to rooms[*n] unless it is invalid, already there, or the list
@@ -475,23 +560,47 @@ static void batch_delete_record(rocksdb_writebatch_t *b, const Dw__ConnRecord *r
         batch_delete(b, key, key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
 }
 
+/* The events of a CONNECT: a new connection (connect, then a join per
+ * room); the same connection announced again by its edge (only the rooms
+ * that differ from the table's); or an id reused on another edge (the old
+ * connection is gone first). */
+static void connect_events(ev_ctx *c, const Dw__ConnRecord *old, const Dw__ConnRecord *rec)
+{
+    if (old && !strcmp(old->edge_id, rec->edge_id)) {
+        for (size_t i = 0; i < old->n_rooms; i++)
+            if (!rooms_has(rec->rooms, rec->n_rooms, old->rooms[i]))
+                ev_put(c, REG_EV_LEAVE, rec->conn_id, old->user_id, old->rooms[i], rec->edge_id,
+                       "reconciled");
+        for (size_t i = 0; i < rec->n_rooms; i++)
+            if (!rooms_has(old->rooms, old->n_rooms, rec->rooms[i]))
+                ev_put(c, REG_EV_JOIN, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id,
+                       NULL);
+        return;
+    }
+    if (old) ev_gone(c, old, "replaced");
+    ev_put(c, REG_EV_CONNECT, rec->conn_id, rec->user_id, NULL, rec->edge_id, NULL);
+    for (size_t i = 0; i < rec->n_rooms; i++)
+        ev_put(c, REG_EV_JOIN, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id, NULL);
+}
+
 static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
-                         const Dw__ConnEvent *ev, int64_t *delta)
+                         const Dw__ConnEvent *ev, int64_t *delta, ev_ctx *c)
 {
     Dw__ConnRecord *old = NULL;
     int rc = get_record(st, st->ropts, ev->conn_id, &old);
     if (rc < 0) return -1;
     /* A reused id replaces the old row cleanly: its old rooms and edge go. */
-    if (old) {
+    if (old)
         batch_delete_record(b, old);
-        dw__conn_record__free_unpacked(old, NULL);
-    } else {
+    else
         *delta = 1;
-    }
 
     size_t cap = ev->n_rooms < REG_ROOMS_MAX ? ev->n_rooms : REG_ROOMS_MAX;
     const char **rooms = calloc(cap ? cap : 1, sizeof *rooms);
-    if (!rooms) return -1;
+    if (!rooms) {
+        if (old) dw__conn_record__free_unpacked(old, NULL);
+        return -1;
+    }
     size_t n = 0;
     for (size_t i = 0; i < ev->n_rooms; i++)
         rooms_add(rooms, &n, ev->rooms[i]);
@@ -508,7 +617,9 @@ static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
     rec.connected_at_ms = ev->ts_ms;
     rec.conn_seq = seq;
     rc = batch_put_record(st, b, &rec);
+    if (rc == 0) connect_events(c, old, &rec);
     free(rooms);
+    if (old) dw__conn_record__free_unpacked(old, NULL);
     return rc;
 }
 
@@ -520,8 +631,11 @@ static int same_edge(const Dw__ConnEvent *ev, const Dw__ConnRecord *rec)
     return !ev->edge_id || !*ev->edge_id || !strcmp(ev->edge_id, rec->edge_id);
 }
 
+/* Only a DISCONNECT that removes a row is a disconnect for user code: a
+ * second one for the same id (the edge's own after an edge_down, the api's
+ * cleanup, a retry) finds no row and says nothing. */
 static int apply_disconnect(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
-                            int64_t *delta)
+                            int64_t *delta, ev_ctx *c)
 {
     Dw__ConnRecord *old = NULL;
     int rc = get_record(st, st->ropts, ev->conn_id, &old);
@@ -531,13 +645,15 @@ static int apply_disconnect(reg_store *st, rocksdb_writebatch_t *b, const Dw__Co
         return 0;
     }
     batch_delete_record(b, old);
+    ev_gone(c, old, ev->reason && *ev->reason ? ev->reason : "closed");
     dw__conn_record__free_unpacked(old, NULL);
     *delta = -1;
     return 0;
 }
 
 /* JOIN (join=1) or LEAVE (join=0): rewrite the record's room list. */
-static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev, int join)
+static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev, int join,
+                       ev_ctx *c)
 {
     Dw__ConnRecord *rec = NULL;
     int rc = get_record(st, st->ropts, ev->conn_id, &rec);
@@ -559,14 +675,22 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
     for (size_t i = 0; i < rec->n_rooms; i++) {
         if (!join && rooms_has(ev->rooms, ev->n_rooms, rec->rooms[i])) {
             batch_delete(b, key, key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
+            ev_put(c, REG_EV_LEAVE, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id,
+                   "left");
             changed = 1;
             continue;
         }
         rooms_add(rooms, &n, rec->rooms[i]);
     }
     for (size_t i = 0; join && i < ev->n_rooms; i++) {
-        if (rooms_add(rooms, &n, ev->rooms[i])) changed = 1;
+        if (rooms_add(rooms, &n, ev->rooms[i])) {
+            ev_put(c, REG_EV_JOIN, rec->conn_id, rec->user_id, ev->rooms[i], rec->edge_id, NULL);
+            changed = 1;
+        }
     }
+    /* (rc is still get_record's 1 here: a JOIN or LEAVE that changes
+     * nothing must not pass for a failed write.) */
+    rc = 0;
     if (changed) {
         char **saved = rec->rooms;
         size_t saved_n = rec->n_rooms;
@@ -581,14 +705,18 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
     return rc;
 }
 
+/* Every connection of a dead edge is gone: user code hears a disconnect for
+ * each (in id order, the same on every replica). */
 static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
-                           int64_t *delta)
+                           int64_t *delta, ev_ctx *c)
 {
-    char prefix[KEY_MAX], upper[KEY_MAX];
+    char prefix[KEY_MAX], upper[KEY_MAX], reason[160];
     size_t plen = key_join(prefix, "e", ev->edge_id, "", NULL);
     if (!plen) return 0;
     memcpy(upper, prefix, plen);
     upper[plen - 1] = '/' + 1;
+    snprintf(reason, sizeof reason, "edge_down%s%.128s", ev->reason && *ev->reason ? ":" : "",
+             ev->reason ? ev->reason : "");
 
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_iterate_upper_bound(ro, upper, plen);
@@ -610,6 +738,7 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
         if (rc == 1) {
             if (!strcmp(rec->edge_id, ev->edge_id)) {
                 batch_delete_record(b, rec);
+                ev_gone(c, rec, reason);
                 (*delta)--;
             }
             dw__conn_record__free_unpacked(rec, NULL);
@@ -628,23 +757,23 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
 }
 
 static int apply_event(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
-                       const Dw__ConnEvent *ev, int64_t *delta)
+                       const Dw__ConnEvent *ev, int64_t *delta, ev_ctx *c)
 {
     int conn_ok = reg_id_valid(ev->conn_id), edge_ok = reg_id_valid(ev->edge_id);
     switch (ev->kind) {
     case DW__CONN_EVENT__KIND__CONNECT:
         if (!conn_ok || !edge_ok) break;
-        return apply_connect(st, b, seq, ev, delta);
+        return apply_connect(st, b, seq, ev, delta, c);
     case DW__CONN_EVENT__KIND__DISCONNECT:
         if (!conn_ok) break;
-        return apply_disconnect(st, b, ev, delta);
+        return apply_disconnect(st, b, ev, delta, c);
     case DW__CONN_EVENT__KIND__JOIN:
     case DW__CONN_EVENT__KIND__LEAVE:
         if (!conn_ok) break;
-        return apply_rooms(st, b, ev, ev->kind == DW__CONN_EVENT__KIND__JOIN);
+        return apply_rooms(st, b, ev, ev->kind == DW__CONN_EVENT__KIND__JOIN, c);
     case DW__CONN_EVENT__KIND__EDGE_DOWN:
         if (!edge_ok) break;
-        return apply_edge_down(st, b, ev, delta);
+        return apply_edge_down(st, b, ev, delta, c);
     default:
         DW_WARN("unknown event kind ignored", "seq=%llu kind=%d", (unsigned long long)seq,
                 (int)ev->kind);
@@ -673,7 +802,11 @@ int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__Con
         return 0;
     }
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    if (ev) rc = apply_event(st, b, seq, ev, &delta);
+    /* The events' time is the stream's, never this replica's clock: every
+     * replica must derive the same events. */
+    ev_ctx c = {.st = st, .b = b, .seq = seq, .ts_ms = ev && ev->ts_ms > 0 ? ev->ts_ms : ts_ms};
+    if (ev) rc = apply_event(st, b, seq, ev, &delta, &c);
+    if (rc == 0 && c.failed) rc = -1;
     uint64_t count = atomic_load(&st->count);
     if (delta < 0 && (uint64_t)-delta > count)
         count = 0; /* never wrap, even if the index was inconsistent */
@@ -704,6 +837,127 @@ int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__Con
     rocksdb_writebatch_destroy(b);
     pthread_mutex_unlock(&st->wmu);
     return rc == 0 ? 1 : -1;
+}
+
+/* ---- the outbox --------------------------------------------------------- */
+
+void reg_store_events_floor(reg_store *st, uint64_t seq, uint32_t idx)
+{
+    /* Written as a pair under wmu, so an apply never sees half of it. */
+    pthread_mutex_lock(&st->wmu);
+    atomic_store(&st->floor_seq, seq);
+    atomic_store(&st->floor_idx, idx);
+    pthread_mutex_unlock(&st->wmu);
+}
+
+void reg_store_events_floor_get(reg_store *st, uint64_t *seq, uint32_t *idx)
+{
+    pthread_mutex_lock(&st->wmu);
+    *seq = atomic_load(&st->floor_seq);
+    *idx = atomic_load(&st->floor_idx);
+    pthread_mutex_unlock(&st->wmu);
+}
+
+void reg_outbox_free(reg_outbox *o)
+{
+    if (!o) return;
+    for (size_t i = 0; i < o->n; i++)
+        dw__lifecycle_event__free_unpacked(o->v[i].ev, NULL);
+    free(o->v);
+    o->v = NULL;
+    o->n = 0;
+}
+
+/* The position in an outbox key, or -1 for a key of another shape. */
+static int outbox_key_parse(const char *k, size_t klen, uint64_t *seq, uint32_t *idx)
+{
+    char buf[OUTBOX_KEY_LEN + 1];
+    unsigned long long s;
+    unsigned i;
+    if (klen != OUTBOX_KEY_LEN) return -1;
+    memcpy(buf, k, klen);
+    buf[klen] = '\0';
+    if (sscanf(buf, OUTBOX_PREFIX "%20llu/%10u", &s, &i) != 2) return -1;
+    *seq = s;
+    *idx = i;
+    return 0;
+}
+
+int reg_store_outbox_read(reg_store *st, size_t limit, reg_outbox *out)
+{
+    size_t cap = 0;
+    int rc = 0;
+    char *err = NULL;
+    memset(out, 0, sizeof *out);
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_upper_bound(ro, OUTBOX_UPPER, strlen(OUTBOX_UPPER));
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    for (rocksdb_iter_seek(it, OUTBOX_PREFIX, strlen(OUTBOX_PREFIX));
+         rocksdb_iter_valid(it) && (!limit || out->n < limit); rocksdb_iter_next(it)) {
+        size_t klen, vlen, ptlen = 0;
+        const char *k = rocksdb_iter_key(it, &klen);
+        const char *val = rocksdb_iter_value(it, &vlen);
+        reg_outbox_entry e = {0};
+        uint8_t *pt = NULL;
+        if (outbox_key_parse(k, klen, &e.seq, &e.idx)) continue;
+        /* An entry that does not open or decode is skipped (logged): the
+         * emitter deletes it with the ones around it. */
+        if (value_open(st, k, klen, val, vlen, &pt, &ptlen)) continue;
+        e.ev = dw__lifecycle_event__unpack(NULL, ptlen, pt);
+        free(pt);
+        if (!e.ev || !reg_ev_type_valid(e.ev->type)) {
+            DW_ERROR("undecodable lifecycle event in the outbox", "key=\"%.*s\"", (int)klen, k);
+            if (e.ev) dw__lifecycle_event__free_unpacked(e.ev, NULL);
+            continue;
+        }
+        if (out->n == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            reg_outbox_entry *nv = realloc(out->v, ncap * sizeof *nv);
+            if (!nv) {
+                dw__lifecycle_event__free_unpacked(e.ev, NULL);
+                rc = -1;
+                break;
+            }
+            out->v = nv;
+            cap = ncap;
+        }
+        out->v[out->n++] = e;
+    }
+    rocksdb_iter_get_error(it, &err);
+    if (err) {
+        DW_ERROR("rocksdb outbox scan failed", "err=\"%s\"", err);
+        rocksdb_free(err);
+        rc = -1;
+    }
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    if (rc) reg_outbox_free(out);
+    return rc;
+}
+
+int reg_store_outbox_delete_through(reg_store *st, uint64_t seq, uint32_t idx)
+{
+    char end[OUTBOX_KEY_LEN + 1];
+    /* [o/, the key right after (seq, idx)): keys are fixed-width. */
+    if (idx < UINT32_MAX)
+        outbox_key(end, seq, idx + 1);
+    else if (seq < UINT64_MAX)
+        outbox_key(end, seq + 1, 0);
+    else
+        memcpy(end, OUTBOX_UPPER, sizeof OUTBOX_UPPER);
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    rocksdb_writebatch_delete_range(b, OUTBOX_PREFIX, strlen(OUTBOX_PREFIX), end, strlen(end));
+    char *err = NULL;
+    pthread_mutex_lock(&st->wmu);
+    rocksdb_write(st->db, st->wopts, b, &err);
+    pthread_mutex_unlock(&st->wmu);
+    rocksdb_writebatch_destroy(b);
+    if (err) {
+        DW_ERROR("rocksdb outbox delete failed", "err=\"%s\"", err);
+        rocksdb_free(err);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- reads ------------------------------------------------------------ */
@@ -1114,17 +1368,20 @@ int reg_store_checkpoint(reg_store *st, const char *dir, char **err)
     return 0;
 }
 
-/* Re-seal up to ROTATE_BATCH values from start (a key under c/), holding
- * the writer lock so that no event changes a row between our read and our
- * write. *next receives the key to continue from ("" when done). */
-static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uint64_t *rewritten,
-                        char **err)
+/* Re-seal up to ROTATE_BATCH values from start (a key below upper: the
+ * rows under c/, the outbox under o/), holding the writer lock so that no
+ * event changes a row between our read and our write. A row must still
+ * decode as a record before it is sealed again. On return start holds the
+ * key to continue from, unless *done. */
+static int rotate_batch(reg_store *st, char *start, size_t *slen, const char *upper, int *done,
+                        uint64_t *rewritten, char **err)
 {
     char *rerr = NULL;
     int rc = 0, n = 0;
+    int rows = upper[0] == 'c';
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_iterate_upper_bound(ro, "c0", 2);
+    rocksdb_readoptions_set_iterate_upper_bound(ro, upper, strlen(upper));
 
     pthread_mutex_lock(&st->wmu);
     rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
@@ -1144,26 +1401,28 @@ static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uin
         }
         uint32_t kid = 0;
         if (dw_crypto_is_sealed(val, vlen, &kid) && kid == st->cur_key) continue;
-        Dw__ConnRecord *rec = value_decode(st, k, klen, val, vlen);
-        if (!rec) {
+        uint8_t *pt = NULL, *sealed = NULL;
+        size_t ptlen = 0, slen2 = 0;
+        Dw__ConnRecord *rec = NULL;
+        if (value_open(st, k, klen, val, vlen, &pt, &ptlen) ||
+            (rows && !(rec = dw__conn_record__unpack(NULL, ptlen, pt)))) {
             char msg[KEY_MAX + 128];
             snprintf(msg, sizeof msg, "the value of %.*s cannot be read (see the log)", (int)klen,
                      k);
             *err = strdup(msg);
+            free(pt);
             rc = -1;
             break;
         }
-        size_t plen = 0, slen2 = 0;
-        uint8_t *packed = dw_pb_pack(&rec->base, &plen), *sealed = NULL;
-        dw__conn_record__free_unpacked(rec, NULL);
-        if (!packed || value_encode(st, k, klen, packed, plen, &sealed, &slen2)) {
-            free(packed);
+        if (rec) dw__conn_record__free_unpacked(rec, NULL);
+        if (value_encode(st, k, klen, pt, ptlen, &sealed, &slen2)) {
+            free(pt);
             *err = strdup("cannot seal a value");
             rc = -1;
             break;
         }
         rocksdb_writebatch_put(b, k, klen, (const char *)sealed, slen2);
-        free(packed);
+        free(pt);
         free(sealed);
         n++;
     }
@@ -1193,9 +1452,15 @@ int reg_store_rotate(reg_store *st, uint64_t *rewritten, char **err)
         *err = strdup("no current key: set the key file to rotate to");
         return -1;
     }
-    memcpy(start, "c/", 2);
-    while (!done)
-        if (rotate_batch(st, start, &slen, &done, rewritten, err)) return -1;
+    /* The rows, then the lifecycle events still waiting in the outbox. */
+    static const char *const ranges[][2] = {{"c/", "c0"}, {OUTBOX_PREFIX, OUTBOX_UPPER}};
+    for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+        memcpy(start, ranges[r][0], 2);
+        slen = 2;
+        done = 0;
+        while (!done)
+            if (rotate_batch(st, start, &slen, ranges[r][1], &done, rewritten, err)) return -1;
+    }
 
     /* Every value is now sealed with the current key (the writer only seals
      * with it): the others are no longer needed. */
