@@ -42,6 +42,8 @@
 # passwords and the JetStream store key are made on the first run in
 # $DW_DATA_DIR/secrets (mode 0600). To use dwctl against this stack:
 #   DW_NATS_USER=dwctl DW_NATS_PASSWORD_FILE=$DW_DATA_DIR/secrets/nats_dwctl dwctl status
+# Your workers log in as the user worker (examples/workers/):
+#   DW_NATS_USER=worker DW_NATS_PASSWORD_FILE=$DW_DATA_DIR/secrets/nats_worker
 # Logs: $DW_DATA_DIR/log/<process>.log, also shown here with a prefix; this
 # script's own lines also go to $DW_DATA_DIR/log/up.log. While it runs,
 # $DW_DATA_DIR/run/<process>.pid holds each process's PID (up.pid: this
@@ -175,8 +177,10 @@ export DW_PORT DW_MGMT_PORT DW_DATA_DIR="$data_dir" DW_NATS_URL="$nats_urls"
 SERVICES=(registry dispatcher deadletter api edge)   # start order; stopped in reverse
 declare -A STATUS_PORT=([registry]=$((DW_PORT + 10)) [api]=$((DW_PORT + 11))
                         [deadletter]=$((DW_PORT + 12)) [dispatcher]=$((DW_PORT + 13)) [edge]=0)
-# One NATS user each (deploy/nats/auth.conf); deadletter's is ready for it.
-NATS_USERS=(edge registry dispatcher deadletter api dwctl)
+# One NATS user each (deploy/nats/auth.conf), and `worker` for user code
+# (examples/workers, docs/integrations.md): its password is made with the
+# others, in $DW_DATA_DIR/secrets/nats_worker.
+NATS_USERS=(edge registry dispatcher deadletter api dwctl worker)
 NATS_TIMEOUT_S=10
 READY_TIMEOUT_S=$(( DW_NATS_NODES > 1 ? 60 : 30 ))
 STOP_TIMEOUT_S=10
@@ -633,6 +637,7 @@ scheme=ws
 echo "DynamoWave is up: $scheme://localhost:$DW_PORT/"
 echo "management API: http://127.0.0.1:$DW_MGMT_PORT/@connections/{id}"
 echo "dwctl: DW_NATS_URL=$DW_NATS_URL DW_NATS_USER=dwctl DW_NATS_PASSWORD_FILE=$secrets_dir/nats_dwctl $build_dir/bin/dwctl status"
+echo "workers: DW_NATS_URL=$DW_NATS_URL DW_NATS_USER=worker DW_NATS_PASSWORD_FILE=$secrets_dir/nats_worker (docs/integrations.md)"
 if (( DW_NATS_NODES > 1 )); then
     for n in "${NATS_NODES[@]}"; do
         echo "$n: nats://127.0.0.1:${NATS_PORT_OF[$n]}, monitoring http://127.0.0.1:${HTTP_PORT_OF[$n]}/jsz, pid file $run_dir/$n.pid"

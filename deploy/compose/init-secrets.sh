@@ -13,7 +13,8 @@
 # NATS passwords must match what nats-server was given. Back the volume up.
 #
 # SHARE_ROOT/<consumer> (one volume per container: nats, registry,
-# dispatcher, deadletter, api, edge, dwctl) gets copies of exactly the files
+# dispatcher, deadletter, api, edge, dwctl, and worker for your own
+# workers) gets copies of exactly the files
 # that consumer reads (table below), rewritten from DIR on every run, so a
 # container never sees another service's NATS password or key. When run as
 # root (the `secrets` service is), the copies are given to DW_SECRETS_UID
@@ -42,9 +43,10 @@ owner_uid="${DW_SECRETS_UID:-10001}"
 owner_gid="${DW_SECRETS_GID:-10001}"
 umask 077
 
-# One NATS user per service (deploy/nats/auth.conf); nats-server gets every
-# password, each service only its own (nats_<user>).
-NATS_USERS=(edge registry dispatcher deadletter api dwctl)
+# One NATS user per service (deploy/nats/auth.conf), and `worker` for user
+# code; nats-server gets every password, each consumer only its own
+# (nats_<user>).
+NATS_USERS=(edge registry dispatcher deadletter api dwctl worker)
 
 # gen NAME BYTES [PREFIX]: NAME gets PREFIX and BYTES random bytes from the
 # kernel CSPRNG, in hex.
@@ -114,6 +116,7 @@ declare -A NEEDS=(
     [api]="nats_api admin_token"
     [edge]="nats_edge jwt_secret ?jwt_secret_prev ?tls.crt ?tls.key"
     [dwctl]="nats_dwctl"
+    [worker]="nats_worker"
 )
 
 as_root=0
@@ -130,7 +133,7 @@ copy() {
     mv -f "$tmp" "$2"
 }
 
-for consumer in nats registry dispatcher deadletter api edge dwctl; do
+for consumer in nats registry dispatcher deadletter api edge dwctl worker; do
     out="$share/$consumer"
     if [[ ! -d "$out" ]]; then
         echo "init-secrets: $out is missing (docker-compose.yml mounts one volume per consumer)" >&2

@@ -17,9 +17,9 @@ static const unsigned codes[] = {200, 204, 400, 401, 403, 404, 405, 410, 411, 41
             L(op, "other")                                                                         \
     }
 static const char *const labels[API_OP_COUNT + 1][NCODES] = {ROW("post"), ROW("get"), ROW("delete"),
-                                                             ROW("other")};
-static const char *const op_labels[API_OP_COUNT + 1] = {"op=\"post\"", "op=\"get\"",
-                                                        "op=\"delete\"", "op=\"other\""};
+                                                             ROW("publish"), ROW("other")};
+static const char *const op_labels[API_OP_COUNT + 1] = {
+    "op=\"post\"", "op=\"get\"", "op=\"delete\"", "op=\"publish\"", "op=\"other\""};
 
 static dw_metric *requests[API_OP_COUNT + 1][NCODES];
 static dw_metric *latency[API_OP_COUNT + 1];
@@ -30,10 +30,12 @@ void api_counters_init(void)
                                     0.1,   0.25,   0.5,   1,    2.5,   5};
     for (size_t op = 0; op <= API_OP_COUNT; op++) {
         for (size_t c = 0; c < NCODES; c++)
-            requests[op][c] = dw_counter("dw_api_requests_total", labels[op][c],
-                                         "@connections requests answered, by operation and status");
+            requests[op][c] = dw_counter(
+                "dw_api_requests_total", labels[op][c],
+                "management API requests answered (@connections, room publish), by operation and "
+                "status");
         latency[op] = dw_histogram("dw_api_request_duration_seconds", op_labels[op],
-                                   "@connections requests: arrival to answer", bounds,
+                                   "management API requests: arrival to answer", bounds,
                                    sizeof bounds / sizeof bounds[0]);
     }
 }

@@ -1,5 +1,6 @@
 /* The api service's Prometheus metrics:
  *   dw_api_requests_total{op,code}      every answered request, HTTP and NATS
+ *                                       (op: post, get, delete, publish, other)
  *   dw_api_request_duration_seconds{op} from arrival to answer
  * Registered once by api_counters_init; any thread may count. (dw_ready is
  * the service skeleton's, dw/service.h.) */

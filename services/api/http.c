@@ -5,9 +5,11 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "aws.h"
 #include "counters.h"
+#include "rooms.h"
 #include "dw/log.h"
 #include "dw/util.h"
 
@@ -15,6 +17,9 @@
 #define TICK_US (250 * LWS_US_PER_MS)
 /* An Authorization header longer than this cannot hold our token. */
 #define AUTH_HEADER_MAX 1024
+/* Room publish headers (rooms.h): the sender's name, the idempotency key. */
+#define HDR_FROM "x-dw-from:"
+#define HDR_KEY "idempotency-key:"
 
 struct api_http {
     api_http_config cfg;
@@ -39,9 +44,13 @@ typedef struct http_sess {
     api_op op; /* API_OP_COUNT: not an operation */
     int64_t start_ns;
     char conn_id[API_CONN_ID_MAX + 1];
+    api_publish_req pub; /* POST /@rooms/{room}/messages: what the headers said */
+    bool body_json;      /* ... and its body is JSON (Content-Type) */
+    const char *allow;   /* 405: the methods this path takes */
     unsigned pre_status; /* an answer decided from the headers, sent after the body */
     const char *pre_msg;
-    bool keep_body; /* POST being read for a job (not discarded) */
+    char pre_buf[192]; /* pre_msg's text when it is made here */
+    bool keep_body;    /* POST being read for a job (not discarded) */
     uint8_t *body;
     size_t body_len, body_cap;
     api_job *job;     /* at the pool or in h->done; its owner is this session */
@@ -55,6 +64,7 @@ static void sess_reset(http_sess *s)
 {
     free(s->body);
     free(s->resp);
+    api_publish_req_clear(&s->pub);
     struct lws *wsi = s->wsi;
     memset(s, 0, sizeof *s);
     s->wsi = wsi;
@@ -81,8 +91,22 @@ static void respond_error(http_sess *s, unsigned status, const char *msg, bool w
     respond(s, status, body, len);
 }
 
-static void respond_result(http_sess *s, const api_result *res)
+static void respond_result(http_sess *s, const api_job *job)
 {
+    const api_result *res = &job->res;
+    if (job->op == API_OP_PUBLISH) {
+        if (res->status != 200) {
+            respond_error(s, res->status, res->error, false);
+            return;
+        }
+        size_t len = 0;
+        char *body = api_publish_ok_json(job->pub.room, res->seq, res->duplicate, &len);
+        if (body)
+            respond(s, 200, body, len);
+        else
+            respond_error(s, 500, "out of memory", false);
+        return;
+    }
     if (res->status == 200 && res->info) {
         size_t len = 0;
         char *body = api_info_json(res->info, &len);
@@ -119,7 +143,7 @@ static void take_done(api_http *h)
         http_sess *s = job->owner;
         if (s) {
             s->job = NULL;
-            respond_result(s, &job->res);
+            respond_result(s, job);
         } else {
             /* The client left before the answer; the operation still ran. */
             api_counters_answer(job->op, job->res.status, job->start_ns);
@@ -131,7 +155,22 @@ static void take_done(api_http *h)
 
 static void submit(api_http *h, http_sess *s)
 {
-    api_job *job = api_job_new(s->op, s->conn_id, s->body, s->body_len);
+    api_job *job = NULL;
+    if (s->op == API_OP_PUBLISH) {
+        char err[192];
+        int status = api_publish_set_body(&s->pub, (const char *)s->body, s->body_len, s->body_json,
+                                          h->cfg.max_message, err, sizeof err);
+        free(s->body);
+        s->body = NULL;
+        s->body_len = s->body_cap = 0;
+        if (status) {
+            respond_error(s, (unsigned)status, err, false);
+            return;
+        }
+        job = api_job_new_publish(&s->pub);
+    } else {
+        job = api_job_new(s->op, s->conn_id, s->body, s->body_len);
+    }
     free(s->body);
     s->body = NULL;
     s->body_len = s->body_cap = 0;
@@ -150,6 +189,48 @@ static void submit(api_http *h, http_sess *s)
     }
     s->job = job;
     s->state = SS_WAITING;
+}
+
+/* A custom header's value into buf: its length, 0 when absent, -1 when
+ * longer than cap - 1. */
+static int custom_header(struct lws *wsi, const char *name, char *buf, size_t cap)
+{
+    int nlen = (int)strlen(name);
+    int n = lws_hdr_custom_length(wsi, name, nlen);
+    if (n <= 0) return 0;
+    if ((size_t)n >= cap || lws_hdr_custom_copy(wsi, buf, (int)cap, name, nlen) < 0) return -1;
+    return n;
+}
+
+/* X-DW-From, Idempotency-Key and Content-Type of a room publish into
+ * s->pub / s->body_json. 0, or -1 with the reason in s->pre_buf. */
+static int publish_headers(struct lws *wsi, http_sess *s)
+{
+    char v[API_FROM_MAX + 2], ct[128];
+    int n = custom_header(wsi, HDR_FROM, v, sizeof v);
+    if (n < 0 ||
+        (n > 0 && api_publish_set_from(&s->pub, v, (size_t)n, s->pre_buf, sizeof s->pre_buf))) {
+        if (n < 0)
+            snprintf(s->pre_buf, sizeof s->pre_buf, "X-DW-From: at most %d bytes", API_FROM_MAX);
+        return -1;
+    }
+    if (n == 0)
+        api_publish_set_from(&s->pub, API_FROM_DEFAULT, strlen(API_FROM_DEFAULT), s->pre_buf,
+                             sizeof s->pre_buf);
+    n = custom_header(wsi, HDR_KEY, v, sizeof v);
+    if (n < 0 ||
+        (n > 0 && api_publish_set_key(&s->pub, v, (size_t)n, s->pre_buf, sizeof s->pre_buf))) {
+        if (n < 0)
+            snprintf(s->pre_buf, sizeof s->pre_buf, "Idempotency-Key: at most %d characters",
+                     API_KEY_MAX);
+        return -1;
+    }
+    int clen = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE);
+    s->body_json = clen > 0 && (size_t)clen < sizeof ct &&
+                   lws_hdr_copy(wsi, ct, sizeof ct, WSI_TOKEN_HTTP_CONTENT_TYPE) > 0 &&
+                   !strncasecmp(ct, "application/json", 16) &&
+                   (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
+    return 0;
 }
 
 /* The headers are read: decide what the request gets. */
@@ -200,6 +281,17 @@ static int on_http(api_http *h, struct lws *wsi, http_sess *s, const char *path)
         ar = api_auth_check(h->cfg.auth, auth);
 
     int route = api_route_parse(path, s->conn_id);
+    int rooms =
+        route == API_ROUTE_OK ? API_ROOMS_NOT_FOUND : api_rooms_route_parse(path, s->pub.room);
+    s->allow = "GET, POST, DELETE";
+    if (rooms != API_ROOMS_NOT_FOUND) {
+        /* POST /@rooms/{room}/messages: only POST; the rest of the request
+         * (sender, key, body) is checked here and after the body. */
+        route = API_ROUTE_OK;
+        s->allow = "POST";
+        known = method == LWSHUMETH_POST;
+        if (known) s->op = API_OP_PUBLISH;
+    }
     if (ar == API_AUTH_MISSING) {
         s->pre_status = 401;
         s->pre_msg = "Unauthorized: send Authorization: Bearer <token>";
@@ -211,10 +303,18 @@ static int on_http(api_http *h, struct lws *wsi, http_sess *s, const char *path)
         s->pre_msg = "Not Found";
     } else if (!known) {
         s->pre_status = 405;
-        s->pre_msg = "Method Not Allowed: GET, POST or DELETE";
+        s->pre_msg = s->allow[0] == 'P' ? "Method Not Allowed: POST"
+                                        : "Method Not Allowed: GET, POST or DELETE";
     } else if (route == API_ROUTE_TOO_LONG) {
         s->pre_status = 410;
         s->pre_msg = "Gone";
+    } else if (rooms == API_ROOMS_BAD_ROOM) {
+        s->pre_status = 400;
+        s->pre_msg = "Bad Request: room: 1-64 of A-Z a-z 0-9 - _ . (a '.' may not start, end or "
+                     "repeat)";
+    } else if (s->op == API_OP_PUBLISH && publish_headers(wsi, s)) {
+        s->pre_status = 400;
+        s->pre_msg = s->pre_buf;
     }
     if (!known) s->op = API_OP_COUNT;
 
@@ -236,7 +336,7 @@ static int on_http(api_http *h, struct lws *wsi, http_sess *s, const char *path)
     if (clen > 0) {
         /* The rest arrives as LWS_CALLBACK_HTTP_BODY. */
         s->state = SS_BODY;
-        s->keep_body = !s->pre_status && s->op == API_OP_POST;
+        s->keep_body = !s->pre_status && (s->op == API_OP_POST || s->op == API_OP_PUBLISH);
         if (s->keep_body) {
             s->body = malloc((size_t)clen);
             if (!s->body) {
@@ -308,7 +408,9 @@ static int on_writeable(struct lws *wsi, http_sess *s)
         }
         if (etype && add_header(wsi, "x-amzn-ErrorType:", etype, &p, end)) return -1;
         if (s->status == 401 && add_header(wsi, "WWW-Authenticate:", "Bearer", &p, end)) return -1;
-        if (s->status == 405 && add_header(wsi, "Allow:", "GET, POST, DELETE", &p, end)) return -1;
+        if (s->status == 405 &&
+            add_header(wsi, "Allow:", s->allow ? s->allow : "GET, POST, DELETE", &p, end))
+            return -1;
         if (lws_finalize_write_http_header(wsi, start, &p, end)) return -1;
         if (!s->resp_len) return finish(s);
         s->state = SS_PAYLOAD;
@@ -346,6 +448,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             free(s->resp);
             s->body = NULL;
             s->resp = NULL;
+            api_publish_req_clear(&s->pub);
         }
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:

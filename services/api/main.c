@@ -1,8 +1,9 @@
-/* api: the @connections management API (API Gateway's management endpoint
- * for DynamoWave). POST/GET/DELETE /@connections/{id} over HTTP on its own
- * port, the same over NATS (dw.api.connections.*), and dw.ops.ping.
+/* api: the management API (API Gateway's management endpoint for
+ * DynamoWave). POST/GET/DELETE /@connections/{id} and POST
+ * /@rooms/{room}/messages over HTTP on its own port, the same over NATS
+ * (dw.api.connections.*, dw.api.rooms.publish), and dw.ops.ping.
  * It owns no state: the registry says which edge holds a connection, the
- * edge touches the socket. */
+ * edge touches the socket; a room message goes to DW_MSG like a client's. */
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ static const dw_cfg_field fields[] = {
     F("ADMIN_TOKEN_FILE", DW_CFG_STR, admin_token_file, "", 0, 0,
       "file holding the bearer token requests must carry (empty: no token, loopback only)"),
     F("MAX_MESSAGE", DW_CFG_INT, max_message, "131072", 1, 16 * 1024 * 1024,
-      "largest message POST accepts, bytes (413 above)"),
+      "largest message POST (a connection or a room) accepts, bytes (413 above)"),
     F("WORKERS", DW_CFG_INT, workers, "8", 1, 256, "operations run at the same time"),
     F("MAX_QUEUE", DW_CFG_INT, max_queue, "4096", 1, 1000000,
       "operations waiting for a worker before new ones get 503"),
@@ -55,7 +56,8 @@ static const dw_cfg_field fields[] = {
     F("EDGE_TIMEOUT_MS", DW_CFG_INT, edge_timeout_ms, "1000", 10, 60000,
       "how long to wait for the edge holding it (503 after)"),
     F("PUBLISH_TIMEOUT_MS", DW_CFG_INT, publish_timeout_ms, "1000", 10, 60000,
-      "how long to wait for JetStream to take the disconnect of a gone connection"),
+      "how long to wait for JetStream to take a room message or the disconnect of a gone "
+      "connection"),
     DW_SERVICE_ROWS_STATUS(api_config, svc, "9091"),
     DW_SERVICE_ROW_LOG_LEVEL(api_config, svc),
 };
@@ -158,9 +160,9 @@ static void cleanup(dw_service *s)
 }
 
 static const char summary[] =
-    "DynamoWave api: the @connections management API. POST, GET and DELETE "
-    "/@connections/{id} over HTTP (AWS's shape) and over NATS "
-    "(dw.api.connections.post|get|delete).";
+    "DynamoWave api: the management API. POST, GET and DELETE /@connections/{id} over HTTP "
+    "(AWS's shape) and over NATS (dw.api.connections.post|get|delete); POST "
+    "/@rooms/{room}/messages and dw.api.rooms.publish (docs/integrations.md).";
 
 int main(int argc, char **argv)
 {

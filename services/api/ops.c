@@ -16,6 +16,7 @@ const char *api_op_name(api_op op)
     case API_OP_POST: return "post";
     case API_OP_GET: return "get";
     case API_OP_DELETE: return "delete";
+    case API_OP_PUBLISH: return "publish";
     default: return "other";
     }
 }
@@ -151,7 +152,7 @@ void api_ops_run(const api_ops *o, api_op op, const char *conn_id, const uint8_t
     Dw__ConnReply *cr = NULL;
 
     memset(res, 0, sizeof *res);
-    if ((unsigned)op >= API_OP_COUNT) {
+    if ((unsigned)op >= API_OP_COUNT || op == API_OP_PUBLISH) {
         fail(res, 400, "unknown operation");
         return;
     }
@@ -243,4 +244,56 @@ done:
     if (cr) dw__conn_reply__free_unpacked(cr, NULL);
     natsMsg_Destroy(msg);
     if (rec) dw__conn_record__free_unpacked(rec, NULL);
+}
+
+void api_ops_publish(const api_ops *o, const api_publish_req *rq, api_result *res)
+{
+    char id[API_MSG_ID_MAX], subj[DW_ROOM_MAX + 32];
+    memset(res, 0, sizeof *res);
+    if (!dw_room_valid(rq->room, strlen(rq->room)) || dw_subj_msg(subj, sizeof subj, rq->room)) {
+        fail(res, 400, "room: not a valid room name");
+        return;
+    }
+    if (rq->len > o->cfg.max_message) {
+        fail(res, 413, "message of %zu bytes is over the limit of %zu", rq->len,
+             o->cfg.max_message);
+        return;
+    }
+    if (natsConnection_Status(o->nc) != NATS_CONN_STATUS_CONNECTED) {
+        fail(res, 503, "NATS unavailable");
+        return;
+    }
+    if (api_publish_msg_id(rq, id, sizeof id)) {
+        fail(res, 500, "cannot make a message id");
+        return;
+    }
+    /* What an edge stores for a client's message, with the backend as the
+     * sender: no connection, the "from" name as the user. */
+    Dw__ChatMessage m = DW__CHAT_MESSAGE__INIT;
+    m.id = id;
+    m.room = (char *)rq->room;
+    m.conn_id = "";
+    m.user_id = (char *)(rq->from[0] ? rq->from : API_FROM_DEFAULT);
+    m.data.data = (uint8_t *)rq->data;
+    m.data.len = rq->len;
+    m.ts_ms = dw_now_ms();
+    m.data_json = rq->data_json;
+    m.client_id = rq->key[0] ? (char *)rq->key : id;
+
+    dw_js_ack ack;
+    jsErrCode jerr = 0;
+    natsStatus s =
+        dw_js_publish_pb(o->js, subj, &m.base, id, o->cfg.publish_timeout_ms, &ack, &jerr);
+    if (s == NATS_OK) {
+        res->status = 200;
+        res->seq = ack.seq;
+        res->duplicate = ack.duplicate != 0;
+        return;
+    }
+    fail(res, 503, "the message was not stored: %s",
+         s == NATS_TIMEOUT         ? "no JetStream ack in time (retry with an idempotency key)"
+         : s == NATS_NO_RESPONDERS ? "DW_MSG does not exist yet"
+                                   : natsStatus_GetText(s));
+    DW_WARN("room message not stored", "room=%s status=%s jerr=%d", rq->room, natsStatus_GetText(s),
+            (int)jerr);
 }

@@ -30,10 +30,20 @@ error:
     return NULL;
 }
 
+api_job *api_job_new_publish(api_publish_req *req)
+{
+    api_job *job = api_job_new(API_OP_PUBLISH, "", NULL, 0);
+    if (!job) return NULL;
+    job->pub = *req;
+    memset(req, 0, sizeof *req);
+    return job;
+}
+
 void api_job_free(api_job *job)
 {
     if (!job) return;
     api_result_clear(&job->res);
+    api_publish_req_clear(&job->pub);
     free(job->conn_id);
     free(job->data);
     free(job->reply);
@@ -43,7 +53,10 @@ void api_job_free(api_job *job)
 static void job_run(dw_task *t)
 {
     api_job *job = (api_job *)t;
-    api_ops_run(job->ops, job->op, job->conn_id, job->data, job->len, &job->res);
+    if (job->op == API_OP_PUBLISH)
+        api_ops_publish(job->ops, &job->pub, &job->res);
+    else
+        api_ops_run(job->ops, job->op, job->conn_id, job->data, job->len, &job->res);
     job->done(job);
 }
 

@@ -23,17 +23,21 @@ struct api_job {
     char *conn_id; /* owned */
     uint8_t *data; /* owned; POST message */
     size_t len;
-    api_result res;    /* set before done runs */
-    int64_t start_ns;  /* dw_mono_ns at creation, for the latency metric */
-    api_job_done done; /* runs on a worker thread; takes the job */
-    void *origin;      /* the submitter (the HTTP listener, the NATS side) */
-    void *owner;       /* HTTP: the session waiting, NULL once it closed;
-                        * read and written on the lws thread only */
-    char *reply;       /* NATS: reply subject, owned */
+    api_result res;      /* set before done runs */
+    int64_t start_ns;    /* dw_mono_ns at creation, for the latency metric */
+    api_job_done done;   /* runs on a worker thread; takes the job */
+    void *origin;        /* the submitter (the HTTP listener, the NATS side) */
+    void *owner;         /* HTTP: the session waiting, NULL once it closed;
+                          * read and written on the lws thread only */
+    char *reply;         /* NATS: reply subject, owned */
+    api_publish_req pub; /* API_OP_PUBLISH: the request, owned */
 };
 
 /* A job for op on conn_id with a copy of data. NULL when out of memory. */
 api_job *api_job_new(api_op op, const char *conn_id, const uint8_t *data, size_t len);
+/* A publish job; takes *req (cleared: the job owns its data now). NULL
+ * when out of memory (*req is still the caller's then). */
+api_job *api_job_new_publish(api_publish_req *req);
 /* NULL-safe. */
 void api_job_free(api_job *job);
 

@@ -18,7 +18,21 @@ struct api_subjects {
 };
 
 static const char *const subjects[API_OP_COUNT] = {DW_SUBJ_API_POST, DW_SUBJ_API_GET,
-                                                   DW_SUBJ_API_DELETE};
+                                                   DW_SUBJ_API_DELETE, DW_SUBJ_API_ROOMS_PUBLISH};
+
+/* A room publish is answered in JSON (it is for user code, in any
+ * language); the @connections operations in protobuf (ApiReply). */
+static void send_publish_reply(natsConnection *nc, const char *reply, const api_publish_req *rq,
+                               const api_result *res)
+{
+    size_t len = 0;
+    char *body = res->status == 200
+                     ? api_publish_ok_json(rq ? rq->room : "", res->seq, res->duplicate, &len)
+                     : api_publish_error_json(res->status, res->error, &len);
+    natsStatus s = body ? natsConnection_Publish(nc, reply, body, (int)len) : NATS_NO_MEMORY;
+    free(body);
+    if (s != NATS_OK) DW_WARN("reply not sent", "status=%s", natsStatus_GetText(s));
+}
 
 static void send_reply(natsConnection *nc, const char *reply, const api_result *res)
 {
@@ -37,7 +51,10 @@ static void send_reply(natsConnection *nc, const char *reply, const api_result *
 static void job_done(api_job *job)
 {
     api_subjects *s = job->origin;
-    send_reply(s->nc, job->reply, &job->res);
+    if (job->op == API_OP_PUBLISH)
+        send_publish_reply(s->nc, job->reply, &job->pub, &job->res);
+    else
+        send_reply(s->nc, job->reply, &job->res);
     api_counters_answer(job->op, job->res.status, job->start_ns);
     api_job_free(job);
 }
@@ -49,8 +66,60 @@ static void answer_now(api_subjects *s, const char *reply, api_op op, unsigned s
     memset(&res, 0, sizeof res);
     res.status = status;
     snprintf(res.error, sizeof res.error, "%s", error);
-    send_reply(s->nc, reply, &res);
+    if (op == API_OP_PUBLISH)
+        send_publish_reply(s->nc, reply, NULL, &res);
+    else
+        send_reply(s->nc, reply, &res);
     api_counters_answer(op, status, start_ns);
+}
+
+/* Submit a job, or answer at once when that is not possible. */
+static void submit(api_subjects *s, api_job *job, const char *reply, int64_t start)
+{
+    if (job && !(job->reply = strdup(reply))) {
+        api_job_free(job);
+        job = NULL;
+    }
+    api_op op = job ? job->op : API_OP_COUNT;
+    if (!job) {
+        answer_now(s, reply, op, 500, "out of memory", start);
+        return;
+    }
+    job->origin = s;
+    job->done = job_done;
+    job->start_ns = start;
+    if (api_pool_submit(s->pool, job)) {
+        api_job_free(job);
+        answer_now(s, reply, op, 503, "busy (too many requests in progress) or stopping", start);
+    }
+}
+
+/* dw.api.rooms.publish: a JSON request (rooms.h). */
+static void on_publish(api_subjects *s, const char *reply, natsMsg *msg, int64_t start)
+{
+    api_publish_req rq;
+    char err[192];
+    memset(&rq, 0, sizeof rq);
+    int len = natsMsg_GetDataLength(msg);
+    /* JSON escapes may make a request a few times larger than its message;
+     * anything beyond that is refused unread. */
+    if ((size_t)len > s->max_message * 6 + 4096) {
+        answer_now(s, reply, API_OP_PUBLISH, 413, "request too large", start);
+        return;
+    }
+    int status = api_publish_parse_json(&rq, natsMsg_GetData(msg), (size_t)len, s->max_message, err,
+                                        sizeof err);
+    if (status) {
+        answer_now(s, reply, API_OP_PUBLISH, (unsigned)status, err, start);
+        return;
+    }
+    api_job *job = api_job_new_publish(&rq);
+    if (!job) {
+        api_publish_req_clear(&rq);
+        answer_now(s, reply, API_OP_PUBLISH, 500, "out of memory", start);
+        return;
+    }
+    submit(s, job, reply, start);
 }
 
 static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -63,6 +132,10 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     for (int i = 0; i < API_OP_COUNT; i++)
         if (!strcmp(subj, subjects[i])) op = (api_op)i;
     if (!reply || op == API_OP_COUNT) goto done; /* a publish nobody waits for */
+    if (op == API_OP_PUBLISH) {
+        on_publish(s, reply, msg, start);
+        goto done;
+    }
 
     Dw__ApiRequest *rq = dw_pb_unpack(&dw__api_request__descriptor, msg);
     if (!rq) {
@@ -77,23 +150,7 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
                  s->max_message);
         answer_now(s, reply, op, 413, why, start);
     } else {
-        api_job *job = api_job_new(op, rq->conn_id, rq->data.data, rq->data.len);
-        if (job && !(job->reply = strdup(reply))) {
-            api_job_free(job);
-            job = NULL;
-        }
-        if (!job) {
-            answer_now(s, reply, op, 500, "out of memory", start);
-        } else {
-            job->origin = s;
-            job->done = job_done;
-            job->start_ns = start;
-            if (api_pool_submit(s->pool, job)) {
-                api_job_free(job);
-                answer_now(s, reply, op, 503, "busy (too many requests in progress) or stopping",
-                           start);
-            }
-        }
+        submit(s, api_job_new(op, rq->conn_id, rq->data.data, rq->data.len), reply, start);
     }
     dw__api_request__free_unpacked(rq, NULL);
 done:

@@ -1,6 +1,7 @@
-/* The @connections API on the bus: dw.api.connections.post|get|delete
- * (ApiRequest -> ApiReply), in the queue group "api" so that each request
- * is answered by one instance. The nats.c callbacks only decode and queue:
+/* The management API on the bus: dw.api.connections.post|get|delete
+ * (ApiRequest -> ApiReply) and dw.api.rooms.publish (JSON -> JSON, rooms.h),
+ * in the queue group "api" so that each request is answered by one
+ * instance. The nats.c callbacks only decode and queue:
  * the operation runs on the worker pool, which publishes the reply. */
 #ifndef API_SUBJECTS_H
 #define API_SUBJECTS_H

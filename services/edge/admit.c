@@ -19,11 +19,21 @@ int admit_init(edge *e, char *err, size_t errlen)
     if (!strcmp(c->auth, "jwt")) {
         a->jwt = true;
         auth_jwt_config_default(&a->jwt_cfg);
-        if (!c->jwt_secret_file[0]) {
-            snprintf(err, errlen, "DW_AUTH=jwt needs DW_JWT_SECRET_FILE");
+        if (!c->jwt_secret_file[0] && !c->jwt_jwks_file[0]) {
+            snprintf(err, errlen, "DW_AUTH=jwt needs DW_JWT_SECRET_FILE, DW_JWT_JWKS_FILE or both");
             return -1;
         }
-        if (auth_load_secret(c->jwt_secret_file, &a->secret, &a->secret_len, &why)) {
+        if (c->jwt_jwks_file[0]) {
+            if (auth_jwks_open(&a->jwks, c->jwt_jwks_file, &why)) {
+                snprintf(err, errlen, "DW_JWT_JWKS_FILE: %s", why);
+                return -1;
+            }
+            if (auth_jwks_watch_sighup(a->jwks))
+                DW_WARN("cannot watch for SIGHUP: the JWKS file is read at start only", "%s", "");
+            a->jwt_cfg.jwks = a->jwks;
+        }
+        if (c->jwt_secret_file[0] &&
+            auth_load_secret(c->jwt_secret_file, &a->secret, &a->secret_len, &why)) {
             snprintf(err, errlen, "DW_JWT_SECRET_FILE: %s", why);
             return -1;
         }
@@ -72,6 +82,7 @@ void admit_free(edge *e)
     edge_admit *a = &e->admit;
     auth_secret_free(a->secret, a->secret_len);
     auth_secret_free(a->secret_prev, a->secret_prev_len);
+    auth_jwks_free(a->jwks);
     nf_denylist_free(&a->deny);
     nf_origins_free(&a->origins);
     rl_iptable_free(&a->ips);

@@ -23,6 +23,7 @@ typedef struct edge_admit {
     auth_jwt_config jwt_cfg;
     uint8_t *secret, *secret_prev;
     size_t secret_len, secret_prev_len;
+    auth_jwks *jwks; /* JWT_JWKS_FILE, reread on SIGHUP (auth.h) */
     nf_denylist deny;
     nf_origins origins;
     rl_bucket edge_msgs, edge_conns;

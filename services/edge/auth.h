@@ -1,8 +1,12 @@
-/* Authentication of WebSocket upgrades with HS256 JWTs (DW_AUTH=jwt).
- * Pure functions: no sockets, no bus, no clock reads (the caller passes the
- * time), so they are unit-tested and fuzzed. The edge calls
- * auth_token_from_request() on the upgrade's headers, then
- * auth_jwt_verify(), and answers 401 on any refusal. */
+/* Authentication of WebSocket upgrades with JWTs (DW_AUTH=jwt): HS256 with
+ * a shared secret, RS256 and ES256 with the public keys of a JWKS file
+ * (DW_JWT_JWKS_FILE, reread on SIGHUP). Signatures are checked by OpenSSL
+ * (HMAC, EVP_DigestVerify). The verifier is pure: no sockets, no bus, no
+ * clock reads (the caller passes the time), so it is unit-tested and
+ * fuzzed; only the key file holder (auth_jwks) reads a file, at start and
+ * on its own thread after a SIGHUP. The edge calls auth_token_from_request()
+ * on the upgrade's headers, then auth_jwt_verify(), and answers 401 on any
+ * refusal. */
 #ifndef EDGE_AUTH_H
 #define EDGE_AUTH_H
 
@@ -26,8 +30,8 @@
 typedef enum {
     AUTH_OK = 0,
     AUTH_ERR_MALFORMED = -1, /* size, parts, base64url, JSON shape */
-    AUTH_ERR_ALG = -2,       /* alg is not HS256 (none, HS512, ...) */
-    AUTH_ERR_SIGNATURE = -3, /* the HMAC does not match */
+    AUTH_ERR_ALG = -2,       /* alg is not one configured (none, HS512, RS256 without keys...) */
+    AUTH_ERR_SIGNATURE = -3, /* the signature does not match (or no key has its kid) */
     AUTH_ERR_EXPIRED = -4,   /* exp is in the past (beyond the leeway) */
     AUTH_ERR_NOT_YET = -5,   /* nbf is in the future (beyond the leeway) */
     AUTH_ERR_AUDIENCE = -6,  /* aud does not name this service */
@@ -35,20 +39,66 @@ typedef enum {
     AUTH_ERR_INTERNAL = -8,  /* out of memory or an OpenSSL failure */
 } auth_status;
 
+/* Public keys for RS256 and ES256 (RFC 7517/7518): a JWKS document
+ *   {"keys":[{"kty":"RSA","kid":"k1","n":"...","e":"AQAB","alg":"RS256","use":"sig"},
+ *            {"kty":"EC","crv":"P-256","kid":"k2","x":"...","y":"...","alg":"ES256"}]}
+ * RSA keys of 2048 to 8192 bits, EC keys on P-256. A key whose "use" is not
+ * "sig", whose "key_ops" lack "verify", or of another type or curve is
+ * skipped (counted); a malformed key of a known type refuses the document.
+ * A token's "kid" picks the key; without one every key of its type is
+ * tried. A key's "alg", when present, must be the token's. */
+#define AUTH_JWKS_MAX_KEYS 32
+#define AUTH_JWKS_FILE_MAX (1024 * 1024)
+typedef struct auth_keyset auth_keyset;
+
+/* Parse a JWKS document. 0 with *out (auth_keyset_free) and *skipped (may be
+ * NULL), or -1 with *why (static text). A document with no usable key is
+ * an error: a typo must not look like a working setup. */
+int auth_keyset_parse(const char *json, size_t len, auth_keyset **out, size_t *skipped,
+                      const char **why);
+/* Keys in the set. */
+size_t auth_keyset_count(const auth_keyset *k);
+/* NULL-safe. */
+void auth_keyset_free(auth_keyset *k);
+
+/* The JWKS file in force: a keyset that can be replaced while tokens are
+ * verified on another thread (each verification holds a reference to the
+ * set it started with). */
+typedef struct auth_jwks auth_jwks;
+/* Read path (at most AUTH_JWKS_FILE_MAX bytes). 0 with *out, or -1 with *why. */
+int auth_jwks_open(auth_jwks **out, const char *path, const char **why);
+/* A holder for keys given as text (tests, fuzzing): no file. */
+int auth_jwks_from_json(auth_jwks **out, const char *json, size_t len, const char **why);
+/* Read the file again: 0 and the new keys are in force, or -1 with *why and
+ * the old ones stay. *count (may be NULL): keys in force afterwards. */
+int auth_jwks_reload(auth_jwks *j, size_t *count, const char **why);
+/* Reread the file on every SIGHUP, on a thread of its own (logged: the
+ * keys loaded, or why the old ones stay). At most one holder per process
+ * watches. 0 or -1. */
+int auth_jwks_watch_sighup(auth_jwks *j);
+/* Reloads done since open (successful or not), for tests. Any thread. */
+uint64_t auth_jwks_generation(auth_jwks *j);
+/* Stop watching and free. NULL-safe. */
+void auth_jwks_free(auth_jwks *j);
+
 /* Set up once at start (auth_jwt_config_default, then override); the secret
- * is borrowed and must outlive every auth_jwt_verify() call. */
+ * and the key holder are borrowed and must outlive every auth_jwt_verify()
+ * call. */
 typedef struct auth_jwt_config {
     const uint8_t *secret;
     size_t secret_len;
     /* During a rotation: the previous secret, still accepted (NULL: none). */
     const uint8_t *secret_prev;
     size_t secret_prev_len;
+    /* RS256 / ES256 (NULL: those algorithms are refused). */
+    auth_jwks *jwks;
     const char *audience; /* NULL or "": aud is not checked */
     int64_t leeway_s;     /* clock skew tolerated on exp and nbf */
     int require_exp;      /* 1: a token without exp is refused */
 } auth_jwt_config;
 
-/* Fills the defaults: no secrets, no audience, 30 s leeway, exp required. */
+/* Fills the defaults: no secrets, no keys, no audience, 30 s leeway, exp
+ * required. HS256 needs a secret, RS256 and ES256 need keys. */
 void auth_jwt_config_default(auth_jwt_config *c);
 
 /* Who a verified token says the client is. rooms is malloc'd (each name

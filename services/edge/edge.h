@@ -51,7 +51,7 @@ typedef struct edge_config {
     char *tls_cert, *tls_key;
     int require_tls;
     char *auth; /* none | jwt */
-    char *jwt_secret_file, *jwt_secret_prev_file, *jwt_audience;
+    char *jwt_secret_file, *jwt_secret_prev_file, *jwt_audience, *jwt_jwks_file;
     int64_t jwt_leeway_s;
     int64_t msg_rate, msg_burst, edge_msg_rate, edge_msg_burst;
     int64_t edge_conn_rate, edge_conn_burst;

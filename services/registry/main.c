@@ -53,6 +53,8 @@ typedef struct reg_config {
     int dry_run;
     int64_t reconcile_edge_ttl_ms;
     int64_t reconcile_timeout_ms;
+    int events;
+    int64_t events_max_age_s;
 } reg_config;
 
 #define F(name, type, field, def, min, max, help)                                                  \
@@ -66,7 +68,7 @@ static const dw_cfg_field reg_fields[] = {
     F("REPLICA_ID", DW_CFG_STR, replica_id, "r0", 0, 0,
       "this replica's name ([A-Za-z0-9_-]{1,32}); its DW_CONN durable is registry-<REPLICA_ID>"),
     F("STREAM_REPLICAS", DW_CFG_INT, stream_replicas, "1", 1, 5,
-      "replicas of DW_CONN and DW_MSG, which the registry creates (3 in a cluster)"),
+      "replicas of DW_CONN, DW_MSG and DW_EVENTS, which the registry creates (3 in a cluster)"),
     F("QUERY_WAIT_MS", DW_CFG_INT, query_wait_ms, "2000", 0, 60000,
       "how long a room query waits for the table to reach its min_seq"),
     DW_SERVICE_ROWS_STATUS(reg_config, svc, "9090"),
@@ -100,6 +102,11 @@ static const dw_cfg_field reg_fields[] = {
     F("RECONCILE_TIMEOUT_MS", DW_CFG_INT, reconcile_timeout_ms, "5000", 100, 60000,
       "reconciliation: how long one request to an edge may take (an edge that does not answer "
       "in time is left as it is)"),
+    F("EVENTS", DW_CFG_BOOL, events, "1", 0, 0,
+      "publish lifecycle events (connect, disconnect, join, leave) to DW_EVENTS for user code "
+      "(docs/integrations.md); every replica may, each event is stored once"),
+    F("EVENTS_MAX_AGE_S", DW_CFG_INT, events_max_age_s, "604800", 60, 3650LL * 86400,
+      "DW_EVENTS retention (default 7 days): how far behind a worker may fall"),
     F("DRY_RUN", DW_CFG_BOOL, dry_run, "0", 0, 0,
       "with --restore-to: print the plan, change nothing"),
     DW_SERVICE_ROW_LOG_LEVEL(reg_config, svc),
@@ -225,6 +232,9 @@ static int restore_offline(const reg_config *c, jsCtx *js, const char *replica_d
                 (unsigned long long)plan.ckpt.applied_seq,
                 (unsigned long long)plan.stream_first_seq);
     if (c->dry_run) return 0;
+    /* No emitter runs here: the rebuilt table keeps every event it derives
+     * in its outbox, and the next start publishes those DW_EVENTS lacks. */
+    plan.events = c->events;
     if (reg_restore_build(js, replica_dir, &plan, keys, &dw_stop, &res, &err) ||
         reg_restore_recover(replica_dir) < 0) {
         DW_ERROR("restore failed; the table is unchanged", "err=\"%s\"",
@@ -326,13 +336,16 @@ static int init(dw_service *s)
 }
 
 /* Streams must exist before the consumer; NATS may still be coming up.
- * The registry owns DW_CONN and DW_MSG: it creates or updates them. */
+ * The registry owns DW_CONN, DW_MSG and DW_EVENTS: it creates or updates
+ * them. */
 static int setup(dw_service *s)
 {
     reg_app *a = s->arg;
     dw_stream_opts so;
     dw_stream_opts_default(&so);
     so.replicas = (int)a->cfg.stream_replicas;
+    so.events_max_age_s = a->cfg.events_max_age_s;
+    so.events = a->cfg.events;
     return dw_streams_ensure(s->js, &so) == NATS_OK ? 0 : -1;
 }
 
@@ -343,7 +356,7 @@ static int run(dw_service *s)
     char *err = NULL;
     if (*c->restore_to) return restore_offline(c, s->js, a->replica_dir, a->ckpt_dir, a->keys);
 
-    reg_store_opts so = {.keys = a->keys};
+    reg_store_opts so = {.keys = a->keys, .events = c->events};
     if (reg_store_open_opts(&a->st, a->dbdir, &so, &err)) {
         DW_ERROR("cannot open the table", "dir=\"%s\" err=\"%s\"", a->dbdir, err ? err : "?");
         free(err);
@@ -369,7 +382,9 @@ static int run(dw_service *s)
         .ckpt_max_age_s = c->checkpoint_max_age_s,
         .keys = a->keys,
         .reconcile = a->recon,
+        .events = c->events,
     };
+    reg_emit_opts_default(&nc_cfg.emit);
     reg_node *node = NULL;
     int node_rc = reg_node_create(&node, &nc_cfg, a->st, s->nc, s->js);
     a->st = NULL; /* the node owns it now */

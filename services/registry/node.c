@@ -41,6 +41,7 @@ struct reg_node {
 
     pthread_t ckpt_thread;
     int ckpt_running;
+    reg_emit *emit; /* NULL without events; stopped around a table swap (amu) */
     int has_last_ckpt;
     reg_ckpt last_ckpt;
     int reconcile_pending; /* a resume lifted a hold: reconcile once caught up (mu) */
@@ -80,6 +81,7 @@ static void on_progress(void *arg, uint64_t seq)
     reg_node *n = arg;
     reg_query *q = atomic_load(&n->q_notify);
     if (q) reg_query_notify(q, seq);
+    reg_emit_kick(n->emit);
     dw_metric_set(n->m.applied_seq, (int64_t)seq);
     dw_metric_set(n->m.connections, (int64_t)reg_store_count(n->st));
     if (!atomic_load(&n->caught_up) && seq >= atomic_load(&n->catchup_target)) {
@@ -302,6 +304,9 @@ int reg_node_run(reg_node *n)
 {
     int rc = 0;
     pthread_mutex_lock(&n->amu);
+    /* Before applying: its first look at DW_EVENTS sets the store's floor. */
+    if (n->cfg.events && reg_emit_start(&n->emit, n->nc, n->js, n->st, &n->cfg.emit))
+        DW_ERROR("cannot start the lifecycle events emitter", "%s", "");
     if (atomic_load(&n->state) == REG_STATE_HELD) {
         char when[32];
         dw_iso8601_ms(reg_store_hold(n->st), when, sizeof when);
@@ -362,6 +367,8 @@ void reg_node_free(reg_node *n)
     if (n->ckpt_running) pthread_join(n->ckpt_thread, NULL);
     pthread_mutex_lock(&n->amu);
     apply_stop(n);
+    reg_emit_stop(n->emit);
+    n->emit = NULL;
     pthread_mutex_unlock(&n->amu);
     atomic_store(&n->q_notify, NULL);
     reg_query_stop(n->q);
@@ -385,7 +392,12 @@ void reg_node_free(reg_node *n)
 static void swap_in(reg_node *n)
 {
     char *err = NULL;
-    reg_store_opts o = {.keys = n->cfg.keys};
+    reg_store_opts o = {.keys = n->cfg.keys, .events = n->cfg.events};
+    /* The emitter holds the table: stop it for the swap, start it again on
+     * the new one (which learns DW_EVENTS's position before it applies). */
+    int emitting = n->emit != NULL;
+    reg_emit_stop(n->emit);
+    n->emit = NULL;
     pthread_mutex_lock(&n->mu);
     if (n->q) reg_query_lock_store(n->q);
     reg_store_close(n->st);
@@ -400,6 +412,8 @@ static void swap_in(reg_node *n)
     atomic_store(&n->caught_up, 1);
     pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
+    if (emitting && reg_emit_start(&n->emit, n->nc, n->js, n->st, &n->cfg.emit))
+        DW_ERROR("cannot restart the lifecycle events emitter after the swap", "%s", "");
     dw_metric_set(n->m.connections, (int64_t)reg_store_count(n->st));
     dw_metric_set(n->m.applied_seq, (int64_t)reg_store_applied_seq(n->st));
 }
@@ -424,6 +438,8 @@ int reg_node_restore(reg_node *n, int64_t to_ms, int dry_run, int full_replay,
             plan->has_ckpt ? plan->ckpt.name : "none", (unsigned long long)plan->from_seq,
             (unsigned long long)plan->until_seq);
     apply_stop(n);
+    plan->events = n->cfg.events;
+    reg_store_events_floor_get(n->st, &plan->events_floor_seq, &plan->events_floor_idx);
     rc = reg_restore_build(n->js, n->cfg.replica_dir, plan, n->cfg.keys, &dw_stop, res, err);
     if (rc) {
         DW_ERROR("restore failed; the table is unchanged", "err=\"%s\"", *err ? *err : "?");

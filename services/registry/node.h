@@ -25,6 +25,7 @@
 
 #include "checkpoint.h"
 #include "dw/crypto.h"
+#include "emit.h"
 #include "reconcile.h"
 #include "restore.h"
 #include "store.h"
@@ -48,6 +49,10 @@ typedef struct reg_node_cfg {
     int64_t ckpt_max_age_s;   /* 0: no age limit */
     const dw_keyring *keys;   /* borrowed */
     reg_reconcile *reconcile; /* borrowed; NULL: no reconciliation */
+    /* Lifecycle events: the store derives them (opened with events) and the
+     * node runs the emitter that publishes them to DW_EVENTS. */
+    int events;
+    reg_emit_opts emit;
 } reg_node_cfg;
 
 typedef struct reg_node reg_node;

@@ -115,7 +115,7 @@ int reg_restore_build(jsCtx *js, const char *replica_dir, const reg_restore_plan
     char tmp[4096], ready[4096], db[4096], old[4096];
     static const char *const skip[] = {REG_CKPT_META, NULL};
     reg_store *st = NULL;
-    reg_store_opts o = {.keys = kr};
+    reg_store_opts o = {.keys = kr, .events = p->events};
     *err = NULL;
     memset(res, 0, sizeof *res);
     if (paths(replica_dir, tmp, ready, db, old, sizeof tmp)) {
@@ -132,6 +132,7 @@ int reg_restore_build(jsCtx *js, const char *replica_dir, const reg_restore_plan
         return -1;
     }
     if (reg_store_open_opts(&st, tmp, &o, err)) goto error;
+    reg_store_events_floor(st, p->events_floor_seq, p->events_floor_idx);
     if (reg_apply_replay(js, st, p->from_seq, p->until_seq, p->to_ms, stop, &res->replayed, err))
         goto error;
     if (reg_store_set_hold(st, p->to_ms)) {

@@ -37,6 +37,13 @@ typedef struct reg_restore_plan {
     uint64_t until_seq;  /* the stream's last sequence now: replay never goes past it */
     uint64_t stream_first_seq;
     int gap; /* the checkpoint is older than the stream's first event */
+    /* Set by the caller before reg_restore_build: the rebuilt table derives
+     * lifecycle events (store.h) for what it replays after this floor, so
+     * that events still waiting in the replaced table's outbox are not
+     * lost (those before the floor are in DW_EVENTS already). */
+    int events;
+    uint64_t events_floor_seq;
+    uint32_t events_floor_idx;
 } reg_restore_plan;
 
 typedef struct reg_restore_result {

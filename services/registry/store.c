@@ -161,6 +161,7 @@ int reg_store_open_opts(reg_store **out, const char *dir, const reg_store_opts *
     st->keys = o->keys;
     st->cur_key = dw_keyring_current(o->keys);
     st->read_only = o->read_only;
+    st->events = o->events && !o->read_only;
 
     st->opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(st->opts, !o->read_only);

@@ -13,6 +13,11 @@
  *   m/restored_to                -> int64 big-endian ms: present while the
  *                                   table holds a point-in-time restore and
  *                                   must not apply newer events (the hold)
+ *   o/<seq:020>/<idx:010>        -> Dw__LifecycleEvent, sealed: the outbox,
+ *                                   lifecycle events for DW_EVENTS derived
+ *                                   from DW_CONN event <seq> (events.h),
+ *                                   written in the same batch as the change
+ *                                   and deleted once DW_EVENTS has them
  *
  * Personal data (user id, source IP, user agent) lives only in the values.
  * With a current key in the keyring every value is sealed with AES-256-GCM
@@ -28,8 +33,9 @@
  * source of truth, and a tail lost in a power cut is simply fetched again
  * from applied_seq + 1.
  *
- * Threads: one writer (reg_store_apply*, reg_store_rotate, serialized
- * internally) and any number of readers at the same time. Readers see a
+ * Threads: one writer (reg_store_apply*, reg_store_rotate and the outbox
+ * deletes, serialized internally) and any number of readers at the same
+ * time. Readers see a
  * consistent snapshot: the applied_seq a read returns is the one its rows
  * belong to. */
 #ifndef REG_STORE_H
@@ -76,6 +82,9 @@ typedef struct reg_store_opts {
     /* Open an existing table read-only, e.g. a checkpoint, to read its
      * metadata (reg_store_info_get): no writes, keys are not checked. */
     int read_only;
+    /* Derive lifecycle events into the outbox while applying (the
+     * registry's emitter publishes them to DW_EVENTS). */
+    int events;
 } reg_store_opts;
 
 /* Open (creating if missing) the table in directory dir, which must exist
@@ -124,20 +133,30 @@ int reg_store_flush(reg_store *st);
  * must not exist. Consistent while the writer runs. 0 or -1 (*err malloc'd). */
 int reg_store_checkpoint(reg_store *st, const char *dir, char **err);
 
-/* Re-seal every value that is not sealed with the keyring's current key
- * (plaintext values included), a batch at a time so that the writer keeps
+/* Re-seal every value (rows and outbox entries) that is not sealed with
+ * the keyring's current key (plaintext values included), a batch at a time so that the writer keeps
  * running, then set m/key_ids to the current key only and compact, so that
  * older ciphertexts leave the table files. *rewritten: values re-sealed.
  * 0, or -1 with *err (malloc'd): no current key, a value that does not
  * open, a RocksDB error. Rerunning after a failure is safe. */
 int reg_store_rotate(reg_store *st, uint64_t *rewritten, char **err);
 
-/* Apply the event at DW_CONN sequence seq:
+/* Apply the event at DW_CONN sequence seq (with opts.events, also adding
+ * its lifecycle events to the outbox, in this order):
  *   CONNECT    inserts the row (a known id is replaced, old rooms and edge
  *              index dropped); rooms are deduplicated, invalid names dropped
- *   DISCONNECT deletes the row and its room / edge keys
+ *              [connect, join per room; the same id announced again by its
+ *              edge: only joins/leaves for the rooms that differ; an id
+ *              reused on another edge: the old one's leaves and disconnect
+ *              ("replaced") first]
+ *   DISCONNECT deletes the row and its room / edge keys [leave per room
+ *              ("disconnect"), disconnect (the event's reason, or "closed")]
  *   JOIN/LEAVE add / remove rooms of an existing row (duplicates harmless)
- *   EDGE_DOWN  deletes every row held by edge_id
+ *              [join / leave ("left") per room that changed]
+ *   EDGE_DOWN  deletes every row held by edge_id [per row in id order: its
+ *              leaves, disconnect "edge_down:<the event's reason>"]
+ * An event that changes no row has no lifecycle event: so every connect is
+ * followed by exactly one disconnect.
  * Unknown ids are no-ops. DISCONNECT/JOIN/LEAVE with a non-empty edge_id
  * only touch a row on that edge. Invalid ids / unknown kinds change nothing.
  * ev may be NULL for an event that could not be decoded: only applied_seq
@@ -151,6 +170,33 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev);
 /* reg_store_apply that also records ts_ms, the event's JetStream timestamp
  * (m/applied_ts: what point-in-time restore compares with). */
 int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__ConnEvent *ev);
+
+/* ---- the outbox (lifecycle events waiting for DW_EVENTS) ---- */
+
+/* Events at or before (seq, idx) are in DW_EVENTS already: apply no longer
+ * writes them (their positions are still counted). Any thread. */
+void reg_store_events_floor(reg_store *st, uint64_t seq, uint32_t idx);
+/* The floor as set last (0, 0 at open). Any thread. */
+void reg_store_events_floor_get(reg_store *st, uint64_t *seq, uint32_t *idx);
+
+typedef struct reg_outbox_entry {
+    uint64_t seq; /* DW_CONN sequence */
+    uint32_t idx; /* index among its events */
+    Dw__LifecycleEvent *ev;
+} reg_outbox_entry;
+/* Entries oldest first; owned by the caller: reg_outbox_free. */
+typedef struct reg_outbox {
+    reg_outbox_entry *v;
+    size_t n;
+} reg_outbox;
+void reg_outbox_free(reg_outbox *o);
+
+/* The oldest limit entries (0: all). Entries that cannot be read are
+ * logged and left out. 0 or -1. Any thread. */
+int reg_store_outbox_read(reg_store *st, size_t limit, reg_outbox *out);
+
+/* Delete every entry at or before (seq, idx). 0 or -1. Any thread. */
+int reg_store_outbox_delete_through(reg_store *st, uint64_t seq, uint32_t idx);
 
 /* Distinct edge ids that hold members of room, sorted (strcmp). Costs one seek per
  * edge, not one step per member. 0 or -1 (RocksDB error). */

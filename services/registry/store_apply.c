@@ -1,6 +1,7 @@
 /* Applying DW_CONN events to the table (store.h: reg_store_apply): each
- * event one WriteBatch with the change, m/count and m/applied_seq. One
- * writer at a time (wmu). */
+ * event one WriteBatch with the change, the lifecycle events it makes (the
+ * outbox, store_outbox.c), m/count and m/applied_seq. One writer at a time
+ * (wmu). */
 #include "store.h"
 
 #include <pthread.h>
@@ -12,7 +13,63 @@
 
 #include "dw/bus.h"
 #include "dw/log.h"
+#include "events.h"
 #include "store_int.h"
+
+/* ---- lifecycle events ------------------------------------------------- */
+
+/* What the events of one applied DW_CONN event need: where they go, the
+ * next index, the time they carry. */
+typedef struct ev_ctx {
+    reg_store *st;
+    rocksdb_writebatch_t *b;
+    uint64_t seq;
+    uint32_t idx;
+    int64_t ts_ms;
+    int failed;
+} ev_ctx;
+
+/* Add one event to the outbox in the apply's batch. Its index is taken
+ * whether or not it is written, so that the positions are the same on
+ * every replica, whatever each one's floor. */
+static void ev_put(ev_ctx *c, const char *type, const char *conn_id, const char *user_id,
+                   const char *room, const char *edge_id, const char *reason)
+{
+    reg_ev_pos pos = {c->seq, c->idx++}, floor;
+    if (!c->st->events || c->failed) return;
+    floor.seq = atomic_load(&c->st->floor_seq);
+    floor.idx = atomic_load(&c->st->floor_idx);
+    if (reg_ev_pos_cmp(pos, floor) <= 0) return;
+
+    Dw__LifecycleEvent ev = DW__LIFECYCLE_EVENT__INIT;
+    ev.type = (char *)type;
+    ev.conn_id = (char *)store__str_or_empty(conn_id);
+    ev.user_id = (char *)store__str_or_empty(user_id);
+    ev.room = (char *)store__str_or_empty(room);
+    ev.edge_id = (char *)store__str_or_empty(edge_id);
+    ev.ts_ms = c->ts_ms;
+    ev.reason = (char *)store__str_or_empty(reason);
+    char key[OUTBOX_KEY_LEN + 1];
+    store__outbox_key(key, pos.seq, pos.idx);
+    size_t len = 0, vlen = 0;
+    uint8_t *packed = dw_pb_pack(&ev.base, &len), *val = NULL;
+    if (!packed || store__value_encode(c->st, key, OUTBOX_KEY_LEN, packed, len, &val, &vlen)) {
+        c->failed = 1; /* the apply fails as a whole and is retried */
+    } else {
+        rocksdb_writebatch_put(c->b, key, OUTBOX_KEY_LEN, (const char *)val, vlen);
+    }
+    free(packed);
+    free(val);
+}
+
+/* A connection leaves every room it is in, then is gone. */
+static void ev_gone(ev_ctx *c, const Dw__ConnRecord *rec, const char *reason)
+{
+    for (size_t i = 0; i < rec->n_rooms; i++)
+        ev_put(c, REG_EV_LEAVE, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id,
+               "disconnect");
+    ev_put(c, REG_EV_DISCONNECT, rec->conn_id, rec->user_id, NULL, rec->edge_id, reason);
+}
 
 /* Append room to rooms[*n] unless it is invalid, already there, or the list
  * is full. The pointer is borrowed, not copied. */
@@ -64,23 +121,47 @@ static void batch_delete_record(rocksdb_writebatch_t *b, const Dw__ConnRecord *r
                             store__key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
 }
 
+/* The events of a CONNECT: a new connection (connect, then a join per
+ * room); the same connection announced again by its edge (only the rooms
+ * that differ from the table's); or an id reused on another edge (the old
+ * connection is gone first). */
+static void connect_events(ev_ctx *c, const Dw__ConnRecord *old, const Dw__ConnRecord *rec)
+{
+    if (old && !strcmp(old->edge_id, rec->edge_id)) {
+        for (size_t i = 0; i < old->n_rooms; i++)
+            if (!rooms_has(rec->rooms, rec->n_rooms, old->rooms[i]))
+                ev_put(c, REG_EV_LEAVE, rec->conn_id, old->user_id, old->rooms[i], rec->edge_id,
+                       "reconciled");
+        for (size_t i = 0; i < rec->n_rooms; i++)
+            if (!rooms_has(old->rooms, old->n_rooms, rec->rooms[i]))
+                ev_put(c, REG_EV_JOIN, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id,
+                       NULL);
+        return;
+    }
+    if (old) ev_gone(c, old, "replaced");
+    ev_put(c, REG_EV_CONNECT, rec->conn_id, rec->user_id, NULL, rec->edge_id, NULL);
+    for (size_t i = 0; i < rec->n_rooms; i++)
+        ev_put(c, REG_EV_JOIN, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id, NULL);
+}
+
 static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
-                         const Dw__ConnEvent *ev, int64_t *delta)
+                         const Dw__ConnEvent *ev, int64_t *delta, ev_ctx *c)
 {
     Dw__ConnRecord *old = NULL;
     int rc = store__get_record(st, st->ropts, ev->conn_id, &old);
     if (rc < 0) return -1;
     /* A reused id replaces the old row cleanly: its old rooms and edge go. */
-    if (old) {
+    if (old)
         batch_delete_record(b, old);
-        dw__conn_record__free_unpacked(old, NULL);
-    } else {
+    else
         *delta = 1;
-    }
 
     size_t cap = ev->n_rooms < REG_ROOMS_MAX ? ev->n_rooms : REG_ROOMS_MAX;
     const char **rooms = calloc(cap ? cap : 1, sizeof *rooms);
-    if (!rooms) return -1;
+    if (!rooms) {
+        if (old) dw__conn_record__free_unpacked(old, NULL);
+        return -1;
+    }
     size_t n = 0;
     for (size_t i = 0; i < ev->n_rooms; i++)
         rooms_add(rooms, &n, ev->rooms[i]);
@@ -97,7 +178,9 @@ static int apply_connect(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
     rec.connected_at_ms = ev->ts_ms;
     rec.conn_seq = seq;
     rc = batch_put_record(st, b, &rec);
+    if (rc == 0) connect_events(c, old, &rec);
     free(rooms);
+    if (old) dw__conn_record__free_unpacked(old, NULL);
     return rc;
 }
 
@@ -109,8 +192,11 @@ static int same_edge(const Dw__ConnEvent *ev, const Dw__ConnRecord *rec)
     return !ev->edge_id || !*ev->edge_id || !strcmp(ev->edge_id, rec->edge_id);
 }
 
+/* Only a DISCONNECT that removes a row is a disconnect for user code: a
+ * second one for the same id (the edge's own after an edge_down, the api's
+ * cleanup, a retry) finds no row and says nothing. */
 static int apply_disconnect(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
-                            int64_t *delta)
+                            int64_t *delta, ev_ctx *c)
 {
     Dw__ConnRecord *old = NULL;
     int rc = store__get_record(st, st->ropts, ev->conn_id, &old);
@@ -120,13 +206,15 @@ static int apply_disconnect(reg_store *st, rocksdb_writebatch_t *b, const Dw__Co
         return 0;
     }
     batch_delete_record(b, old);
+    ev_gone(c, old, ev->reason && *ev->reason ? ev->reason : "closed");
     dw__conn_record__free_unpacked(old, NULL);
     *delta = -1;
     return 0;
 }
 
 /* JOIN (join=1) or LEAVE (join=0): rewrite the record's room list. */
-static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev, int join)
+static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev, int join,
+                       ev_ctx *c)
 {
     Dw__ConnRecord *rec = NULL;
     int rc = store__get_record(st, st->ropts, ev->conn_id, &rec);
@@ -149,14 +237,22 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
         if (!join && rooms_has(ev->rooms, ev->n_rooms, rec->rooms[i])) {
             store__batch_delete(
                 b, key, store__key_join(key, "r", rec->rooms[i], rec->edge_id, rec->conn_id));
+            ev_put(c, REG_EV_LEAVE, rec->conn_id, rec->user_id, rec->rooms[i], rec->edge_id,
+                   "left");
             changed = 1;
             continue;
         }
         rooms_add(rooms, &n, rec->rooms[i]);
     }
     for (size_t i = 0; join && i < ev->n_rooms; i++) {
-        if (rooms_add(rooms, &n, ev->rooms[i])) changed = 1;
+        if (rooms_add(rooms, &n, ev->rooms[i])) {
+            ev_put(c, REG_EV_JOIN, rec->conn_id, rec->user_id, ev->rooms[i], rec->edge_id, NULL);
+            changed = 1;
+        }
     }
+    /* (rc is still get_record's 1 here: a JOIN or LEAVE that changes
+     * nothing must not pass for a failed write.) */
+    rc = 0;
     if (changed) {
         char **saved = rec->rooms;
         size_t saved_n = rec->n_rooms;
@@ -171,12 +267,16 @@ static int apply_rooms(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEve
     return rc;
 }
 
+/* Every connection of a dead edge is gone: user code hears a disconnect for
+ * each (in id order, the same on every replica). */
 static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__ConnEvent *ev,
-                           int64_t *delta)
+                           int64_t *delta, ev_ctx *c)
 {
-    char prefix[KEY_MAX];
+    char prefix[KEY_MAX], reason[160];
     size_t plen = store__key_join(prefix, "e", ev->edge_id, "", NULL), klen;
     if (!plen) return 0;
+    snprintf(reason, sizeof reason, "edge_down%s%.128s", ev->reason && *ev->reason ? ":" : "",
+             ev->reason ? ev->reason : "");
     store_scan sc;
     int rc = 0;
     for (const char *k = store__scan_begin(&sc, st, NULL, prefix, plen, NULL, 0, &klen);
@@ -192,6 +292,7 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
         if (rc == 1) {
             if (!strcmp(rec->edge_id, ev->edge_id)) {
                 batch_delete_record(b, rec);
+                ev_gone(c, rec, reason);
                 (*delta)--;
             }
             dw__conn_record__free_unpacked(rec, NULL);
@@ -203,23 +304,23 @@ static int apply_edge_down(reg_store *st, rocksdb_writebatch_t *b, const Dw__Con
 }
 
 static int apply_event(reg_store *st, rocksdb_writebatch_t *b, uint64_t seq,
-                       const Dw__ConnEvent *ev, int64_t *delta)
+                       const Dw__ConnEvent *ev, int64_t *delta, ev_ctx *c)
 {
     int conn_ok = reg_id_valid(ev->conn_id), edge_ok = reg_id_valid(ev->edge_id);
     switch (ev->kind) {
     case DW__CONN_EVENT__KIND__CONNECT:
         if (!conn_ok || !edge_ok) break;
-        return apply_connect(st, b, seq, ev, delta);
+        return apply_connect(st, b, seq, ev, delta, c);
     case DW__CONN_EVENT__KIND__DISCONNECT:
         if (!conn_ok) break;
-        return apply_disconnect(st, b, ev, delta);
+        return apply_disconnect(st, b, ev, delta, c);
     case DW__CONN_EVENT__KIND__JOIN:
     case DW__CONN_EVENT__KIND__LEAVE:
         if (!conn_ok) break;
-        return apply_rooms(st, b, ev, ev->kind == DW__CONN_EVENT__KIND__JOIN);
+        return apply_rooms(st, b, ev, ev->kind == DW__CONN_EVENT__KIND__JOIN, c);
     case DW__CONN_EVENT__KIND__EDGE_DOWN:
         if (!edge_ok) break;
-        return apply_edge_down(st, b, ev, delta);
+        return apply_edge_down(st, b, ev, delta, c);
     default:
         DW_WARN("unknown event kind ignored", "seq=%llu kind=%d", (unsigned long long)seq,
                 (int)ev->kind);
@@ -248,7 +349,11 @@ int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__Con
         return 0;
     }
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    if (ev) rc = apply_event(st, b, seq, ev, &delta);
+    /* The events' time is the stream's, never this replica's clock: every
+     * replica must derive the same events. */
+    ev_ctx c = {.st = st, .b = b, .seq = seq, .ts_ms = ev && ev->ts_ms > 0 ? ev->ts_ms : ts_ms};
+    if (ev) rc = apply_event(st, b, seq, ev, &delta, &c);
+    if (rc == 0 && c.failed) rc = -1;
     uint64_t count = atomic_load(&st->count);
     if (delta < 0 && (uint64_t)-delta > count)
         count = 0; /* never wrap, even if the index was inconsistent */

@@ -84,32 +84,40 @@ int store__value_encode(reg_store *st, const char *key, size_t klen, const uint8
     return 0;
 }
 
-/* Decode the value under key. NULL when it cannot be read (logged): a
- * sealed value that does not open, or plaintext where none may be. */
-Dw__ConnRecord *store__value_decode(reg_store *st, const char *key, size_t klen, const char *val,
-                                    size_t vlen)
+int store__value_open(reg_store *st, const char *key, size_t klen, const char *val, size_t vlen,
+                      uint8_t **out, size_t *outlen)
 {
-    Dw__ConnRecord *rec = NULL;
     uint32_t kid = 0;
     if (dw_crypto_is_sealed(val, vlen, &kid)) {
-        uint8_t *pt = NULL;
-        size_t ptlen = 0;
-        int rc = dw_crypto_open(st->keys, key, klen, val, vlen, &pt, &ptlen, NULL);
+        int rc = dw_crypto_open(st->keys, key, klen, val, vlen, out, outlen, NULL);
         if (rc) {
             char hex[16];
             DW_ERROR("cannot open a sealed record", "key=\"%.*s\" key_id=%s err=\"%s\"", (int)klen,
                      key, dw_key_id_hex(kid, hex, sizeof hex), dw_crypto_strerror(rc));
-            return NULL;
+            return -1;
         }
-        rec = dw__conn_record__unpack(NULL, ptlen, pt);
-        free(pt);
-    } else if (atomic_load(&st->allow_plain)) {
-        rec = dw__conn_record__unpack(NULL, vlen, (const uint8_t *)val);
-    } else {
+        return 0;
+    }
+    if (!atomic_load(&st->allow_plain)) {
         /* An encrypted table never holds plaintext: someone wrote it. */
         DW_ERROR("plaintext record in an encrypted table", "key=\"%.*s\"", (int)klen, key);
-        return NULL;
+        return -1;
     }
+    *out = malloc(vlen ? vlen : 1);
+    if (!*out) return -1;
+    memcpy(*out, val, vlen);
+    *outlen = vlen;
+    return 0;
+}
+
+Dw__ConnRecord *store__value_decode(reg_store *st, const char *key, size_t klen, const char *val,
+                                    size_t vlen)
+{
+    uint8_t *pt = NULL;
+    size_t ptlen = 0;
+    if (store__value_open(st, key, klen, val, vlen, &pt, &ptlen)) return NULL;
+    Dw__ConnRecord *rec = dw__conn_record__unpack(NULL, ptlen, pt);
+    free(pt);
     if (!rec) DW_ERROR("undecodable record", "key=\"%.*s\"", (int)klen, key);
     return rec;
 }

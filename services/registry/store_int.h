@@ -7,6 +7,7 @@
  *   store_apply.c   events into the table
  *   store_read.c    room edges, edges, listings, presence
  *   store_rotate.c  key rotation
+ *   store_outbox.c  lifecycle events waiting for DW_EVENTS, the floor
  *
  * Threads: as store.h says (one writer under wmu, readers on snapshots). */
 #ifndef REG_STORE_INT_H
@@ -28,6 +29,11 @@
 #define KEY_COUNT "m/count"
 #define KEY_KEY_IDS "m/key_ids"
 #define KEY_HOLD "m/restored_to"
+/* The outbox of lifecycle events: o/<seq>/<idx>, both zero-padded so that
+ * the keys sort in event order. */
+#define OUTBOX_PREFIX "o/"
+#define OUTBOX_UPPER "o0"
+#define OUTBOX_KEY_LEN (2 + 20 + 1 + 10)
 
 /* Values re-sealed per write batch by reg_store_rotate (the writer waits
  * for one batch at most). */
@@ -51,6 +57,11 @@ struct reg_store {
     uint32_t key_ids[DW_KEYRING_MAX + 1]; /* m/key_ids, under wmu */
     size_t n_key_ids;
     int read_only;
+    int events; /* derive lifecycle events into the outbox */
+    /* Events at or before this position are in DW_EVENTS already: not
+     * written (a replica catching up or replaying would only delete them). */
+    _Atomic uint64_t floor_seq;
+    _Atomic uint32_t floor_idx;
 };
 
 /* store_codec.c */
@@ -65,6 +76,12 @@ size_t store__key_join(char *buf, const char *a, const char *b, const char *c, c
  * or the packed bytes themselves without a key. *out is malloc'd. 0 or -1. */
 int store__value_encode(reg_store *st, const char *key, size_t klen, const uint8_t *packed,
                         size_t len, uint8_t **out, size_t *outlen);
+/* The bytes under key as they were before store__value_encode: 0 with
+ * *out (malloc'd) and *outlen, or -1 when they cannot be read (logged): a
+ * sealed value that does not open, or plaintext where none may be. */
+int store__value_open(reg_store *st, const char *key, size_t klen, const char *val, size_t vlen,
+                      uint8_t **out, size_t *outlen);
+/* Decode the record under key. NULL when it cannot be read (logged). */
 Dw__ConnRecord *store__value_decode(reg_store *st, const char *key, size_t klen, const char *val,
                                     size_t vlen);
 int store__read_u64(reg_store *st, const rocksdb_readoptions_t *ro, const char *key, uint64_t *v,
@@ -105,6 +122,10 @@ const char *store__scan_value(store_scan *sc, size_t *vlen);
 /* Free the iterator: 0, or -1 when RocksDB reported an error (logged;
  * also into *err, malloc'd, when err is not NULL). */
 int store__scan_end(store_scan *sc, char **err);
+
+/* store_outbox.c: the key of outbox entry (seq, idx) into buf
+ * (OUTBOX_KEY_LEN + 1 bytes). */
+void store__outbox_key(char *buf, uint64_t seq, uint32_t idx);
 
 /* store.c */
 void store__key_ids_put(reg_store *st, rocksdb_writebatch_t *b);

@@ -1,6 +1,7 @@
-/* Key rotation (store.h: reg_store_rotate): every value re-sealed with the
- * keyring's current key, a batch at a time under the writer lock, then the
- * other keys forgotten and the table compacted. */
+/* Key rotation (store.h: reg_store_rotate): every value (rows and outbox
+ * entries) re-sealed with the keyring's current key, a batch at a time
+ * under the writer lock, then the other keys forgotten and the table
+ * compacted. */
 #include "store.h"
 
 #include <pthread.h>
@@ -14,21 +15,24 @@
 #include "dw/log.h"
 #include "store_int.h"
 
-/* Re-seal up to ROTATE_BATCH values from start (a key under c/), holding
- * the writer lock so that no event changes a row between our read and our
- * write. *next receives the key to continue from ("" when done). */
-static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uint64_t *rewritten,
-                        char **err)
+/* Re-seal up to ROTATE_BATCH values from start (a key under prefix: the
+ * rows under c/, the outbox under o/), holding the writer lock so that no
+ * event changes a row between our read and our write. A row must still
+ * decode as a record before it is sealed again. On return start holds the
+ * key to continue from, unless *done. */
+static int rotate_batch(reg_store *st, char *start, size_t *slen, const char *prefix, int *done,
+                        uint64_t *rewritten, char **err)
 {
     char *rerr = NULL;
     int rc = 0, n = 0;
+    int rows = prefix[0] == 'c';
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
     store_scan sc;
     size_t klen, vlen;
 
     pthread_mutex_lock(&st->wmu);
     *done = 1;
-    for (const char *k = store__scan_begin(&sc, st, NULL, "c/", 2, start, *slen, &klen); k;
+    for (const char *k = store__scan_begin(&sc, st, NULL, prefix, 2, start, *slen, &klen); k;
          k = store__scan_next(&sc, &klen)) {
         const char *val = store__scan_value(&sc, &vlen);
         if (n == ROTATE_BATCH) {
@@ -42,26 +46,28 @@ static int rotate_batch(reg_store *st, char *start, size_t *slen, int *done, uin
         }
         uint32_t kid = 0;
         if (dw_crypto_is_sealed(val, vlen, &kid) && kid == st->cur_key) continue;
-        Dw__ConnRecord *rec = store__value_decode(st, k, klen, val, vlen);
-        if (!rec) {
+        uint8_t *pt = NULL, *sealed = NULL;
+        size_t ptlen = 0, slen2 = 0;
+        Dw__ConnRecord *rec = NULL;
+        if (store__value_open(st, k, klen, val, vlen, &pt, &ptlen) ||
+            (rows && !(rec = dw__conn_record__unpack(NULL, ptlen, pt)))) {
             char msg[KEY_MAX + 128];
             snprintf(msg, sizeof msg, "the value of %.*s cannot be read (see the log)", (int)klen,
                      k);
             *err = strdup(msg);
+            free(pt);
             rc = -1;
             break;
         }
-        size_t plen = 0, slen2 = 0;
-        uint8_t *packed = dw_pb_pack(&rec->base, &plen), *sealed = NULL;
-        dw__conn_record__free_unpacked(rec, NULL);
-        if (!packed || store__value_encode(st, k, klen, packed, plen, &sealed, &slen2)) {
-            free(packed);
+        if (rec) dw__conn_record__free_unpacked(rec, NULL);
+        if (store__value_encode(st, k, klen, pt, ptlen, &sealed, &slen2)) {
+            free(pt);
             *err = strdup("cannot seal a value");
             rc = -1;
             break;
         }
         rocksdb_writebatch_put(b, k, klen, (const char *)sealed, slen2);
-        free(packed);
+        free(pt);
         free(sealed);
         n++;
     }
@@ -89,9 +95,15 @@ int reg_store_rotate(reg_store *st, uint64_t *rewritten, char **err)
         *err = strdup("no current key: set the key file to rotate to");
         return -1;
     }
-    memcpy(start, "c/", 2);
-    while (!done)
-        if (rotate_batch(st, start, &slen, &done, rewritten, err)) return -1;
+    /* The rows, then the lifecycle events still waiting in the outbox. */
+    static const char *const prefixes[] = {"c/", OUTBOX_PREFIX};
+    for (size_t r = 0; r < sizeof prefixes / sizeof prefixes[0]; r++) {
+        memcpy(start, prefixes[r], 2);
+        slen = 2;
+        done = 0;
+        while (!done)
+            if (rotate_batch(st, start, &slen, prefixes[r], &done, rewritten, err)) return -1;
+    }
 
     /* Every value is now sealed with the current key (the writer only seals
      * with it): the others are no longer needed. */

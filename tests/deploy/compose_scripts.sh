@@ -131,6 +131,7 @@ declare -A want=(
     [api]="nats_api admin_token"
     [edge]="nats_edge jwt_secret"
     [dwctl]="nats_dwctl"
+    [worker]="nats_worker"
 )
 share="$tmp/share"
 for c in "${!want[@]}"; do mkdir -p "$share/$c"; done
@@ -155,7 +156,7 @@ shares() {
     fi
 }
 check "init-secrets: with the consumers' volumes" 0 bash "$init" "$tmp/secrets" "$share"
-for c in nats registry dispatcher deadletter api edge dwctl; do shares "$c"; done
+for c in nats registry dispatcher deadletter api edge dwctl worker; do shares "$c"; done
 # Optional files reach the edge when present and leave when removed.
 printf 'cert\n' > "$tmp/secrets/tls.crt"
 printf 'key\n' > "$tmp/secrets/tls.key"

@@ -721,7 +721,8 @@ function crossCheck(where, objs, { requireZoneSpread = true } = {}) {
     if (o.kind === "NetworkPolicy") {
       const sel = o.spec?.podSelector ?? {};
       const empty = !Object.keys(sel.matchLabels ?? {}).length && !(sel.matchExpressions ?? []).length;
-      const standalonePods = ["dwctl"]; // k8s/jobs/ pods, not part of the render
+      // Pods not part of the render: k8s/jobs/ (dwctl), your own workers (k8s/README.md).
+      const standalonePods = ["dwctl", "worker"];
       if (!empty && !workloads.some((x) => matches(sel, x.spec?.template?.metadata?.labels)) && !standalonePods.includes(sel.matchLabels?.["app.kubernetes.io/name"])) {
         fail(w, "podSelector matches no workload");
       }

@@ -1,13 +1,14 @@
 /* The JWT verifier and the token extraction from upgrade headers, with a
- * fixed secret. A random token never passes the HMAC, so three of the four
- * modes sign what the fuzzer wrote: that is how the header and claims
- * parsers behind the signature check get exercised.
- * data[0]: bits 0-1 mode, bit 2 audience required, bit 3 exp optional.
- *   mode 0: the rest is a raw token (and a query / Authorization /
- *           Sec-WebSocket-Protocol value);
- *   mode 1: the rest is "<header>.<payload>" in base64url, signed here;
- *   mode 2: the rest is the payload JSON, with an HS256 header, signed here;
- *   mode 3: the rest is "<header JSON>\n<payload JSON>", signed here. */
+ * fixed secret and a fixed JWKS (an RSA and a P-256 public key: the seeds
+ * m0_rs256_* and m0_es256_* were signed with their private halves, which
+ * are not kept; a fuzzer that mutates such a token exercises the RS256 and
+ * ES256 paths and the claims behind them). A random token never passes the HMAC, so three of the
+ * four modes sign what the fuzzer wrote: that is how the header and claims parsers behind the
+ * signature check get exercised. data[0]: bits 0-1 mode, bit 2 audience required, bit 3 exp
+ * optional. mode 0: the rest is a raw token (and a query / Authorization / Sec-WebSocket-Protocol
+ * value); mode 1: the rest is "<header>.<payload>" in base64url, signed here; mode 2: the rest is
+ * the payload JSON, with an HS256 header, signed here; mode 3: the rest is "<header JSON>\n<payload
+ * JSON>", signed here. */
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdlib.h>
@@ -17,6 +18,24 @@
 #include "fuzz.h"
 
 static const char SECRET[] = "fuzzing-secret-0123456789abcdef-0123456789";
+static const char JWKS[] =
+    "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"fuzz-rsa\",\"alg\":\"RS256\",\"use\":\"sig\",\"n\":"
+    "\"teFqN5lKet7Myh9tk4uV"
+    "g_cBtXfsCyEsWZHUQrxhYKwqOc4SkHnBqdHQDS8t49MevkY3upkCgERjMMF5Z3lxvfrZhLGtWt_dfgotd9Xb1npPPR"
+    "B3hkU_dvhqBECrK9IzKGiwx5Snn7JcO9_EllKgWrI1YtXZ50wkpjBXlEPE_GXEdY6ZfV0HfZSxPdIi2KBFlGw1a52Y"
+    "9uTZ0EnvkIZ4tJIew7-WvuV1JHDYNI77QKXVuxKTdOm7wLtm3MaXoucEfm1LDYg6NoFuQ4lEnOajTYG6QGFaUa-ABh"
+    "OMgqk4yEGgB8MvgzpRp-NqoX2THtYoVd5p28cvZ8kIdAkO3QtMxQ\",\"e\":\"AQAB\"},{\"kty\":\"EC\","
+    "\"crv\":\"P-256"
+    "\",\"kid\":\"fuzz-ec\",\"x\":\"D2ihtUKI8xRdNRNV9aaQrVLH_-fTkmnuODV3j5rFHfQ\",\"y\":"
+    "\"sb6G1BvkGTd76DV2D"
+    "4w80m35Z_cGPzvgWD1ia-XCGfc\"}]}";
+
+static auth_jwks *jwks(void)
+{
+    static auth_jwks *j;
+    if (!j && auth_jwks_from_json(&j, JWKS, sizeof JWKS - 1, NULL)) abort();
+    return j;
+}
 #define NOW 1700000000
 
 /* base64url without padding; out holds 4 * ceil(n / 3) + 1 bytes. */
@@ -36,6 +55,7 @@ static void verify(const char *tok, size_t len, int flags)
     auth_jwt_config_default(&cfg);
     cfg.secret = (const uint8_t *)SECRET;
     cfg.secret_len = sizeof SECRET - 1;
+    cfg.jwks = jwks();
     if (flags & 4) cfg.audience = "dynamowave";
     if (flags & 8) cfg.require_exp = 0;
     auth_identity id;

@@ -21,6 +21,8 @@ from harness import Stack, connect, recv_text, wait_until
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 LOCAL_CONF = os.path.join(ROOT, "deploy", "nats", "local.conf")
 USERS = ["edge", "registry", "dispatcher", "deadletter", "api", "dwctl"]
+# User code's login (deploy/nats/auth.conf): no DynamoWave program uses it.
+WORKER = "worker"
 V1 = ["dynamowave.v1"]
 
 
@@ -29,7 +31,7 @@ def credentials(d):
     (its user and password file), as scripts/up.sh makes them."""
     nats_env = {"DW_JS_KEY": "k" + secrets.token_hex(32)}
     service_env = {}
-    for u in USERS:
+    for u in USERS + [WORKER]:
         pw = "p" + secrets.token_hex(16)  # a letter first: nats-server reads 2e3... as a number
         nats_env["DW_NATS_PASS_" + u.upper()] = pw
         path = os.path.join(d, f"nats_{u}")
@@ -168,7 +170,8 @@ class LeastPrivilege(unittest.TestCase):
             ("dispatcher", "pub", "$JS.API.STREAM.DELETE.DW_MSG"),
             ("dispatcher", "pub", "$JS.API.STREAM.UPDATE.DW_DLQ"),
             ("dispatcher", "pub", "dw.msg.lobby"),
-            ("api", "pub", "dw.msg.lobby"),
+            ("api", "pub", "dw.conn.connect"),
+            ("api", "sub", "dw.msg.>"),
             ("api", "sub", "dw.edge.x.deliver"),
             ("registry", "pub", "dw.edge.x.deliver"),
             ("registry", "pub", "$JS.API.STREAM.DELETE.DW_CONN"),
@@ -182,6 +185,53 @@ class LeastPrivilege(unittest.TestCase):
                 c = self.probe(user)
                 said = c.pub(subject, "_INBOX.probe") if op == "pub" else c.sub(subject, 1)
                 self.assertTrue(refused(said), said)
+
+    def test_worker_credentials_reach_only_user_code_subjects(self):
+        """The worker user (route workers, bots): its part of the bus and
+        nothing else, as a compromised worker would meet it."""
+        c = self.probe(WORKER)
+        allowed = [
+            ("sub", "dw.rpc.echo"), ("sub", "dw.rpc.>"), ("sub", "_INBOX.worker.x.>"),
+            ("pub", "dw.api.rooms.publish"), ("pub", "dw.api.connections.post"),
+            ("pub", "$JS.API.STREAM.INFO.DW_EVENTS"),
+            ("pub", "$JS.API.CONSUMER.DURABLE.CREATE.DW_EVENTS.mybot"),
+            ("pub", "$JS.API.CONSUMER.CREATE.DW_EVENTS.mybot.dw.events.join"),
+            ("pub", "$JS.API.CONSUMER.MSG.NEXT.DW_EVENTS.mybot"),
+            ("pub", "$JS.API.CONSUMER.DELETE.DW_EVENTS.mybot"),
+            ("pub", "$JS.API.CONSUMER.INFO.DW_ROUTE.route-echo"),
+            ("pub", "$JS.API.CONSUMER.MSG.NEXT.DW_ROUTE.route-echo"),
+        ]
+        for n, (op, subject) in enumerate(allowed):
+            with self.subTest(allowed=subject):
+                said = c.pub(subject, "_INBOX.worker.probe") if op == "pub" else c.sub(subject, n + 1)
+                self.assertFalse(refused(said), said)
+        refusals = [
+            # chat traffic, connection events, deliveries: neither read nor written
+            ("pub", "dw.msg.3.lobby"), ("sub", "dw.msg.>"), ("sub", "dw.conn.*"),
+            ("pub", "dw.conn.disconnect"), ("sub", "dw.edge.x.deliver"),
+            ("pub", "dw.edge.x.conn"), ("pub", "dw.events.connect"), ("sub", "dw.events.>"),
+            # no answering for a service, no asking one outside the API
+            ("sub", "dw.api.rooms.publish"), ("sub", "dw.registry.room"),
+            ("pub", "dw.registry.list"), ("pub", "dw.ops.ping"), ("pub", "dw.dlq.x"),
+            ("pub", "dw.rpc.echo"),
+            # others' replies
+            ("sub", "_INBOX.>"), ("sub", "_INBOX.api.>"), ("pub", "_INBOX.api.x"),
+            # streams: no change, no purge, no other stream's messages
+            ("pub", "$JS.API.STREAM.DELETE.DW_EVENTS"), ("pub", "$JS.API.STREAM.PURGE.DW_EVENTS"),
+            ("pub", "$JS.API.STREAM.UPDATE.DW_EVENTS"), ("pub", "$JS.API.STREAM.CREATE.DW_ROUTE"),
+            ("pub", "$JS.API.STREAM.MSG.GET.DW_MSG"), ("pub", "$JS.API.STREAM.MSG.GET.DW_EVENTS"),
+            ("pub", "$JS.API.CONSUMER.CREATE.DW_MSG"),
+            ("pub", "$JS.API.CONSUMER.DURABLE.CREATE.DW_CONN.x"),
+            ("pub", "$JS.API.CONSUMER.MSG.NEXT.DW_MSG.dispatcher"),
+            # DW_ROUTE's consumers are DynamoWave's: used, never made or removed
+            ("pub", "$JS.API.CONSUMER.DURABLE.CREATE.DW_ROUTE.route-echo"),
+            ("pub", "$JS.API.CONSUMER.CREATE.DW_ROUTE.route-echo.dw.route.echo"),
+            ("pub", "$JS.API.CONSUMER.DELETE.DW_ROUTE.route-echo"),
+        ]
+        for n, (op, subject) in enumerate(refusals):
+            with self.subTest(refused=subject):
+                said = c.pub(subject, "_INBOX.worker.probe") if op == "pub" else c.sub(subject, 100 + n)
+                self.assertTrue(refused(said), f"{op} {subject}: {said}")
 
     def test_logins_are_required(self):
         for user, pw in [(None, None), ("edge", "wrong"), ("nobody", "x")]:

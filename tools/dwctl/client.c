@@ -70,18 +70,12 @@ void dwctl_close(dwctl *ctl)
     ctl->nc = NULL;
 }
 
-int dwctl_request(dwctl *ctl, const char *subj, const ProtobufCMessage *req, natsMsg **reply,
-                  char *err, size_t errlen)
+int dwctl_request_raw(dwctl *ctl, const char *subj, const void *data, size_t len, natsMsg **reply,
+                      char *err, size_t errlen)
 {
-    size_t len = 0;
-    uint8_t *buf = dw_pb_pack(req, &len);
     *reply = NULL;
-    if (!buf) {
-        snprintf(err, errlen, "out of memory");
-        return DWCTL_FAIL;
-    }
-    natsStatus s = natsConnection_Request(reply, ctl->nc, subj, buf, (int)len, ctl->cfg.timeout_ms);
-    free(buf);
+    natsStatus s =
+        natsConnection_Request(reply, ctl->nc, subj, data, (int)len, ctl->cfg.timeout_ms);
     switch (s) {
     case NATS_OK: return DWCTL_OK;
     case NATS_NO_RESPONDERS:
@@ -96,6 +90,21 @@ int dwctl_request(dwctl *ctl, const char *subj, const ProtobufCMessage *req, nat
     natsMsg_Destroy(*reply);
     *reply = NULL;
     return DWCTL_FAIL;
+}
+
+int dwctl_request(dwctl *ctl, const char *subj, const ProtobufCMessage *req, natsMsg **reply,
+                  char *err, size_t errlen)
+{
+    size_t len = 0;
+    uint8_t *buf = dw_pb_pack(req, &len);
+    *reply = NULL;
+    if (!buf) {
+        snprintf(err, errlen, "out of memory");
+        return DWCTL_FAIL;
+    }
+    int rc = dwctl_request_raw(ctl, subj, buf, len, reply, err, errlen);
+    free(buf);
+    return rc;
 }
 
 natsStatus dwctl_dispatch_backlog(dwctl *ctl, dwctl_backlog *b)

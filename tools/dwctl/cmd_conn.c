@@ -262,8 +262,8 @@ static int conn_get(dwctl *ctl, int argc, char **argv)
     return rc;
 }
 
-/* Read all of f (at most max bytes) into a malloc'd buffer. */
-static int read_all(FILE *f, const char *name, size_t max, uint8_t **out, size_t *outlen)
+int dwctl_read_all(FILE *f, const char *cmd, const char *name, size_t max, uint8_t **out,
+                   size_t *outlen)
 {
     size_t cap = 64 * 1024, len = 0;
     uint8_t *buf = malloc(cap);
@@ -276,7 +276,7 @@ static int read_all(FILE *f, const char *name, size_t max, uint8_t **out, size_t
     for (;;) {
         if (len == cap) {
             if (cap >= max) {
-                dwctl_err("conn post: %s is larger than %zu bytes", name, max);
+                dwctl_err("%s: %s is larger than %zu bytes", cmd, name, max);
                 free(buf);
                 return DWCTL_FAIL;
             }
@@ -294,7 +294,7 @@ static int read_all(FILE *f, const char *name, size_t max, uint8_t **out, size_t
         if (n == 0) break;
     }
     if (ferror(f)) {
-        dwctl_err("conn post: cannot read %s", name);
+        dwctl_err("%s: cannot read %s", cmd, name);
         free(buf);
         return DWCTL_FAIL;
     }
@@ -405,7 +405,8 @@ static int conn_post(dwctl *ctl, int argc, char **argv)
             dwctl_err("conn post: cannot open %s: %s", file, strerror(errno));
             return DWCTL_FAIL;
         }
-        rc = read_all(f, strcmp(file, "-") ? file : "standard input", max, &data, &len);
+        rc = dwctl_read_all(f, "conn post", strcmp(file, "-") ? file : "standard input", max, &data,
+                            &len);
         if (f != stdin) fclose(f);
         if (rc != DWCTL_OK) return rc;
     }

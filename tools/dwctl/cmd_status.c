@@ -22,8 +22,9 @@
 #include "dw/wire.h"
 #include "dwctl.h"
 
-#define NSTREAMS 3 /* DW_MSG, DW_CONN, DW_DLQ */
+#define NSTREAMS 4 /* DW_MSG, DW_CONN, DW_DLQ, DW_EVENTS */
 #define STREAM_DLQ 2
+#define STREAM_EVENTS 3 /* optional, like DW_DLQ: lifecycle events may be off */
 #define REG_PAGE 1000
 
 /* One running process, as seen by a ping answer or judged otherwise. */
@@ -545,7 +546,8 @@ static void status_text(const status_report *st, const char *url)
                 snprintf(seq, sizeof seq, "%llu..%llu", (unsigned long long)ss->FirstSeq,
                          (unsigned long long)ss->LastSeq);
             } else {
-                snprintf(msgs, sizeof msgs, "%s", i == STREAM_DLQ ? "-" : "MISSING");
+                snprintf(msgs, sizeof msgs, "%s",
+                         i == STREAM_DLQ || i == STREAM_EVENTS ? "-" : "MISSING");
                 snprintf(bytes, sizeof bytes, "-");
                 snprintf(seq, sizeof seq, "%s", st->stream_err[i]);
             }
@@ -648,6 +650,7 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
     st.stream_name[0] = DW_STREAM_MSG;
     st.stream_name[1] = DW_STREAM_CONN;
     st.stream_name[STREAM_DLQ] = DW_STREAM_DLQ;
+    st.stream_name[STREAM_EVENTS] = DW_STREAM_EVENTS;
 
     /* Start listening first: the window runs while the other probes do. */
     int64_t deadline = dw_mono_ns() + (int64_t)wait_ms * 1000000;

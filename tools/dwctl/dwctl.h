@@ -66,6 +66,9 @@ void dwctl_close(dwctl *ctl);
  * reason is written to err and DWCTL_FAIL returned. */
 int dwctl_request(dwctl *ctl, const char *subj, const ProtobufCMessage *req, natsMsg **reply,
                   char *err, size_t errlen);
+/* The same with a payload as it is (the JSON requests of dw.api.rooms.*). */
+int dwctl_request_raw(dwctl *ctl, const char *subj, const void *data, size_t len, natsMsg **reply,
+                      char *err, size_t errlen);
 /* The URL without its user:password part, for messages. */
 void dwctl_url_redacted(const char *url, char *buf, size_t len);
 
@@ -112,5 +115,10 @@ void dwctl_table_free(dwctl_table *t);
 int cmd_conn(dwctl *ctl, int argc, char **argv);
 int cmd_status(dwctl *ctl, int argc, char **argv);
 int cmd_registry(dwctl *ctl, int argc, char **argv);
+int cmd_room(dwctl *ctl, int argc, char **argv);
+/* cmd_conn.c: all of f (at most max bytes) into a malloc'd buffer; cmd names
+ * the command in messages. */
+int dwctl_read_all(FILE *f, const char *cmd, const char *name, size_t max, uint8_t **out,
+                   size_t *outlen);
 
 #endif

@@ -34,6 +34,8 @@ static const dwctl_area areas[] = {
      "  conn list [--edge E] [--json]   list connections (all, or those of edge E)\n"
      "  conn get ID [--json]            show one connection\n"
      "  conn post|delete ID [...]       post a message to a connection / close it\n"},
+    {"room", cmd_room,
+     "  room post ROOM [...]            publish a message to a room, as a backend does\n"},
     {"status", cmd_status,
      "  status [--json]                 services, connections per edge, streams, lag, DLQ\n"},
     {"dlq", cmd_dlq, "  dlq list|show|replay|purge|stats   dead letters: inspect, replay, purge\n"},

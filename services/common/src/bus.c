@@ -421,6 +421,8 @@ void dw_stream_opts_default(dw_stream_opts *o)
     o->conn_max_age_s = 35LL * 24 * 3600;
     o->msg_max_age_s = 24LL * 3600;
     o->dedup_window_s = 120;
+    o->events_max_age_s = 7LL * 24 * 3600;
+    o->events = 1;
     o->replicas = 1;
 }
 
@@ -515,16 +517,35 @@ static void msg_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char 
     cfg->Replicas = o->replicas;
 }
 
+/* DW_EVENTS: lifecycle events for user code. Limits retention, so that
+ * every worker reads every event with its own consumer; the duplicate
+ * window is what lets two registry replicas publish the same event. */
+static void events_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
+{
+    jsStreamConfig_Init(cfg);
+    cfg->Name = DW_STREAM_EVENTS;
+    cfg->Subjects = subj;
+    cfg->SubjectsLen = 1;
+    cfg->Storage = js_FileStorage;
+    cfg->Retention = js_LimitsPolicy;
+    cfg->MaxAge = o->events_max_age_s * 1000000000LL;
+    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
+    cfg->Replicas = o->replicas;
+}
+
 natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
 {
     jsStreamConfig cfg;
     const char *conn_subj[] = {"dw.conn.>"};
     const char *msg_subj[] = {"dw.msg.>"};
+    const char *events_subj[] = {DW_SUBJ_EVENTS_PREFIX ">"};
 
     conn_config(&cfg, o, conn_subj);
     natsStatus s = ensure_one(js, &cfg);
     if (s != NATS_OK) return s;
     msg_config(&cfg, o, msg_subj);
+    if ((s = ensure_one(js, &cfg)) != NATS_OK || !o->events) return s;
+    events_config(&cfg, o, events_subj);
     return ensure_one(js, &cfg);
 }
 

@@ -12,6 +12,10 @@
 
 #define DW_STREAM_CONN "DW_CONN"
 #define DW_STREAM_MSG "DW_MSG"
+/* Lifecycle events for user code (JSON, docs/integrations.md), written by
+ * the registry: dw.events.connect|disconnect|join|leave. */
+#define DW_STREAM_EVENTS "DW_EVENTS"
+#define DW_SUBJ_EVENTS_PREFIX "dw.events."
 
 #define DW_SUBJ_CONN_PREFIX "dw.conn."        /* + connect|disconnect|join|leave|edge_down */
 #define DW_SUBJ_MSG_PREFIX "dw.msg."          /* + <partition>.<room> (dw_subj_msg) */
@@ -24,6 +28,7 @@
 #define DW_SUBJ_API_POST "dw.api.connections.post" /* ApiRequest -> ApiReply */
 #define DW_SUBJ_API_GET "dw.api.connections.get"
 #define DW_SUBJ_API_DELETE "dw.api.connections.delete"
+#define DW_SUBJ_API_ROOMS_PUBLISH "dw.api.rooms.publish" /* JSON -> JSON (docs/integrations.md) */
 #define DW_STREAM_DLQ "DW_DLQ"
 #define DW_SUBJ_DLQ_PREFIX "dw.dlq." /* + <room> */
 #define DW_DISPATCHER_DURABLE "dispatcher"
@@ -108,16 +113,18 @@ int dw_bus_new_inbox(char *buf, size_t len);
  * every binary with a NATS_URL field). */
 void dw_bus_env_help(FILE *out);
 
-/* Create or update the streams DW_CONN and DW_MSG (idempotent): the
- * registry's job (their owner). Looks first and writes nothing when they
+/* Create or update the streams DW_CONN, DW_MSG and DW_EVENTS (idempotent):
+ * the registry's job (their owner). Looks first and writes nothing when they
  * are already as asked, so a caller whose NATS user may only read them
  * succeeds once the owner made them (until then: an error after ~2 s).
  * msg_max_age_s / conn_max_age_s: retention; replicas: 1 locally, 3 in a
  * cluster. */
 typedef struct dw_stream_opts {
-    int64_t conn_max_age_s; /* DW_CONN: the PITR window (35 days) */
-    int64_t msg_max_age_s;  /* DW_MSG: the history window (24 h) */
-    int64_t dedup_window_s; /* DW_MSG Nats-Msg-Id window (120 s) */
+    int64_t conn_max_age_s;   /* DW_CONN: the PITR window (35 days) */
+    int64_t msg_max_age_s;    /* DW_MSG: the history window (24 h) */
+    int64_t dedup_window_s;   /* Nats-Msg-Id window of all three (120 s) */
+    int64_t events_max_age_s; /* DW_EVENTS: how long workers may take to read (7 days) */
+    int events;               /* 0: no DW_EVENTS (lifecycle events turned off) */
     int replicas;
 } dw_stream_opts;
 void dw_stream_opts_default(dw_stream_opts *o);
