@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dw/util.h"
+#include "dw/wire.h"
 
 #define SEGMENT "@rooms/"
 #define SUFFIX "/messages"
@@ -209,15 +210,7 @@ done:
 
 int api_publish_msg_id(const api_publish_req *r, char *buf, size_t len)
 {
-    int n;
-    if (r->key[0]) {
-        n = snprintf(buf, len, "api:k:%s:%s", r->room, r->key);
-    } else {
-        char rnd[DW_ID_LEN + 1];
-        if (dw_id_random(rnd)) return -1;
-        n = snprintf(buf, len, "api:%s", rnd);
-    }
-    return n > 0 && (size_t)n < len ? 0 : -1;
+    return dw_msgid_room_publish(buf, len, r->room, r->key);
 }
 
 static char *dump(json_t *o, size_t *len)

@@ -67,7 +67,8 @@ int api_publish_parse_json(api_publish_req *r, const char *body, size_t len, siz
 /* The id of the message (ChatMessage.id and its Nats-Msg-Id): with a key
  * "api:k:<room>:<key>", so a retry within DW_MSG's duplicate window is
  * stored once (a key is a message's identity within its room); otherwise
- * "api:<random>". 0 or -1. buf: API_MSG_ID_MAX bytes. */
+ * "api:<random>" (dw_msgid_room_publish, dw/wire.h). 0 or -1. buf:
+ * API_MSG_ID_MAX bytes. */
 #define API_MSG_ID_MAX (DW_ROOM_MAX + API_KEY_MAX + 8)
 int api_publish_msg_id(const api_publish_req *r, char *buf, size_t len);
 

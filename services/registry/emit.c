@@ -14,6 +14,7 @@
 #include "dw/log.h"
 #include "dw/metrics.h"
 #include "dw/util.h"
+#include "dw/wire.h"
 #include "events.h"
 
 /* How long the first look at DW_EVENTS may take before the thread starts. */
@@ -121,7 +122,7 @@ static int position(reg_emit *e, int64_t wait_ms, uint64_t *last, reg_ev_pos *po
     if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) return 0;
     if (s != NATS_OK) return -1;
     const char *id = NULL;
-    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id &&
+    if (natsMsgHeader_Get(msg, DW_HDR_MSG_ID, &id) == NATS_OK && id &&
         reg_ev_msg_id_parse(id, strlen(id), pos) == 0)
         *known = true;
     else
@@ -150,7 +151,7 @@ static size_t publish_round(reg_emit *e, const reg_outbox_entry *v, size_t n, ui
         if (json && !reg_ev_subject(subj, sizeof subj, v[i].ev->type) &&
             !reg_ev_msg_id(id, sizeof id, p))
             s = natsMsg_Create(&msg, subj, reply, json, (int)len);
-        if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", id);
+        if (s == NATS_OK) s = natsMsgHeader_Set(msg, DW_HDR_MSG_ID, id);
         if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", expect);
         if (s == NATS_OK) s = natsConnection_PublishMsg(e->nc, msg);
         natsMsg_Destroy(msg);
@@ -209,17 +210,10 @@ static size_t publish_round(reg_emit *e, const reg_outbox_entry *v, size_t n, ui
 
 static void wait_kick(reg_emit *e, int64_t ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    int64_t deadline = dw_mono_ns() + ms * 1000000;
     pthread_mutex_lock(&e->mu);
     while (!e->kicked && !e->stopping)
-        if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) == ETIMEDOUT) break;
+        if (dw_cond_wait_until(&e->cv, &e->mu, deadline) == ETIMEDOUT) break;
     e->kicked = false;
     pthread_mutex_unlock(&e->mu);
 }
@@ -326,11 +320,7 @@ int reg_emit_start(reg_emit **out, natsConnection *nc, jsCtx *js, reg_store *st,
     else
         reg_emit_opts_default(&e->o);
     pthread_mutex_init(&e->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&e->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    dw_cond_init_mono(&e->cv);
 
     char wild[160];
     if (dw_bus_new_inbox(e->inbox, sizeof e->inbox)) goto error;

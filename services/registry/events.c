@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dw/bus.h"
+#include "dw/wire.h"
 
 int reg_ev_pos_cmp(reg_ev_pos a, reg_ev_pos b)
 {
@@ -17,39 +18,12 @@ int reg_ev_pos_cmp(reg_ev_pos a, reg_ev_pos b)
 
 int reg_ev_msg_id(char *buf, size_t len, reg_ev_pos p)
 {
-    int n = snprintf(buf, len, "ev.%" PRIu64 ".%" PRIu32, p.seq, p.idx);
-    return n > 0 && (size_t)n < len ? 0 : -1;
-}
-
-/* A decimal number without sign or leading zero, at most max. */
-static int parse_num(const char **p, const char *end, uint64_t max, uint64_t *out)
-{
-    const char *s = *p;
-    uint64_t v = 0;
-    if (s == end || *s < '0' || *s > '9') return -1;
-    if (*s == '0' && s + 1 < end && s[1] >= '0' && s[1] <= '9') return -1;
-    for (; s < end && *s >= '0' && *s <= '9'; s++) {
-        uint64_t d = (uint64_t)(*s - '0');
-        if (v > (max - d) / 10) return -1;
-        v = v * 10 + d;
-    }
-    *p = s;
-    *out = v;
-    return 0;
+    return dw_msgid_event(buf, len, p.seq, p.idx);
 }
 
 int reg_ev_msg_id_parse(const char *id, size_t len, reg_ev_pos *out)
 {
-    const char *p = id, *end = id + len;
-    uint64_t seq, idx;
-    if (!id || len < 3 || memcmp(id, "ev.", 3)) return -1;
-    p += 3;
-    if (parse_num(&p, end, UINT64_MAX, &seq) || p == end || *p++ != '.' ||
-        parse_num(&p, end, UINT32_MAX, &idx) || p != end)
-        return -1;
-    out->seq = seq;
-    out->idx = (uint32_t)idx;
-    return 0;
+    return dw_msgid_event_parse(id, len, &out->seq, &out->idx);
 }
 
 int reg_ev_type_valid(const char *type)

@@ -31,8 +31,8 @@ typedef struct reg_ev_pos {
 /* <0, 0, >0 like strcmp. */
 int reg_ev_pos_cmp(reg_ev_pos a, reg_ev_pos b);
 
-/* The Nats-Msg-Id of the event at p: "ev.<seq>.<idx>". 0, or -1 when buf
- * is too small (REG_EV_ID_MAX is enough). */
+/* The Nats-Msg-Id of the event at p: "ev.<seq>.<idx>" (dw_msgid_event,
+ * dw/wire.h). 0, or -1 when buf is too small (REG_EV_ID_MAX is enough). */
 #define REG_EV_ID_MAX 40
 int reg_ev_msg_id(char *buf, size_t len, reg_ev_pos p);
 

@@ -50,6 +50,17 @@ int dw_msgid_v1(char *buf, size_t len, bool by_user, const char *user_or_conn,
                or_empty(client_id));
 }
 
+int dw_msgid_room_publish(char *buf, size_t len, const char *room, const char *key)
+{
+    if (key && *key) return put(buf, len, "api:k:%s:%s", or_empty(room), key);
+    char rnd[DW_ID_LEN + 1];
+    if (dw_id_random(rnd)) {
+        if (len) buf[0] = '\0';
+        return -1;
+    }
+    return put(buf, len, "api:%s", rnd);
+}
+
 /* ---- DW_CONN ---- */
 
 int dw_msgid_conn(char *buf, size_t len, Dw__ConnEvent__Kind kind, const char *conn_id)
@@ -116,6 +127,44 @@ int dw_msgid_edge_down_reconcile(char *buf, size_t len, const char *edge_id, int
 int dw_msgid_gone(char *buf, size_t len, const char *conn_id)
 {
     return put(buf, len, "gone.%s", or_empty(conn_id));
+}
+
+/* ---- DW_EVENTS ---- */
+
+int dw_msgid_event(char *buf, size_t len, uint64_t seq, uint32_t idx)
+{
+    return put(buf, len, "ev.%" PRIu64 ".%" PRIu32, seq, idx);
+}
+
+/* A decimal number without sign or leading zero, at most max. */
+static int parse_num(const char **p, const char *end, uint64_t max, uint64_t *out)
+{
+    const char *s = *p;
+    uint64_t v = 0;
+    if (s == end || *s < '0' || *s > '9') return -1;
+    if (*s == '0' && s + 1 < end && s[1] >= '0' && s[1] <= '9') return -1;
+    for (; s < end && *s >= '0' && *s <= '9'; s++) {
+        uint64_t d = (uint64_t)(*s - '0');
+        if (v > (max - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    *p = s;
+    *out = v;
+    return 0;
+}
+
+int dw_msgid_event_parse(const char *id, size_t len, uint64_t *seq, uint32_t *idx)
+{
+    const char *p = id, *end = id + len;
+    uint64_t s, i;
+    if (!id || len < 3 || memcmp(id, "ev.", 3)) return -1;
+    p += 3;
+    if (parse_num(&p, end, UINT64_MAX, &s) || p == end || *p++ != '.' ||
+        parse_num(&p, end, UINT32_MAX, &i) || p != end)
+        return -1;
+    *seq = s;
+    *idx = (uint32_t)i;
+    return 0;
 }
 
 /* ---- DW_DLQ ---- */

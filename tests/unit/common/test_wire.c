@@ -112,6 +112,35 @@ static void test_dlq_ids(void **state)
     assert_int_equal(dw_msgid_replay(id, 5, NULL, 1, 2), -1);
 }
 
+static void test_room_publish_and_event_ids(void **state)
+{
+    char id[DW_MSGID_MAX], id2[DW_MSGID_MAX];
+    /* a backend's room message: the key is its identity within the room */
+    assert_int_equal(dw_msgid_room_publish(id, sizeof id, "general", "k-1"), 0);
+    assert_string_equal(id, "api:k:general:k-1");
+    assert_int_equal(dw_msgid_room_publish(id, sizeof id, "general", NULL), 0);
+    assert_int_equal(dw_msgid_room_publish(id2, sizeof id2, "general", ""), 0);
+    assert_int_equal(strncmp(id, "api:", 4), 0);
+    assert_int_equal(strlen(id), 4 + DW_ID_LEN);
+    assert_string_not_equal(id, id2);
+
+    /* a lifecycle event's position, and back */
+    uint64_t seq = 0;
+    uint32_t idx = 0;
+    assert_int_equal(dw_msgid_event(id, sizeof id, UINT64_MAX, UINT32_MAX), 0);
+    assert_string_equal(id, "ev.18446744073709551615.4294967295");
+    assert_int_equal(dw_msgid_event_parse(id, strlen(id), &seq, &idx), 0);
+    assert_true(seq == UINT64_MAX && idx == UINT32_MAX);
+    assert_int_equal(dw_msgid_event(id, sizeof id, 17, 0), 0);
+    assert_string_equal(id, "ev.17.0");
+    assert_int_equal(dw_msgid_event_parse(id, strlen(id), &seq, &idx), 0);
+    assert_true(seq == 17 && idx == 0);
+    static const char *const bad[] = {"",        "ev.",     "ev.1",    "ev.01.2",
+                                      "ev.1.02", "ev.-1.2", "ev.1.2x", "ev.1.4294967296"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(dw_msgid_event_parse(bad[i], strlen(bad[i]), &seq, &idx), -1);
+}
+
 static void test_conn_event_make(void **state)
 {
     Dw__ConnEvent ev;
@@ -192,9 +221,13 @@ static void test_pb_unpack(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_chat_ids),        cmocka_unit_test(test_v1_keys),
-        cmocka_unit_test(test_conn_event_ids),  cmocka_unit_test(test_dlq_ids),
-        cmocka_unit_test(test_conn_event_make), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_chat_ids),
+        cmocka_unit_test(test_v1_keys),
+        cmocka_unit_test(test_conn_event_ids),
+        cmocka_unit_test(test_dlq_ids),
+        cmocka_unit_test(test_room_publish_and_event_ids),
+        cmocka_unit_test(test_conn_event_make),
+        cmocka_unit_test(test_errors),
         cmocka_unit_test(test_pb_unpack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

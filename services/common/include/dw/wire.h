@@ -52,6 +52,12 @@ int dw_msgid_chat_parse(const char *id, char *conn, uint64_t *n);
 int dw_msgid_v1(char *buf, size_t len, bool by_user, const char *user_or_conn,
                 const char *client_id);
 
+/* A message a backend publishes to a room (the api): with an idempotency
+ * key "api:k:<room>:<key>", so a retry within DW_MSG's duplicate window is
+ * stored once (a key is a message's identity within its room); without
+ * one (key NULL or "") "api:<random id>". */
+int dw_msgid_room_publish(char *buf, size_t len, const char *room, const char *key);
+
 /* ---- DW_CONN: connection events ---- */
 
 /* The id of a connection's own CONNECT or DISCONNECT: "connect.<conn>",
@@ -81,6 +87,15 @@ int dw_msgid_edge_down_reconcile(char *buf, size_t len, const char *edge_id, int
 /* The dispatcher's DISCONNECT of a connection an edge reported gone:
  * "gone.<conn>". */
 int dw_msgid_gone(char *buf, size_t len, const char *conn_id);
+
+/* ---- DW_EVENTS: lifecycle events (the registry) ---- */
+
+/* The event at position (seq, idx) in the sequence every replica derives
+ * from DW_CONN: "ev.<seq>.<idx>". */
+int dw_msgid_event(char *buf, size_t len, uint64_t seq, uint32_t idx);
+/* The position in such an id (len bytes): 0, or -1 for anything else (no
+ * leading zeros, no sign, no trailing bytes). */
+int dw_msgid_event_parse(const char *id, size_t len, uint64_t *seq, uint32_t *idx);
 
 /* ---- DW_DLQ and replays ---- */
 
