@@ -50,15 +50,21 @@ struct leasekv {
     kvStore *kv;
     kvWatcher *w;
     int64_t my_echo_ms; /* when our own heartbeat last came back (mono) */
+    /* Server stamps of our own heartbeats, as the watcher brings them back:
+     * the last one, and until when we judge nobody dead (grace) after a
+     * gap in them longer than the TTL (the bucket was away: nobody could
+     * heartbeat, so old stamps say nothing about the others yet). */
+    int64_t my_stamp_ms, grace_until_ms;
     inst insts[MAX_INSTANCES];
     size_t n_insts;
     kpart parts[DW_MSG_PARTITIONS];
-    int64_t hb_ok_start_ms; /* mono: start of the last heartbeat that succeeded */
-    pthread_t thread;
-    int started;
+    /* mono: start of the last heartbeat that succeeded. Written by the
+     * heartbeat thread, read by the lease thread. */
+    atomic_int_fast64_t hb_ok_start_ms;
+    pthread_t thread, hb_thread;
+    int started, hb_started;
     atomic_bool stop;
     atomic_size_t owned;
-    int64_t last_warn_ms;
 };
 
 static int64_t mono_ms(void)
@@ -116,8 +122,15 @@ static void apply_entry(leasekv *lk, kvEntry *e)
         }
         inst *in = inst_get(lk, id, strlen(id));
         if (!in) return;
-        in->stamp_ms = kvEntry_Created(e) / 1000000;
-        if (!strcmp(in->id, lk->me)) lk->my_echo_ms = mono_ms();
+        int64_t stamp = kvEntry_Created(e) / 1000000;
+        if (stamp <= in->stamp_ms) return; /* a watcher restart replays older values */
+        in->stamp_ms = stamp;
+        if (!strcmp(in->id, lk->me)) {
+            lk->my_echo_ms = mono_ms();
+            if (lk->my_stamp_ms && stamp - lk->my_stamp_ms > lk->cfg.ttl_ms)
+                lk->grace_until_ms = stamp + lk->cfg.ttl_ms;
+            lk->my_stamp_ms = stamp;
+        }
     } else if (!strncmp(key, "p.", 2)) {
         char *end = NULL;
         unsigned long p = strtoul(key + 2, &end, 10);
@@ -255,6 +268,29 @@ static int cas(leasekv *lk, uint32_t p, const char *owner, uint64_t floor)
     return 0;
 }
 
+/* After a compare-and-set on p failed: read the key. 1 when it names
+ * another owner now (or none): p is not ours. 0 when it still names us, or
+ * the bucket did not answer (no leader during an election, a reconnect):
+ * nothing is known, try again later. */
+static int cas_lost(leasekv *lk, uint32_t p)
+{
+    kpart *kp = &lk->parts[p];
+    char key[16];
+    kvEntry *e = NULL;
+    part_key(key, sizeof key, p);
+    natsStatus s = kvStore_Get(&e, lk->kv, key);
+    if (s == NATS_NOT_FOUND) {
+        kp->owner[0] = '\0';
+        return 1;
+    }
+    if (s != NATS_OK) return 0;
+    apply_entry(lk, e);
+    kvEntry_Destroy(e);
+    return strcmp(kp->owner, lk->me) != 0;
+}
+
+static void drop(leasekv *lk, uint32_t p, const char *why);
+
 static void take(leasekv *lk, uint32_t p)
 {
     kpart *kp = &lk->parts[p];
@@ -269,6 +305,15 @@ static void take(leasekv *lk, uint32_t p)
         kp->ready = 0;
         atomic_fetch_add(&lk->owned, 1);
         DW_INFO("partition taken", "partition=%u from=\"%s\"", p, was);
+    } else if (strcmp(kp->owner, lk->me) || cas(lk, p, lk->me, floor)) {
+        /* Set up again (a reset, a setup that failed): only while the key
+         * still names us at the revision we know. A consumer of ours that
+         * was deleted means someone else took the partition (their
+         * compare-and-set came first), even if the watcher has not said so
+         * yet: without this, the two would delete each other's consumers
+         * in turn. */
+        if (strcmp(kp->owner, lk->me) || cas_lost(lk, p)) drop(lk, p, "lease_changed");
+        return; /* or not known now: held, not ready, again next tick */
     }
     uint64_t start = 0;
     /* A new name every setup: deliveries of an earlier one (a reset, a
@@ -309,20 +354,42 @@ static void give_back(leasekv *lk, uint32_t p)
 
 /* ---- the thread ---- */
 
+static int64_t step_ms(const leasekv *lk)
+{
+    return lk->cfg.ttl_ms / 4 < 50 ? 50 : lk->cfg.ttl_ms / 4;
+}
+
+/* The heartbeat, on a thread of its own: setting up a partition's
+ * consumer takes a few hundred ms on a JetStream cluster (a raft group is
+ * created), and the lease thread sets up one after the other. A heartbeat
+ * written between them would be late by all of them: others would judge
+ * us dead and take what we are still setting up. */
+static void *hb_main(void *arg)
+{
+    leasekv *lk = arg;
+    char key[LEASE_INSTANCE_MAX + 8];
+    int64_t last_warn = 0;
+    snprintf(key, sizeof key, "d.%s", lk->me);
+    while (!atomic_load(&lk->stop)) {
+        int64_t t0 = mono_ms();
+        uint64_t rev = 0;
+        if (kvStore_PutString(&rev, lk->kv, key, "1") == NATS_OK) {
+            atomic_store(&lk->hb_ok_start_ms, t0);
+        } else if (t0 - last_warn > 5000) {
+            last_warn = t0;
+            DW_WARN("lease heartbeat failed", "last=\"%s\"", nats_GetLastError(NULL));
+        }
+        for (int64_t until = t0 + step_ms(lk); !atomic_load(&lk->stop) && mono_ms() < until;)
+            nats_Sleep(10);
+    }
+    return NULL;
+}
+
 static void tick(leasekv *lk)
 {
-    int64_t t0 = mono_ms();
-    char key[LEASE_INSTANCE_MAX + 8];
-    snprintf(key, sizeof key, "d.%s", lk->me);
-    uint64_t rev = 0;
-    if (kvStore_PutString(&rev, lk->kv, key, "1") == NATS_OK)
-        lk->hb_ok_start_ms = t0;
-    else if (t0 - lk->last_warn_ms > 5000) {
-        lk->last_warn_ms = t0;
-        DW_WARN("lease heartbeat failed", "last=\"%s\"", nats_GetLastError(NULL));
-    }
     int64_t now = mono_ms();
-    int me_live = lk->hb_ok_start_ms && now - lk->hb_ok_start_ms < lk->cfg.ttl_ms * 3 / 4;
+    int64_t hb_ok = atomic_load(&lk->hb_ok_start_ms);
+    int me_live = hb_ok && now - hb_ok < lk->cfg.ttl_ms * 3 / 4;
     /* Our heartbeat should come back through the watcher within a tick: if
      * it does not, the view is stale; start watching again. */
     if (!lk->w || now - lk->my_echo_ms > lk->cfg.ttl_ms) {
@@ -334,6 +401,15 @@ static void tick(leasekv *lk)
     lease_instance in[MAX_INSTANCES];
     for (size_t i = 0; i < lk->n_insts; i++)
         in[i] = (lease_instance){lk->insts[i].id, lk->insts[i].stamp_ms};
+    /* Just after a gap in our own stamps (the bucket had no leader, or we
+     * could not reach it), every instance we know counts as live until the
+     * grace ends: the others need a TTL to heartbeat again before a stale
+     * stamp means that they are gone. */
+    int64_t snow = lease_now(in, lk->n_insts);
+    if (snow < lk->grace_until_ms)
+        for (size_t i = 0; i < lk->n_insts; i++)
+            if (in[i].stamp_ms && in[i].stamp_ms < lk->grace_until_ms - lk->cfg.ttl_ms)
+                in[i].stamp_ms = lk->grace_until_ms - lk->cfg.ttl_ms;
     lease_part parts[DW_MSG_PARTITIONS];
     uint8_t held[DW_MSG_PARTITIONS];
     lease_action act[DW_MSG_PARTITIONS];
@@ -354,9 +430,11 @@ static void tick(leasekv *lk)
             } else {
                 uint64_t f = (uint64_t)atomic_load(&kp->floor);
                 if (f > kp->floor_written && now - kp->floor_written_ms >= FLOOR_WRITE_EVERY_MS) {
-                    if (cas(lk, p, lk->me, f))
-                        drop(lk, p, "lease_changed");
-                    else {
+                    if (cas(lk, p, lk->me, f)) {
+                        /* A bucket without a leader for a moment is no
+                         * reason to drop a partition: only another owner. */
+                        if (cas_lost(lk, p)) drop(lk, p, "lease_changed");
+                    } else {
                         kp->floor_written = f;
                         kp->floor_written_ms = now;
                     }
@@ -377,7 +455,6 @@ static void tick(leasekv *lk)
     }
 
     /* Forget heartbeats of instances long dead (each start makes a new id). */
-    int64_t snow = lease_now(in, lk->n_insts);
     for (size_t i = 0; i < lk->n_insts; i++) {
         if (!strcmp(lk->insts[i].id, lk->me) || !lk->insts[i].stamp_ms ||
             snow - lk->insts[i].stamp_ms < GC_AFTER_TTLS * lk->cfg.ttl_ms)
@@ -391,8 +468,7 @@ static void tick(leasekv *lk)
 static void *lease_main(void *arg)
 {
     leasekv *lk = arg;
-    int64_t next_tick = 0, step = lk->cfg.ttl_ms / 4;
-    if (step < 50) step = 50;
+    int64_t next_tick = 0, step = step_ms(lk);
     while (!atomic_load(&lk->stop)) {
         int64_t now = mono_ms();
         if (now >= next_tick) {
@@ -438,6 +514,7 @@ int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cf
     }
     atomic_init(&lk->stop, false);
     atomic_init(&lk->owned, 0);
+    atomic_init(&lk->hb_ok_start_ms, 0);
 
     kvConfig kc;
     kvConfig_Init(&kc);
@@ -455,7 +532,16 @@ int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cf
         return -1;
     }
     watch_open(lk);
+    if (pthread_create(&lk->hb_thread, NULL, hb_main, lk)) {
+        kvWatcher_Destroy(lk->w);
+        kvStore_Destroy(lk->kv);
+        free(lk);
+        return -1;
+    }
+    lk->hb_started = 1;
     if (pthread_create(&lk->thread, NULL, lease_main, lk)) {
+        atomic_store(&lk->stop, true);
+        pthread_join(lk->hb_thread, NULL);
         kvWatcher_Destroy(lk->w);
         kvStore_Destroy(lk->kv);
         free(lk);
@@ -494,6 +580,7 @@ void leasekv_stop(leasekv *lk)
     if (!lk) return;
     atomic_store(&lk->stop, true);
     if (lk->started) pthread_join(lk->thread, NULL);
+    if (lk->hb_started) pthread_join(lk->hb_thread, NULL);
     for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
         if (lk->parts[p].held) give_back(lk, p);
     char key[LEASE_INSTANCE_MAX + 8];
