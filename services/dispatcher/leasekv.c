@@ -19,11 +19,21 @@
 #define FLOOR_WRITE_EVERY_MS 5000
 /* Heartbeat keys of instances dead this many TTLs are removed. */
 #define GC_AFTER_TTLS 30
+/* Consumer setups run at once, at most: each waits for a raft group on a
+ * JetStream cluster; one after the other, 8 partitions took 4-13 s. */
+#define SETUP_THREADS 4
 
 typedef struct inst {
     char id[LEASE_INSTANCE_MAX + 1];
     int64_t stamp_ms;
 } inst;
+
+typedef struct setup_job {
+    uint32_t p, gen;
+    uint64_t floor; /* the highest floor known when it was queued */
+    int ok;
+    uint64_t start; /* result: the floor it starts after */
+} setup_job;
 
 typedef struct kpart {
     /* What the bucket says (from the watcher, or our own writes). */
@@ -32,10 +42,12 @@ typedef struct kpart {
     uint64_t floor_kv;
     uint64_t rev;
     /* Ours. */
-    int held;      /* taken (compare-and-set succeeded) */
-    int ready;     /* its consumer is set up */
-    int releasing; /* on_release called, waiting for leasekv_drained */
-    uint32_t gen;
+    int held;       /* taken (compare-and-set succeeded) */
+    int ready;      /* its consumer is set up */
+    int releasing;  /* on_release called, waiting for leasekv_drained */
+    int setting_up; /* a setup job (gen setup_gen) is out; never two at once */
+    uint32_t gen;   /* of the consumer set up last */
+    uint32_t setup_gen;
     uint64_t floor_written;
     int64_t floor_written_ms;
     atomic_uint_fast64_t floor; /* from the dispatcher's loop */
@@ -65,6 +77,15 @@ struct leasekv {
     int started, hb_started;
     atomic_bool stop;
     atomic_size_t owned;
+
+    /* Consumer setups: the lease thread queues jobs, SETUP_THREADS run
+     * them, results come back to the lease thread (all under smu). */
+    pthread_mutex_t smu;
+    pthread_cond_t scv;
+    setup_job todo[DW_MSG_PARTITIONS], done[DW_MSG_PARTITIONS];
+    size_t n_todo, n_done;
+    pthread_t setup_threads[SETUP_THREADS];
+    int n_setup_threads;
 };
 
 static int64_t mono_ms(void)
@@ -181,13 +202,13 @@ static uint64_t consumer_floor(leasekv *lk, const char *name, int *found)
 
 /* Set up partition p's consumer: start after the highest floor anyone
  * left, then delete the other owners' consumers. 0 or -1 (logged). */
-static int consumer_setup(leasekv *lk, uint32_t p, uint32_t gen, uint64_t *floor_out)
+static int consumer_setup(leasekv *lk, uint32_t p, uint32_t gen, uint64_t floor,
+                          uint64_t *floor_out)
 {
     kpart *kp = &lk->parts[p];
     char mine[NAME_MAX_LEN], prefix[32];
     consumer_name(mine, sizeof mine, p, lk->me, gen);
     snprintf(prefix, sizeof prefix, "dwp-%u-", p);
-    uint64_t floor = kp->floor_kv;
     uint64_t ours = (uint64_t)atomic_load(&kp->floor);
     if (ours > floor) floor = ours;
 
@@ -294,6 +315,9 @@ static void drop(leasekv *lk, uint32_t p, const char *why);
 static void take(leasekv *lk, uint32_t p)
 {
     kpart *kp = &lk->parts[p];
+    /* One setup at a time per partition: two would delete each other's
+     * consumers. The one out gives a fresh consumer from the floor anyway. */
+    if (kp->setting_up) return;
     uint64_t floor = kp->floor_kv;
     uint64_t ours = (uint64_t)atomic_load(&kp->floor);
     if (ours > floor) floor = ours;
@@ -315,16 +339,67 @@ static void take(leasekv *lk, uint32_t p)
         if (strcmp(kp->owner, lk->me) || cas_lost(lk, p)) drop(lk, p, "lease_changed");
         return; /* or not known now: held, not ready, again next tick */
     }
-    uint64_t start = 0;
-    /* A new name every setup: deliveries of an earlier one (a reset, a
-     * take-back) are told apart by their ack subjects. */
-    uint32_t gen = kp->gen + 1;
-    if (consumer_setup(lk, p, gen, &start)) return; /* held, not ready: again next tick */
-    kp->ready = 1;
-    kp->gen = gen;
-    char name[NAME_MAX_LEN];
-    consumer_name(name, sizeof name, p, lk->me, gen);
-    lk->cfg.on_ready(lk->cfg.arg, p, kp->gen, name, start);
+    /* A new name every setup attempt: deliveries of an earlier one (a
+     * reset, a take-back) are told apart by their ack subjects, and a
+     * setup that failed half-way leaves a consumer the next one deletes. */
+    uint32_t gen = (kp->setup_gen > kp->gen ? kp->setup_gen : kp->gen) + 1;
+    kp->setting_up = 1;
+    kp->setup_gen = gen;
+    pthread_mutex_lock(&lk->smu);
+    lk->todo[lk->n_todo++] = (setup_job){.p = p, .gen = gen, .floor = floor};
+    pthread_cond_signal(&lk->scv);
+    pthread_mutex_unlock(&lk->smu);
+}
+
+/* A setup thread: runs queued consumer setups, hands the results back. */
+static void *setup_main(void *arg)
+{
+    leasekv *lk = arg;
+    pthread_mutex_lock(&lk->smu);
+    while (!atomic_load(&lk->stop)) {
+        if (!lk->n_todo) {
+            pthread_cond_wait(&lk->scv, &lk->smu);
+            continue;
+        }
+        setup_job j = lk->todo[0];
+        memmove(lk->todo, lk->todo + 1, --lk->n_todo * sizeof lk->todo[0]);
+        pthread_mutex_unlock(&lk->smu);
+        j.ok = consumer_setup(lk, j.p, j.gen, j.floor, &j.start) == 0;
+        pthread_mutex_lock(&lk->smu);
+        lk->done[lk->n_done++] = j;
+    }
+    pthread_mutex_unlock(&lk->smu);
+    return NULL;
+}
+
+/* On the lease thread: the setups that finished. A partition still ours
+ * and waiting for that very setup becomes ready; a failed one is tried
+ * again at the next tick (held, not ready); the consumer of a setup that
+ * is not wanted any more (dropped, given back meanwhile) is deleted. */
+static void setups_done(leasekv *lk)
+{
+    setup_job done[DW_MSG_PARTITIONS];
+    pthread_mutex_lock(&lk->smu);
+    size_t n = lk->n_done;
+    memcpy(done, lk->done, n * sizeof done[0]);
+    lk->n_done = 0;
+    pthread_mutex_unlock(&lk->smu);
+    for (size_t i = 0; i < n; i++) {
+        setup_job *j = &done[i];
+        kpart *kp = &lk->parts[j->p];
+        char name[NAME_MAX_LEN];
+        consumer_name(name, sizeof name, j->p, lk->me, j->gen);
+        if (kp->setup_gen == j->gen) kp->setting_up = 0;
+        if (!j->ok) continue;
+        if (!kp->held || kp->ready || kp->releasing || kp->setup_gen != j->gen) {
+            jsErrCode jerr = 0;
+            js_DeleteConsumer(lk->js, DW_STREAM_MSG, name, NULL, &jerr);
+            continue;
+        }
+        kp->ready = 1;
+        kp->gen = j->gen;
+        lk->cfg.on_ready(lk->cfg.arg, j->p, kp->gen, name, j->start);
+    }
 }
 
 static void drop(leasekv *lk, uint32_t p, const char *why)
@@ -475,8 +550,11 @@ static void *lease_main(void *arg)
             tick(lk);
             next_tick = mono_ms() + step;
         }
+        setups_done(lk);
+        int setting_up = 0;
         for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++) {
             kpart *kp = &lk->parts[p];
+            setting_up |= kp->setting_up;
             if (kp->held && kp->releasing && atomic_load(&kp->drained)) give_back(lk, p);
             if (atomic_exchange(&kp->reset, false) && kp->held && !kp->releasing) {
                 kp->ready = 0;
@@ -484,7 +562,7 @@ static void *lease_main(void *arg)
             }
         }
         int64_t wait = next_tick - mono_ms();
-        if (wait > 100) wait = 100;
+        if (wait > (setting_up ? 10 : 100)) wait = setting_up ? 10 : 100;
         if (wait < 1) wait = 1;
         kvEntry *e = NULL;
         natsStatus s = lk->w ? kvWatcher_Next(&e, lk->w, wait) : NATS_TIMEOUT;
@@ -496,6 +574,20 @@ static void *lease_main(void *arg)
         }
     }
     return NULL;
+}
+
+/* Stop and join every thread that was started. */
+static void threads_stop(leasekv *lk)
+{
+    atomic_store(&lk->stop, true);
+    pthread_mutex_lock(&lk->smu);
+    pthread_cond_broadcast(&lk->scv);
+    pthread_mutex_unlock(&lk->smu);
+    if (lk->started) pthread_join(lk->thread, NULL);
+    if (lk->hb_started) pthread_join(lk->hb_thread, NULL);
+    for (int i = 0; i < lk->n_setup_threads; i++)
+        pthread_join(lk->setup_threads[i], NULL);
+    lk->started = lk->hb_started = lk->n_setup_threads = 0;
 }
 
 int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cfg *cfg)
@@ -531,19 +623,19 @@ int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cf
         free(lk);
         return -1;
     }
+    pthread_mutex_init(&lk->smu, NULL);
+    pthread_cond_init(&lk->scv, NULL);
     watch_open(lk);
-    if (pthread_create(&lk->hb_thread, NULL, hb_main, lk)) {
+    if (!pthread_create(&lk->hb_thread, NULL, hb_main, lk)) lk->hb_started = 1;
+    while (lk->hb_started && lk->n_setup_threads < SETUP_THREADS &&
+           !pthread_create(&lk->setup_threads[lk->n_setup_threads], NULL, setup_main, lk))
+        lk->n_setup_threads++;
+    if (!lk->n_setup_threads || pthread_create(&lk->thread, NULL, lease_main, lk)) {
+        threads_stop(lk);
         kvWatcher_Destroy(lk->w);
         kvStore_Destroy(lk->kv);
-        free(lk);
-        return -1;
-    }
-    lk->hb_started = 1;
-    if (pthread_create(&lk->thread, NULL, lease_main, lk)) {
-        atomic_store(&lk->stop, true);
-        pthread_join(lk->hb_thread, NULL);
-        kvWatcher_Destroy(lk->w);
-        kvStore_Destroy(lk->kv);
+        pthread_cond_destroy(&lk->scv);
+        pthread_mutex_destroy(&lk->smu);
         free(lk);
         return -1;
     }
@@ -578,9 +670,7 @@ size_t leasekv_owned(leasekv *lk)
 void leasekv_stop(leasekv *lk)
 {
     if (!lk) return;
-    atomic_store(&lk->stop, true);
-    if (lk->started) pthread_join(lk->thread, NULL);
-    if (lk->hb_started) pthread_join(lk->hb_thread, NULL);
+    threads_stop(lk);
     for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
         if (lk->parts[p].held) give_back(lk, p);
     char key[LEASE_INSTANCE_MAX + 8];
@@ -588,5 +678,7 @@ void leasekv_stop(leasekv *lk)
     kvStore_Purge(lk->kv, key, NULL);
     kvWatcher_Destroy(lk->w);
     kvStore_Destroy(lk->kv);
+    pthread_cond_destroy(&lk->scv);
+    pthread_mutex_destroy(&lk->smu);
     free(lk);
 }
