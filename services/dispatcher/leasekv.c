@@ -60,6 +60,11 @@ struct leasekv {
     natsConnection *nc;
     jsCtx *js;
     kvStore *kv;
+    /* The heartbeat's own handle, on a JetStream context that gives up
+     * after ttl/2: a put the bucket does not answer (no leader) must not
+     * hold the next one back by the default 5 s. */
+    jsCtx *hb_js;
+    kvStore *hb_kv;
     kvWatcher *w;
     int64_t my_echo_ms; /* when our own heartbeat last came back (mono) */
     /* Server stamps of our own heartbeats, as the watcher brings them back:
@@ -67,6 +72,7 @@ struct leasekv {
      * gap in them longer than the TTL (the bucket was away: nobody could
      * heartbeat, so old stamps say nothing about the others yet). */
     int64_t my_stamp_ms, grace_until_ms;
+    int64_t last_late_warn_ms;
     inst insts[MAX_INSTANCES];
     size_t n_insts;
     kpart parts[DW_MSG_PARTITIONS];
@@ -448,7 +454,7 @@ static void *hb_main(void *arg)
     while (!atomic_load(&lk->stop)) {
         int64_t t0 = mono_ms();
         uint64_t rev = 0;
-        if (kvStore_PutString(&rev, lk->kv, key, "1") == NATS_OK) {
+        if (kvStore_PutString(&rev, lk->hb_kv, key, "1") == NATS_OK) {
             atomic_store(&lk->hb_ok_start_ms, t0);
         } else if (t0 - last_warn > 5000) {
             last_warn = t0;
@@ -466,11 +472,32 @@ static void tick(leasekv *lk)
     int64_t hb_ok = atomic_load(&lk->hb_ok_start_ms);
     int me_live = hb_ok && now - hb_ok < lk->cfg.ttl_ms * 3 / 4;
     /* Our heartbeat should come back through the watcher within a tick: if
-     * it does not, the view is stale; start watching again. */
+     * it does not, the view is stale; start watching again (the watcher's
+     * consumer may have been on a node that died: a few seconds to
+     * replace). */
     if (!lk->w || now - lk->my_echo_ms > lk->cfg.ttl_ms) {
         if (lk->w) DW_WARN("lease bucket: watcher silent, restarting it", "%s", "");
         watch_open(lk);
-        me_live = 0; /* decide nothing on a stale view */
+        return;
+    }
+    /* Nothing is decided on a stale view or while our heartbeat fails: no
+     * take, and no drop either. The bucket without a leader (its node died,
+     * or a node that was stopped came back and forced an election: 4-7 s on
+     * nats-server 2.9) stops everyone's heartbeats alike, and dropping
+     * everything then only stalls every room until the partitions are set
+     * up again. What we hold is taken from us by the fence instead: a
+     * dispatcher that judges us dead takes the key by compare-and-set and
+     * deletes our consumers, our next pull is refused, and the set-up-again
+     * path finds the key not ours. Until then we may send what we hold; the
+     * edges drop repeats, as after a stall (docs/architecture.md). */
+    if (!me_live) {
+        if (now - lk->last_late_warn_ms > 5000) {
+            lk->last_late_warn_ms = now;
+            DW_WARN("lease heartbeat late: keeping the partitions held, taking none",
+                    "held=%zu late_ms=%" PRId64, atomic_load(&lk->owned),
+                    hb_ok ? now - hb_ok : (int64_t)-1);
+        }
+        return;
     }
 
     lease_instance in[MAX_INSTANCES];
@@ -492,8 +519,7 @@ static void tick(leasekv *lk)
         parts[p] = (lease_part){lk->parts[p].exists, lk->parts[p].owner, lk->parts[p].rev};
         held[p] = (uint8_t)lk->parts[p].held;
     }
-    lease_plan(lk->me, me_live, in, lk->n_insts, lk->cfg.ttl_ms, parts, held, DW_MSG_PARTITIONS,
-               act);
+    lease_plan(lk->me, 1, in, lk->n_insts, lk->cfg.ttl_ms, parts, held, DW_MSG_PARTITIONS, act);
     for (uint32_t p = 0; p < DW_MSG_PARTITIONS && !atomic_load(&lk->stop); p++) {
         kpart *kp = &lk->parts[p];
         switch (act[p]) {
@@ -525,7 +551,7 @@ static void tick(leasekv *lk)
                 lk->cfg.on_release(lk->cfg.arg, p);
             }
             break;
-        case LEASE_LOST: drop(lk, p, me_live ? "taken" : "heartbeat_failed"); break;
+        case LEASE_LOST: drop(lk, p, "taken"); break;
         }
     }
 
@@ -623,6 +649,19 @@ int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cf
         free(lk);
         return -1;
     }
+    jsOptions hb_jo;
+    jsOptions_Init(&hb_jo);
+    hb_jo.Wait = cfg->ttl_ms / 2 > 100 ? cfg->ttl_ms / 2 : 100;
+    if (natsConnection_JetStream(&lk->hb_js, nc, &hb_jo) != NATS_OK ||
+        js_KeyValue(&lk->hb_kv, lk->hb_js, LEASEKV_BUCKET) != NATS_OK) {
+        DW_WARN("lease bucket not available", "bucket=%s last=\"%s\"", LEASEKV_BUCKET,
+                nats_GetLastError(NULL));
+        kvStore_Destroy(lk->hb_kv);
+        jsCtx_Destroy(lk->hb_js);
+        kvStore_Destroy(lk->kv);
+        free(lk);
+        return -1;
+    }
     pthread_mutex_init(&lk->smu, NULL);
     pthread_cond_init(&lk->scv, NULL);
     watch_open(lk);
@@ -633,6 +672,8 @@ int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cf
     if (!lk->n_setup_threads || pthread_create(&lk->thread, NULL, lease_main, lk)) {
         threads_stop(lk);
         kvWatcher_Destroy(lk->w);
+        kvStore_Destroy(lk->hb_kv);
+        jsCtx_Destroy(lk->hb_js);
         kvStore_Destroy(lk->kv);
         pthread_cond_destroy(&lk->scv);
         pthread_mutex_destroy(&lk->smu);
@@ -677,6 +718,8 @@ void leasekv_stop(leasekv *lk)
     snprintf(key, sizeof key, "d.%s", lk->me);
     kvStore_Purge(lk->kv, key, NULL);
     kvWatcher_Destroy(lk->w);
+    kvStore_Destroy(lk->hb_kv);
+    jsCtx_Destroy(lk->hb_js);
     kvStore_Destroy(lk->kv);
     pthread_cond_destroy(&lk->scv);
     pthread_mutex_destroy(&lk->smu);
