@@ -491,11 +491,10 @@ static void tick(leasekv *lk)
      * path finds the key not ours. Until then we may send what we hold; the
      * edges drop repeats, as after a stall (docs/architecture.md). */
     if (!me_live) {
-        if (now - lk->last_late_warn_ms > 5000) {
+        if (hb_ok && now - lk->last_late_warn_ms > 5000) { /* not before the first one */
             lk->last_late_warn_ms = now;
             DW_WARN("lease heartbeat late: keeping the partitions held, taking none",
-                    "held=%zu late_ms=%" PRId64, atomic_load(&lk->owned),
-                    hb_ok ? now - hb_ok : (int64_t)-1);
+                    "held=%zu late_ms=%" PRId64, atomic_load(&lk->owned), now - hb_ok);
         }
         return;
     }
