@@ -335,15 +335,17 @@ static void take(leasekv *lk, uint32_t p)
         kp->ready = 0;
         atomic_fetch_add(&lk->owned, 1);
         DW_INFO("partition taken", "partition=%u from=\"%s\"", p, was);
-    } else if (strcmp(kp->owner, lk->me) || cas(lk, p, lk->me, floor)) {
-        /* Set up again (a reset, a setup that failed): only while the key
-         * still names us at the revision we know. A consumer of ours that
-         * was deleted means someone else took the partition (their
-         * compare-and-set came first), even if the watcher has not said so
-         * yet: without this, the two would delete each other's consumers
-         * in turn. */
-        if (strcmp(kp->owner, lk->me) || cas_lost(lk, p)) drop(lk, p, "lease_changed");
-        return; /* or not known now: held, not ready, again next tick */
+    } else if (strcmp(kp->owner, lk->me) || (cas(lk, p, lk->me, floor) && cas_lost(lk, p))) {
+        /* Set up again (a reset, a setup that failed): not when the key
+         * names someone else. A consumer of ours that was deleted means
+         * someone else took the partition (their compare-and-set came
+         * first), even if the watcher has not said so yet: without this
+         * check the two would delete each other's consumers in turn. When
+         * the bucket does not answer (no leader), nobody can take the key
+         * either: the partition is set up again as the view says, rather
+         * than left unread until the bucket is back. */
+        drop(lk, p, "lease_changed");
+        return;
     }
     /* A new name every setup attempt: deliveries of an earlier one (a
      * reset, a take-back) are told apart by their ack subjects, and a
@@ -471,28 +473,37 @@ static void tick(leasekv *lk)
     int64_t now = mono_ms();
     int64_t hb_ok = atomic_load(&lk->hb_ok_start_ms);
     int me_live = hb_ok && now - hb_ok < lk->cfg.ttl_ms * 3 / 4;
-    /* Our heartbeat should come back through the watcher within a tick: if
-     * it does not, the view is stale; start watching again (the watcher's
-     * consumer may have been on a node that died: a few seconds to
-     * replace). */
-    if (!lk->w || now - lk->my_echo_ms > lk->cfg.ttl_ms) {
+    /* Our heartbeat should come back through the watcher within a TTL of
+     * being written: if it does not, the view is stale; start watching
+     * again (the watcher's consumer may have been on a node that died: a
+     * few seconds to replace). While the heartbeat itself fails, the
+     * bucket is away and a new watcher would not see more: none is made
+     * then (each is a consumer the cluster must create and delete). */
+    int stale = !lk->w || (me_live && now - lk->my_echo_ms > lk->cfg.ttl_ms);
+    if (stale) {
         if (lk->w) DW_WARN("lease bucket: watcher silent, restarting it", "%s", "");
         watch_open(lk);
-        return;
     }
-    /* Nothing is decided on a stale view or while our heartbeat fails: no
-     * take, and no drop either. The bucket without a leader (its node died,
-     * or a node that was stopped came back and forced an election: 4-7 s on
-     * nats-server 2.9) stops everyone's heartbeats alike, and dropping
-     * everything then only stalls every room until the partitions are set
-     * up again. What we hold is taken from us by the fence instead: a
-     * dispatcher that judges us dead takes the key by compare-and-set and
-     * deletes our consumers, our next pull is refused, and the set-up-again
-     * path finds the key not ours. Until then we may send what we hold; the
-     * edges drop repeats, as after a stall (docs/architecture.md). */
-    if (!me_live) {
-        if (hb_ok && now - lk->last_late_warn_ms > 5000) { /* not before the first one */
-            lk->last_late_warn_ms = now;
+    /* A partition we hold whose setup failed or must be redone is tried
+     * again whatever the bucket says now (take() looks at the key). */
+    for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++) {
+        kpart *kp = &lk->parts[p];
+        if (kp->held && !kp->ready && !kp->setting_up && !kp->releasing) take(lk, p);
+    }
+    /* Nothing else is decided on a stale view or while our heartbeat
+     * fails: no take, and no drop either. The bucket without a leader (its
+     * node died, or a node that was stopped came back and forced an
+     * election: 4-7 s on nats-server 2.9, once more than 40 s) stops
+     * everyone's heartbeats alike, and dropping everything then only stalls
+     * every room until the partitions are set up again. What we hold is
+     * taken from us by the fence instead: a dispatcher that judges us dead
+     * takes the key by compare-and-set and deletes our consumers, our next
+     * pull is refused, and the set-up-again path finds the key not ours.
+     * Until then we may send what we hold; the edges drop repeats, as after
+     * a stall (docs/architecture.md). */
+    if (stale || !me_live) {
+        if (!me_live && hb_ok && now - lk->last_late_warn_ms > 5000) {
+            lk->last_late_warn_ms = now; /* (not before the first heartbeat) */
             DW_WARN("lease heartbeat late: keeping the partitions held, taking none",
                     "held=%zu late_ms=%" PRId64, atomic_load(&lk->owned), now - hb_ok);
         }
