@@ -424,7 +424,11 @@ static void drop(leasekv *lk, uint32_t p, const char *why)
 static void give_back(leasekv *lk, uint32_t p)
 {
     kpart *kp = &lk->parts[p];
+    /* Never below the floor the key had: a partition given back before
+     * its consumer was set up has no floor of its own yet (0), and writing
+     * that would send the next owner back to the start of the stream. */
     uint64_t floor = (uint64_t)atomic_load(&kp->floor);
+    if (kp->floor_kv > floor) floor = kp->floor_kv;
     if (cas(lk, p, "", floor))
         DW_WARN("partition release not written (the next owner waits for our heartbeat to age)",
                 "partition=%u", p);
