@@ -846,6 +846,20 @@ static void on_pull_msg(dispatcher *d, loop_ev *e, int64_t now)
         part_reset(d, e->p, why);
         return;
     }
+    if (delivered == 1 && sseq <= pt->max_seen) {
+        /* A first delivery of a message older than one we already got:
+         * not the order one consumer delivers in. Seen on nats-server
+         * 2.9 after a stopped node resumes believing it still leads the
+         * consumer: two leaders answer the same pull request. Whatever
+         * the cause, reading on could let a later message of a room reach
+         * an edge before an earlier one (the edge then drops the earlier
+         * as a repeat): read the partition again from its floor. */
+        natsMsg_Destroy(nm);
+        char why[80];
+        snprintf(why, sizeof why, "order:%" PRIu64 "_after_%" PRIu64, sseq, pt->max_seen);
+        part_reset(d, e->p, why);
+        return;
+    }
     pt->last_dseq = dseq;
     if (sseq > pt->max_seen) pt->max_seen = sseq;
     if (delivered > 1) dw_metric_inc(M.redeliveries);
