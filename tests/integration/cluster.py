@@ -340,10 +340,10 @@ class NatsCluster:
         want = (replicas or len(self.nodes)) - 1
         return len(reps) >= want and all(r.get("current") and not r.get("offline") for r in reps)
 
-    def wait_healthy(self, streams, timeout=60):
+    def wait_healthy(self, streams, timeout=60, replicas=None):
         for s in streams:
-            wait_until(lambda: self.stream_healthy(s), timeout, f"{s} to have a leader and "
-                       "every replica current")
+            wait_until(lambda: self.stream_healthy(s, replicas), timeout, f"{s} to have a leader "
+                       "and every replica current")
 
     def node_of_port(self, port):
         for n in self.nodes:
@@ -515,7 +515,7 @@ class ClusterStack(Stack):
                     self.start_edge(EDGE_ID=self.edge_ids[i])
                 else:
                     self.start_edge()
-            self.cluster.wait_healthy(["DW_MSG", "DW_CONN"])
+            self.cluster.wait_healthy(["DW_MSG", "DW_CONN"], replicas=self.stream_replicas)
             wait_until(self.partitions_settled, 60, "the 16 DW_MSG partitions to be held")
         except BaseException:
             self.stop()
