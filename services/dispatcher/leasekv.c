@@ -206,6 +206,55 @@ static uint64_t consumer_floor(leasekv *lk, const char *name, int *found)
     return f;
 }
 
+/* Whether server `name` holds a current copy of DW_MSG: its leader, or a
+ * replica the leader reports current. 1 yes, 0 no, -1 not known. */
+static int replica_current(leasekv *lk, const char *name)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (!name || !*name || js_GetStreamInfo(&si, lk->js, DW_STREAM_MSG, NULL, &jerr) != NATS_OK)
+        return -1;
+    int r = -1;
+    jsClusterInfo *c = si->Cluster;
+    if (!c)
+        r = 1; /* one server: nothing to catch up */
+    else if (c->Leader && !strcmp(c->Leader, name))
+        r = 1;
+    for (int i = 0; r == -1 && c && c->Leader && i < c->ReplicasLen; i++)
+        if (c->Replicas[i]->Name && !strcmp(c->Replicas[i]->Name, name))
+            r = c->Replicas[i]->Current && !c->Replicas[i]->Offline;
+    jsStreamInfo_Destroy(si);
+    return r;
+}
+
+/* A new consumer whose leader is on a node whose copy of DW_MSG is still
+ * catching up (a node that was stopped and came back) is moved: on
+ * nats-server 2.9 such a leader delivered past messages its store did not
+ * have yet (test_cluster_faults, SIGSTOP: 23 messages of two partitions
+ * never delivered, both consumers created at the resume with their
+ * leader on the resumed node). Best effort: a few step-downs, then on. */
+static void consumer_leader_current(leasekv *lk, const char *name)
+{
+    char subj[200];
+    snprintf(subj, sizeof subj, "$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", DW_STREAM_MSG, name);
+    for (int tries = 0; tries < 5 && !atomic_load(&lk->stop); tries++) {
+        jsConsumerInfo *ci = NULL;
+        jsErrCode jerr = 0;
+        if (js_GetConsumerInfo(&ci, lk->js, DW_STREAM_MSG, name, NULL, &jerr) != NATS_OK) return;
+        char leader[128] = "";
+        if (ci->Cluster && ci->Cluster->Leader)
+            snprintf(leader, sizeof leader, "%s", ci->Cluster->Leader);
+        jsConsumerInfo_Destroy(ci);
+        if (replica_current(lk, leader) != 0) return;
+        DW_WARN("partition consumer led from a copy of DW_MSG still catching up: moving it",
+                "consumer=%s server=%s", name, leader);
+        natsMsg *reply = NULL;
+        natsConnection_Request(&reply, lk->nc, subj, NULL, 0, 2000);
+        natsMsg_Destroy(reply);
+        nats_Sleep(500);
+    }
+}
+
 /* Set up partition p's consumer: start after the highest floor anyone
  * left, then delete the other owners' consumers. 0 or -1 (logged). */
 static int consumer_setup(leasekv *lk, uint32_t p, uint32_t gen, uint64_t floor,
@@ -261,6 +310,7 @@ static int consumer_setup(leasekv *lk, uint32_t p, uint32_t gen, uint64_t floor,
         jsConsumerNamesList_Destroy(names);
         return -1;
     }
+    consumer_leader_current(lk, mine);
     /* The fence: earlier owners can no longer fetch or ack. */
     for (int i = 0; names && i < names->Count; i++) {
         const char *n = names->List[i];
