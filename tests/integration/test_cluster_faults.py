@@ -195,8 +195,13 @@ class Probe(threading.Thread):
                     worst[rid] = lag if lag is not None else float("inf")
         out["registry_behind_s"] = {k: (round(v, 2) if v != float("inf") else None)
                                     for k, v in worst.items()}
-        durable = [c[1] for c in self.connects]
-        visible = [c[2] for c in self.connects]
+        # A probe still waiting when the probe stopped is left out if it had
+        # less than 10 s (the load ended under it), and counts as never
+        # otherwise.
+        end = self.samples[-1][0] if self.samples else float("inf")
+        done = [c for c in self.connects if c[2] is not None or c[0] < end - 10]
+        durable = [c[1] for c in done]
+        visible = [c[2] for c in done]
         out["connect_probes"] = [(round(c[0] - self.fault_t, 1), c[1], c[2]) for c in self.connects]
         out["connect_durable_max_s"] = None if None in durable else max(durable, default=None)
         out["connect_visible_max_s"] = None if None in visible else max(visible, default=None)
