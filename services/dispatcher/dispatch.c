@@ -1351,6 +1351,29 @@ error:
     return -1;
 }
 
+/* Drain every subscription of ours (a callback still running finishes
+ * before the drain completes) with one deadline for all: a drain completes
+ * only once the server confirmed the unsubscribe, so with NATS away each
+ * would wait out its whole timeout. Then, a short wait is enough: nothing
+ * can arrive. */
+static void subs_close(dispatcher *d)
+{
+    natsSubscription *subs[] = {d->hb_sub, d->seed_sub, d->pull_sub, d->reply_sub, d->info_sub};
+    size_t n = sizeof subs / sizeof subs[0];
+    int away = !d->nc || natsConnection_Status(d->nc) != NATS_CONN_STATUS_CONNECTED;
+    int64_t deadline = mono_ms() + (away ? 500 : 5000);
+    for (size_t i = 0; i < n; i++)
+        if (subs[i] && natsSubscription_Drain(subs[i]) != NATS_OK)
+            natsSubscription_Unsubscribe(subs[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (!subs[i]) continue;
+        int64_t left = deadline - mono_ms();
+        natsSubscription_WaitForDrainCompletion(subs[i], left > 1 ? left : 1);
+        natsSubscription_Destroy(subs[i]);
+    }
+    d->hb_sub = d->seed_sub = d->pull_sub = d->reply_sub = d->info_sub = NULL;
+}
+
 void dispatch_destroy(dispatcher *d)
 {
     if (!d) return;
@@ -1366,11 +1389,7 @@ void dispatch_destroy(dispatcher *d)
     pthread_mutex_unlock(&d->wmu);
     if (d->resolver_started) pthread_join(d->resolver, NULL);
     if (d->worker_started) pthread_join(d->worker, NULL);
-    inbox_sub_close(d->hb_sub);
-    inbox_sub_close(d->seed_sub);
-    inbox_sub_close(d->pull_sub);
-    inbox_sub_close(d->reply_sub);
-    inbox_sub_close(d->info_sub);
+    subs_close(d);
     inbox_destroy(d->ib);
     /* Events left (their jobs and rounds included). */
     loop_ev *e = d->head;

@@ -17,6 +17,8 @@
 /* The pre-partition consumer: its ack floor still counts after an upgrade. */
 #define LEGACY_CONSUMER DW_DISPATCHER_DURABLE
 #define FLOOR_WRITE_EVERY_MS 5000
+/* On stop, give partitions back for at most this long. */
+#define STOP_WRITES_MS 3000
 /* Heartbeat keys of instances dead this many TTLs are removed. */
 #define GC_AFTER_TTLS 30
 /* Consumer setups run at once, at most: each waits for a raft group on a
@@ -776,11 +778,26 @@ void leasekv_stop(leasekv *lk)
 {
     if (!lk) return;
     threads_stop(lk);
-    for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
-        if (lk->parts[p].held) give_back(lk, p);
+    /* Give the partitions back so that others take them at once rather
+     * than after our lease ages out (TTL), but not at any cost: with NATS
+     * away each write would wait its whole timeout (16 partitions × 5 s),
+     * and while the bucket has no leader likewise. At most STOP_WRITES_MS
+     * in all; what is left ages out. */
+    int connected = natsConnection_Status(lk->nc) == NATS_CONN_STATUS_CONNECTED;
+    int64_t deadline = mono_ms() + STOP_WRITES_MS;
+    for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++) {
+        if (!lk->parts[p].held) continue;
+        if (!connected || mono_ms() >= deadline) {
+            DW_WARN("partitions not given back (NATS away or slow): they pass on after the lease "
+                    "TTL",
+                    "from_partition=%u", p);
+            break;
+        }
+        give_back(lk, p);
+    }
     char key[LEASE_INSTANCE_MAX + 8];
     snprintf(key, sizeof key, "d.%s", lk->me);
-    kvStore_Purge(lk->kv, key, NULL);
+    if (connected && mono_ms() < deadline) kvStore_Purge(lk->hb_kv, key, NULL);
     kvWatcher_Destroy(lk->w);
     kvStore_Destroy(lk->hb_kv);
     jsCtx_Destroy(lk->hb_js);
