@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "dw/bus.h"
 #include "dw/dlq.h"
 #include "dw/log.h"
@@ -36,9 +38,16 @@
  * still served does no harm: deliveries are taken whichever request they
  * answer. */
 #define PULL_GRACE_MS 200
+/* After a reconnect, a partition whose consumer does not answer its info
+ * request within this long is read again from its floor. */
+#define CHECK_WAIT_MS 2000
 #define MAX_REQUESTS 4096
 #define PROGRESS_BATCH 4096
 #define ERROR_LOG_EVERY_MS 5000
+/* DW_CONN's stream info answers in milliseconds; past this it has no
+ * leader (or is overloaded): go on with the last barrier known. */
+#define BARRIER_WAIT_MS 500
+#define BARRIER_RETRY_MS 1000
 
 static struct {
     dw_metric *delivered, *retried, *dead_lettered, *dlq_failed, *redeliveries, *latency, *held,
@@ -104,6 +113,7 @@ typedef enum {
     EV_LOST,    /* a partition is not ours any more */
     EV_RELEASE, /* a partition should go: drain it */
     EV_JOB,     /* the worker finished a job */
+    EV_INFO,    /* a partition consumer's info, asked for after a reconnect */
 } ev_kind;
 
 typedef struct round_answer {
@@ -158,6 +168,8 @@ typedef struct part {
     uint64_t last_dseq; /* consumer sequence of the last delivery */
     uint64_t max_seen;  /* highest stream sequence fetched */
     int64_t drain_until;
+    int checking;        /* after a reconnect: its consumer info is asked for */
+    int64_t check_until; /* read again from the floor if not answered by then */
 } part;
 
 typedef struct inflight_req {
@@ -184,6 +196,8 @@ struct dispatcher {
     char pull_inbox[160];
     natsSubscription *reply_sub;
     char reply_inbox[160];
+    natsSubscription *info_sub;
+    char info_inbox[160];
     inflight_req reqs[MAX_REQUESTS];
     size_t n_reqs;
     uint64_t next_pull_id;
@@ -194,7 +208,9 @@ struct dispatcher {
     pthread_mutex_t rmu;
     pthread_cond_t rcv;
     round_work *round_todo;
-    int round_out; /* a round is with the resolver */
+    int round_out;            /* a round is with the resolver */
+    uint64_t barrier_last;    /* resolver: DW_CONN's last sequence, last known */
+    int64_t barrier_retry_ms; /* resolver: ask for it again from then on */
     inbox *ib;
 
     /* worker */
@@ -379,6 +395,26 @@ static void lease_release(void *arg, uint32_t p)
     post(arg, e);
 }
 
+/* A consumer info reply, on <info_inbox>.<partition>.<gen>. */
+static void on_info(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    dispatcher *d = closure;
+    const char *subj = natsMsg_GetSubject(msg);
+    size_t plen = strlen(d->info_inbox);
+    unsigned long p = 0, gen = 0;
+    loop_ev *e = NULL;
+    if (subj && !strncmp(subj, d->info_inbox, plen) && subj[plen] == '.' &&
+        sscanf(subj + plen + 1, "%lu.%lu", &p, &gen) == 2 && p < DW_MSG_PARTITIONS &&
+        (e = ev_new(EV_INFO))) {
+        e->p = (uint32_t)p;
+        e->gen = (uint32_t)gen;
+        e->msg = msg;
+        post(d, e);
+        return;
+    }
+    natsMsg_Destroy(msg);
+}
+
 void dispatch_reconnected(dispatcher *d)
 {
     if (!d) return;
@@ -391,24 +427,34 @@ void dispatch_reconnected(dispatcher *d)
 /* ---- the resolver thread ---- */
 
 /* DW_CONN's last sequence now: every connect acked before this call, on
- * any edge, is at or below it. 0 when JetStream does not answer. */
+ * any edge, is at or below it. When JetStream does not answer (DW_CONN has
+ * no leader: an election takes 4-7 s on a cluster, and no connect is acked
+ * meanwhile), the last one it gave, and it is not asked again for
+ * BARRIER_RETRY_MS: one round after another would each wait for it. */
 static uint64_t conn_barrier(dispatcher *d)
 {
     static int64_t last_warn;
+    int64_t now = mono_ms();
+    if (now < d->barrier_retry_ms) return d->barrier_last;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = d->cfg.registry_timeout_ms;
+    jo.Wait =
+        d->cfg.registry_timeout_ms < BARRIER_WAIT_MS ? d->cfg.registry_timeout_ms : BARRIER_WAIT_MS;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, d->js, DW_STREAM_CONN, &jo, &jerr);
-    uint64_t last = s == NATS_OK ? si->State.LastSeq : 0;
+    if (s == NATS_OK && si->State.LastSeq > d->barrier_last) d->barrier_last = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
-    if (s != NATS_OK && mono_ms() - last_warn >= ERROR_LOG_EVERY_MS) {
-        last_warn = mono_ms();
-        DW_WARN("DW_CONN's end unknown: a connect on another edge may not be applied yet",
-                "status=%s jserr=%d", natsStatus_GetText(s), (int)jerr);
+    if (s != NATS_OK) {
+        d->barrier_retry_ms = mono_ms() + BARRIER_RETRY_MS;
+        if (mono_ms() - last_warn >= ERROR_LOG_EVERY_MS) {
+            last_warn = mono_ms();
+            DW_WARN("DW_CONN's end unknown: a connect on another edge may not be applied yet",
+                    "status=%s jserr=%d using=%" PRIu64, natsStatus_GetText(s), (int)jerr,
+                    d->barrier_last);
+        }
     }
-    return last;
+    return d->barrier_last;
 }
 
 static void resolve(dispatcher *d, round_work *w)
@@ -674,6 +720,7 @@ static void part_drop(dispatcher *d, uint32_t p, int new_state)
     if (n) DW_INFO("partition dropped", "partition=%u messages=%zu", p, n);
     pt->state = new_state;
     pt->pulling = 0;
+    pt->checking = 0;
 }
 
 /* Read partition p again from its floor (gap, reconnect, consumer gone). */
@@ -684,6 +731,51 @@ static void part_reset(dispatcher *d, uint32_t p, const char *why)
     dw_metric_inc(M.resets);
     part_drop(d, p, P_RESETTING);
     leasekv_reset(d->lk, p);
+}
+
+/* After a reconnect: ask partition p's consumer how far it delivered
+ * ($JS.API.CONSUMER.INFO, answered on <info_inbox>.<p>.<gen>). Reading it
+ * again from its floor under a new consumer would always be right, but a
+ * consumer setup takes 0.3-6.5 s on a cluster with a node down, and the
+ * reconnect is usually that node's death. */
+static void part_check(dispatcher *d, uint32_t p, int64_t now)
+{
+    part *pt = &d->parts[p];
+    if (pt->state != P_READY) return;
+    const char *consumer =
+        pt->next_subj + strlen("$JS.API.CONSUMER.MSG.NEXT.") + strlen(DW_STREAM_MSG) + 1;
+    char subj[256], reply[224];
+    snprintf(subj, sizeof subj, "$JS.API.CONSUMER.INFO.%s.%s", DW_STREAM_MSG, consumer);
+    snprintf(reply, sizeof reply, "%s.%u.%u", d->info_inbox, p, pt->gen);
+    pt->pulling = 0; /* the request out may be lost: ask again now */
+    if (natsConnection_PublishRequest(d->nc, subj, reply, NULL, 0) != NATS_OK) {
+        part_reset(d, p, "reconnected");
+        return;
+    }
+    pt->checking = 1;
+    pt->check_until = now + CHECK_WAIT_MS;
+}
+
+/* The consumer's info after a reconnect: it delivered no more than we
+ * got (nothing was lost), or the partition is read again from its floor
+ * (something was lost, the consumer is gone or has no leader). */
+static void on_info_reply(dispatcher *d, loop_ev *e)
+{
+    part *pt = &d->parts[e->p];
+    if (pt->state != P_READY || e->gen != pt->gen || !pt->checking) return;
+    pt->checking = 0;
+    json_t *root =
+        json_loadb(natsMsg_GetData(e->msg), (size_t)natsMsg_GetDataLength(e->msg), 0, NULL);
+    json_t *dseq = json_object_get(json_object_get(root, "delivered"), "consumer_seq");
+    if (!json_is_integer(dseq)) {
+        part_reset(d, e->p, "reconnected:no_consumer_info");
+    } else if ((uint64_t)json_integer_value(dseq) > pt->last_dseq) {
+        char why[80];
+        snprintf(why, sizeof why, "reconnected:delivered_%" PRIu64 "_got_%" PRIu64,
+                 (uint64_t)json_integer_value(dseq), pt->last_dseq);
+        part_reset(d, e->p, why);
+    }
+    json_decref(root);
 }
 
 static void pull_request(dispatcher *d, uint32_t p, int64_t now)
@@ -766,6 +858,20 @@ static void on_pull_msg(dispatcher *d, loop_ev *e, int64_t now)
         natsMsg_Destroy(nm);
         char why[64];
         snprintf(why, sizeof why, "gap:%" PRIu64 "->%" PRIu64, pt->last_dseq, dseq);
+        part_reset(d, e->p, why);
+        return;
+    }
+    if (delivered == 1 && sseq <= pt->max_seen) {
+        /* A first delivery of a message older than one we already got:
+         * not the order one consumer delivers in. Seen on nats-server
+         * 2.9 after a stopped node resumes believing it still leads the
+         * consumer: two leaders answer the same pull request. Whatever
+         * the cause, reading on could let a later message of a room reach
+         * an edge before an earlier one (the edge then drops the earlier
+         * as a repeat): read the partition again from its floor. */
+        natsMsg_Destroy(nm);
+        char why[80];
+        snprintf(why, sizeof why, "order:%" PRIu64 "_after_%" PRIu64, sseq, pt->max_seen);
         part_reset(d, e->p, why);
         return;
     }
@@ -1091,6 +1197,7 @@ static void handle_event(dispatcher *d, loop_ev *e, int64_t now)
         }
         break;
     case EV_JOB: on_job(d, e->job, now); break;
+    case EV_INFO: on_info_reply(d, e); break;
     }
     if (e->msg) natsMsg_Destroy(e->msg);
     free(e);
@@ -1121,12 +1228,14 @@ int dispatch_run(dispatcher *d)
         now = mono_ms();
 
         if (atomic_exchange(&d->reconnected, false)) {
-            /* Pull requests and replies of the old connection are lost:
-             * read every partition again; heartbeats missed meanwhile say
-             * nothing about the edges. */
+            /* Heartbeats missed meanwhile say nothing about the edges.
+             * Deliveries sent to us while we were away are lost: each
+             * partition asks its consumer how far it delivered (and pulls
+             * again meanwhile); one that delivered more than we got is
+             * read again from its floor (check_partitions). */
             edges_touch_all(d->edges, now);
             for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
-                part_reset(d, p, "reconnected");
+                part_check(d, p, now);
         }
         while (e) {
             loop_ev *next = e->next;
@@ -1149,6 +1258,11 @@ int dispatch_run(dispatcher *d)
                 continue;
             }
             if (pt->state != P_READY || stopping) continue;
+            if (pt->checking && now >= pt->check_until) {
+                pt->checking = 0;
+                part_reset(d, p, "reconnected:consumer_info_timeout");
+                continue;
+            }
             if (pt->pulling && now >= pt->pull_until) pt->pulling = 0;
             if (!pt->pulling) pull_request(d, p, now);
         }
@@ -1226,7 +1340,8 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     if (edges_create(&d->edges, cfg->edge_dead_ms, EDGES_FORGET_MS, EDGES_MAX)) goto error;
     if (inbox_create(&d->ib, nc)) goto error;
     if (sub_inbox(d, &d->pull_sub, d->pull_inbox, sizeof d->pull_inbox, "*.*.*", on_pull) ||
-        sub_inbox(d, &d->reply_sub, d->reply_inbox, sizeof d->reply_inbox, "*", on_reply))
+        sub_inbox(d, &d->reply_sub, d->reply_inbox, sizeof d->reply_inbox, "*", on_reply) ||
+        sub_inbox(d, &d->info_sub, d->info_inbox, sizeof d->info_inbox, "*.*", on_info))
         goto error;
     natsInbox *name = NULL;
     if (natsInbox_Create(&name) != NATS_OK) goto error;
@@ -1261,6 +1376,29 @@ error:
     return -1;
 }
 
+/* Drain every subscription of ours (a callback still running finishes
+ * before the drain completes) with one deadline for all: a drain completes
+ * only once the server confirmed the unsubscribe, so with NATS away each
+ * would wait out its whole timeout. Then, a short wait is enough: nothing
+ * can arrive. */
+static void subs_close(dispatcher *d)
+{
+    natsSubscription *subs[] = {d->hb_sub, d->seed_sub, d->pull_sub, d->reply_sub, d->info_sub};
+    size_t n = sizeof subs / sizeof subs[0];
+    int away = !d->nc || natsConnection_Status(d->nc) != NATS_CONN_STATUS_CONNECTED;
+    int64_t deadline = mono_ms() + (away ? 500 : 5000);
+    for (size_t i = 0; i < n; i++)
+        if (subs[i] && natsSubscription_Drain(subs[i]) != NATS_OK)
+            natsSubscription_Unsubscribe(subs[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (!subs[i]) continue;
+        int64_t left = deadline - mono_ms();
+        natsSubscription_WaitForDrainCompletion(subs[i], left > 1 ? left : 1);
+        natsSubscription_Destroy(subs[i]);
+    }
+    d->hb_sub = d->seed_sub = d->pull_sub = d->reply_sub = d->info_sub = NULL;
+}
+
 void dispatch_destroy(dispatcher *d)
 {
     if (!d) return;
@@ -1276,10 +1414,7 @@ void dispatch_destroy(dispatcher *d)
     pthread_mutex_unlock(&d->wmu);
     if (d->resolver_started) pthread_join(d->resolver, NULL);
     if (d->worker_started) pthread_join(d->worker, NULL);
-    inbox_sub_close(d->hb_sub);
-    inbox_sub_close(d->seed_sub);
-    inbox_sub_close(d->pull_sub);
-    inbox_sub_close(d->reply_sub);
+    subs_close(d);
     inbox_destroy(d->ib);
     /* Events left (their jobs and rounds included). */
     loop_ev *e = d->head;
