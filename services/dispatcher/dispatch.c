@@ -193,6 +193,7 @@ static void handle_event(dispatcher *d, loop_ev *e, int64_t now)
         }
         break;
     case EV_JOB: worker__on_job(d, e->job, now); break;
+    case EV_INFO: part__on_info_reply(d, e); break;
     }
     e->round = NULL; /* on_round and on_job took them */
     e->job = NULL;
@@ -224,12 +225,14 @@ int dispatch_run(dispatcher *d)
         now = mono_ms();
 
         if (atomic_exchange(&d->reconnected, false)) {
-            /* Pull requests and replies of the old connection are lost:
-             * read every partition again; heartbeats missed meanwhile say
-             * nothing about the edges. */
+            /* Heartbeats missed meanwhile say nothing about the edges.
+             * Deliveries sent to us while we were away are lost: each
+             * partition asks its consumer how far it delivered (and pulls
+             * again meanwhile); one that delivered more than we got is
+             * read again from its floor (part__check, below). */
             edges_touch_all(d->edges, now);
             for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
-                part__reset(d, p, "reconnected");
+                part__check(d, p, now);
         }
         while (e) {
             loop_ev *next = (loop_ev *)e->mail.next;
@@ -252,6 +255,11 @@ int dispatch_run(dispatcher *d)
                 continue;
             }
             if (pt->state != P_READY || stopping) continue;
+            if (pt->checking && now >= pt->check_until) {
+                pt->checking = 0;
+                part__reset(d, p, "reconnected:consumer_info_timeout");
+                continue;
+            }
             if (pt->pulling && now >= pt->pull_until) pt->pulling = 0;
             if (!pt->pulling) part__pull(d, p, now);
         }
@@ -327,7 +335,9 @@ int dispatch_create(dispatcher **out, natsConnection *nc, jsCtx *js, const dispa
     if (edges_create(&d->edges, cfg->edge_dead_ms, EDGES_FORGET_MS, EDGES_MAX)) goto error;
     if (inbox_create(&d->ib, nc)) goto error;
     if (sub_inbox(d, &d->pull_sub, d->pull_inbox, sizeof d->pull_inbox, "*.*.*", part__on_pull) ||
-        sub_inbox(d, &d->reply_sub, d->reply_inbox, sizeof d->reply_inbox, "*", requests__on_reply))
+        sub_inbox(d, &d->reply_sub, d->reply_inbox, sizeof d->reply_inbox, "*",
+                  requests__on_reply) ||
+        sub_inbox(d, &d->info_sub, d->info_inbox, sizeof d->info_inbox, "*.*", part__on_info))
         goto error;
     natsInbox *name = NULL;
     if (natsInbox_Create(&name) != NATS_OK) goto error;
@@ -360,6 +370,29 @@ error:
     return -1;
 }
 
+/* Drain every subscription of ours (a callback still running finishes
+ * before the drain completes) with one deadline for all: a drain completes
+ * only once the server confirmed the unsubscribe, so with NATS away each
+ * would wait out its whole timeout. Then, a short wait is enough: nothing
+ * can arrive. */
+static void subs_close(dispatcher *d)
+{
+    natsSubscription *subs[] = {d->hb_sub, d->seed_sub, d->pull_sub, d->reply_sub, d->info_sub};
+    size_t n = sizeof subs / sizeof subs[0];
+    int away = !d->nc || natsConnection_Status(d->nc) != NATS_CONN_STATUS_CONNECTED;
+    int64_t deadline = mono_ms() + (away ? 500 : 5000);
+    for (size_t i = 0; i < n; i++)
+        if (subs[i] && natsSubscription_Drain(subs[i]) != NATS_OK)
+            natsSubscription_Unsubscribe(subs[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (!subs[i]) continue;
+        int64_t left = deadline - mono_ms();
+        natsSubscription_WaitForDrainCompletion(subs[i], left > 1 ? left : 1);
+        natsSubscription_Destroy(subs[i]);
+    }
+    d->hb_sub = d->seed_sub = d->pull_sub = d->reply_sub = d->info_sub = NULL;
+}
+
 void dispatch_destroy(dispatcher *d)
 {
     if (!d) return;
@@ -371,10 +404,7 @@ void dispatch_destroy(dispatcher *d)
      * are cancelled (jobs are posted undone). */
     dw_pool_stop(d->resolver);
     dw_pool_stop(d->worker);
-    inbox_sub_close(d->hb_sub);
-    inbox_sub_close(d->seed_sub);
-    inbox_sub_close(d->pull_sub);
-    inbox_sub_close(d->reply_sub);
+    subs_close(d);
     inbox_destroy(d->ib);
     /* Events left (their jobs and rounds included): every poster is gone. */
     dw_mailbox_destroy(&d->mbox);

@@ -42,9 +42,16 @@
  * still served does no harm: deliveries are taken whichever request they
  * answer. */
 #define PULL_GRACE_MS 200
+/* After a reconnect, a partition whose consumer does not answer its info
+ * request within this long is read again from its floor. */
+#define CHECK_WAIT_MS 2000
 #define MAX_REQUESTS 4096
 #define PROGRESS_BATCH 4096
 #define ERROR_LOG_EVERY_MS 5000
+/* DW_CONN's stream info answers in milliseconds; past this it has no
+ * leader (or is overloaded): go on with the last barrier known. */
+#define BARRIER_WAIT_MS 500
+#define BARRIER_RETRY_MS 1000
 
 /* The dispatcher's metrics (docs/operations.md). */
 typedef struct dispatch_metrics {
@@ -60,6 +67,7 @@ typedef enum {
     EV_LOST,    /* a partition is not ours any more */
     EV_RELEASE, /* a partition should go: drain it */
     EV_JOB,     /* the worker finished a job */
+    EV_INFO,    /* a partition consumer's info, asked for after a reconnect */
 } ev_kind;
 
 typedef struct round_answer {
@@ -118,6 +126,8 @@ typedef struct part {
     uint64_t last_dseq; /* consumer sequence of the last delivery */
     uint64_t max_seen;  /* highest stream sequence fetched */
     int64_t drain_until;
+    int checking;        /* after a reconnect: its consumer info is asked for */
+    int64_t check_until; /* read again from the floor if not answered by then */
 } part;
 
 typedef struct inflight_req {
@@ -142,13 +152,17 @@ struct dispatcher {
     char pull_inbox[160];
     natsSubscription *reply_sub;
     char reply_inbox[160];
+    natsSubscription *info_sub;
+    char info_inbox[160];
     inflight_req reqs[MAX_REQUESTS];
     size_t n_reqs;
     uint64_t next_pull_id;
 
     /* resolver: one thread, one round at a time */
     dw_pool *resolver;
-    int round_out; /* a round is with the resolver */
+    int round_out;            /* a round is with the resolver */
+    uint64_t barrier_last;    /* resolver thread: DW_CONN's last sequence, last known */
+    int64_t barrier_retry_ms; /* resolver thread: ask for it again from then on */
     inbox *ib;
 
     /* worker: one thread */
@@ -177,6 +191,7 @@ loop_ev *dispatch__ev_new(dispatcher *d, ev_kind kind);
 
 /* partitions.c */
 void part__on_pull(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+void part__on_info(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 void part__lease_ready(void *arg, uint32_t p, uint32_t gen, const char *consumer, uint64_t floor);
 void part__lease_lost(void *arg, uint32_t p);
 void part__lease_release(void *arg, uint32_t p);
@@ -184,6 +199,8 @@ void part__drop(dispatcher *d, uint32_t p, int new_state);
 void part__reset(dispatcher *d, uint32_t p, const char *why);
 void part__pull(dispatcher *d, uint32_t p, int64_t now);
 void part__on_msg(dispatcher *d, loop_ev *e, int64_t now);
+void part__check(dispatcher *d, uint32_t p, int64_t now);
+void part__on_info_reply(dispatcher *d, loop_ev *e);
 
 /* requests.c */
 void requests__on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);

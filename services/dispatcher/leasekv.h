@@ -12,9 +12,13 @@
  * own is the fence: a stalled former owner that wakes up can neither fetch
  * (its consumer is gone) nor ack into ours.
  *
- * Threads: its own thread does all the KV and consumer work. The callbacks
- * run on it and must only hand the news over (dispatch.c queues events).
- * leasekv_floor, _reset, _drained and _owned may be called from any thread. */
+ * Threads, all its own: one writes the heartbeat every ttl/4 and nothing
+ * else, so that slow consumer setups (a raft group each on a JetStream
+ * cluster) never delay it; a few run consumer setups, several partitions at
+ * once; the lease thread does the rest of the KV work and hands setups out
+ * and their results back. The callbacks run on the lease thread and must
+ * only hand the news over (partitions.c posts events). leasekv_floor,
+ * _reset, _drained and _owned may be called from any thread. */
 #ifndef DISPATCHER_LEASEKV_H
 #define DISPATCHER_LEASEKV_H
 

@@ -15,24 +15,34 @@
 /* ---- the resolver thread ---- */
 
 /* DW_CONN's last sequence now: every connect acked before this call, on
- * any edge, is at or below it. 0 when JetStream does not answer. */
+ * any edge, is at or below it. When JetStream does not answer (DW_CONN has
+ * no leader: an election takes 4-7 s on a cluster, and no connect is acked
+ * meanwhile), the last one it gave, and it is not asked again for
+ * BARRIER_RETRY_MS: one round after another would each wait for it. */
 static uint64_t conn_barrier(dispatcher *d)
 {
     static int64_t last_warn;
+    int64_t now = mono_ms();
+    if (now < d->barrier_retry_ms) return d->barrier_last;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = d->cfg.registry_timeout_ms;
+    jo.Wait =
+        d->cfg.registry_timeout_ms < BARRIER_WAIT_MS ? d->cfg.registry_timeout_ms : BARRIER_WAIT_MS;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, d->js, DW_STREAM_CONN, &jo, &jerr);
-    uint64_t last = s == NATS_OK ? si->State.LastSeq : 0;
+    if (s == NATS_OK && si->State.LastSeq > d->barrier_last) d->barrier_last = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
-    if (s != NATS_OK && mono_ms() - last_warn >= ERROR_LOG_EVERY_MS) {
-        last_warn = mono_ms();
-        DW_WARN("DW_CONN's end unknown: a connect on another edge may not be applied yet",
-                "status=%s jserr=%d", natsStatus_GetText(s), (int)jerr);
+    if (s != NATS_OK) {
+        d->barrier_retry_ms = mono_ms() + BARRIER_RETRY_MS;
+        if (mono_ms() - last_warn >= ERROR_LOG_EVERY_MS) {
+            last_warn = mono_ms();
+            DW_WARN("DW_CONN's end unknown: a connect on another edge may not be applied yet",
+                    "status=%s jserr=%d using=%" PRIu64, natsStatus_GetText(s), (int)jerr,
+                    d->barrier_last);
+        }
     }
-    return last;
+    return d->barrier_last;
 }
 
 static void resolve(dispatcher *d, round_work *w)

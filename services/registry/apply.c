@@ -120,9 +120,60 @@ static int consumer_start_retry(natsConnection *nc, jsCtx *js, reg_store *st,
     return -1;
 }
 
-/* Apply and ack one fetched message. Returns -1 only on a store failure. */
-static int apply_msg(natsConnection *nc, reg_store *st, const reg_apply_opts *o, natsMsg *msg,
-                     uint64_t *last)
+/* Apply the events after the table's applied sequence and before upto,
+ * read one by one from the stream (js_GetMsg): deliveries the consumer
+ * made that never reached us. In a cluster that happens when the
+ * registry's NATS node dies or the consumer's leader changes with
+ * deliveries on their way ('409 Leadership Change'): the next delivery
+ * comes with a later sequence, and without this the lost ones would be
+ * skipped for good, since the table ignores sequences at or below what it
+ * applied (seen: a replica 4 connect/disconnect events short of the other
+ * at the same applied_seq). Events the stream no longer has (expired) are
+ * passed over. 0 when everything before upto is applied, 1 when the stream
+ * did not answer (the caller reads the consumer again from the table), -1
+ * when the store failed. */
+static int fill_gap(jsCtx *js, reg_store *st, const reg_apply_opts *o, uint64_t upto,
+                    uint64_t *last)
+{
+    uint64_t from = reg_store_applied_seq(st) + 1;
+    if (upto <= from) return 0;
+    if (upto - from > 16) {
+        /* Most likely expired events (a table older than the stream's
+         * start): only what the stream still has is read. */
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        if (js_GetStreamInfo(&si, js, DW_STREAM_CONN, NULL, &jerr) != NATS_OK) return 1;
+        if (si->State.FirstSeq > from) from = si->State.FirstSeq;
+        jsStreamInfo_Destroy(si);
+        if (upto <= from) return 0;
+    }
+    DW_WARN("DW_CONN events not delivered: reading them from the stream", "from=%llu to=%llu",
+            (unsigned long long)from, (unsigned long long)(upto - 1));
+    for (uint64_t seq = from; seq < upto; seq++) {
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetMsg(&m, js, DW_STREAM_CONN, seq, NULL, &jerr);
+        if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) continue;
+        if (s != NATS_OK) {
+            DW_WARN("DW_CONN event not readable", "seq=%llu status=%s jserr=%d",
+                    (unsigned long long)seq, natsStatus_GetText(s), (int)jerr);
+            return 1;
+        }
+        int rc = reg_apply_payload_at(st, seq, natsMsg_GetTime(m) / 1000000, natsMsg_GetData(m),
+                                      (size_t)natsMsg_GetDataLength(m));
+        natsMsg_Destroy(m);
+        if (rc < 0) return -1;
+        if (seq > *last) *last = seq;
+        if (rc == 1 && o->on_progress) o->on_progress(o->progress_arg, seq);
+    }
+    return 0;
+}
+
+/* Apply and ack one fetched message. Returns -1 on a store failure, 1 when
+ * events before it are missing and could not be read (the message is left
+ * unacked: the caller reads the consumer again from the table). */
+static int apply_msg(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_opts *o,
+                     natsMsg *msg, uint64_t *last)
 {
     jsMsgMetaData *meta = NULL;
     if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
@@ -134,9 +185,10 @@ static int apply_msg(natsConnection *nc, reg_store *st, const reg_apply_opts *o,
     int64_t ts_ms = meta->Timestamp / 1000000;
     jsMsgMetaData_Destroy(meta);
 
-    if (*last && seq > *last + 1)
-        DW_INFO("gap in DW_CONN sequences (expired or deleted events)", "from=%llu to=%llu",
-                (unsigned long long)*last, (unsigned long long)seq);
+    if (seq > reg_store_applied_seq(st) + 1) {
+        int fr = fill_gap(js, st, o, seq, last);
+        if (fr) return fr;
+    }
     int rc = reg_apply_payload_at(st, seq, ts_ms, natsMsg_GetData(msg),
                                   (size_t)natsMsg_GetDataLength(msg));
     if (rc < 0) return -1; /* not acked: it is redelivered to whoever resumes */
@@ -148,11 +200,52 @@ static int apply_msg(natsConnection *nc, reg_store *st, const reg_apply_opts *o,
     return 0;
 }
 
+/* The consumer is there (its info answers), or not known now: 1; it is
+ * gone (deleted, the server's storage lost): 0. */
+static int consumer_exists(jsCtx *js, const reg_apply_opts *o)
+{
+    char durable[64];
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    snprintf(durable, sizeof durable, "registry-%s", o->replica_id);
+    natsStatus s = js_GetConsumerInfo(&ci, js, DW_STREAM_CONN, durable, NULL, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    return !(s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr);
+}
+
+/* After a reconnect: the last deliveries the consumer made may have been
+ * lost on the way, and no later one may come to show the gap. What it
+ * delivered beyond the table is read from the stream. 0, 1 (not now) or
+ * -1 (store failure), as fill_gap. */
+static int check_delivered(jsCtx *js, reg_store *st, const reg_apply_opts *o, uint64_t *last)
+{
+    char durable[64];
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    snprintf(durable, sizeof durable, "registry-%s", o->replica_id);
+    if (js_GetConsumerInfo(&ci, js, DW_STREAM_CONN, durable, NULL, &jerr) != NATS_OK) return 1;
+    uint64_t delivered = ci->Delivered.Stream;
+    jsConsumerInfo_Destroy(ci);
+    return fill_gap(js, st, o, delivered + 1, last);
+}
+
+static uint64_t reconnects(natsConnection *nc)
+{
+    natsStatistics *stats = NULL;
+    uint64_t n = 0;
+    if (natsStatistics_Create(&stats) == NATS_OK && natsConnection_GetStats(nc, stats) == NATS_OK)
+        natsStatistics_GetCounts(stats, NULL, NULL, NULL, NULL, &n);
+    natsStatistics_Destroy(stats);
+    return n;
+}
+
 int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_opts *o)
 {
     dw_pull *pull = NULL;
     int64_t failing_since = 0;
     uint64_t last = reg_store_applied_seq(st);
+    uint64_t seen_reconnects = reconnects(nc);
+    int check = 0; /* a reconnect happened: look for lost deliveries */
     int rc = 0, batch = o->batch > 0 ? o->batch : 1;
     natsMsg **msgs = calloc((size_t)batch, sizeof *msgs);
 
@@ -162,6 +255,19 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
         return 0;
     }
     while (!stopping(o)) {
+        uint64_t r = reconnects(nc);
+        if (r != seen_reconnects) {
+            seen_reconnects = r;
+            check = 1;
+        }
+        if (check && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) {
+            int cr = check_delivered(js, st, o, &last);
+            if (cr < 0) {
+                rc = -1;
+                break;
+            }
+            check = cr; /* not answered: again after the next fetch */
+        }
         int n = 0;
         natsStatus s = dw_pull_fetch(pull, msgs, batch, o->fetch_wait_ms, &n);
         if (s == NATS_TIMEOUT) {
@@ -177,6 +283,15 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
             }
             if (now - failing_since > REG_RECREATE_AFTER_MS &&
                 natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED) {
+                /* A consumer whose leader is being elected (4-7 s on a
+                 * cluster) refuses pulls too: recreating it then (a delete
+                 * and a create, each waiting for the same election) only
+                 * adds to the wait. Only one that is gone is recreated. */
+                if (consumer_exists(js, o)) {
+                    failing_since = now;
+                    check = 1; /* its leader may have changed: deliveries lost */
+                    continue;
+                }
                 DW_WARN("recreating the consumer", "status=%s", natsStatus_GetText(s));
                 dw_pull_close(pull);
                 pull = NULL;
@@ -188,11 +303,23 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
             continue;
         }
         failing_since = 0;
+        int restart = 0;
         for (int i = 0; i < n; i++) {
-            if (rc == 0) rc = apply_msg(nc, st, o, msgs[i], &last);
+            if (rc == 0 && !restart) {
+                int ar = apply_msg(nc, js, st, o, msgs[i], &last);
+                if (ar < 0) rc = -1;
+                if (ar > 0) restart = 1;
+            }
             natsMsg_Destroy(msgs[i]);
         }
         if (rc) break;
+        if (restart) {
+            /* Events missing and the stream not answering: read the
+             * consumer again from what the table holds. */
+            dw_pull_close(pull);
+            pull = NULL;
+            if (consumer_start_retry(nc, js, st, o, &pull)) break;
+        }
     }
     dw_pull_close(pull);
     free(msgs);

@@ -14,6 +14,8 @@ static const char *const op_names[N_OPS] = {"status", "checkpoint", "checkpoints
 
 /* An operation in progress when we stop gets this long to finish. */
 #define OPS_DRAIN_MS 30000
+/* ... when NATS is away (nothing can arrive; an operation may be running). */
+#define OPS_AWAY_MS 500
 
 /* What one subscription's callback needs: the operation it serves. */
 typedef struct sub_ctx {
@@ -338,9 +340,18 @@ int reg_ops_stop(reg_ops *o)
     for (int i = 0; i < 2 * N_OPS; i++)
         if (o->subs[i] && natsSubscription_Drain(o->subs[i]) != NATS_OK)
             natsSubscription_Unsubscribe(o->subs[i]);
+    /* One deadline for all of them. While NATS is away a drain cannot
+     * complete (the server must confirm the unsubscribe) and would wait out
+     * its timeout: then only a short wait for an operation still running;
+     * if one is, o is left (below). */
+    int64_t wait =
+        natsConnection_Status(o->nc) == NATS_CONN_STATUS_CONNECTED ? OPS_DRAIN_MS : OPS_AWAY_MS;
+    int64_t deadline = dw_mono_ns() / 1000000 + wait;
     for (int i = 0; i < 2 * N_OPS; i++) {
         if (!o->subs[i]) continue;
-        if (natsSubscription_WaitForDrainCompletion(o->subs[i], OPS_DRAIN_MS) != NATS_OK) rc = -1;
+        int64_t left = deadline - dw_mono_ns() / 1000000;
+        if (natsSubscription_WaitForDrainCompletion(o->subs[i], left > 1 ? left : 1) != NATS_OK)
+            rc = -1;
         natsSubscription_Destroy(o->subs[i]);
     }
     if (rc) {

@@ -480,9 +480,18 @@ void reg_query_stop(reg_query *q)
     for (int i = 0; i < N_SUBS; i++)
         if (q->subs[i] && natsSubscription_Drain(q->subs[i]) != NATS_OK)
             natsSubscription_Unsubscribe(q->subs[i]);
+    /* One deadline for all of them, not 5 s each; and a short one when NATS
+     * is away: a drain completes only once the server confirmed the
+     * unsubscribe, so it would wait out every timeout (with NATS down the
+     * registry took 32 s to stop). A callback still running is waited for
+     * below (q->active). */
+    int64_t wait = natsConnection_Status(q->nc) == NATS_CONN_STATUS_CONNECTED ? 5000 : 500;
+    int64_t deadline = dw_mono_ns() / 1000000 + wait;
     for (int i = 0; i < N_SUBS; i++) {
         if (!q->subs[i]) continue;
-        if (natsSubscription_WaitForDrainCompletion(q->subs[i], 5000) != NATS_OK) q->undrained = 1;
+        int64_t left = deadline - dw_mono_ns() / 1000000;
+        if (natsSubscription_WaitForDrainCompletion(q->subs[i], left > 1 ? left : 1) != NATS_OK)
+            q->undrained = 1;
         natsSubscription_Destroy(q->subs[i]);
         q->subs[i] = NULL;
     }
