@@ -744,11 +744,12 @@ def log_has(proc, text):
 
 
 def doomed_edge_id(edge):
-    """The edge id an edge process uses (from its log)."""
+    """The edge id an edge process uses (from its log: the line it logs once
+    it listens; its "starting" line names it instance=, as every service's)."""
     with open(edge.log_path, errors="replace") as f:
         for line in f:
-            if "starting" in line and "edge=" in line:
-                return line.split("edge=", 1)[1].split()[0]
+            if 'msg="edge listening"' in line and " edge=" in line:
+                return line.split(" edge=", 1)[1].split()[0]
     raise AssertionError("no edge id in the edge's log")
 
 
