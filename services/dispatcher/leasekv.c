@@ -9,7 +9,6 @@
 
 #include "dw/bus.h"
 #include "dw/log.h"
-#include "dw/pool.h"
 #include "dw/util.h"
 #include "lease.h"
 
@@ -32,8 +31,6 @@ typedef struct inst {
 } inst;
 
 typedef struct setup_job {
-    dw_task task;       /* the setup pool's (first member) */
-    struct leasekv *lk; /* NULL in the done list */
     uint32_t p, gen;
     uint64_t floor; /* the highest floor known when it was queued */
     int ok;
@@ -89,13 +86,14 @@ struct leasekv {
     atomic_bool stop;
     atomic_size_t owned;
 
-    /* Consumer setups: the lease thread submits jobs to a pool of
-     * SETUP_THREADS, the results come back to the lease thread in done
-     * (under smu; at most one setup per partition is out). */
-    dw_pool *setups;
+    /* Consumer setups: the lease thread queues jobs, SETUP_THREADS run
+     * them, results come back to the lease thread (all under smu). */
     pthread_mutex_t smu;
-    setup_job done[DW_MSG_PARTITIONS];
-    size_t n_done;
+    pthread_cond_t scv;
+    setup_job todo[DW_MSG_PARTITIONS], done[DW_MSG_PARTITIONS];
+    size_t n_todo, n_done;
+    pthread_t setup_threads[SETUP_THREADS];
+    int n_setup_threads;
 };
 
 static int64_t mono_ms(void)
@@ -372,30 +370,6 @@ static int cas_lost(leasekv *lk, uint32_t p)
 
 static void drop(leasekv *lk, uint32_t p, const char *why);
 
-/* On a setup thread: one consumer setup; the result goes back to the
- * lease thread (setups_done). */
-static void setup_run(dw_task *t)
-{
-    setup_job *j = (setup_job *)t;
-    leasekv *lk = j->lk;
-    if (atomic_load(&lk->stop)) { /* stopping: no new consumer */
-        free(j);
-        return;
-    }
-    j->ok = consumer_setup(lk, j->p, j->gen, j->floor, &j->start) == 0;
-    j->lk = NULL;
-    pthread_mutex_lock(&lk->smu);
-    lk->done[lk->n_done++] = *j;
-    pthread_mutex_unlock(&lk->smu);
-    free(j);
-}
-
-/* Stopped before it ran: nobody waits for it. */
-static void setup_cancel(dw_task *t)
-{
-    free(t);
-}
-
 static void take(leasekv *lk, uint32_t p)
 {
     kpart *kp = &lk->parts[p];
@@ -429,19 +403,33 @@ static void take(leasekv *lk, uint32_t p)
      * reset, a take-back) are told apart by their ack subjects, and a
      * setup that failed half-way leaves a consumer the next one deletes. */
     uint32_t gen = (kp->setup_gen > kp->gen ? kp->setup_gen : kp->gen) + 1;
-    setup_job *j = calloc(1, sizeof *j);
-    if (!j) return; /* held, not ready: tried again at the next tick */
-    *j = (setup_job){.task = {.run = setup_run, .cancel = setup_cancel},
-                     .lk = lk,
-                     .p = p,
-                     .gen = gen,
-                     .floor = floor};
     kp->setting_up = 1;
     kp->setup_gen = gen;
-    if (dw_pool_submit(lk->setups, &j->task)) {
-        kp->setting_up = 0;
-        free(j);
+    pthread_mutex_lock(&lk->smu);
+    lk->todo[lk->n_todo++] = (setup_job){.p = p, .gen = gen, .floor = floor};
+    pthread_cond_signal(&lk->scv);
+    pthread_mutex_unlock(&lk->smu);
+}
+
+/* A setup thread: runs queued consumer setups, hands the results back. */
+static void *setup_main(void *arg)
+{
+    leasekv *lk = arg;
+    pthread_mutex_lock(&lk->smu);
+    while (!atomic_load(&lk->stop)) {
+        if (!lk->n_todo) {
+            pthread_cond_wait(&lk->scv, &lk->smu);
+            continue;
+        }
+        setup_job j = lk->todo[0];
+        memmove(lk->todo, lk->todo + 1, --lk->n_todo * sizeof lk->todo[0]);
+        pthread_mutex_unlock(&lk->smu);
+        j.ok = consumer_setup(lk, j.p, j.gen, j.floor, &j.start) == 0;
+        pthread_mutex_lock(&lk->smu);
+        lk->done[lk->n_done++] = j;
     }
+    pthread_mutex_unlock(&lk->smu);
+    return NULL;
 }
 
 /* On the lease thread: the setups that finished. A partition still ours
@@ -684,25 +672,14 @@ static void *lease_main(void *arg)
 static void threads_stop(leasekv *lk)
 {
     atomic_store(&lk->stop, true);
+    pthread_mutex_lock(&lk->smu);
+    pthread_cond_broadcast(&lk->scv);
+    pthread_mutex_unlock(&lk->smu);
     if (lk->started) pthread_join(lk->thread, NULL);
     if (lk->hb_started) pthread_join(lk->hb_thread, NULL);
-    /* After the lease thread, the only one that submits: setups running
-     * finish, queued ones are cancelled. */
-    dw_pool_stop(lk->setups);
-    lk->setups = NULL;
-    lk->started = lk->hb_started = 0;
-}
-
-/* The watcher, the bucket's handles, the setup results' lock, and lk
- * itself; every thread is stopped. */
-static void handles_free(leasekv *lk)
-{
-    kvWatcher_Destroy(lk->w);
-    kvStore_Destroy(lk->hb_kv);
-    jsCtx_Destroy(lk->hb_js);
-    kvStore_Destroy(lk->kv);
-    pthread_mutex_destroy(&lk->smu);
-    free(lk);
+    for (int i = 0; i < lk->n_setup_threads; i++)
+        pthread_join(lk->setup_threads[i], NULL);
+    lk->started = lk->hb_started = lk->n_setup_threads = 0;
 }
 
 int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cfg *cfg)
@@ -752,12 +729,21 @@ int leasekv_start(leasekv **out, natsConnection *nc, jsCtx *js, const leasekv_cf
         return -1;
     }
     pthread_mutex_init(&lk->smu, NULL);
+    pthread_cond_init(&lk->scv, NULL);
     watch_open(lk);
     if (!pthread_create(&lk->hb_thread, NULL, hb_main, lk)) lk->hb_started = 1;
-    if (!lk->hb_started || dw_pool_start(&lk->setups, SETUP_THREADS, 0) ||
-        pthread_create(&lk->thread, NULL, lease_main, lk)) {
+    while (lk->hb_started && lk->n_setup_threads < SETUP_THREADS &&
+           !pthread_create(&lk->setup_threads[lk->n_setup_threads], NULL, setup_main, lk))
+        lk->n_setup_threads++;
+    if (!lk->n_setup_threads || pthread_create(&lk->thread, NULL, lease_main, lk)) {
         threads_stop(lk);
-        handles_free(lk);
+        kvWatcher_Destroy(lk->w);
+        kvStore_Destroy(lk->hb_kv);
+        jsCtx_Destroy(lk->hb_js);
+        kvStore_Destroy(lk->kv);
+        pthread_cond_destroy(&lk->scv);
+        pthread_mutex_destroy(&lk->smu);
+        free(lk);
         return -1;
     }
     lk->started = 1;
@@ -812,5 +798,11 @@ void leasekv_stop(leasekv *lk)
     char key[LEASE_INSTANCE_MAX + 8];
     snprintf(key, sizeof key, "d.%s", lk->me);
     if (connected && mono_ms() < deadline) kvStore_Purge(lk->hb_kv, key, NULL);
-    handles_free(lk);
+    kvWatcher_Destroy(lk->w);
+    kvStore_Destroy(lk->hb_kv);
+    jsCtx_Destroy(lk->hb_js);
+    kvStore_Destroy(lk->kv);
+    pthread_cond_destroy(&lk->scv);
+    pthread_mutex_destroy(&lk->smu);
+    free(lk);
 }

@@ -14,9 +14,9 @@
  *
  * Threads, all its own: one writes the heartbeat every ttl/4 and nothing
  * else, so that slow consumer setups (a raft group each on a JetStream
- * cluster) never delay it; a few (a dw_pool) run consumer setups, several
- * partitions at once; the lease thread does the rest of the KV work and
- * hands setups out and their results back. The callbacks run on the lease thread and must
+ * cluster) never delay it; a few run consumer setups, several partitions at
+ * once; the lease thread does the rest of the KV work and hands setups out
+ * and their results back. The callbacks run on the lease thread and must
  * only hand the news over (partitions.c posts events). leasekv_floor,
  * _reset, _drained and _owned may be called from any thread. */
 #ifndef DISPATCHER_LEASEKV_H
