@@ -360,7 +360,7 @@ static void replay_unsubscribe(natsSubscription *sub)
 }
 
 int reg_apply_replay(jsCtx *js, reg_store *st, uint64_t from_seq, uint64_t until_seq, int64_t to_ms,
-                     volatile sig_atomic_t *stop, uint64_t *applied, char **err)
+                     atomic_int *stop, uint64_t *applied, char **err)
 {
     enum { REPLAY_BATCH = 256 };
     natsSubscription *sub = NULL;

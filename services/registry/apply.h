@@ -7,6 +7,7 @@
 
 #include <nats/nats.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,8 +23,8 @@ typedef struct reg_apply_opts {
      * of the stream for now), on the apply thread. May be NULL. */
     void (*on_idle)(void *arg);
     void *progress_arg;
-    volatile sig_atomic_t *stop;  /* the loop returns once *stop is set */
-    volatile sig_atomic_t *pause; /* ... or *pause (may be NULL) */
+    atomic_int *stop;  /* the loop returns once *stop is set */
+    atomic_int *pause; /* ... or *pause (may be NULL) */
 } reg_apply_opts;
 
 void reg_apply_opts_default(reg_apply_opts *o);
@@ -49,6 +50,6 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
  * applied. 0, or -1 with *err (malloc'd): NATS or the store failed, or
  * *stop was set. */
 int reg_apply_replay(jsCtx *js, reg_store *st, uint64_t from_seq, uint64_t until_seq, int64_t to_ms,
-                     volatile sig_atomic_t *stop, uint64_t *applied, char **err);
+                     atomic_int *stop, uint64_t *applied, char **err);
 
 #endif

@@ -37,7 +37,7 @@ struct reg_node {
 
     pthread_t apply_thread;
     int apply_running;
-    volatile sig_atomic_t apply_pause;
+    atomic_int apply_pause;
 
     pthread_t ckpt_thread;
     int ckpt_running;

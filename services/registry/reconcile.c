@@ -376,7 +376,7 @@ done:
     return rc;
 }
 
-int reg_reconcile_run(reg_reconcile *r, reg_store *st, int dry_run, volatile sig_atomic_t *stop,
+int reg_reconcile_run(reg_reconcile *r, reg_store *st, int dry_run, atomic_int *stop,
                       reg_reconcile_result *res, char **err)
 {
     strv edges = {0};

@@ -21,6 +21,7 @@
 
 #include <nats/nats.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "store.h"
@@ -60,7 +61,7 @@ typedef struct reg_reconcile_result {
  * corrections. Returns 0 (unreachable edges are counted, not errors) or -1 with *err (malloc'd)
  * when the table cannot be read or NATS is gone. The events are published when this returns; the
  * table has them once applied. */
-int reg_reconcile_run(reg_reconcile *r, reg_store *st, int dry_run, volatile sig_atomic_t *stop,
+int reg_reconcile_run(reg_reconcile *r, reg_store *st, int dry_run, atomic_int *stop,
                       reg_reconcile_result *res, char **err);
 
 #endif

@@ -9,7 +9,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-volatile sig_atomic_t dw_stop;
+atomic_int dw_stop;
 static void (*signal_wake)(void *);
 static void *signal_wake_arg;
 

@@ -153,7 +153,7 @@ typedef struct run_ctx {
     fixture *f;
     reg_store *st;
     reg_apply_opts o;
-    volatile sig_atomic_t stop;
+    atomic_int stop;
     uint64_t last_progress;
     int out_of_order;
     int rc;
@@ -230,7 +230,7 @@ static void test_replay_to_a_sequence(void **state)
     char db[96], *err = NULL;
     reg_store *st = NULL;
     uint64_t applied = 0;
-    volatile sig_atomic_t stop = 0;
+    atomic_int stop = 0;
     snprintf(db, sizeof db, "%s/replay", f->dir);
     publish_events(f, 0, EVENTS, 1);
     publish_events(f, 0, EVENTS / 2, 0);

@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,8 +55,10 @@ int dw_random_bytes(void *buf, size_t n);
 int dw_id_valid(const char *s, size_t len);
 
 /* SIGINT/SIGTERM set dw_stop and call wake(arg) (which must be
- * async-signal-safe, e.g. lws_cancel_service or a write to a pipe). */
-extern volatile sig_atomic_t dw_stop;
+ * async-signal-safe, e.g. lws_cancel_service or a write to a pipe).
+ * An atomic rather than a volatile sig_atomic_t: every thread reads it,
+ * and a lock-free atomic is both signal-safe and race-free. */
+extern atomic_int dw_stop;
 void dw_signals_install(void (*wake)(void *), void *arg);
 
 /* Lift RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit. */
