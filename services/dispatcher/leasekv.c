@@ -359,7 +359,10 @@ static int cas_lost(leasekv *lk, uint32_t p)
     part_key(key, sizeof key, p);
     natsStatus s = kvStore_Get(&e, lk->kv, key);
     if (s == NATS_NOT_FOUND) {
+        /* Gone (deleted or purged): the next compare-and-set creates it. */
         kp->owner[0] = '\0';
+        kp->exists = 0;
+        kp->rev = 0;
         return 1;
     }
     if (s != NATS_OK) return 0;
@@ -382,7 +385,18 @@ static void take(leasekv *lk, uint32_t p)
     if (!kp->held) {
         char was[LEASE_INSTANCE_MAX + 1];
         snprintf(was, sizeof was, "%s", kp->owner);
-        if (cas(lk, p, lk->me, floor)) return; /* someone was faster: the watcher will say */
+        if (cas(lk, p, lk->me, floor)) {
+            /* Someone was faster, or our view of the key is behind (a
+             * revision the watcher never brought: seen once in the cluster
+             * suite, a partition given back and then left unread for 30 s
+             * while both survivors failed the same compare-and-set every
+             * tick). Read the key now: the next tick decides on its real
+             * revision and owner. */
+            if (!cas_lost(lk, p)) return; /* no answer, or still naming us: next tick */
+            DW_DEBUG("partition take lost the race", "partition=%u owner=\"%s\" rev=%" PRIu64,
+                     p, kp->owner, kp->rev);
+            return;
+        }
         kp->held = 1;
         kp->ready = 0;
         atomic_fetch_add(&lk->owned, 1);
