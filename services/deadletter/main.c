@@ -60,6 +60,10 @@ static const char summary[] =
     "advisories), and lists, shows, replays and purges entries for dwctl dlq.";
 
 #define DEPTH_EVERY_MS 2000
+/* Stop: how long ops requests being answered may take to finish, while
+ * connected and while NATS is away. */
+#define DRAIN_MS 10000
+#define DRAIN_AWAY_MS 500
 
 typedef struct deadletter_app {
     deadletter_config cfg;
@@ -94,17 +98,6 @@ static void metrics_register(dlq_svc *svc)
     svc->m.advisory_dups =
         dw_counter("dw_deadletter_advisory_duplicates_total", NULL,
                    "Advisories for messages already in DW_DLQ (the dispatcher wrote them)");
-}
-
-static void sub_close(natsSubscription *sub)
-{
-    if (!sub) return;
-    /* Drain: an ops request being answered (a replay) finishes first. */
-    if (natsSubscription_Drain(sub) == NATS_OK)
-        natsSubscription_WaitForDrainCompletion(sub, 10000);
-    else
-        natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
 }
 
 static int init(dw_service *s)
@@ -188,10 +181,12 @@ static int run(dw_service *s)
 static void stop(dw_service *s)
 {
     deadletter_app *a = s->arg;
-    sub_close(a->svc.ops_sub);
-    a->svc.ops_sub = NULL;
-    sub_close(a->svc.dlq_sub);
-    a->svc.dlq_sub = NULL;
+    /* Drained: an ops request being answered (a replay) finishes first;
+     * one deadline for both, short while NATS is away (it stopped in 22 s
+     * then: two drains waiting out 10 s each). */
+    natsSubscription *subs[] = {a->svc.ops_sub, a->svc.dlq_sub};
+    dw_subs_drain(s->nc, subs, 2, DRAIN_MS, DRAIN_AWAY_MS);
+    a->svc.ops_sub = a->svc.dlq_sub = NULL;
     dw_pull_close(a->svc.adv_pull); /* the durable stays */
     a->svc.adv_pull = NULL;
 }

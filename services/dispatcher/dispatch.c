@@ -378,24 +378,19 @@ error:
 static void subs_close(dispatcher *d)
 {
     natsSubscription *subs[] = {d->hb_sub, d->seed_sub, d->pull_sub, d->reply_sub, d->info_sub};
-    size_t n = sizeof subs / sizeof subs[0];
-    int away = !d->nc || natsConnection_Status(d->nc) != NATS_CONN_STATUS_CONNECTED;
-    int64_t deadline = mono_ms() + (away ? 500 : 5000);
-    for (size_t i = 0; i < n; i++)
-        if (subs[i] && natsSubscription_Drain(subs[i]) != NATS_OK)
-            natsSubscription_Unsubscribe(subs[i]);
-    for (size_t i = 0; i < n; i++) {
-        if (!subs[i]) continue;
-        int64_t left = deadline - mono_ms();
-        natsSubscription_WaitForDrainCompletion(subs[i], left > 1 ? left : 1);
-        natsSubscription_Destroy(subs[i]);
-    }
+    dw_subs_drain(d->nc, subs, sizeof subs / sizeof subs[0], 5000, 500);
     d->hb_sub = d->seed_sub = d->pull_sub = d->reply_sub = d->info_sub = NULL;
 }
 
 void dispatch_destroy(dispatcher *d)
 {
     if (!d) return;
+    /* With NATS away there is nothing left to tell it, and every call that
+     * still tries waits out its timeout: the lease watcher's unsubscribe
+     * alone (nats.c deletes its consumer) took 10 s. Closed, they return
+     * at once; the service's skeleton only destroys a closed connection. */
+    if (d->nc && natsConnection_Status(d->nc) != NATS_CONN_STATUS_CONNECTED)
+        natsConnection_Close(d->nc);
     /* Partitions first: they are given back while NATS is still there. */
     leasekv_stop(d->lk);
     d->lk = NULL;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dw/bus.h"
 #include "dw/log.h"
 #include "dw/util.h"
 
@@ -337,23 +338,9 @@ int reg_ops_stop(reg_ops *o)
 {
     int rc = 0;
     if (!o) return 0;
-    for (int i = 0; i < 2 * N_OPS; i++)
-        if (o->subs[i] && natsSubscription_Drain(o->subs[i]) != NATS_OK)
-            natsSubscription_Unsubscribe(o->subs[i]);
-    /* One deadline for all of them. While NATS is away a drain cannot
-     * complete (the server must confirm the unsubscribe) and would wait out
-     * its timeout: then only a short wait for an operation still running;
+    /* While NATS is away only a short wait for an operation still running;
      * if one is, o is left (below). */
-    int64_t wait =
-        natsConnection_Status(o->nc) == NATS_CONN_STATUS_CONNECTED ? OPS_DRAIN_MS : OPS_AWAY_MS;
-    int64_t deadline = dw_mono_ns() / 1000000 + wait;
-    for (int i = 0; i < 2 * N_OPS; i++) {
-        if (!o->subs[i]) continue;
-        int64_t left = deadline - dw_mono_ns() / 1000000;
-        if (natsSubscription_WaitForDrainCompletion(o->subs[i], left > 1 ? left : 1) != NATS_OK)
-            rc = -1;
-        natsSubscription_Destroy(o->subs[i]);
-    }
+    rc = dw_subs_drain(o->nc, o->subs, 2 * N_OPS, OPS_DRAIN_MS, OPS_AWAY_MS);
     if (rc) {
         DW_WARN("operation subscriptions did not drain", "%s", "");
         return rc; /* a callback may still hold o: leave it */

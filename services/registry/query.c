@@ -477,24 +477,10 @@ void reg_query_stop(reg_query *q)
     if (!q) return;
     /* Drain: no new requests, but the ones already delivered to us are
      * answered. Room callbacks never block, so this is quick. */
-    for (int i = 0; i < N_SUBS; i++)
-        if (q->subs[i] && natsSubscription_Drain(q->subs[i]) != NATS_OK)
-            natsSubscription_Unsubscribe(q->subs[i]);
-    /* One deadline for all of them, not 5 s each; and a short one when NATS
-     * is away: a drain completes only once the server confirmed the
-     * unsubscribe, so it would wait out every timeout (with NATS down the
-     * registry took 32 s to stop). A callback still running is waited for
-     * below (q->active). */
-    int64_t wait = natsConnection_Status(q->nc) == NATS_CONN_STATUS_CONNECTED ? 5000 : 500;
-    int64_t deadline = dw_mono_ns() / 1000000 + wait;
-    for (int i = 0; i < N_SUBS; i++) {
-        if (!q->subs[i]) continue;
-        int64_t left = deadline - dw_mono_ns() / 1000000;
-        if (natsSubscription_WaitForDrainCompletion(q->subs[i], left > 1 ? left : 1) != NATS_OK)
-            q->undrained = 1;
-        natsSubscription_Destroy(q->subs[i]);
-        q->subs[i] = NULL;
-    }
+    /* One deadline for all of them, short while NATS is away (with NATS
+     * down the registry took 32 s to stop). A callback still running is
+     * waited for below (q->active). */
+    if (dw_subs_drain(q->nc, q->subs, N_SUBS, 5000, 500)) q->undrained = 1;
 
     pthread_mutex_lock(&q->mu);
     q->closing = 1;

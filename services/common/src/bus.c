@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "dw/log.h"
+#include "dw/util.h"
 #include "dw/metrics.h"
 
 int dw_room_valid(const char *room, size_t len)
@@ -273,6 +274,26 @@ int dw_bus_new_inbox(char *buf, size_t len)
                                    : snprintf(buf, len, "%s", nb);
     natsInbox_Destroy(nb);
     return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+int dw_subs_drain(natsConnection *nc, natsSubscription **subs, size_t n, int64_t connected_ms,
+                  int64_t away_ms)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (subs[i] && natsSubscription_Drain(subs[i]) != NATS_OK)
+            natsSubscription_Unsubscribe(subs[i]);
+    int connected = nc && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED;
+    int64_t deadline = dw_mono_ns() / 1000000 + (connected ? connected_ms : away_ms);
+    for (size_t i = 0; i < n; i++) {
+        if (!subs[i]) continue;
+        int64_t left = deadline - dw_mono_ns() / 1000000;
+        if (natsSubscription_WaitForDrainCompletion(subs[i], left > 1 ? left : 1) != NATS_OK)
+            rc = -1;
+        natsSubscription_Destroy(subs[i]);
+        subs[i] = NULL;
+    }
+    return rc;
 }
 
 int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen)

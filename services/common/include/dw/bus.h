@@ -109,6 +109,17 @@ int dw_bus_options_env(natsOptions *opts, char *err, size_t errlen);
  * outside nats.c's own request API (dw/pull.h). 0 or -1. */
 int dw_bus_new_inbox(char *buf, size_t len);
 
+/* Close subscriptions on stop: drain every one of subs (no new messages;
+ * those already delivered are handled), wait for all of them under one
+ * deadline, destroy them and set the slots to NULL. NULL slots are
+ * skipped. The deadline is connected_ms while nc is connected, else
+ * away_ms: while NATS is away a drain cannot complete (the server must
+ * confirm the unsubscribe) and would wait out the whole timeout, once per
+ * subscription. 0 when all drained, -1 when one did not (a callback may
+ * still be running: keep what it uses). */
+int dw_subs_drain(natsConnection *nc, natsSubscription **subs, size_t n, int64_t connected_ms,
+                  int64_t away_ms);
+
 /* The --help lines for the variables above (dw_config_usage prints them for
  * every binary with a NATS_URL field). */
 void dw_bus_env_help(FILE *out);
