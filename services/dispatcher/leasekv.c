@@ -50,6 +50,13 @@ struct leasekv {
     kvStore *kv;
     kvWatcher *w;
     int64_t my_echo_ms; /* when our own heartbeat last came back (mono) */
+    /* The watcher was (re)opened and our own heartbeat has not come back
+     * through it yet. Its echo completes the view (a watcher's first
+     * values come in stream order, and our heartbeat is the newest), so the
+     * next tick runs then rather than a TTL/4 later: a fresh dispatcher
+     * takes its partitions at once. */
+    bool echo_pending;
+    bool tick_now;
     inst insts[MAX_INSTANCES];
     size_t n_insts;
     kpart parts[DW_MSG_PARTITIONS];
@@ -117,7 +124,15 @@ static void apply_entry(leasekv *lk, kvEntry *e)
         inst *in = inst_get(lk, id, strlen(id));
         if (!in) return;
         in->stamp_ms = kvEntry_Created(e) / 1000000;
-        if (!strcmp(in->id, lk->me)) lk->my_echo_ms = mono_ms();
+        if (!strcmp(in->id, lk->me)) {
+            lk->my_echo_ms = mono_ms();
+            if (lk->echo_pending) {
+                /* A fresh start took its partitions a whole tick (500 ms
+                 * by default) late: messages sent meanwhile waited. */
+                lk->echo_pending = false;
+                lk->tick_now = true;
+            }
+        }
     } else if (!strncmp(key, "p.", 2)) {
         char *end = NULL;
         unsigned long p = strtoul(key + 2, &end, 10);
@@ -149,6 +164,7 @@ static int watch_open(leasekv *lk)
         return -1;
     }
     lk->my_echo_ms = mono_ms();
+    lk->echo_pending = true;
     return 0;
 }
 
@@ -415,6 +431,10 @@ static void *lease_main(void *arg)
         if (s == NATS_OK && e) {
             apply_entry(lk, e);
             kvEntry_Destroy(e);
+            if (lk->tick_now) {
+                lk->tick_now = false;
+                next_tick = 0;
+            }
         } else if (!lk->w || (s != NATS_OK && s != NATS_TIMEOUT)) {
             nats_Sleep(wait); /* no watcher: pace the loop; tick() reopens it */
         }
