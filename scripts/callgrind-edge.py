@@ -36,6 +36,7 @@ ap.add_argument("--tag", default="run", help="name of this run's files")
 ap.add_argument("--connections", type=int, default=1000)
 ap.add_argument("--senders", type=int, default=10)
 ap.add_argument("--rate", type=int, default=0, help="dwbench --rate (0: window 32 per sender)")
+ap.add_argument("--rooms", type=int, default=0, help="dwbench --rooms (dynamowave.v1, rooms of connections/N)")
 ap.add_argument("--duration", type=int, default=10)
 ap.add_argument("--connect", action="store_true", help="count the connects instead (edge only)")
 ap.add_argument("--env", action="append", default=[], help="K=V for the edge (repeatable)")
@@ -87,6 +88,8 @@ try:
             "--log-level", "info"]
     if a.rate:
         args += ["--rate", str(a.rate)]
+    if a.rooms:
+        args += ["--rooms", str(a.rooms)]
     if a.connect:
         args += ["--idle", "--sync=0"]
         ctl("-z")

@@ -58,7 +58,9 @@ static void hold(edge_membership *m, edge_frame *f, uint64_t seq)
 static void deliver_run(edge *e, edge_room *room, Dw__DeliveryItem **items, size_t n,
                         int64_t now_ns)
 {
-    edge_frame *plain = NULL, *v1[RUN_MAX] = {0};
+    edge_frame *plain = NULL, *v1[RUN_MAX];
+    for (size_t k = 0; k < n; k++) /* (not = {0}: 2 KB per run of one v1 message) */
+        v1[k] = NULL;
     bool have_plain = room->count > room->nv1;
     if (have_plain) {
         edge_frame_part parts[RUN_MAX] = {{0}}; /* (n <= RUN_MAX, which gcc cannot see) */
