@@ -310,11 +310,11 @@ static char *message_ascii(const v1_msg *m, size_t *len, bool *handled)
     char seq[24], ts[24];
     int nseq = snprintf(seq, sizeof seq, "%" JSON_INTEGER_FORMAT, (json_int_t)m->seq);
     int nts = snprintf(ts, sizeof ts, "%" JSON_INTEGER_FORMAT, (json_int_t)m->ts_ms);
-    static const char k0[] = "{\"type\":\"message\",\"room\":\"", k1[] = "\",\"seq\":",
-                      k2[] = ",\"id\":\"", k3[] = "\",\"from\":\"", k4[] = "\",\"data\":\"",
-                      k5[] = "\",\"ts\":", k6[] = "}";
-    size_t n = sizeof k0 + sizeof k1 + sizeof k2 + sizeof k3 + sizeof k4 + sizeof k5 +
-               sizeof k6 - 7 + (size_t)nseq + (size_t)nts + put_ascii(NULL, m->room, nroom) +
+    static const char k0[] = "{\"type\":\"message\",\"room\":\"",
+                      k1[] = "\",\"seq\":", k2[] = ",\"id\":\"", k3[] = "\",\"from\":\"",
+                      k4[] = "\",\"data\":\"", k5[] = "\",\"ts\":", k6[] = "}";
+    size_t n = sizeof k0 + sizeof k1 + sizeof k2 + sizeof k3 + sizeof k4 + sizeof k5 + sizeof k6 -
+               7 + (size_t)nseq + (size_t)nts + put_ascii(NULL, m->room, nroom) +
                put_ascii(NULL, id, nid) + put_ascii(NULL, from, nfrom) +
                put_ascii(NULL, data, m->data_len);
     char *out = malloc(n + 1), *p = out;

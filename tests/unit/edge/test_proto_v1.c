@@ -31,8 +31,8 @@ static void test_message_frame_is_janssons(void **state)
     static const char all_ascii[] = "\x01\x02\x03\x04\x05\x06\x07\b\t\n\x0b\f\r\x0e\x0f\x10\x11"
                                     "\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f"
                                     " !\"#$%&'()*+,-./0123456789:;<=>?@AZ[\\]^_`az{|}~\x7f";
-    const char *texts[] = {"",     "hi",  "say \"hi\"", "back\\slash", "a/b", all_ascii,
-                           "caf\xc3\xa9", "bad \xff utf-8", "\xe2\x82\xac", NULL};
+    const char *texts[] = {"",        "hi",          "say \"hi\"",     "back\\slash",  "a/b",
+                           all_ascii, "caf\xc3\xa9", "bad \xff utf-8", "\xe2\x82\xac", NULL};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         const char *t = texts[i];
         size_t tl = t ? strlen(t) : 0;

@@ -117,7 +117,8 @@ static void test_fast_path_agrees_with_jansson(void **state)
         size_t len = strlen(inputs[i]);
         assert_int_equal(routes_parse(inputs[i], len, &r), 0);
         assert_int_equal(routes_parse_json(inputs[i], len, &ref), 0);
-        if (r.route != ref.route) fail_msg("input %zu: route %d, jansson's %d", i, r.route, ref.route);
+        if (r.route != ref.route)
+            fail_msg("input %zu: route %d, jansson's %d", i, r.route, ref.route);
         assert_int_equal(r.data_len, ref.data_len);
         if (ref.data)
             assert_memory_equal(r.data, ref.data, ref.data_len);
