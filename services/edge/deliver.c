@@ -44,7 +44,8 @@ static void hold(edge_membership *m, edge_frame *f, uint64_t seq)
 }
 
 /* A run: consecutive items of one Delivery for the same room, each new
- * (above the room's delivered_seq), none excluding its sender. Every plain
+ * (above the room's delivered_seq); an item that excludes its sender is a
+ * run of its own. Every plain
  * member gets the same bytes for all of them, so they are framed once into
  * one buffer (frame_texts) and each plain member's queue takes one
  * reference: one queue entry and one write per member per run, not per
