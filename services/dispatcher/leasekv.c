@@ -75,6 +75,13 @@ struct leasekv {
      * heartbeat, so old stamps say nothing about the others yet). */
     int64_t my_stamp_ms, grace_until_ms;
     int64_t last_late_warn_ms;
+    /* The watcher was (re)opened and our own heartbeat has not come back
+     * through it yet. Its echo completes the view (a watcher's first
+     * values come in stream order, and our heartbeat is the newest), so the
+     * next tick runs then rather than a TTL/4 later: a fresh dispatcher
+     * takes its partitions at once. */
+    bool echo_pending;
+    bool tick_now;
     inst insts[MAX_INSTANCES];
     size_t n_insts;
     kpart parts[DW_MSG_PARTITIONS];
@@ -159,6 +166,12 @@ static void apply_entry(leasekv *lk, kvEntry *e)
             if (lk->my_stamp_ms && stamp - lk->my_stamp_ms > lk->cfg.ttl_ms)
                 lk->grace_until_ms = stamp + lk->cfg.ttl_ms;
             lk->my_stamp_ms = stamp;
+            if (lk->echo_pending) {
+                /* A fresh start took its partitions a whole tick (500 ms
+                 * by default) late: messages sent meanwhile waited. */
+                lk->echo_pending = false;
+                lk->tick_now = true;
+            }
         }
     } else if (!strncmp(key, "p.", 2)) {
         char *end = NULL;
@@ -191,6 +204,7 @@ static int watch_open(leasekv *lk)
         return -1;
     }
     lk->my_echo_ms = mono_ms();
+    lk->echo_pending = true;
     return 0;
 }
 
@@ -675,6 +689,10 @@ static void *lease_main(void *arg)
         if (s == NATS_OK && e) {
             apply_entry(lk, e);
             kvEntry_Destroy(e);
+            if (lk->tick_now) {
+                lk->tick_now = false;
+                next_tick = 0;
+            }
         } else if (!lk->w || (s != NATS_OK && s != NATS_TIMEOUT)) {
             nats_Sleep(wait); /* no watcher: pace the loop; tick() reopens it */
         }

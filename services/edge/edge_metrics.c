@@ -23,7 +23,8 @@ static const dw_metric_def edge_metric_defs[] = {
             "chat messages made durable (JetStream acked)"),
     COUNTER(msgs_failed, "dw_edge_messages_failed_total", NULL,
             "chat messages JetStream did not take (client told)"),
-    COUNTER(deliveries, "dw_edge_deliveries_total", NULL, "frames queued to sockets"),
+    COUNTER(deliveries, "dw_edge_deliveries_total", NULL,
+            "messages queued to sockets (one per message and recipient)"),
     DW_METRIC_HISTOGRAM_ROW(
         edge_metrics, stage_stored, "dw_edge_stage_seconds", "stage=\"stored\"",
         "Time a message spends per hop seen by this edge: stored (a v1 send received -> "

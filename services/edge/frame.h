@@ -13,6 +13,7 @@
 typedef struct edge_frame {
     uint32_t refs;
     uint32_t len;         /* header + payload */
+    uint32_t msgs;        /* WebSocket frames in bytes: 1, or a run's (frame_texts) */
     int64_t born_ns;      /* a delivery's: when it reached the edge (0: not one) */
     unsigned char *bytes; /* points into data, after the lws headroom */
     unsigned char data[];
@@ -22,6 +23,29 @@ typedef struct edge_frame {
  * with one reference owned by the caller, or NULL when out of memory. */
 edge_frame *frame_text(const void *payload, size_t len);
 
+/* One payload of frame_texts(). */
+typedef struct edge_frame_part {
+    const void *data;
+    size_t len;
+} edge_frame_part;
+
+/* n complete text frames back to back in one buffer (msgs = n): queued to
+ * a recipient, they cost one queue entry and one write, not n. The bytes
+ * on the wire are those of n frame_text() frames. As frame_text. */
+edge_frame *frame_texts(const edge_frame_part *parts, size_t n);
+
+/* Size of the WebSocket header for a payload of len bytes (2, 4 or 10). */
+static inline size_t frame_header_len(size_t len)
+{
+    return len < 126 ? 2 : len < 65536 ? 4 : 10;
+}
+
+/* Bytes of the text frame carrying a payload of len bytes. */
+static inline size_t frame_text_len(size_t len)
+{
+    return frame_header_len(len) + len;
+}
+
 static inline edge_frame *frame_ref(edge_frame *f)
 {
     f->refs++;
@@ -30,8 +54,5 @@ static inline edge_frame *frame_ref(edge_frame *f)
 
 /* Drop one reference; frees on the last. NULL-safe. */
 void frame_unref(edge_frame *f);
-
-/* Size of the WebSocket header for a payload of len bytes (2, 4 or 10). */
-size_t frame_header_len(size_t len);
 
 #endif

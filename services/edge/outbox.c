@@ -45,7 +45,9 @@ size_t outbox_fill(edge_outbox *ob, unsigned char *buf, size_t cap, edge_frame *
 {
     size_t n = 0;
     *big = NULL;
-    if (ob->count && ob->ring[ob->head]->len > cap) {
+    /* One frame (often a whole run of messages, frame_texts) is written
+     * from its own bytes: copying it first would gain nothing. */
+    if (ob->count && (ob->count == 1 || ob->ring[ob->head]->len > cap)) {
         *big = ob->ring[ob->head];
         return 0;
     }

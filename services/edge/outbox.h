@@ -22,9 +22,10 @@ typedef struct edge_outbox {
 int outbox_push(edge_outbox *ob, edge_frame *f);
 
 /* Copy whole frames into buf (at most cap bytes) and drop them from the
- * queue. If the first frame alone is larger than cap, nothing is copied and
- * *big is set to it (still queued): write it from its own bytes, then call
- * outbox_pop(). Returns the number of bytes copied. */
+ * queue. If the first frame alone is larger than cap, or is the only one
+ * queued, nothing is copied and *big is set to it (still queued): write it
+ * from its own bytes, then call outbox_pop(). Returns the number of bytes
+ * copied. */
 size_t outbox_fill(edge_outbox *ob, unsigned char *buf, size_t cap, edge_frame **big);
 
 /* Drop the frame at the head of the queue. */

@@ -74,6 +74,9 @@ typedef struct v1_msg {
 } v1_msg;
 json_t *v1_message_obj(const v1_msg *m);
 char *v1_message(const v1_msg *m, size_t *len);
+/* The same through jansson alone (v1_message writes the common, all-ASCII
+ * case itself, with the same bytes). For the tests. */
+char *v1_message_json(const v1_msg *m, size_t *len);
 
 /* {"type":"history",...}: takes the reference to messages (a JSON array). */
 char *v1_history(const char *room, json_t *messages, bool more, const char *ref, size_t *len);

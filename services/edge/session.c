@@ -101,6 +101,6 @@ void session_deliver(edge *e, edge_session *s, edge_frame *f)
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
         return;
     }
-    dw_metric_inc(e->m->deliveries);
+    dw_metric_add(e->m->deliveries, f->msgs);
     want_write(s);
 }

@@ -31,6 +31,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         v1_msg m = {r.room, 1, r.client_id, "user", r.data, r.data_len, r.data_json, 0};
         check_frame(v1_message(&m, &len), &len);
+        /* v1_message writes the all-ASCII frame itself: jansson's bytes. */
+        v1_msg m2 = {r.room, UINT64_MAX >> 1, r.client_id, r.client_id,
+                     r.data, r.data_len,      false,       -1};
+        size_t l1 = 0, l2 = 0;
+        char *a = v1_message(&m2, &l1), *b = v1_message_json(&m2, &l2);
+        if (!a != !b || (a && (l1 != l2 || memcmp(a, b, l1)))) abort();
+        free(a);
+        free(b);
         check_frame(v1_ack(r.client_id, r.room, 1, r.ref, &len), &len);
         break;
     }

@@ -28,7 +28,26 @@ static const char *or_empty(const char *s)
 
 int dw_msgid_chat(char *buf, size_t len, const char *conn_id, uint64_t n)
 {
-    return put(buf, len, "%s:%" PRIu64, or_empty(conn_id), n);
+    /* By hand, not put(): vsnprintf was about 1,000 instructions of every
+     * chat message's publish at the edge. Same result. */
+    char num[20];
+    size_t nd = 0;
+    do
+        num[nd++] = (char)('0' + n % 10);
+    while ((n /= 10));
+    const char *c = or_empty(conn_id);
+    size_t clen = strlen(c);
+    if (clen + 1 + nd >= len) {
+        if (len) buf[0] = '\0';
+        return -1;
+    }
+    memcpy(buf, c, clen);
+    char *q = buf + clen;
+    *q++ = ':';
+    while (nd)
+        *q++ = num[--nd];
+    *q = '\0';
+    return 0;
 }
 
 int dw_msgid_chat_parse(const char *id, char *conn, uint64_t *n)

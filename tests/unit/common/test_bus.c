@@ -226,6 +226,13 @@ static void test_subj_msg_round_trip(void **state)
     }
     char small[8];
     assert_int_equal(dw_subj_msg(small, sizeof small, "lobby"), -1);
+    /* Exactly "dw.msg.<partition>.<room>", and -1 (with "") one byte short. */
+    char want[64], got[64];
+    int n = snprintf(want, sizeof want, "dw.msg.%u.lobby", dw_room_partition("lobby"));
+    assert_int_equal(dw_subj_msg(got, (size_t)n + 1, "lobby"), 0);
+    assert_string_equal(got, want);
+    assert_int_equal(dw_subj_msg(got, (size_t)n, "lobby"), -1);
+    assert_string_equal(got, "");
 }
 
 static void test_subj_msg_room_old_and_bad(void **state)

@@ -35,6 +35,15 @@ static void test_chat_ids(void **state)
     /* too small a buffer: no partial id */
     assert_int_equal(dw_msgid_chat(id, 10, CONN, 1), -1);
     assert_string_equal(id, "");
+    assert_int_equal(dw_msgid_chat(id, sizeof CONN + 2, CONN, 10), -1);
+    assert_int_equal(dw_msgid_chat(id, sizeof CONN + 2, CONN, 9), 0);
+    assert_string_equal(id, CONN ":9");
+    assert_int_equal(dw_msgid_chat(id, sizeof id, CONN, 0), 0);
+    assert_string_equal(id, CONN ":0");
+    assert_int_equal(dw_msgid_chat(id, sizeof id, NULL, 7), 0);
+    assert_string_equal(id, ":7");
+    assert_int_equal(dw_msgid_chat(id, sizeof id, CONN, UINT64_MAX), 0);
+    assert_string_equal(id, CONN ":18446744073709551615");
 }
 
 static void test_v1_keys(void **state)

@@ -66,11 +66,60 @@ static void test_fill_coalesces_whole_frames(void **state)
     frame_unref(b);
 }
 
+static void test_frame_texts_is_frames_back_to_back(void **state)
+{
+    char *big = calloc(1, 300);
+    edge_frame_part parts[] = {{"hi", 2}, {big, 300}, {"", 0}};
+    edge_frame *f = frame_texts(parts, 3);
+    assert_int_equal(f->msgs, 3);
+    assert_int_equal(f->len, frame_text_len(2) + frame_text_len(300) + frame_text_len(0));
+    size_t off = 0;
+    for (size_t i = 0; i < 3; i++) {
+        edge_frame *one = frame_text(parts[i].data, parts[i].len);
+        assert_int_equal(one->msgs, 1);
+        assert_memory_equal(f->bytes + off, one->bytes, one->len);
+        off += one->len;
+        frame_unref(one);
+    }
+    assert_int_equal(off, f->len);
+    frame_unref(f);
+    free(big);
+}
+
+static void test_fill_hands_back_a_lone_frame(void **state)
+{
+    edge_outbox ob = {0};
+    edge_frame *a = frame_text("aaaa", 4), *b = frame_text("bb", 2);
+    unsigned char buf[64];
+    edge_frame *whole;
+    /* Alone in the queue: written from its own bytes, no copy. */
+    assert_int_equal(outbox_push(&ob, a), 0);
+    assert_int_equal(outbox_fill(&ob, buf, sizeof buf, &whole), 0);
+    assert_ptr_equal(whole, a);
+    outbox_pop(&ob);
+    assert_int_equal(ob.count, 0);
+    assert_int_equal(ob.bytes, 0);
+    /* Two: coalesced into the buffer. */
+    assert_int_equal(outbox_push(&ob, a), 0);
+    assert_int_equal(outbox_push(&ob, b), 0);
+    assert_int_equal(outbox_fill(&ob, buf, sizeof buf, &whole), 10);
+    assert_null(whole);
+    assert_memory_equal(buf, a->bytes, 6);
+    assert_memory_equal(buf + 6, b->bytes, 4);
+    assert_int_equal(ob.count, 0);
+    outbox_clear(&ob);
+    assert_int_equal(a->refs, 1);
+    frame_unref(a);
+    frame_unref(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_frame_headers),
         cmocka_unit_test(test_fill_coalesces_whole_frames),
+        cmocka_unit_test(test_frame_texts_is_frames_back_to_back),
+        cmocka_unit_test(test_fill_hands_back_a_lone_frame),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

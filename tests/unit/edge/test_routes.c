@@ -69,6 +69,78 @@ static void test_everything_else_is_default(void **state)
     assert_int_equal(r.route, ROUTE_DEFAULT);
 }
 
+/* routes_parse reads the common form itself; whatever the input, its
+ * result must be jansson's (routes_parse_json). */
+static void test_fast_path_agrees_with_jansson(void **state)
+{
+    const char *inputs[] = {
+        "{\"action\":\"sendmessage\",\"data\":\"hi\"}",
+        " \t\r\n{ \"action\" :\t\"sendmessage\" ,\n\"data\": \"hi there\" } \r\n",
+        "{\"action\":\"sendmessage\",\"data\":\"\"}",
+        "{\"data\":\"x\",\"action\":\"sendmessage\"}",
+        "{\"action\":\"sendmessage\",\"message\":\"m\"}",
+        "{\"action\":\"sendmessage\",\"message\":\"m\",\"data\":\"d\"}",
+        "{\"action\":\"sendmessage\",\"data\":null,\"message\":\"m\"}",
+        "{\"action\":\"sendmessage\"}",
+        "{\"action\":\"sendmessage\",\"other\":\"o\"}",
+        "{\"action\":\"sendmessages\",\"data\":\"d\"}",
+        "{\"action\":\"sendmessag\",\"data\":\"d\"}",
+        "{\"action\":\"\",\"data\":\"d\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"a\\\"b\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"a\\u0041b\"}",
+        "{\"act\\u0069on\":\"sendmessage\",\"data\":\"d\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"caf\xc3\xa9\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"bad \xff\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"tab\there\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"del\x7f\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"d\"} x",
+        "{\"action\":\"sendmessage\",\"data\":\"d\"}}",
+        "{\"action\":\"sendmessage\",\"data\":\"d\",}",
+        "{\"action\":\"sendmessage\",\"data\":\"d\"",
+        "{\"action\":\"sendmessage\",\"data\":\"d",
+        "{\"action\":\"sendmessage\" \"data\":\"d\"}",
+        "{\"action\" \"sendmessage\",\"data\":\"d\"}",
+        "{\"action\":\"sendmessage\",\"data\":\"d\",\"data\":\"e\"}",
+        "{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\",\"d\":\"4\",\"e\":\"5\",\"f\":\"6\",\"g\":\"7\","
+        "\"action\":\"sendmessage\",\"data\":\"nine keys\"}",
+        "{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\",\"d\":\"4\",\"e\":\"5\",\"f\":\"6\","
+        "\"action\":\"sendmessage\",\"data\":\"eight keys\"}",
+        "{}",
+        "{ }",
+        "{\"\":\"\"}",
+        "{\"action\":\"sendmessage\",\"data\":5}",
+        "{'action':'sendmessage','data':'d'}",
+        "\xef\xbb\xbf{\"action\":\"sendmessage\",\"data\":\"bom\"}",
+    };
+    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
+        edge_request r, ref;
+        size_t len = strlen(inputs[i]);
+        assert_int_equal(routes_parse(inputs[i], len, &r), 0);
+        assert_int_equal(routes_parse_json(inputs[i], len, &ref), 0);
+        if (r.route != ref.route)
+            fail_msg("input %zu: route %d, jansson's %d", i, r.route, ref.route);
+        assert_int_equal(r.data_len, ref.data_len);
+        if (ref.data)
+            assert_memory_equal(r.data, ref.data, ref.data_len);
+        else
+            assert_null(r.data);
+        if (ref.error)
+            assert_string_equal(r.error, ref.error);
+        else
+            assert_null(r.error);
+        routes_request_free(&r);
+        routes_request_free(&ref);
+    }
+    /* With a NUL inside, and not NUL-terminated. */
+    edge_request r;
+    assert_int_equal(routes_parse("{\"action\":\"sendmessage\",\"data\":\"a\0b\"}", 37, &r), 0);
+    assert_int_equal(r.route, ROUTE_DEFAULT);
+    assert_int_equal(routes_parse("{\"action\":\"sendmessage\",\"data\":\"hi\"}XYZ", 36, &r), 0);
+    assert_int_equal(r.route, ROUTE_SENDMESSAGE);
+    assert_string_equal(r.data, "hi");
+    routes_request_free(&r);
+}
+
 static void test_default_reply_is_aws_shape(void **state)
 {
     edge_conn_info ci = {"AbCdEfGhIjKlMnOp", "127.0.0.1", NULL, 1700000000123LL, 1700000001000LL};
@@ -109,6 +181,7 @@ int main(void)
         cmocka_unit_test(test_sendmessage_non_string_data_is_json_text),
         cmocka_unit_test(test_sendmessage_without_data_is_bad_request),
         cmocka_unit_test(test_everything_else_is_default),
+        cmocka_unit_test(test_fast_path_agrees_with_jansson),
         cmocka_unit_test(test_default_reply_is_aws_shape),
         cmocka_unit_test(test_error_reply),
     };
