@@ -172,11 +172,12 @@ static size_t url_decode(const char *s, size_t n, char *out)
     return o;
 }
 
-/* Set key to a string of n bytes unless the key is there already or the
- * bytes are not UTF-8 (jansson refuses them). */
+/* Set key to a string of n bytes unless the key is there already, or the
+ * bytes are not UTF-8 (jansson refuses them) or hold a NUL (a %00: many
+ * JSON readers refuse \u0000). */
 static int set_first(json_t *obj, const char *key, const char *v, size_t n)
 {
-    if (n > AUTHZ_MAX_VALUE || json_object_get(obj, key)) return 0;
+    if (n > AUTHZ_MAX_VALUE || memchr(v, 0, n) || json_object_get(obj, key)) return 0;
     json_t *s = json_stringn(v, n);
     if (!s) return 0; /* not UTF-8: left out */
     return json_object_set_new(obj, key, s) ? -1 : 0;
@@ -198,7 +199,9 @@ int authz_request_build(const authz_head *h, const char *source_ip, const authz_
     buf = malloc(cap + 1);
     if (!buf) goto out;
     size_t n = url_decode(h->path, h->path_len, buf);
-    json_t *pv = json_stringn(buf, n);
+    /* (a path with %00 or not UTF-8 once decoded goes as it came) */
+    json_t *pv = memchr(buf, 0, n) ? NULL : json_stringn(buf, n);
+    if (!pv) pv = json_stringn(h->path, h->path_len);
     if (json_object_set_new(root, "path", pv ? pv : json_string("/"))) goto out;
     /* query: name=value pairs separated by & */
     size_t nparams = 0;

@@ -28,7 +28,8 @@
 static void test_head_parse(void **state)
 {
     (void)state;
-    const char *req = UPGRADE "\x81\x80" "extra";
+    const char *req = UPGRADE "\x81\x80"
+                              "extra";
     authz_head h;
     assert_int_equal(authz_head_parse(req, strlen(req), &h), 0);
     assert_int_equal(h.len, strlen(UPGRADE));
@@ -110,6 +111,18 @@ static void test_request_build(void **state)
     assert_int_equal(authz_request_build(&h, "::1", &none, &json, &len), 0);
     r = json_loadb(json, len, 0, NULL);
     assert_int_equal(json_object_size(json_object_get(r, "headers")), 0);
+    json_decref(r);
+    free(json);
+    /* %00 makes no NUL in the request: the path goes as it came, the value is left out. */
+    const char *nul = "GET /a%00b?x=%00&y=1 HTTP/1.1\r\n\r\n";
+    assert_int_equal(authz_head_parse(nul, strlen(nul), &h), 0);
+    assert_int_equal(authz_request_build(&h, "::1", &f, &json, &len), 0);
+    r = json_loadb(json, len, 0, NULL); /* (no JSON_ALLOW_NUL) */
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "path")), "/a%00b");
+    q = json_object_get(r, "query");
+    assert_null(json_object_get(q, "x"));
+    assert_string_equal(json_string_value(json_object_get(q, "y")), "1");
     json_decref(r);
     free(json);
     authz_forward_free(&f);
