@@ -293,5 +293,40 @@ class ComposesWithJwt(Authorizer):
         asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
+                      "workers", "js")
+
+
+@unittest.skipUnless(os.path.isdir(os.path.join(JS_DIR, "node_modules")) and shutil.which("node"),
+                     "examples/workers/js/node_modules missing (npm ci there): JS authorizer not run")
+class JsAuthorizer(Authorizer):
+    """examples/workers/js/authorizer.mjs in place of the C one: the same
+    answers (it runs only where npm ci was run by hand: nothing is
+    downloaded at test time)."""
+
+    def start_authorizer(self):
+        env = dict(os.environ, DW_NATS_URL=self.stack.nats_url, DW_AUTHORIZER=SUBJECT,
+                   DW_AUTHZ_TOKENS_FILE=self.tokens, **self.service_env["worker"])
+        p = self.stack._spawn("authorizer-js", ["node", os.path.join(JS_DIR, "authorizer.mjs")],
+                              env)
+        wait_until(lambda: log_has(p, "serving " + SUBJECT) or not p.alive(), 30,
+                   "the JS authorizer to serve")
+        self.assertTrue(p.alive(), p.tail())
+        return p
+
+    def test_allow_and_deny(self):
+        self.assertEqual(self.status(), 401)
+        self.assertEqual(self.status("?token=wrong"), 403)
+
+        async def scenario():
+            bob = await connect(self.url, subprotocols=V1,
+                                extra_headers={"Authorization": "Bearer bob-token"})
+            self.assertEqual(json.loads(await recv_text(bob))["user"], "bob")
+            await bob.send(json.dumps({"action": "join", "room": "secret", "ref": "1"}))
+            self.assertEqual(json.loads(await recv_text(bob))["code"], "forbidden")
+            await bob.close()
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 if __name__ == "__main__":
     unittest.main()
