@@ -98,6 +98,12 @@ static void refuse(authz_gate *g, gate_conn *c, unsigned status, const char *why
     (void)w;
     DW_INFO("upgrade refused", "code=%u why=\"%s\" ip=%s", status, why, c->ip);
     (void)g;
+    /* Closing a socket with unread bytes sends a reset, which may reach
+     * the client before it read the answer: end our side first and read
+     * what has come (bounded), then close. */
+    shutdown(c->fd, SHUT_WR);
+    for (int i = 0; i < 16 && recv(c->fd, buf, sizeof buf, MSG_DONTWAIT) > 0; i++) {
+    }
     close(c->fd);
     c->fd = -1;
 }
