@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "dw/bus.h"
+#include "session.h"
 
 static const char *find_crlf(const char *p, const char *end)
 {
@@ -354,4 +355,39 @@ size_t authz_refusal(unsigned status, char *buf, size_t cap)
                      "Connection: close\r\n\r\n%s\n",
                      status, text, strlen(text) + 1, text);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static void take_rooms(edge_session *s, authz_decision *d)
+{
+    if (!s->has_allowed_rooms) {
+        s->allowed_rooms = d->rooms;
+        s->n_allowed_rooms = d->nrooms;
+        s->has_allowed_rooms = true;
+        d->rooms = NULL;
+        d->nrooms = 0;
+        return;
+    }
+    /* Both the JWT and the authorizer name rooms: only those both allow. */
+    size_t k = 0;
+    for (size_t i = 0; i < s->n_allowed_rooms; i++) {
+        bool both = false;
+        for (size_t j = 0; j < d->nrooms && !both; j++)
+            both = !strcmp(s->allowed_rooms[i], d->rooms[j]);
+        if (both)
+            s->allowed_rooms[k++] = s->allowed_rooms[i];
+        else
+            free(s->allowed_rooms[i]);
+    }
+    s->n_allowed_rooms = k;
+}
+
+int authz_apply(edge_session *s, authz_decision *d)
+{
+    if (d->user) snprintf(s->user, sizeof s->user, "%s", d->user);
+    if (d->has_rooms) take_rooms(s, d);
+    free(s->authz_context_json);
+    s->authz_context_json = d->context_json;
+    d->context_json = NULL;
+    authz_decision_free(d);
+    return 0;
 }

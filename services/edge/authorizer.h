@@ -2,12 +2,14 @@
  * the HTTP request head of an upgrade as the edge reads it before
  * libwebsockets does (authz_head_parse), the JSON request sent to the
  * authorizer subject (authz_request_build) and its reply
- * (authz_reply_decode). No NATS, no sockets: unit-tested and fuzzed. The
- * thread that reads heads and asks is authz_gate.c.
+ * (authz_reply_decode), and what a decision does to a session
+ * (authz_apply). No NATS, no sockets: unit-tested and fuzzed. The thread
+ * that reads heads and asks is authz_gate.c.
  *
  * Ownership: an authz_head points into a buffer the caller owns; the
  * JSON request and a decision's strings are the caller's to free
- * (authz_decision_free). Threads: any, no shared state. */
+ * (authz_decision_free). Threads: any, no shared state (authz_apply: the
+ * thread that owns the session, lws's). */
 #ifndef EDGE_AUTHORIZER_H
 #define EDGE_AUTHORIZER_H
 
@@ -81,6 +83,13 @@ typedef struct authz_decision {
  * longer than AUTHZ_MAX_CONTEXT as text. A bad reply refuses (503). */
 int authz_reply_decode(const char *buf, size_t len, authz_decision *d, const char **why);
 void authz_decision_free(authz_decision *d);
+
+/* After the edge's other checks passed (lws thread): the decision's user
+ * (over a JWT's sub), rooms (those both the JWT and the authorizer allow,
+ * when both name some) and context (authz_context_json) onto the session;
+ * what the session takes is moved out of d, which is freed. 0. */
+struct edge_session;
+int authz_apply(struct edge_session *s, authz_decision *d);
 
 /* The HTTP response that refuses an upgrade with status (401, 403, 503, ...):
  * a short text into buf (Connection: close). Its length, or 0 when buf is too small. */

@@ -84,10 +84,7 @@ void authz_on_adopt(struct edge *e, struct edge_event *ev);
  * upgrade that came on a kept-alive connection after the first request:
  * refuse it with 503). */
 bool authz_on_upgrade(struct edge *e, struct lws *wsi, authz_decision *d);
-/* lws thread, after the other checks passed: the decision's user, rooms
- * and context onto the session (the decision is consumed). 0, or -1 when
- * out of memory. */
-int authz_apply(struct edge_session *s, authz_decision *d);
+/* (then authz_apply, authorizer.h) */
 /* lws thread, LWS_CALLBACK_WSI_DESTROY: free a decision never taken. */
 void authz_on_destroy(struct lws *wsi);
 

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "authorizer.h"
+#include "session.h"
 
 #define UPGRADE                                                                                    \
     "GET /chat?token=abc%2Bd&name=J%C3%BCrgen+B&name=second&flag&=empty HTTP/1.1\r\n"              \
@@ -234,12 +235,69 @@ static void test_refusal(void **state)
     assert_int_equal(authz_refusal(403, buf, 10), 0);
 }
 
+static char **rooms_of(const char *const *names, size_t n)
+{
+    char **r = calloc(n + 1, sizeof *r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = strdup(names[i]);
+    return r;
+}
+
+static void test_apply(void **state)
+{
+    (void)state;
+    edge_session s;
+    memset(&s, 0, sizeof s);
+    authz_decision d;
+    const char *why = NULL;
+    /* No JWT: the authorizer's user, rooms and context. */
+    assert_int_equal(decode("{\"allow\":true,\"user\":\"alice\",\"rooms\":[\"a\",\"b\"],"
+                            "\"context\":{\"k\":1}}",
+                            &d, &why),
+                     0);
+    assert_int_equal(authz_apply(&s, &d), 0);
+    assert_string_equal(s.user, "alice");
+    assert_true(s.has_allowed_rooms);
+    assert_int_equal(s.n_allowed_rooms, 2);
+    assert_string_equal(s.authz_context_json, "{\"k\":1}");
+    assert_null(d.rooms); /* moved */
+    for (size_t i = 0; i < s.n_allowed_rooms; i++)
+        free(s.allowed_rooms[i]);
+    free(s.allowed_rooms);
+    free(s.authz_context_json);
+    /* With a JWT's sub and rooms: the authorizer's user, the rooms both
+     * allow; no context: none. */
+    memset(&s, 0, sizeof s);
+    strcpy(s.user, "jwt-sub");
+    static const char *const jwt_rooms[] = {"general", "secret", "random"};
+    s.allowed_rooms = rooms_of(jwt_rooms, 3);
+    s.n_allowed_rooms = 3;
+    s.has_allowed_rooms = true;
+    assert_int_equal(decode("{\"allow\":true,\"rooms\":[\"random\",\"general\",\"x\"]}", &d, &why),
+                     0);
+    assert_int_equal(authz_apply(&s, &d), 0);
+    assert_string_equal(s.user, "jwt-sub"); /* no user in the reply: the JWT's */
+    assert_int_equal(s.n_allowed_rooms, 2);
+    assert_string_equal(s.allowed_rooms[0], "general");
+    assert_string_equal(s.allowed_rooms[1], "random");
+    assert_null(s.authz_context_json);
+    /* An authorizer without rooms leaves the JWT's alone. */
+    assert_int_equal(decode("{\"allow\":true,\"user\":\"bob\"}", &d, &why), 0);
+    assert_int_equal(authz_apply(&s, &d), 0);
+    assert_string_equal(s.user, "bob");
+    assert_int_equal(s.n_allowed_rooms, 2);
+    for (size_t i = 0; i < s.n_allowed_rooms; i++)
+        free(s.allowed_rooms[i]);
+    free(s.allowed_rooms);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_head_parse),    cmocka_unit_test(test_head_refused),
         cmocka_unit_test(test_request_build), cmocka_unit_test(test_reply_decode),
         cmocka_unit_test(test_reply_bad),     cmocka_unit_test(test_refusal),
+        cmocka_unit_test(test_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
