@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import unittest
@@ -319,6 +320,40 @@ class ComposesWithJwt(Authorizer):
             self.assertEqual(await rooms_of("alice-token", jwt_rooms),
                              ("alice", ["general", "secret"]))
         asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class AgainstMakeUp(unittest.TestCase):
+    """docs/integrations.md's "try it": `DW_AUTHORIZER=dw.authz.connect make up`
+    (scripts/up.sh, on free ports) and dw-authorizer started with one
+    command from the repository root, with its defaults: the NATS user
+    worker, var/secrets/nats_worker, examples/workers/authz-tokens.txt."""
+
+    def test_one_command(self):
+        from test_up_sh import UpStack
+        up = UpStack(env={"DW_AUTHORIZER": SUBJECT})
+        self.addCleanup(up.cleanup)
+        up.start()
+        checkout = os.path.join(up.dir, "checkout")
+        os.makedirs(os.path.join(checkout, "examples", "workers"))
+        os.symlink(up.data, os.path.join(checkout, "var"))
+        shutil.copy(os.path.join(JS_DIR, "..", "authz-tokens.txt"),
+                    os.path.join(checkout, "examples", "workers"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DW_")}
+        env["DW_NATS_URL"] = up.nats_url
+        log_path = os.path.join(up.dir, "authorizer.log")
+        with open(log_path, "wb") as log:
+            p = subprocess.Popen([os.path.join(BIN, "dw-authorizer")], cwd=checkout, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: (p.terminate(), p.wait(10)))
+
+        def serving():
+            with open(log_path, errors="replace") as f:
+                return "serving " + SUBJECT in f.read() or p.poll() is not None
+        wait_until(serving, 30, "dw-authorizer to serve")
+        self.assertIsNone(p.poll())
+        self.assertEqual(upgrade_status(up.url + "?token=demo-alice-token"), 101)
+        self.assertEqual(upgrade_status(up.url + "?token=nope"), 403)
+        self.assertEqual(upgrade_status(up.url), 401)
 
 
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples",
