@@ -238,9 +238,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         int fd = (int)(intptr_t)in;
         if (!admit_network(e, fd)) return 1;
         /* With an authorizer the gate reads the request head first and
-         * hands the socket back (authz_gate.h): lws closes its copy. */
-        if (e->authz) {
-            if (!authz_gate_take(e->authz, fd)) dw_metric_inc(e->m->authz_errors_other);
+         * hands the socket back (authz_gate.h): lws closes its copy. (No
+         * gate, while stopping: no connection.) */
+        if (e->cfg->authorizer[0]) {
+            if (!e->authz || !authz_gate_take(e->authz, fd))
+                dw_metric_inc(e->m->authz_errors_other);
             return 1;
         }
         return 0;
@@ -254,7 +256,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return 1;
         }
         authz_decision authz;
-        if (e->authz && !authz_on_upgrade(e, wsi, &authz)) {
+        bool authorizer = e->cfg->authorizer[0] != '\0';
+        if (authorizer && !authz_on_upgrade(e, wsi, &authz)) {
             /* An upgrade the gate never saw: one that came after a first
              * request on a kept-alive connection. Fail closed. */
             dw_metric_inc(e->m->rejected_authz);
@@ -263,7 +266,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         const char *why = "";
         unsigned code = admit_upgrade(e, wsi, s, &why);
-        if (e->authz) {
+        if (authorizer) {
             /* The authorizer allowed it; the JWT (and the limits) also did. */
             if (!code && authz_apply(s, &authz)) code = 503;
             authz_decision_free(&authz);
@@ -503,6 +506,25 @@ int edge_run(edge *e, natsConnection *nc)
                  e->cfg->event_loop);
         goto out;
     }
+    /* The gate first: from the first accepted socket on, every upgrade
+     * is asked about (authz_gate.h). */
+    if (e->cfg->authorizer[0]) {
+        authz_gate_config ac = {
+            .subject = e->cfg->authorizer,
+            .timeout_ms = e->cfg->authorizer_timeout_ms,
+            .head_timeout_ms = e->cfg->handshake_timeout_s * 1000,
+            .max_head = (size_t)(e->cfg->max_header + e->cfg->max_url),
+            .max_pending = (uint32_t)e->cfg->authorizer_max_pending,
+            .forward_headers = e->cfg->authorizer_headers,
+            .edge_id = e->edge_id,
+            .mailbox = &e->mailbox,
+            .metrics = e->m,
+        };
+        if (authz_gate_start(&e->authz, &ac, nc, err, sizeof err)) {
+            DW_ERROR("cannot start the connect authorizer", "err=\"%s\"", err);
+            goto out;
+        }
+    }
     e->ctx = lws_create_context(&info);
     if (!e->ctx) {
         DW_ERROR("cannot listen", "host=%s port=%lld", e->cfg->host, (long long)e->cfg->port);
@@ -522,23 +544,6 @@ int edge_run(edge *e, natsConnection *nc)
         .resume_max = (uint32_t)e->cfg->resume_max,
     };
     if (edge_jobs_start(&e->jobs, e->bridge, &jc)) goto out;
-    if (e->cfg->authorizer[0]) {
-        authz_gate_config ac = {
-            .subject = e->cfg->authorizer,
-            .timeout_ms = e->cfg->authorizer_timeout_ms,
-            .head_timeout_ms = e->cfg->handshake_timeout_s * 1000,
-            .max_head = (size_t)(e->cfg->max_header + e->cfg->max_url),
-            .max_pending = (uint32_t)e->cfg->authorizer_max_pending,
-            .forward_headers = e->cfg->authorizer_headers,
-            .edge_id = e->edge_id,
-            .mailbox = &e->mailbox,
-            .metrics = e->m,
-        };
-        if (authz_gate_start(&e->authz, &ac, bridge_nc(e->bridge), err, sizeof err)) {
-            DW_ERROR("cannot start the connect authorizer", "err=\"%s\"", err);
-            goto out;
-        }
-    }
 
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
