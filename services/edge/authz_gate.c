@@ -517,6 +517,9 @@ void authz_on_adopt(edge *e, edge_event *ev)
 {
     authz_adopt *a = ev->authz;
     authz_decision *d = NULL;
+    /* Stopping (the gate is gone, the context is being destroyed): the
+     * event's destructor closes the socket. */
+    if (!e->authz || !e->ctx) return;
     if (a->decided) {
         d = malloc(sizeof *d);
         if (!d) return; /* the event's destructor closes the socket */
