@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "authz_gate.h"
 #include "bus_events.h"
 #include "deliver.h"
 #include "dw/log.h"
@@ -293,6 +294,7 @@ void bus_events_drain(edge *e)
         case EDGE_EV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
         case EDGE_EV_JOB_DONE: v1_on_job_done(e, ev->job); break;
         case EDGE_EV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
+        case EDGE_EV_AUTHZ: authz_on_adopt(e, ev); break;
         }
         dw_mail_free(&ev->mail);
         ev = next;

@@ -62,6 +62,9 @@ typedef struct edge_config {
     int64_t max_outbound;
     int64_t linger_ms, linger_bytes, linger_max; /* lingering close (linger.h) */
     char *origins, *deny_cidrs;
+    /* the connect authorizer (authz_gate.h) */
+    char *authorizer, *authorizer_headers;
+    int64_t authorizer_timeout_ms, authorizer_max_pending;
 } edge_config;
 
 typedef struct edge_metrics {
@@ -71,6 +74,10 @@ typedef struct edge_metrics {
         *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime, *closed_too_large, *loop_lag;
     /* How long a message spends at each hop this edge sees (docs/operations.md) */
     dw_metric *stage_stored, *stage_delivered, *stage_written;
+    /* The connect authorizer (authz_gate.c) */
+    dw_metric *authz_requests, *authz_allowed, *authz_denied, *authz_errors_timeout,
+        *authz_errors_no_responders, *authz_errors_bad_reply, *authz_errors_overload,
+        *authz_errors_other, *authz_latency, *rejected_authz;
 } edge_metrics;
 
 typedef struct edge {
@@ -83,6 +90,7 @@ typedef struct edge {
     /* lws thread only */
     struct lws_context *ctx;
     struct edge_jobs *jobs;
+    struct authz_gate *authz; /* DW_AUTHORIZER; NULL without */
     edge_admit admit;
     int64_t next_sweep_ns;
     edge_connmap conns;

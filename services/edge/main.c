@@ -102,6 +102,18 @@ static const dw_cfg_field fields[] = {
       "allowed Origin values, comma-separated (empty: any)"),
     F("DENY_CIDRS", DW_CFG_STR, deny_cidrs, "", 0, 0,
       "source ranges refused, comma-separated CIDRs"),
+    F("AUTHORIZER", DW_CFG_STR, authorizer, "", 0, 0,
+      "connect authorizer: NATS subject under dw.authz. asked before each upgrade "
+      "(docs/integrations.md; empty: none)"),
+    F("AUTHORIZER_TIMEOUT_MS", DW_CFG_INT, authorizer_timeout_ms, "2000", 10, 60000,
+      "how long to wait for the authorizer; then the upgrade is refused with 503"),
+    F("AUTHORIZER_MAX_PENDING", DW_CFG_INT, authorizer_max_pending, "1024", 1, 100000,
+      "authorizer requests in flight at once; beyond: 503 (and at most 4x this + 64 sockets "
+      "still sending their request head)"),
+    F("AUTHORIZER_HEADERS", DW_CFG_STR, authorizer_headers,
+      "authorization,cookie,origin,host,user-agent,sec-websocket-protocol,x-forwarded-for,"
+      "x-forwarded-proto,x-request-id",
+      0, 0, "request headers forwarded to the authorizer, comma-separated (docs/security.md)"),
     DW_SERVICE_ROW_LOG_LEVEL(edge_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])

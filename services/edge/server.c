@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "authz_gate.h"
 #include "bus_events.h"
 #include "dw/log.h"
 #include "edge.h"
@@ -198,6 +199,8 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
 static void on_closed(edge *e, edge_session *s)
 {
     admit_release(e, s);
+    free(s->authz_context_json);
+    s->authz_context_json = NULL;
     if (!s->id[0]) return;
     if (s->connect_published && !e->edge_down_stored) {
         char *rooms[128];
@@ -232,7 +235,19 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     edge_session *s = user;
 
     switch (reason) {
-    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: return admit_network(e, (int)(intptr_t)in) ? 0 : 1;
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: {
+        int fd = (int)(intptr_t)in;
+        if (!admit_network(e, fd)) return 1;
+        /* With an authorizer the gate reads the request head first and
+         * hands the socket back (authz_gate.h): lws closes its copy. (No
+         * gate, while stopping: no connection.) */
+        if (e->cfg->authorizer[0]) {
+            if (!e->authz || !authz_gate_take(e->authz, fd))
+                dw_metric_inc(e->m->authz_errors_other);
+            return 1;
+        }
+        return 0;
+    }
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         memset(s, 0, sizeof *s);
         /* Refuse rather than accept a connection we could not register. */
@@ -241,8 +256,22 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "not ready");
             return 1;
         }
+        authz_decision authz;
+        bool authorizer = e->cfg->authorizer[0] != '\0';
+        if (authorizer && !authz_on_upgrade(e, wsi, &authz)) {
+            /* An upgrade the gate never saw: one that came after a first
+             * request on a kept-alive connection. Fail closed. */
+            dw_metric_inc(e->m->rejected_authz);
+            lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "not authorized");
+            return 1;
+        }
         const char *why = "";
         unsigned code = admit_upgrade(e, wsi, s, &why);
+        if (authorizer) {
+            /* The authorizer allowed it; the JWT (and the limits) also did. */
+            if (!code && authz_apply(s, &authz)) code = 503;
+            authz_decision_free(&authz);
+        }
         if (!code) return 0;
         dw_metric_inc(code == 401                ? e->m->rejected_auth
                       : code == 403              ? e->m->rejected_origin
@@ -280,6 +309,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
          * (e.g. a failed TLS accept). */
         dw_http_body_free(s ? &s->http : NULL);
         return 0;
+    case LWS_CALLBACK_WSI_DESTROY: authz_on_destroy(wsi); return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (e) bus_events_drain(e);
         return 0;
@@ -365,6 +395,11 @@ static void lws_log_bridge(int level, const char *line)
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
+    /* lws 4.1 reports every adoption with a read buffer (the authorizer's
+     * gate hands each socket back that way, authz_gate.h) at error level. */
+    if (strstr(line, "adopt_socket_readbuf: calling service") ||
+        strstr(line, "adopt_socket_readbuf: deferring handling ah"))
+        return;
     dw_log(level == LLL_ERR ? DW_LOG_ERROR : DW_LOG_WARN, "lws", "detail=\"%.*s\"", (int)n, line);
 }
 
@@ -428,6 +463,17 @@ int edge_run(edge *e, natsConnection *nc)
      * makes every new connection cost O(connections). */
     static const lws_retry_bo_t no_validity_timers = {0};
     info.retry_and_idle_policy = &no_validity_timers;
+    if (e->cfg->authorizer[0] && !authz_subject_valid(e->cfg->authorizer)) {
+        DW_ERROR("bad configuration", "err=\"%s\"",
+                 "DW_AUTHORIZER must be a subject under dw.authz. (no wildcards)");
+        goto out;
+    }
+    if (e->cfg->authorizer[0] && e->cfg->tls_cert[0]) {
+        /* The gate reads request heads itself (authz_gate.h). */
+        DW_ERROR("bad configuration", "err=\"%s\"",
+                 "DW_AUTHORIZER needs plain ws:// at the edge: terminate TLS in front of it");
+        goto out;
+    }
     if (e->cfg->tls_cert[0]) {
         /* TLS on the port; plain HTTP still answers (probes on /healthz), and
          * REQUIRE_TLS refuses plain WebSocket upgrades with 426. */
@@ -461,6 +507,25 @@ int edge_run(edge *e, natsConnection *nc)
                  e->cfg->event_loop);
         goto out;
     }
+    /* The gate first: from the first accepted socket on, every upgrade
+     * is asked about (authz_gate.h). */
+    if (e->cfg->authorizer[0]) {
+        authz_gate_config ac = {
+            .subject = e->cfg->authorizer,
+            .timeout_ms = e->cfg->authorizer_timeout_ms,
+            .head_timeout_ms = e->cfg->handshake_timeout_s * 1000,
+            .max_head = (size_t)(e->cfg->max_header + e->cfg->max_url),
+            .max_pending = (uint32_t)e->cfg->authorizer_max_pending,
+            .forward_headers = e->cfg->authorizer_headers,
+            .edge_id = e->edge_id,
+            .mailbox = &e->mailbox,
+            .metrics = e->m,
+        };
+        if (authz_gate_start(&e->authz, &ac, nc, err, sizeof err)) {
+            DW_ERROR("cannot start the connect authorizer", "err=\"%s\"", err);
+            goto out;
+        }
+    }
     e->ctx = lws_create_context(&info);
     if (!e->ctx) {
         DW_ERROR("cannot listen", "host=%s port=%lld", e->cfg->host, (long long)e->cfg->port);
@@ -491,6 +556,8 @@ int edge_run(edge *e, natsConnection *nc)
             break;
     }
     DW_INFO("edge stopping", "edge=%s connections=%u", e->edge_id, e->nready);
+    authz_gate_stop(e->authz);
+    e->authz = NULL;
     rc = 0;
     /* No join may reach the stream after the EDGE_DOWN below. */
     edge_jobs_stop(e->jobs);
@@ -518,6 +585,8 @@ out:
         e->ctx = NULL;
     }
     libev_stop(&ev);
+    authz_gate_stop(e->authz);
+    e->authz = NULL;
     edge_jobs_stop(e->jobs);
     e->jobs = NULL;
     /* The disconnects the closes published, acked before the drain. */

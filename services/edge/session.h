@@ -56,6 +56,10 @@ typedef struct edge_session {
     bool has_allowed_rooms; /* the JWT limits the rooms */
     char **allowed_rooms;
     size_t n_allowed_rooms;
+    /* The connect authorizer's context (DW_AUTHORIZER): compact JSON object
+     * text, NULL when there was none; owned, freed with the session. Route
+     * requests carry it as identity.context. */
+    char *authz_context_json;
     rl_bucket msgs;
     rl_strikes strikes;
     size_t frame_bytes;         /* of the frame being received */

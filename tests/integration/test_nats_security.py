@@ -149,6 +149,8 @@ class LeastPrivilege(unittest.TestCase):
         self.assertFalse(refused(c.pub("dw.edge.heartbeat")))
         self.assertFalse(refused(c.sub("dw.conn.*", 1)))
         self.assertFalse(refused(c.pub("$JS.API.STREAM.INFO.DW_MSG", "_INBOX.edge.probe")))
+        # the connect authorizer (DW_AUTHORIZER under dw.authz.)
+        self.assertFalse(refused(c.pub("dw.authz.connect", "_INBOX.edge.authz.probe")))
         # ...what it does not is refused by the server.
         self.assertTrue(refused(c.pub("dw.dlq.x")), "publish to dw.dlq.x")
         self.assertTrue(refused(c.sub("dw.msg.>", 2)), "raw subscription to dw.msg.>")
@@ -162,6 +164,7 @@ class LeastPrivilege(unittest.TestCase):
         self.assertTrue(refused(c.sub("_INBOX.>", 3)), "read other services' replies")
         self.assertTrue(refused(c.pub("_INBOX.dispatcher.x")), "forge a reply")
         self.assertTrue(refused(c.sub("dw.registry.room", 4)), "answer for the registry")
+        self.assertTrue(refused(c.sub("dw.authz.connect", 5)), "answer for the authorizer")
         # The stream is still there: dwctl status checks DW_MSG and DW_CONN.
         self.stack.dwctl("status")
 
@@ -192,6 +195,7 @@ class LeastPrivilege(unittest.TestCase):
         c = self.probe(WORKER)
         allowed = [
             ("sub", "dw.rpc.echo"), ("sub", "dw.rpc.>"), ("sub", "_INBOX.worker.x.>"),
+            ("sub", "dw.authz.connect"), ("sub", "dw.authz.>"),
             ("pub", "dw.api.rooms.publish"), ("pub", "dw.api.connections.post"),
             ("pub", "$JS.API.STREAM.INFO.DW_EVENTS"),
             ("pub", "$JS.API.CONSUMER.DURABLE.CREATE.DW_EVENTS.mybot"),
@@ -213,7 +217,7 @@ class LeastPrivilege(unittest.TestCase):
             # no answering for a service, no asking one outside the API
             ("sub", "dw.api.rooms.publish"), ("sub", "dw.registry.room"),
             ("pub", "dw.registry.list"), ("pub", "dw.ops.ping"), ("pub", "dw.dlq.x"),
-            ("pub", "dw.rpc.echo"),
+            ("pub", "dw.rpc.echo"), ("pub", "dw.authz.connect"),
             # others' replies
             ("sub", "_INBOX.>"), ("sub", "_INBOX.api.>"), ("pub", "_INBOX.api.x"),
             # streams: no change, no purge, no other stream's messages
