@@ -192,10 +192,12 @@ typedef struct reg_outbox {
 void reg_outbox_free(reg_outbox *o);
 
 /* The oldest limit entries (0: all). Entries that cannot be read are
- * logged and left out. 0 or -1. Any thread. */
+ * logged and left out. 0 or -1. The outbox has one reader and deleter at a
+ * time (the emitter's thread): reads start where its last delete ended. */
 int reg_store_outbox_read(reg_store *st, size_t limit, reg_outbox *out);
 
-/* Delete every entry at or before (seq, idx). 0 or -1. Any thread. */
+/* Delete every entry at or before (seq, idx). 0 or -1. The reader's
+ * thread (above). */
 int reg_store_outbox_delete_through(reg_store *st, uint64_t seq, uint32_t idx);
 
 /* Distinct edge ids that hold members of room, sorted (strcmp). Costs one seek per

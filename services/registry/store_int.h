@@ -62,6 +62,10 @@ struct reg_store {
      * written (a replica catching up or replaying would only delete them). */
     _Atomic uint64_t floor_seq;
     _Atomic uint32_t floor_idx;
+    /* Every outbox key below this one was deleted by this process (the
+     * emitter's thread only; "" until the first delete). Reads start here,
+     * so they never walk over the deleted keys' tombstones. */
+    char outbox_lo[OUTBOX_KEY_LEN + 1];
 };
 
 /* store_codec.c */

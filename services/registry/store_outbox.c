@@ -69,8 +69,9 @@ int reg_store_outbox_read(reg_store *st, size_t limit, reg_outbox *out)
     int rc = 0;
     store_scan sc;
     memset(out, 0, sizeof *out);
-    for (const char *k =
-             store__scan_begin(&sc, st, NULL, OUTBOX_PREFIX, strlen(OUTBOX_PREFIX), NULL, 0, &klen);
+    const char *lo = st->outbox_lo[0] ? st->outbox_lo : NULL;
+    for (const char *k = store__scan_begin(&sc, st, NULL, OUTBOX_PREFIX, strlen(OUTBOX_PREFIX), lo,
+                                           lo ? strlen(lo) : 0, &klen);
          k && (!limit || out->n < limit); k = store__scan_next(&sc, &klen)) {
         size_t vlen, ptlen = 0;
         const char *val = store__scan_value(&sc, &vlen);
@@ -105,27 +106,50 @@ int reg_store_outbox_read(reg_store *st, size_t limit, reg_outbox *out)
     return rc;
 }
 
+/* Why one point delete per key, not a range delete: each range delete of
+ * [o/, end) stayed in the memtable, and every new iterator over the outbox
+ * had to sort all of them out first. Reading one outbox batch cost 4.6 M
+ * instructions after a few thousand connects, 57% of the registry's CPU
+ * per connect. Point deletes below outbox_lo are never visited again: reads
+ * seek past them. */
 int reg_store_outbox_delete_through(reg_store *st, uint64_t seq, uint32_t idx)
 {
     char end[OUTBOX_KEY_LEN + 1];
-    /* [o/, the key right after (seq, idx)): keys are fixed-width. */
+    /* [outbox_lo, the key right after (seq, idx)): keys are fixed-width.
+     * The apply writes no key in there any more: only events after the
+     * floor, which is at (seq, idx) or beyond when this is called. */
     if (idx < UINT32_MAX)
         store__outbox_key(end, seq, idx + 1);
     else if (seq < UINT64_MAX)
         store__outbox_key(end, seq + 1, 0);
     else
         memcpy(end, OUTBOX_UPPER, sizeof OUTBOX_UPPER);
+    const char *lo = st->outbox_lo[0] ? st->outbox_lo : OUTBOX_PREFIX;
+    if (strcmp(lo, end) >= 0) return 0;
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    rocksdb_writebatch_delete_range(b, OUTBOX_PREFIX, strlen(OUTBOX_PREFIX), end, strlen(end));
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_upper_bound(ro, end, strlen(end));
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    size_t klen;
+    for (rocksdb_iter_seek(it, lo, strlen(lo)); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        const char *k = rocksdb_iter_key(it, &klen);
+        rocksdb_writebatch_delete(b, k, klen);
+    }
     char *err = NULL;
-    pthread_mutex_lock(&st->wmu);
-    rocksdb_write(st->db, st->wopts, b, &err);
-    pthread_mutex_unlock(&st->wmu);
+    rocksdb_iter_get_error(it, &err);
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    if (!err) {
+        pthread_mutex_lock(&st->wmu);
+        rocksdb_write(st->db, st->wopts, b, &err);
+        pthread_mutex_unlock(&st->wmu);
+    }
     rocksdb_writebatch_destroy(b);
     if (err) {
         DW_ERROR("rocksdb outbox delete failed", "err=\"%s\"", err);
         rocksdb_free(err);
         return -1;
     }
+    memcpy(st->outbox_lo, end, sizeof st->outbox_lo);
     return 0;
 }
