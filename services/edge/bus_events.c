@@ -11,6 +11,7 @@
 #include "dw/log.h"
 #include "dw/wire.h"
 #include "edge.h"
+#include "integ.h"
 #include "protocol.h"
 
 /* rooms and user only tell the other edges whom to announce as gone. */
@@ -293,6 +294,7 @@ void bus_events_drain(edge *e)
         case EDGE_EV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
         case EDGE_EV_JOB_DONE: v1_on_job_done(e, ev->job); break;
         case EDGE_EV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
+        case EDGE_EV_ROUTE: integ_on_event(e, ev); break;
         }
         dw_mail_free(&ev->mail);
         ev = next;

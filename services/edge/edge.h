@@ -62,6 +62,9 @@ typedef struct edge_config {
     int64_t max_outbound;
     int64_t linger_ms, linger_bytes, linger_max; /* lingering close (linger.h) */
     char *origins, *deny_cidrs;
+    /* routes to user code (integ.h, docs/integrations.md) */
+    char *routes;
+    int64_t route_timeout_ms, route_max_inflight, route_max_deliver, route_backoff_ms;
 } edge_config;
 
 typedef struct edge_metrics {
@@ -79,6 +82,7 @@ typedef struct edge {
     char edge_id[DW_ID_LEN + 1];
     edge_bridge *bridge;    /* its own calls say which thread may make them */
     struct edge_metrics *m; /* atomics: any thread may count */
+    struct edge_integ *integ; /* routes (integ.h says which thread calls what) */
 
     /* lws thread only */
     struct lws_context *ctx;

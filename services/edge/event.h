@@ -23,6 +23,7 @@ typedef enum {
     EDGE_EV_EDGE_DOWN_SELF, /* someone declared this edge down: announce again */
     EDGE_EV_JOB_DONE,       /* a join / history / presence job finished (jobs.h) */
     EDGE_EV_PRESENCE,       /* someone joined or left a room (presence events) */
+    EDGE_EV_ROUTE,          /* a route's answer: a worker's reply, or an async frame's ack (integ.h) */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -38,6 +39,7 @@ typedef struct edge_event {
     Dw__ConnRequest *conn_request; /* EDGE_EV_CONN_REQUEST: owned */
     Dw__ConnEvent *conn_event;     /* EDGE_EV_PRESENCE: owned */
     struct edge_job *job;          /* EDGE_EV_JOB_DONE: owned; jobs.c sets the destructor */
+    struct integ_answer *route;    /* EDGE_EV_ROUTE: owned; integ.c sets the destructor */
 } edge_event;
 
 /* A zeroed event of this kind whose destructor is edge_event_free; NULL

@@ -63,6 +63,11 @@ typedef struct edge_session {
     int64_t connected_at_ms;
     int64_t last_active_ms;
     uint64_t msg_counter;
+    uint16_t routes_inflight; /* route requests awaiting their answer (integ.c) */
+    /* What a connect authorizer said about this connection ("context", JSON
+     * text), handed to route workers as identity.context; NULL: none.
+     * Owned: freed when the connection closes. */
+    char *authz_context_json;
     edge_outbox out;
     char *rx; /* the message being reassembled */
     size_t rx_len, rx_cap;
