@@ -498,7 +498,8 @@ int integ_handle(edge *e, edge_session *s, const char *buf, size_t len, bool v1)
         json_decref(frame);
         return 1;
     }
-    json_decref(frame);
+    json_decref(frame); /* action points into the route, cid is copied */
+    cid = NULL;
     p->token = ++ig->next_token;
     p->route = r;
     p->v1 = v1;
@@ -518,9 +519,9 @@ int integ_handle(edge *e, edge_session *s, const char *buf, size_t len, bool v1)
     } else {
         char tok[24], msg_id[DW_MSGID_MAX];
         snprintf(tok, sizeof tok, "%" PRIu64, p->token);
-        if (cid)
+        if (p->client_id)
             dw_msgid_v1(msg_id, sizeof msg_id, s->user_stable, s->user_stable ? s->user : s->id,
-                        cid);
+                        p->client_id);
         else
             dw_msgid_chat(msg_id, sizeof msg_id, s->id, ++s->msg_counter);
         natsMsg *m = NULL;
@@ -581,10 +582,9 @@ static void on_sync_answer(edge *e, integ_pending *p, integ_answer *a)
     if (o == OUT_REPLY) {
         if (p->v1) {
             size_t len = 0;
-            send_owned(e, s,
-                       integ_v1_reply(action, p->ref, a->reply.text, a->reply.text_len,
-                                      a->reply.text_json, &len),
-                       len);
+            char *text = integ_v1_reply(action, p->ref, a->reply.text, a->reply.text_len,
+                                        a->reply.text_json, &len);
+            send_owned(e, s, text, len);
         } else {
             session_send_text(e, s, a->reply.text, a->reply.text_len);
         }
@@ -616,7 +616,8 @@ static void on_async_answer(edge *e, integ_pending *p, integ_answer *a)
                    "the frame could not be stored; try again");
     } else if (p->v1) {
         size_t len = 0;
-        send_owned(e, s, integ_v1_ack(r->spec.action, a->seq, p->client_id, p->ref, &len), len);
+        char *text = integ_v1_ack(r->spec.action, a->seq, p->client_id, p->ref, &len);
+        send_owned(e, s, text, len);
     }
     /* plain: stored is silent, as API Gateway is for a route without a
      * route response */

@@ -9,6 +9,7 @@
  *   dw-echo                      (after `make up`, from the repository root)
  *   dw-echo --delay-ms 3000      answer late (try DW_ROUTE_TIMEOUT_MS)
  *   dw-echo --error              answer {"error": ...} (the client gets an error frame)
+ *   dw-echo --request            answer with the whole request (what a worker gets)
  *
  * Environment: DW_NATS_URL, DW_NATS_USER, DW_NATS_PASSWORD_FILE (worker.h),
  *   DW_ECHO_ACTION  the route [echo]
@@ -21,7 +22,7 @@
 #include "worker.h"
 
 static int64_t delay_ms;
-static int answer_error;
+static int answer_error, answer_request;
 
 static const char *env_or(const char *name, const char *def)
 {
@@ -31,13 +32,14 @@ static const char *env_or(const char *name, const char *def)
 
 static void usage(void)
 {
-    printf("Usage: dw-echo [--delay-ms N] [--error] [--help]\n"
+    printf("Usage: dw-echo [--delay-ms N] [--error] [--request] [--help]\n"
            "\n"
            "A sync route worker: answers each request on dw.rpc.<action> with\n"
            "{\"reply\": <the client frame's data, or the whole frame>}.\n"
            "\n"
            "  --delay-ms N   wait N ms before answering (a slow worker)\n"
            "  --error        answer {\"error\": \"...\"} instead\n"
+           "  --request      answer with the whole request (identity and all)\n"
            "\n"
            "Environment:\n"
            "  DW_NATS_URL            NATS URLs, comma-separated [nats://127.0.0.1:4222]\n"
@@ -59,6 +61,8 @@ static void on_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     json_t *answer;
     if (answer_error)
         answer = json_pack("{s:s}", "error", "echo was started with --error");
+    else if (answer_request)
+        answer = json_pack("{s:O}", "reply", rq ? rq : json_null());
     else
         answer = json_pack("{s:O}", "reply", data ? data : body ? body : json_null());
     char *text = answer ? json_dumps(answer, JSON_COMPACT) : NULL;
@@ -84,6 +88,8 @@ int main(int argc, char **argv)
             delay_ms = strtoll(argv[++i], NULL, 10);
         } else if (!strcmp(argv[i], "--error")) {
             answer_error = 1;
+        } else if (!strcmp(argv[i], "--request")) {
+            answer_request = 1;
         } else {
             fprintf(stderr, "echo: unknown argument %s (see --help)\n", argv[i]);
             return 2;
