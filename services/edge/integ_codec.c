@@ -160,7 +160,8 @@ static int set_text(integ_reply *out, const char *s, size_t n)
 int integ_reply_decode(const char *data, size_t len, integ_reply *out)
 {
     memset(out, 0, sizeof *out);
-    json_t *root = data && len ? json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    json_t *root =
+        data && len ? json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL) : NULL;
     json_t *reply = json_object_get(root, "reply");
     json_t *error = json_object_get(root, "error");
     int rc = 0;
