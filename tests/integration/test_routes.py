@@ -358,6 +358,70 @@ class Routes(unittest.TestCase):
                 self.assertEqual(refused(said), want_refused, said)
 
 
+class RoutesAgainstMakeUp(unittest.TestCase):
+    """The examples as docs/integrations.md runs them: `DW_ROUTES=echo:sync,
+    audit:async make up` (scripts/up.sh on free ports), then each worker is
+    one command from the checkout, with its defaults for the NATS user and
+    the password file (var/secrets/nats_worker)."""
+
+    def test_echo_and_audit_with_their_defaults(self):
+        import subprocess
+        from test_up_sh import UpStack
+        up = UpStack(env={"DW_ROUTES": "echo:sync,audit:async"})
+        self.addCleanup(up.cleanup)
+        up.start()
+        checkout = os.path.join(up.dir, "checkout")
+        os.makedirs(checkout)
+        os.symlink(up.data, os.path.join(checkout, "var"))
+        procs = []
+
+        def stop_all():
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait(10)
+        self.addCleanup(stop_all)
+
+        def start(name, ready):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DW_")}
+            env["DW_NATS_URL"] = up.nats_url
+            path = os.path.join(up.dir, f"{name}.log")
+            with open(path, "ab") as log:
+                p = subprocess.Popen([os.path.join(BIN, name)], cwd=checkout, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+            procs.append((p, path))
+
+            def has(text):
+                with open(path, errors="replace") as f:
+                    return text in f.read()
+            wait_until(lambda: has(ready) or p.poll() is not None, 30, f"{name} to start")
+            with open(path, errors="replace") as f:
+                self.assertIsNone(p.poll(), f.read())
+            return has
+        start("dw-echo", "echo: serving")
+        audit_has = start("dw-audit", "audit: reading DW_ROUTE")
+
+        async def scenario():
+            ws = await connect(up.url)
+            await ws.send(json.dumps({"action": "echo", "data": "from make up"}))
+            self.assertEqual(await recv_text(ws), "from make up")
+            v = await connect(up.url + "?name=dave", subprotocols=V1)
+            await recv_text(v)
+            await v.send(json.dumps({"action": "audit", "data": "kept", "ref": 1}))
+            ack = json.loads(await recv_text(v))
+            self.assertEqual((ack["type"], ack["ref"]), ("ack", 1))
+            await ws.close()
+            await v.close()
+            return ack["seq"]
+        seq = asyncio.run(asyncio.wait_for(scenario(), 60))
+        wait_until(lambda: audit_has(f"acked seq {seq}") and audit_has('"data":"kept"'), 20,
+                   "the audit record on stdout")
+        stop_all()
+        self.assertEqual(up.stop(), 0)
+        self.assertEqual(up.sanitizer_reports(), [])
+
+
 class Config(unittest.TestCase):
     def test_built_in_actions_and_bad_routes_are_refused_at_start(self):
         import subprocess
