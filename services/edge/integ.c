@@ -220,6 +220,11 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
     post_answer(ig, a);
 }
 
+static json_int_t value(dw_metric *m)
+{
+    return m ? (json_int_t)atomic_load(&m->value) : 0;
+}
+
 /* dw.ops.routes: this edge's routes, their counters and how each one's last
  * request ended (dwctl status). On a nats.c thread: atomics only. */
 static void on_ops(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -232,9 +237,8 @@ static void on_ops(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         int last = atomic_load(&r->last);
         json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:I}", "action", r->spec.action,
                               "mode", r->spec.mode == INTEG_ASYNC ? "async" : "sync", "requests",
-                              (json_int_t)atomic_load(&r->requests->value), "errors",
-                              (json_int_t)atomic_load(&r->errors->value), "timeouts",
-                              (json_int_t)atomic_load(&r->timeouts->value), "last",
+                              value(r->requests), "errors", value(r->errors), "timeouts",
+                              value(r->timeouts), "last",
                               outcome_names[last >= 0 && last <= OUT_UNSENT ? last : 0], "lastMs",
                               (json_int_t)atomic_load(&r->last_ms));
         if (o && r->spec.mode == INTEG_ASYNC)

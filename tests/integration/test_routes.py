@@ -338,6 +338,7 @@ class Routes(unittest.TestCase):
             ("edge", "pub", "$JS.API.CONSUMER.DELETE.DW_ROUTE.route-audit", True),
             ("edge", "pub", "$JS.API.STREAM.UPDATE.DW_ROUTE", True),
             ("edge", "pub", "$JS.API.STREAM.MSG.GET.DW_ROUTE", True),
+            ("edge", "pub", "$JS.API.CONSUMER.INFO.DW_ROUTE.route-audit", True),
             ("edge", "sub", "dw.rpc.>", True),
             # only the registry owns the stream; the deadletter service
             # reads a frame and replays it; the others stay out
