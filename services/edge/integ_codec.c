@@ -15,13 +15,10 @@ bool integ_action_builtin(const char *action)
     return false;
 }
 
-__attribute__((format(printf, 3, 0))) static int fail(char *err, size_t errlen, const char *fmt,
-                                                      const char *item, size_t n)
+/* "DW_ROUTES: '<item>' <why>" into err; -1. */
+static int fail(char *err, size_t errlen, const char *item, size_t n, const char *why)
 {
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-    snprintf(err, errlen, fmt, (int)(n > 80 ? 80 : n), item);
-#pragma GCC diagnostic pop
+    snprintf(err, errlen, "DW_ROUTES: '%.*s' %s", (int)(n > 80 ? 80 : n), item, why);
     return -1;
 }
 
@@ -51,26 +48,22 @@ int integ_routes_parse(const char *spec, integ_route_spec **out, size_t *n, char
         const char *colon = memchr(item, ':', len);
         if (!colon) {
             free(v);
-            return fail(err, errlen,
-                        "DW_ROUTES: '%.*s' has no mode (want action:sync or action:async)", item,
-                        len);
+            return fail(err, errlen, item, len, "has no mode (want action:sync or action:async)");
         }
         size_t alen = (size_t)(colon - item), mlen = len - alen - 1;
         const char *mode = colon + 1;
         char action[DW_ACTION_MAX + 1];
         if (!dw_action_valid(item, alen)) {
             free(v);
-            return fail(err, errlen,
-                        "DW_ROUTES: '%.*s': an action is 1-64 of letters, digits, - and _", item,
-                        len);
+            return fail(err, errlen, item, len,
+                        "names no valid action (1-64 of letters, digits, - and _)");
         }
         memcpy(action, item, alen);
         action[alen] = '\0';
         if (integ_action_builtin(action)) {
             free(v);
-            return fail(err, errlen,
-                        "DW_ROUTES: '%.*s' is a built-in action of the edge and cannot be a route",
-                        item, alen);
+            return fail(err, errlen, item, alen,
+                        "is a built-in action of the edge and cannot be a route");
         }
         integ_mode m;
         if (mlen == 4 && !memcmp(mode, "sync", 4))
@@ -79,12 +72,12 @@ int integ_routes_parse(const char *spec, integ_route_spec **out, size_t *n, char
             m = INTEG_ASYNC;
         else {
             free(v);
-            return fail(err, errlen, "DW_ROUTES: '%.*s': the mode is sync or async", item, len);
+            return fail(err, errlen, item, len, "has no valid mode (sync or async)");
         }
         for (size_t i = 0; i < cnt; i++)
             if (!strcmp(v[i].action, action)) {
                 free(v);
-                return fail(err, errlen, "DW_ROUTES: '%.*s' is named twice", item, alen);
+                return fail(err, errlen, item, alen, "is named twice");
             }
         if (cnt == INTEG_ROUTES_MAX) {
             free(v);
