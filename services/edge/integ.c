@@ -502,8 +502,7 @@ int integ_handle(edge *e, edge_session *s, const char *buf, size_t len, bool v1)
         json_decref(frame);
         return 1;
     }
-    json_decref(frame); /* action points into the route, cid is copied */
-    cid = NULL;
+    json_decref(frame); /* from here on: action is the route's, the id is p->client_id */
     p->token = ++ig->next_token;
     p->route = r;
     p->v1 = v1;
