@@ -15,9 +15,8 @@ static void test_routes_parse_good(void **state)
     integ_route_spec *v = NULL;
     size_t n = 9;
     char err[256] = "";
-    assert_int_equal(integ_routes_parse(" echo:sync , audit:async,A-b_9:sync,", &v, &n, err,
-                                        sizeof err),
-                     0);
+    assert_int_equal(
+        integ_routes_parse(" echo:sync , audit:async,A-b_9:sync,", &v, &n, err, sizeof err), 0);
     assert_int_equal(n, 3);
     assert_string_equal(v[0].action, "echo");
     assert_int_equal(v[0].mode, INTEG_SYNC);
@@ -87,7 +86,12 @@ static void test_frame_parse(void **state)
     assert_int_equal(integ_frame_parse(ok, strlen(ok), &f, &a), 0);
     assert_string_equal(a, "echo");
     json_decref(f);
-    const char *bad[] = {"", "[]", "\"echo\"", "{\"action\":1}", "{\"data\":1}", "{",
+    const char *bad[] = {"",
+                         "[]",
+                         "\"echo\"",
+                         "{\"action\":1}",
+                         "{\"data\":1}",
+                         "{",
                          "{\"action\":\"a\",\"action\":\"b\"}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(integ_frame_parse(bad[i], strlen(bad[i]), &f, &a), -1);
@@ -102,8 +106,8 @@ static void test_request_body(void **state)
     json_t *frame = json_loads(frame_text, 0, NULL);
     integ_identity id = {"10.0.0.1", "wscat/5", "alice", "{\"tenant\":\"t1\",\"n\":[1]}"};
     size_t len = 0;
-    char *body = integ_request_body("echo", "ConnAAAAAAAAAAAA", "ReqBBBBBBBBBBBBB", &id, frame,
-                                    &len);
+    char *body =
+        integ_request_body("echo", "ConnAAAAAAAAAAAA", "ReqBBBBBBBBBBBBB", &id, frame, &len);
     assert_non_null(body);
     assert_int_equal(strlen(body), len);
     assert_string_equal(body, "{\"action\":\"echo\",\"connectionId\":\"ConnAAAAAAAAAAAA\","
@@ -165,8 +169,14 @@ static void test_reply_decode(void **state)
     assert_int_equal(r.kind, INTEG_REPLY_ERROR);
     integ_reply_free(&r);
 
-    const char *bad[] = {NULL, "", "hello", "[1]", "{}", "{\"reply\":1,\"error\":\"x\"}",
-                         "{\"reply\":1,\"reply\":2}", "{\"other\":1}"};
+    const char *bad[] = {NULL,
+                         "",
+                         "hello",
+                         "[1]",
+                         "{}",
+                         "{\"reply\":1,\"error\":\"x\"}",
+                         "{\"reply\":1,\"reply\":2}",
+                         "{\"other\":1}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         decode(bad[i], &r);
         assert_int_equal(r.kind, INTEG_REPLY_BAD);
@@ -190,8 +200,8 @@ static void test_v1_frames(void **state)
     assert_string_equal(f, "{\"type\":\"reply\",\"action\":\"echo\",\"data\":null}");
     free(f);
     f = integ_v1_ack("audit", 42, "c-1", "\"r\"", &len);
-    assert_string_equal(f,
-                        "{\"type\":\"ack\",\"action\":\"audit\",\"seq\":42,\"id\":\"c-1\",\"ref\":\"r\"}");
+    assert_string_equal(
+        f, "{\"type\":\"ack\",\"action\":\"audit\",\"seq\":42,\"id\":\"c-1\",\"ref\":\"r\"}");
     free(f);
     f = integ_v1_ack("audit", 1, NULL, NULL, &len);
     assert_string_equal(f, "{\"type\":\"ack\",\"action\":\"audit\",\"seq\":1}");
