@@ -4,7 +4,7 @@
 # compiler; this script looks for new inputs.
 #
 # Usage: scripts/fuzz.sh [target...]     (default: every target)
-#   targets: routes jwt netfilter proto v1 http utf8  (tests/fuzz/CMakeLists.txt)
+#   targets: routes integ_reply jwt netfilter proto v1 http utf8 (tests/fuzz/CMakeLists.txt)
 # Environment:
 #   FUZZ_SECONDS    seconds per target (default 60)
 #   FUZZ_BUILD_DIR  build directory (default <repo>/build-fuzz)

@@ -33,6 +33,9 @@
 #                 $DW_DATA_DIR/secrets/registry_key, made on the first run;
 #                 DW_REGISTRY_KEY_FILE (and DW_REGISTRY_OLD_KEY_FILES, for
 #                 a rotation: docs/security.md) name other key files
+#   other DW_* settings reach the services as they are, e.g.
+#                 DW_ROUTES=echo:sync,audit:async for the edge's routes
+#                 (docs/integrations.md)
 #   DW_RESTART    off: a process that exits stops everything, as during
 #                 start-up [on]
 #   DW_RESTART_DELAY_MS, DW_RESTART_MAX_DELAY_MS  first and longest wait

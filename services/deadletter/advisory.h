@@ -11,7 +11,7 @@
  * stream_seq of the message. 0, or -1 when it is not such an advisory. */
 typedef struct dlq_advisory {
     char stream[64];
-    char consumer[64];
+    char consumer[128]; /* route-<action>: up to 70 */
     uint64_t stream_seq;
     uint64_t deliveries;
 } dlq_advisory;

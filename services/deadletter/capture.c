@@ -117,21 +117,119 @@ int capture_advisories_start(dlq_svc *svc)
     return 0;
 }
 
-/* The original of DW_MSG sequence seq: 1 found (*out is the caller's),
+/* The original of stream sequence seq: 1 found (*out is the caller's),
  * 0 gone (expired or deleted), -1 JetStream did not answer. */
-static int fetch_original(dlq_svc *svc, uint64_t seq, natsMsg **out)
+static int fetch_original_of(dlq_svc *svc, const char *stream, uint64_t seq, natsMsg **out)
 {
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = svc->cfg.publish_wait_ms;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetMsg(out, svc->js, DW_STREAM_MSG, seq, &jo, &jerr);
+    natsStatus s = js_GetMsg(out, svc->js, stream, seq, &jo, &jerr);
     if (s == NATS_OK) return 1;
     *out = NULL;
     if (jerr == JSNoMessageFoundErr || s == NATS_NOT_FOUND) return 0;
-    DW_WARN("advisory: original not fetched, retrying later", "seq=%" PRIu64 " status=%s jserr=%d",
-            seq, natsStatus_GetText(s), (int)jerr);
+    DW_WARN("advisory: original not fetched, retrying later",
+            "stream=%s seq=%" PRIu64 " status=%s jserr=%d", stream, seq, natsStatus_GetText(s),
+            (int)jerr);
     return -1;
+}
+
+static int fetch_original(dlq_svc *svc, uint64_t seq, natsMsg **out)
+{
+    return fetch_original_of(svc, DW_STREAM_MSG, seq, out);
+}
+
+/* Publish one dead letter with its Nats-Msg-Id; 0 when stored (or already
+ * there), -1 to try again later. */
+static int store_dead_letter(dlq_svc *svc, const Dw__DeadLetter *dl, const char *dlq_subj,
+                             const char *msg_id, const char *what)
+{
+    size_t blen = 0;
+    uint8_t *buf = dlq_record_pack(dl, &blen);
+    if (!buf) {
+        DW_ERROR("advisory: cannot encode the dead letter", "seq=%" PRIu64, dl->stream_seq);
+        return -1;
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msg_id;
+    po.MaxWait = svc->cfg.publish_wait_ms;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_Publish(&pa, svc->js, dlq_subj, buf, (int)blen, &po, &jerr);
+    int rc = -1;
+    if (s != NATS_OK) {
+        DW_WARN("advisory: dead letter not written, retrying later",
+                "seq=%" PRIu64 " status=%s jserr=%d", dl->stream_seq, natsStatus_GetText(s),
+                (int)jerr);
+    } else if (pa->Duplicate) {
+        DW_INFO("advisory: already dead-lettered (duplicate)", "seq=%" PRIu64, dl->stream_seq);
+        dw_metric_inc(svc->m.advisory_dups);
+        rc = 0;
+    } else {
+        DW_ERROR(what, "seq=%" PRIu64 " subject=%s deliveries=%u bytes=%zu dlq_id=%" PRIu64 "%s",
+                 dl->stream_seq, *dl->subject ? dl->subject : "-", dl->attempts, dl->payload.len,
+                 pa->Sequence, *dl->subject ? "" : " original=gone");
+        /* In the index at once, so that a repeated advisory finds it. */
+        Dw__DeadLetter *copy = dlq_record_unpack(buf, blen);
+        size_t bytes = copy ? copy->payload.len : 0;
+        pthread_mutex_lock(&svc->mu);
+        if (copy && dlq_index_add(svc->ix, pa->Sequence, dw_now_ms(), dlq_subj, copy, bytes) == 1)
+            dw_metric_inc(svc->m.captured_advisory);
+        pthread_mutex_unlock(&svc->mu);
+        rc = 0;
+    }
+    jsPubAck_Destroy(pa);
+    free(buf);
+    return rc;
+}
+
+/* An async route's frame that no worker acked in MaxDeliver attempts
+ * (consumer route-<action> on DW_ROUTE): into DW_DLQ under
+ * dw.dlq.$route.<action>, once ("dlq.route.<seq>"), with the reason and
+ * the frame as stored, so that a replay sends it back to dw.route.<action>. */
+static int capture_route(dlq_svc *svc, const dlq_advisory *adv)
+{
+    dw_metric_inc(svc->m.advisories);
+    natsMsg *orig = NULL;
+    int found = fetch_original_of(svc, DW_STREAM_ROUTE, adv->stream_seq, &orig);
+    if (found < 0) return -1;
+    const char *subject = found ? natsMsg_GetSubject(orig) : "";
+    const char *action = found ? dlq_route_of_subject(subject) : NULL;
+    char dlq_subj[160];
+    if (!action || dlq_route_subject(dlq_subj, sizeof dlq_subj, action)) {
+        if (found)
+            DW_WARN("advisory: odd route subject", "seq=%" PRIu64 " subject=%s", adv->stream_seq,
+                    subject);
+        subject = "";
+        found = 0;
+        snprintf(dlq_subj, sizeof dlq_subj, "%s", DLQ_SUBJECT_LOST);
+    }
+    const char *orig_id = "";
+    if (found && natsMsgHeader_Get(orig, DW_HDR_MSG_ID, &orig_id) != NATS_OK) orig_id = "";
+    char reason[DLQ_REASON_MAX];
+    snprintf(reason, sizeof reason, "%s:%s", DLQ_REASON_ROUTE, adv->consumer);
+
+    Dw__DeadLetter dl;
+    dw__dead_letter__init(&dl);
+    dl.subject = (char *)subject;
+    dl.stream_seq = adv->stream_seq;
+    dl.msg_id = (char *)orig_id;
+    if (found) {
+        dl.payload.data = (uint8_t *)natsMsg_GetData(orig);
+        dl.payload.len = (size_t)natsMsg_GetDataLength(orig);
+    }
+    dl.reason = reason;
+    dl.attempts = (uint32_t)adv->deliveries;
+    dl.last_failure_ms = dw_now_ms();
+    dl.room = (char *)"";
+    dl.source = DLQ_SOURCE_ADVISORY;
+    char msg_id[DW_MSGID_MAX];
+    dw_msgid_dlq_route(msg_id, sizeof msg_id, adv->stream_seq);
+    int rc = store_dead_letter(svc, &dl, dlq_subj, msg_id, "async route frame dead-lettered");
+    natsMsg_Destroy(orig); /* subject, orig_id and the payload point into it */
+    return rc;
 }
 
 int capture_advisory(dlq_svc *svc, const void *json, size_t len)
@@ -141,6 +239,9 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len)
         DW_WARN("not a max-deliveries advisory, dropped", "bytes=%zu", len);
         return 0;
     }
+    if (!strcmp(adv.stream, DW_STREAM_ROUTE) &&
+        !strncmp(adv.consumer, DW_ROUTE_DURABLE_PREFIX, strlen(DW_ROUTE_DURABLE_PREFIX)))
+        return capture_route(svc, &adv);
     if (strcmp(adv.stream, DW_STREAM_MSG) || strcmp(adv.consumer, DW_DISPATCHER_DURABLE)) return 0;
     dw_metric_inc(svc->m.advisories);
 

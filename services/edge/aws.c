@@ -10,6 +10,7 @@
 #include "dw/log.h"
 #include "dw/wire.h"
 #include "edge.h"
+#include "integ.h"
 #include "protocol.h"
 #include "routes.h"
 
@@ -36,6 +37,7 @@ static void aws_on_throttled(edge *e, edge_session *s, int64_t wait_ms)
 
 static void aws_on_message(edge *e, edge_session *s, const char *buf, size_t len)
 {
+    if (integ_handle(e, s, buf, len, false)) return; /* a route to user code (DW_ROUTES) */
     edge_request req;
     if (routes_parse(buf, len, &req)) {
         session_close(s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");

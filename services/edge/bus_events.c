@@ -12,6 +12,7 @@
 #include "dw/log.h"
 #include "dw/wire.h"
 #include "edge.h"
+#include "integ.h"
 #include "protocol.h"
 
 /* rooms and user only tell the other edges whom to announce as gone. */
@@ -295,6 +296,7 @@ void bus_events_drain(edge *e)
         case EDGE_EV_JOB_DONE: v1_on_job_done(e, ev->job); break;
         case EDGE_EV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
         case EDGE_EV_AUTHZ: authz_on_adopt(e, ev); break;
+        case EDGE_EV_ROUTE: integ_on_event(e, ev); break;
         }
         dw_mail_free(&ev->mail);
         ev = next;

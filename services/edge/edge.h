@@ -65,6 +65,9 @@ typedef struct edge_config {
     /* the connect authorizer (authz_gate.h) */
     char *authorizer, *authorizer_headers;
     int64_t authorizer_timeout_ms, authorizer_max_pending;
+    /* routes to user code (integ.h, docs/integrations.md) */
+    char *routes;
+    int64_t route_timeout_ms, route_max_inflight, route_max_deliver, route_backoff_ms;
 } edge_config;
 
 typedef struct edge_metrics {
@@ -86,6 +89,7 @@ typedef struct edge {
     char edge_id[DW_ID_LEN + 1];
     edge_bridge *bridge;    /* its own calls say which thread may make them */
     struct edge_metrics *m; /* atomics: any thread may count */
+    struct edge_integ *integ; /* routes (integ.h says which thread calls what) */
 
     /* lws thread only */
     struct lws_context *ctx;

@@ -24,6 +24,7 @@ typedef enum {
     EDGE_EV_JOB_DONE,       /* a join / history / presence job finished (jobs.h) */
     EDGE_EV_PRESENCE,       /* someone joined or left a room (presence events) */
     EDGE_EV_AUTHZ,          /* a socket back from the authorizer's gate (authz_gate.h) */
+    EDGE_EV_ROUTE,          /* a route's answer: a worker's reply, or an async frame's ack (integ.h) */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -40,6 +41,7 @@ typedef struct edge_event {
     Dw__ConnEvent *conn_event;     /* EDGE_EV_PRESENCE: owned */
     struct edge_job *job;          /* EDGE_EV_JOB_DONE: owned; jobs.c sets the destructor */
     struct authz_adopt *authz;     /* EDGE_EV_AUTHZ: owned; authz_gate.c sets the destructor */
+    struct integ_answer *route;    /* EDGE_EV_ROUTE: owned; integ.c sets the destructor */
 } edge_event;
 
 /* A zeroed event of this kind whose destructor is edge_event_free; NULL

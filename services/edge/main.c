@@ -6,6 +6,7 @@
 #include "dw/log.h"
 #include "dw/service.h"
 #include "edge.h"
+#include "integ.h"
 
 #define F(name, type, field, def, min, max, help)                                                  \
     {                                                                                              \
@@ -114,6 +115,19 @@ static const dw_cfg_field fields[] = {
       "authorization,cookie,origin,host,user-agent,sec-websocket-protocol,x-forwarded-for,"
       "x-forwarded-proto,x-request-id",
       0, 0, "request headers forwarded to the authorizer, comma-separated (docs/security.md)"),
+    F("ROUTES", DW_CFG_STR, routes, "", 0, 0,
+      "routes to your workers, comma-separated action:mode, mode sync (NATS request to "
+      "dw.rpc.<action>) or async (stored in DW_ROUTE, dw.route.<action>); e.g. "
+      "echo:sync,audit:async (docs/integrations.md)"),
+    F("ROUTE_TIMEOUT_MS", DW_CFG_INT, route_timeout_ms, "5000", 10, 600000,
+      "how long a sync route waits for its worker's reply"),
+    F("ROUTE_MAX_INFLIGHT", DW_CFG_INT, route_max_inflight, "16", 1, 10000,
+      "route requests per connection awaiting their answer (more: rate-limit error)"),
+    F("ROUTE_MAX_DELIVER", DW_CFG_INT, route_max_deliver, "5", 1, 64,
+      "async routes: attempts per frame before it goes to DW_DLQ"),
+    F("ROUTE_BACKOFF_MS", DW_CFG_INT, route_backoff_ms, "30000", 100, 3600000,
+      "async routes: a worker has this long to ack (or send in-progress) before a redelivery; "
+      "each further redelivery waits twice as long (at most 10 min)"),
     DW_SERVICE_ROW_LOG_LEVEL(edge_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
@@ -133,7 +147,23 @@ static int init(dw_service *s)
         return 1;
     }
     snprintf(s->instance, sizeof s->instance, "%s", e->edge_id);
-    return edge_init(e) ? 1 : 0;
+    if (edge_init(e)) return 1;
+    integ_config ic = {
+        .routes = c->routes,
+        .timeout_ms = c->route_timeout_ms,
+        .max_inflight = c->route_max_inflight,
+        .max_deliver = c->route_max_deliver,
+        .backoff_ms = c->route_backoff_ms,
+        .publish_timeout_ms = c->publish_timeout_ms,
+        .edge_id = e->edge_id,
+        .mailbox = &e->mailbox,
+    };
+    char err[256];
+    if (integ_create(&e->integ, &ic, err, sizeof err)) {
+        fprintf(stderr, "edge: %s\n", err);
+        return 2;
+    }
+    return 0;
 }
 
 static int run(dw_service *s)

@@ -14,6 +14,7 @@
 #include "edge.h"
 #include "evlib.h"
 #include "httpserve.h"
+#include "integ.h"
 #include "jobs.h"
 #include "linger.h"
 #include "proto_v1.h"
@@ -365,6 +366,7 @@ static void tick(lws_sorted_usec_list_t *sul)
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
     if (e->disc_retries) bus_events_retry_due(e);
+    integ_tick(e);
     linger_service(&e->linger);
     if (now >= e->next_sweep_ns) {
         sweep(e);
@@ -545,6 +547,7 @@ int edge_run(edge *e, natsConnection *nc)
         .resume_max = (uint32_t)e->cfg->resume_max,
     };
     if (edge_jobs_start(&e->jobs, e->bridge, &jc)) goto out;
+    if (integ_start(e->integ, nc)) goto out;
 
     lws_sul_schedule(e->ctx, 0, &e->tick, tick, TICK_US);
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
@@ -589,6 +592,7 @@ out:
     e->authz = NULL;
     edge_jobs_stop(e->jobs);
     e->jobs = NULL;
+    integ_stop(e->integ, 2000);
     /* The disconnects the closes published, acked before the drain. */
     if (bridge_started) bridge_flush(e->bridge, 3000);
     bridge_stop(e->bridge);
@@ -601,6 +605,8 @@ void edge_free(edge *e)
     /* The connection is closed: no callback posts any more. */
     bridge_destroy(e->bridge);
     e->bridge = NULL;
+    integ_destroy(e->integ);
+    e->integ = NULL;
     free(e->wbuf);
     linger_free(&e->linger);
     dedup_free(&e->dedup);

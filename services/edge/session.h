@@ -67,6 +67,7 @@ typedef struct edge_session {
     int64_t connected_at_ms;
     int64_t last_active_ms;
     uint64_t msg_counter;
+    uint16_t routes_inflight; /* route requests awaiting their answer (integ.c) */
     edge_outbox out;
     char *rx; /* the message being reassembled */
     size_t rx_len, rx_cap;

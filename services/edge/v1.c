@@ -9,6 +9,7 @@
 #include "dw/log.h"
 #include "dw/wire.h"
 #include "edge.h"
+#include "integ.h"
 #include "jobs.h"
 #include "proto_v1.h"
 #include "protocol.h"
@@ -205,6 +206,7 @@ static void do_job(edge *e, edge_session *s, const v1_request *req, edge_job_kin
 
 static void v1_handle(edge *e, edge_session *s, const char *buf, size_t len)
 {
+    if (integ_handle(e, s, buf, len, true)) return; /* a route to user code (DW_ROUTES) */
     v1_request req;
     if (v1_parse(buf, len, &req)) {
         session_close(s, 1011, "out of memory");

@@ -336,7 +336,7 @@ static int init(dw_service *s)
 }
 
 /* Streams must exist before the consumer; NATS may still be coming up.
- * The registry owns DW_CONN, DW_MSG and DW_EVENTS: it creates or updates
+ * The registry owns DW_CONN, DW_MSG, DW_EVENTS and DW_ROUTE: it creates or updates
  * them. */
 static int setup(dw_service *s)
 {

@@ -21,10 +21,12 @@
 #include "dw/util.h"
 #include "dw/wire.h"
 #include "dwctl.h"
+#include "status_routes.h"
 
-#define NSTREAMS 4 /* DW_MSG, DW_CONN, DW_DLQ, DW_EVENTS */
+#define NSTREAMS 5 /* DW_MSG, DW_CONN, DW_DLQ, DW_EVENTS, DW_ROUTE */
 #define STREAM_DLQ 2
 #define STREAM_EVENTS 3 /* optional, like DW_DLQ: lifecycle events may be off */
+#define STREAM_ROUTE 4  /* optional: made by a registry of this version */
 #define REG_PAGE 1000
 
 /* One running process, as seen by a ping answer or judged otherwise. */
@@ -87,6 +89,10 @@ static void status_usage(FILE *out)
                  "  streams     messages held by DW_MSG, DW_CONN and DW_DLQ\n"
                  "  consumers   every consumer's backlog: pending, unacknowledged, redelivered\n"
                  "  dlq         dead letters waiting in DW_DLQ (replay or purge them)\n"
+                 "  routes      each route of DW_ROUTES (all edges): requests, errors,\n"
+                 "              timeouts, the newest outcome, and whether a worker listens\n"
+                 "              (async: one waits on route-<action>; sync: the newest request\n"
+                 "              was answered by a worker, NO: it got no responders, ?: unknown)\n"
                  "\n"
                  "Exit status 0 when everything answers and every service that says whether\n"
                  "it is ready says yes; 1 otherwise (the report is still printed; the reason\n"
@@ -350,7 +356,8 @@ static json_t *ready_json(int ready)
     return ready < 0 ? json_null() : json_boolean(ready);
 }
 
-static json_t *status_json(const status_report *st, const char *url, int healthy)
+static json_t *status_json(const status_report *st, const routes_report *rr, const char *url,
+                           int healthy)
 {
     /* clang-format off */
     json_t *registry;
@@ -465,7 +472,7 @@ static json_t *status_json(const status_report *st, const char *url, int healthy
                     "depth", json_u64(st->stream_state[STREAM_DLQ].Msgs))
         : json_pack("{s:b, s:n}", "exists", 0, "depth");
 
-    return json_pack("{s:b, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+    return json_pack("{s:b, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
                      "healthy", healthy,
                      "natsUrl", url,
                      "services", services,
@@ -474,7 +481,8 @@ static json_t *status_json(const status_report *st, const char *url, int healthy
                      "streams", streams,
                      "consumers", consumers,
                      "dispatcher", disp,
-                     "dlq", dlq);
+                     "dlq", dlq,
+                     "routes", routes_json(rr));
     /* clang-format on */
 }
 
@@ -547,7 +555,8 @@ static void status_text(const status_report *st, const char *url)
                          (unsigned long long)ss->LastSeq);
             } else {
                 snprintf(msgs, sizeof msgs, "%s",
-                         i == STREAM_DLQ || i == STREAM_EVENTS ? "-" : "MISSING");
+                         i == STREAM_DLQ || i == STREAM_EVENTS || i == STREAM_ROUTE ? "-"
+                                                                                    : "MISSING");
                 snprintf(bytes, sizeof bytes, "-");
                 snprintf(seq, sizeof seq, "%s", st->stream_err[i]);
             }
@@ -651,6 +660,9 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
     st.stream_name[1] = DW_STREAM_CONN;
     st.stream_name[STREAM_DLQ] = DW_STREAM_DLQ;
     st.stream_name[STREAM_EVENTS] = DW_STREAM_EVENTS;
+    st.stream_name[STREAM_ROUTE] = DW_STREAM_ROUTE;
+    routes_report rr;
+    memset(&rr, 0, sizeof rr);
 
     /* Start listening first: the window runs while the other probes do. */
     int64_t deadline = dw_mono_ns() + (int64_t)wait_ms * 1000000;
@@ -660,6 +672,7 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
     if (s == NATS_OK) s = natsConnection_SubscribeSync(&ping_sub, ctl->nc, inbox);
     if (s == NATS_OK) s = natsConnection_SubscribeSync(&hb_sub, ctl->nc, DW_SUBJ_EDGE_HEARTBEAT);
     if (s == NATS_OK) s = natsConnection_PublishRequest(ctl->nc, DW_SUBJ_OPS_PING, inbox, NULL, 0);
+    if (s == NATS_OK && routes_ask(ctl, &rr)) s = NATS_ERR;
     if (s == NATS_OK) s = natsConnection_Flush(ctl->nc);
     if (s != NATS_OK) {
         dwctl_err("status: cannot ask %s: %s", DW_SUBJ_OPS_PING, natsStatus_GetText(s));
@@ -672,6 +685,7 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
         probe_stream(ctl, &st, i);
     probe_dispatcher(ctl, &st);
     gather(&st, ping_sub, hb_sub, deadline);
+    routes_collect(&rr, deadline, st.consumers[STREAM_ROUTE]);
 
     judge_silent_services(&st);
     if (st.n_svcs) qsort(st.svcs, st.n_svcs, sizeof *st.svcs, cmp_svc);
@@ -690,9 +704,10 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
     char url[512];
     dwctl_url_redacted(ctl->cfg.nats_url, url, sizeof url);
     if (json)
-        rc = dwctl_json_print_line(status_json(&st, url, !problem && !not_ready));
+        rc = dwctl_json_print_line(status_json(&st, &rr, url, !problem && !not_ready));
     else {
         status_text(&st, url);
+        routes_text(&rr);
         rc = DWCTL_OK;
     }
     if (rc == DWCTL_OK && problem) {
@@ -704,6 +719,7 @@ int cmd_status(dwctl *ctl, int argc, char **argv)
     }
 
 done:
+    routes_free(&rr);
     natsSubscription_Destroy(hb_sub);
     natsSubscription_Destroy(ping_sub);
     natsInbox_Destroy(inbox);

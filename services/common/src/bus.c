@@ -463,6 +463,7 @@ void dw_stream_opts_default(dw_stream_opts *o)
     o->dedup_window_s = 120;
     o->events_max_age_s = 7LL * 24 * 3600;
     o->events = 1;
+    o->route_max_age_s = 7LL * 24 * 3600;
     o->replicas = 1;
 }
 
@@ -573,17 +574,72 @@ static void events_config(jsStreamConfig *cfg, const dw_stream_opts *o, const ch
     cfg->Replicas = o->replicas;
 }
 
+/* DW_ROUTE: async route frames for user workers. Work queue: a frame is
+ * gone once a worker acked it; one frame that hit its consumer's
+ * MaxDeliver stays (the deadletter service copies it to DW_DLQ) until
+ * route_max_age_s. The duplicate window makes a client's retry with the
+ * same v1 id one frame. */
+static void route_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
+{
+    jsStreamConfig_Init(cfg);
+    cfg->Name = DW_STREAM_ROUTE;
+    cfg->Subjects = subj;
+    cfg->SubjectsLen = 1;
+    cfg->Storage = js_FileStorage;
+    cfg->Retention = js_WorkQueuePolicy;
+    cfg->MaxAge = o->route_max_age_s * 1000000000LL;
+    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
+    cfg->Replicas = o->replicas;
+}
+
+int dw_action_valid(const char *action, size_t len)
+{
+    if (!action || len == 0 || len > DW_ACTION_MAX) return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = action[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static int subj_of(char *buf, size_t len, const char *prefix, const char *action)
+{
+    if (!action || !dw_action_valid(action, strlen(action))) return -1;
+    int n = snprintf(buf, len, "%s%s", prefix, action);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+int dw_subj_route(char *buf, size_t len, const char *action)
+{
+    return subj_of(buf, len, DW_SUBJ_ROUTE_PREFIX, action);
+}
+
+int dw_subj_rpc(char *buf, size_t len, const char *action)
+{
+    return subj_of(buf, len, DW_SUBJ_RPC_PREFIX, action);
+}
+
+int dw_route_durable(char *buf, size_t len, const char *action)
+{
+    return subj_of(buf, len, DW_ROUTE_DURABLE_PREFIX, action);
+}
+
 natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
 {
     jsStreamConfig cfg;
     const char *conn_subj[] = {"dw.conn.>"};
     const char *msg_subj[] = {"dw.msg.>"};
     const char *events_subj[] = {DW_SUBJ_EVENTS_PREFIX ">"};
+    const char *route_subj[] = {DW_SUBJ_ROUTE_PREFIX ">"};
 
     conn_config(&cfg, o, conn_subj);
     natsStatus s = ensure_one(js, &cfg);
     if (s != NATS_OK) return s;
     msg_config(&cfg, o, msg_subj);
+    if ((s = ensure_one(js, &cfg)) != NATS_OK) return s;
+    route_config(&cfg, o, route_subj);
     if ((s = ensure_one(js, &cfg)) != NATS_OK || !o->events) return s;
     events_config(&cfg, o, events_subj);
     return ensure_one(js, &cfg);

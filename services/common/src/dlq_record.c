@@ -33,6 +33,21 @@ int dlq_subject(char *buf, size_t len, const char *room)
     return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
+const char *dlq_route_of_subject(const char *subject)
+{
+    static const char prefix[] = DW_SUBJ_ROUTE_PREFIX;
+    if (!subject || strncmp(subject, prefix, sizeof prefix - 1)) return NULL;
+    const char *action = subject + sizeof prefix - 1;
+    return dw_action_valid(action, strlen(action)) ? action : NULL;
+}
+
+int dlq_route_subject(char *buf, size_t len, const char *action)
+{
+    if (!action || !dw_action_valid(action, strlen(action))) return -1;
+    int n = snprintf(buf, len, DLQ_SUBJECT_ROUTE_PREFIX "%s", action);
+    return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
 int dlq_reason_edges(char *buf, size_t len, const char *kind, const char *const *edges, size_t n)
 {
     static const char more[] = ",...";
@@ -69,6 +84,8 @@ int dlq_record_valid(const Dw__DeadLetter *dl)
     if (!*dl->subject) {
         /* Captured after the original had left DW_MSG: nothing to replay. */
         if (dl->payload.len || *dl->room) return 0;
+    } else if (dlq_route_of_subject(dl->subject)) {
+        if (*dl->room) return 0; /* an async route's frame: no room */
     } else {
         const char *room = dlq_room_of_subject(dl->subject);
         if (!room || strcmp(dl->room, room)) return 0;

@@ -36,7 +36,8 @@ natsStatus dlq_streams_ensure(jsCtx *js, const dlq_stream_opts *o, int update)
 {
     jsStreamConfig cfg;
     const char *dlq_subj[] = {DW_SUBJ_DLQ_PREFIX ">"};
-    const char *adv_subj[] = {DW_SUBJ_ADV_MAX_DELIVERIES};
+    /* The dispatcher's consumer on DW_MSG, and the async routes' consumers. */
+    const char *adv_subj[] = {DW_SUBJ_ADV_MAX_DELIVERIES, DW_SUBJ_ADV_MAX_DELIVERIES_ROUTE};
 
     jsStreamConfig_Init(&cfg);
     cfg.Name = DW_STREAM_DLQ;
@@ -56,7 +57,7 @@ natsStatus dlq_streams_ensure(jsCtx *js, const dlq_stream_opts *o, int update)
     jsStreamConfig_Init(&cfg);
     cfg.Name = DW_STREAM_DLQ_ADVISORIES;
     cfg.Subjects = adv_subj;
-    cfg.SubjectsLen = 1;
+    cfg.SubjectsLen = 2;
     cfg.Storage = js_FileStorage;
     cfg.Retention = js_WorkQueuePolicy;
     cfg.MaxAge = o->advisory_max_age_s * 1000000000LL;

@@ -193,6 +193,11 @@ int dw_msgid_dlq(char *buf, size_t len, uint64_t stream_seq)
     return put(buf, len, "dlq.%" PRIu64, stream_seq);
 }
 
+int dw_msgid_dlq_route(char *buf, size_t len, uint64_t stream_seq)
+{
+    return put(buf, len, "dlq.route.%" PRIu64, stream_seq);
+}
+
 int dw_msgid_replay(char *buf, size_t len, const char *orig_msg_id, uint64_t stream_seq,
                     uint64_t dlq_id)
 {

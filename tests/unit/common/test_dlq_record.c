@@ -140,6 +140,46 @@ static void test_ids_and_subjects(void **state)
     assert_int_equal(dlq_subject(buf, 10, "lobby"), -1);
 }
 
+/* An async route's frame (DW_ROUTE, dw.route.<action>): no room. */
+static void test_route_records(void **state)
+{
+    char buf[64];
+    assert_string_equal(dlq_route_of_subject("dw.route.audit"), "audit");
+    assert_null(dlq_route_of_subject("dw.route."));
+    assert_null(dlq_route_of_subject("dw.route.a.b"));
+    assert_null(dlq_route_of_subject("dw.msg.audit"));
+    assert_null(dlq_route_of_subject(NULL));
+    assert_null(dlq_room_of_subject("dw.route.audit"));
+    assert_int_equal(dlq_route_subject(buf, sizeof buf, "audit"), 0);
+    assert_string_equal(buf, "dw.dlq.$route.audit");
+    assert_int_equal(dlq_route_subject(buf, sizeof buf, "a.b"), -1);
+    assert_int_equal(dlq_route_subject(buf, 12, "audit"), -1);
+
+    uint8_t payload[] = "{\"action\":\"audit\"}";
+    Dw__DeadLetter dl;
+    dw__dead_letter__init(&dl);
+    dl.subject = "dw.route.audit";
+    dl.stream_seq = 9;
+    dl.payload.data = payload;
+    dl.payload.len = sizeof payload - 1;
+    dl.reason = DLQ_REASON_ROUTE ":route-audit";
+    dl.room = "";
+    dl.source = DLQ_SOURCE_ADVISORY;
+    size_t len = 0;
+    uint8_t *b = dlq_record_pack(&dl, &len);
+    assert_non_null(b);
+    Dw__DeadLetter *back = dlq_record_unpack(b, len);
+    free(b);
+    assert_non_null(back);
+    assert_string_equal(back->subject, "dw.route.audit");
+    assert_string_equal(back->room, "");
+    assert_true(dlq_reason_matches(back->reason, DLQ_REASON_ROUTE));
+    dw__dead_letter__free_unpacked(back, NULL);
+    /* A route frame with a room is not a record. */
+    dl.room = "audit";
+    assert_null(dlq_record_pack(&dl, &len));
+}
+
 static void test_reasons(void **state)
 {
     char buf[64];
@@ -189,7 +229,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),        cmocka_unit_test(test_invalid_records),
         cmocka_unit_test(test_ids_and_subjects), cmocka_unit_test(test_reasons),
-        cmocka_unit_test(test_edges_header),
+        cmocka_unit_test(test_edges_header),     cmocka_unit_test(test_route_records),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -112,6 +112,11 @@ static void test_dlq_ids(void **state)
     char id[DW_MSGID_MAX];
     assert_int_equal(dw_msgid_dlq(id, sizeof id, 12345), 0);
     assert_string_equal(id, "dlq.12345");
+    /* An async route's frame: its own form, so DW_ROUTE and DW_MSG
+     * sequences never collide in DW_DLQ's duplicate window. */
+    assert_int_equal(dw_msgid_dlq_route(id, sizeof id, 12345), 0);
+    assert_string_equal(id, "dlq.route.12345");
+    assert_int_equal(dw_msgid_dlq_route(id, 8, 12345), -1);
     assert_int_equal(dw_msgid_replay(id, sizeof id, CONN ":9", 12345, 77), 0);
     assert_string_equal(id, CONN ":9.r77");
     assert_int_equal(dw_msgid_replay(id, sizeof id, "", 12345, 77), 0);

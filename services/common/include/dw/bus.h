@@ -17,6 +17,26 @@
 #define DW_STREAM_EVENTS "DW_EVENTS"
 #define DW_SUBJ_EVENTS_PREFIX "dw.events."
 
+/* Routes for user code (docs/integrations.md): an async route's frames go
+ * to dw.route.<action> in DW_ROUTE (work queue), read by workers through
+ * the durable consumer route-<action> that the edge creates; a sync route
+ * is a core request to dw.rpc.<action>. */
+#define DW_STREAM_ROUTE "DW_ROUTE"
+#define DW_SUBJ_ROUTE_PREFIX "dw.route."
+#define DW_SUBJ_RPC_PREFIX "dw.rpc."
+#define DW_ROUTE_DURABLE_PREFIX "route-"
+/* Each edge answers with its routes' counters (JSON; dwctl status). */
+#define DW_SUBJ_OPS_ROUTES "dw.ops.routes"
+/* An action that names a route: 1..DW_ACTION_MAX of [A-Za-z0-9_-] (one
+ * subject token, and a consumer name with its prefix). */
+#define DW_ACTION_MAX 64
+int dw_action_valid(const char *action, size_t len);
+/* "dw.route.<action>", "dw.rpc.<action>", "route-<action>" into buf; -1
+ * when action is not valid or buf too small. */
+int dw_subj_route(char *buf, size_t len, const char *action);
+int dw_subj_rpc(char *buf, size_t len, const char *action);
+int dw_route_durable(char *buf, size_t len, const char *action);
+
 #define DW_SUBJ_CONN_PREFIX "dw.conn."        /* + connect|disconnect|join|leave|edge_down */
 #define DW_SUBJ_MSG_PREFIX "dw.msg."          /* + <partition>.<room> (dw_subj_msg) */
 #define DW_SUBJ_REG_ROOM "dw.registry.room"   /* RoomQuery -> RoomEdges */
@@ -124,7 +144,8 @@ int dw_subs_drain(natsConnection *nc, natsSubscription **subs, size_t n, int64_t
  * every binary with a NATS_URL field). */
 void dw_bus_env_help(FILE *out);
 
-/* Create or update the streams DW_CONN, DW_MSG and DW_EVENTS (idempotent):
+/* Create or update the streams DW_CONN, DW_MSG, DW_EVENTS and DW_ROUTE
+ * (work queue: a frame leaves when a worker acks it; idempotent):
  * the registry's job (their owner). Looks first and writes nothing when they
  * are already as asked, so a caller whose NATS user may only read them
  * succeeds once the owner made them (until then: an error after ~2 s).
@@ -136,6 +157,7 @@ typedef struct dw_stream_opts {
     int64_t dedup_window_s;   /* Nats-Msg-Id window of all three (120 s) */
     int64_t events_max_age_s; /* DW_EVENTS: how long workers may take to read (7 days) */
     int events;               /* 0: no DW_EVENTS (lifecycle events turned off) */
+    int64_t route_max_age_s;  /* DW_ROUTE: async route frames not acked (7 days) */
     int replicas;
 } dw_stream_opts;
 void dw_stream_opts_default(dw_stream_opts *o);

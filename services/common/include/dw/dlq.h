@@ -20,6 +20,10 @@
  * message (MaxDeliver reached): JSON with "stream_seq". */
 #define DW_SUBJ_ADV_MAX_DELIVERIES                                                                 \
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." DW_STREAM_MSG "." DW_DISPATCHER_DURABLE
+/* The same for the consumers of async routes (route-<action> on DW_ROUTE):
+ * a frame no worker acked in MaxDeliver attempts. */
+#define DW_SUBJ_ADV_MAX_DELIVERIES_ROUTE                                                           \
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." DW_STREAM_ROUTE ".*"
 /* The stream that keeps those advisories until the deadletter service has
  * handled them (work queue), so none is lost while it is down. */
 #define DW_STREAM_DLQ_ADVISORIES "DW_DLQ_ADVISORIES"

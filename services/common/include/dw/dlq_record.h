@@ -20,7 +20,13 @@
 #define DLQ_REASON_EDGE_ERROR "edge_error"         /* edges whose reply was unusable */
 #define DLQ_REASON_DISPATCHER "dispatcher_error"   /* the dispatcher could not run it */
 #define DLQ_REASON_POISON "poison"                 /* max deliveries, no reason recorded */
+/* An async route's frame that no worker acked in its consumer's MaxDeliver
+ * attempts: "route_max_deliveries:<consumer>". */
+#define DLQ_REASON_ROUTE "route_max_deliveries"
 
+/* DW_DLQ subjects of an async route's dead letters: "dw.dlq.$route.<action>"
+ * (dlq_route_subject; '$' is never part of a room name). */
+#define DLQ_SUBJECT_ROUTE_PREFIX DW_SUBJ_DLQ_PREFIX "$route."
 /* DW_DLQ subject of a dead letter whose original was gone ('$' is never
  * part of a room name). */
 #define DLQ_SUBJECT_LOST DW_SUBJ_DLQ_PREFIX "$lost"
@@ -54,6 +60,12 @@ int dlq_reason_edges(char *buf, size_t len, const char *kind, const char *const 
  * "edge_timeout" matches "edge_timeout:e1". An empty filter matches all. */
 int dlq_reason_matches(const char *reason, const char *filter);
 
+/* The action of a DW_ROUTE subject ("dw.route.audit" -> "audit"), pointing
+ * into subject; NULL when it is none. */
+const char *dlq_route_of_subject(const char *subject);
+/* "dw.dlq.$route.<action>" into buf: 0, or -1 when invalid or too long. */
+int dlq_route_subject(char *buf, size_t len, const char *action);
+
 /* Encode a record (malloc'd; caller frees). NULL when dl is not a valid
  * record (see dlq_record_valid) or out of memory. */
 uint8_t *dlq_record_pack(const Dw__DeadLetter *dl, size_t *len);
@@ -63,7 +75,8 @@ uint8_t *dlq_record_pack(const Dw__DeadLetter *dl, size_t *len);
 Dw__DeadLetter *dlq_record_unpack(const void *data, size_t len);
 
 /* A record is valid when it names its origin (a subject under dw.msg.
- * with room = its room, a stream_seq > 0), has a reason and a source, and
+ * with room = its room, or an async route's dw.route.<action> with room
+ * "", a stream_seq > 0), has a reason and a source, and
  * keeps at most DLQ_ATTEMPTS_MAX attempt times. One exception: captured
  * from an advisory after the original had left DW_MSG, subject, room and
  * payload are empty (stored under DLQ_SUBJECT_LOST; nothing to replay). */

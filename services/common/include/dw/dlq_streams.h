@@ -4,7 +4,8 @@
  *                      duplicate window so that the two writers of one
  *                      message's dead letter ("dlq.<seq>") make one entry;
  *   DW_DLQ_ADVISORIES  JetStream's max-deliveries advisories of the
- *                      dispatcher's consumer, kept (work queue) until the
+ *                      dispatcher's consumer and of the async routes'
+ *                      consumers (route-<action> on DW_ROUTE), kept (work queue) until the
  *                      deadletter service handled them, so that an advisory
  *                      raised while the service is down is not lost.
  * The deadletter service owns them (creates and updates); the dispatcher

@@ -103,6 +103,9 @@ int dw_msgid_event_parse(const char *id, size_t len, uint64_t *seq, uint32_t *id
  * dispatcher, the deadletter service's advisory capture) use it, so DW_DLQ
  * keeps one entry per message. */
 int dw_msgid_dlq(char *buf, size_t len, uint64_t stream_seq);
+/* The dead letter of DW_ROUTE sequence seq (an async route's frame no
+ * worker acked): "dlq.route.<seq>". */
+int dw_msgid_dlq_route(char *buf, size_t len, uint64_t stream_seq);
 /* The republish of DW_DLQ entry dlq_id: "<orig_msg_id>.r<dlq_id>", or
  * "dlq.<stream_seq>.r<dlq_id>" without an original id. Distinct from the
  * original's id (DW_MSG's duplicate window would swallow an early replay)
