@@ -322,6 +322,42 @@ class ComposesWithJwt(Authorizer):
         asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+class ContextReachesRoutes(Authorizer):
+    """What the authorizer said travels with the connection: a sync route's
+    worker (dw-echo --request, the real example) gets the authorizer's user
+    and context as identity.user and identity.context, in both protocols."""
+
+    def edge_env(self):
+        return {"ROUTES": "echo:sync"}
+
+    def test_identity_context_in_route_requests(self):
+        env = dict(os.environ, DW_NATS_URL=self.stack.nats_url, **self.service_env["worker"])
+        echo = self.stack._spawn("echo", [os.path.join(BIN, "dw-echo"), "--request"], env)
+        wait_until(lambda: log_has(echo, "echo: serving") or not echo.alive(), 20,
+                   "dw-echo to serve")
+        self.assertTrue(echo.alive(), echo.tail())
+
+        async def scenario():
+            v = await connect(self.url + "?token=bob-token", subprotocols=V1)
+            hello = json.loads(await recv_text(v))
+            self.assertEqual(hello["user"], "bob")
+            await v.send(json.dumps({"action": "echo", "data": "x", "ref": 1}))
+            rq = json.loads(await recv_text(v))["data"]
+            self.assertEqual(rq["connectionId"], hello["connectionId"])
+            self.assertEqual(rq["identity"]["user"], "bob")
+            self.assertEqual(rq["identity"]["context"],
+                             {"tokenSource": "query", "sourceIp": "127.0.0.1",
+                              "authorizer": "dw-authorizer"})
+            plain = await connect(self.url, extra_headers={"Authorization": "Bearer alice-token"})
+            await plain.send(json.dumps({"action": "echo", "data": "y"}))
+            rq = json.loads(await recv_text(plain))
+            self.assertEqual(rq["identity"]["user"], "alice")
+            self.assertEqual(rq["identity"]["context"]["tokenSource"], "header")
+            await v.close()
+            await plain.close()
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 class AgainstMakeUp(unittest.TestCase):
     """docs/integrations.md's "try it": `DW_AUTHORIZER=dw.authz.connect make up`
     (scripts/up.sh, on free ports) and dw-authorizer started with one
