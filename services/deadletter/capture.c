@@ -247,7 +247,7 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len)
 
     /* The dispatcher dead-letters what it gives up on itself; this path is
      * for what it could not (crashed on it, could not decode it, could not
-     * write to DW_DLQ). First look in the index... */
+     * write to DW_DLQ). First look in the index. */
     pthread_mutex_lock(&svc->mu);
     size_t have = dlq_index_count_stream_seq(svc->ix, adv.stream_seq);
     pthread_mutex_unlock(&svc->mu);
@@ -291,50 +291,11 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len)
     dl.room = (char *)room;
     dl.source = DLQ_SOURCE_ADVISORY;
 
-    size_t blen = 0;
-    uint8_t *buf = dlq_record_pack(&dl, &blen);
-    if (!buf) {
-        DW_ERROR("advisory: cannot encode the dead letter", "seq=%" PRIu64, adv.stream_seq);
-        natsMsg_Destroy(orig);
-        return -1;
-    }
-
-    /* ...then let JetStream's duplicate window settle a race with the
-     * dispatcher's own write, which uses the same Nats-Msg-Id. */
+    /* Let JetStream's duplicate window settle a race with the dispatcher's
+     * own write, which uses the same Nats-Msg-Id. */
     char msg_id[DW_MSGID_MAX];
     dw_msgid_dlq(msg_id, sizeof msg_id, adv.stream_seq);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = msg_id;
-    po.MaxWait = svc->cfg.publish_wait_ms;
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_Publish(&pa, svc->js, dlq_subj, buf, (int)blen, &po, &jerr);
-    int rc = -1;
-    if (s != NATS_OK) {
-        DW_WARN("advisory: dead letter not written, retrying later",
-                "seq=%" PRIu64 " status=%s jserr=%d", adv.stream_seq, natsStatus_GetText(s),
-                (int)jerr);
-    } else if (pa->Duplicate) {
-        DW_INFO("advisory: already dead-lettered (duplicate)", "seq=%" PRIu64, adv.stream_seq);
-        dw_metric_inc(svc->m.advisory_dups);
-        rc = 0;
-    } else {
-        DW_ERROR("poison message dead-lettered",
-                 "seq=%" PRIu64 " subject=%s deliveries=%" PRIu64 " bytes=%zu dlq_id=%" PRIu64 "%s",
-                 adv.stream_seq, *subject ? subject : "-", adv.deliveries, dl.payload.len,
-                 pa->Sequence, found ? "" : " original=gone");
-        /* In the index at once, so that a repeated advisory finds it. */
-        Dw__DeadLetter *copy = dlq_record_unpack(buf, blen);
-        size_t bytes = copy ? copy->payload.len : 0;
-        pthread_mutex_lock(&svc->mu);
-        if (copy && dlq_index_add(svc->ix, pa->Sequence, dw_now_ms(), dlq_subj, copy, bytes) == 1)
-            dw_metric_inc(svc->m.captured_advisory);
-        pthread_mutex_unlock(&svc->mu);
-        rc = 0;
-    }
-    jsPubAck_Destroy(pa);
-    free(buf);
+    int rc = store_dead_letter(svc, &dl, dlq_subj, msg_id, "poison message dead-lettered");
     natsMsg_Destroy(orig); /* subject, orig_id and the payload point into it */
     return rc;
 }

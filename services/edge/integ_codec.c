@@ -1,5 +1,7 @@
 #include "integ_codec.h"
 
+#include "proto_v1.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,20 +199,6 @@ void integ_reply_free(integ_reply *r)
     r->text_len = 0;
 }
 
-/* Adds "ref" (JSON text) to o, then dumps and frees o. */
-static char *finish(json_t *o, const char *ref, size_t *len)
-{
-    if (!o) return NULL;
-    if (ref) {
-        json_t *rv = json_loads(ref, JSON_DECODE_ANY, NULL);
-        if (rv) json_object_set_new(o, "ref", rv);
-    }
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (s) *len = strlen(s);
-    return s;
-}
-
 char *integ_v1_reply(const char *action, const char *ref, const char *text, size_t text_len,
                      bool text_json, size_t *len)
 {
@@ -218,8 +206,8 @@ char *integ_v1_reply(const char *action, const char *ref, const char *text, size
                              : json_stringn(text, text_len);
     /* A reply string that is not UTF-8 cannot be a JSON string. */
     if (!data) data = json_null();
-    return finish(json_pack("{s:s, s:s, s:o}", "type", "reply", "action", action, "data", data),
-                  ref, len);
+    return v1_finish(json_pack("{s:s, s:s, s:o}", "type", "reply", "action", action, "data", data),
+                     ref, len);
 }
 
 char *integ_v1_ack(const char *action, uint64_t seq, const char *id, const char *ref, size_t *len)
@@ -227,14 +215,14 @@ char *integ_v1_ack(const char *action, uint64_t seq, const char *id, const char 
     json_t *o =
         json_pack("{s:s, s:s, s:I}", "type", "ack", "action", action, "seq", (json_int_t)seq);
     if (o && id) json_object_set_new(o, "id", json_string(id));
-    return finish(o, ref, len);
+    return v1_finish(o, ref, len);
 }
 
 char *integ_v1_error(const char *action, const char *request_id, const char *message,
                      const char *ref, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "error", "code",
-                            "integration_failed", "message", message, "action", action, "requestId",
-                            request_id),
-                  ref, len);
+    return v1_finish(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "error", "code",
+                               "integration_failed", "message", message, "action", action,
+                               "requestId", request_id),
+                     ref, len);
 }

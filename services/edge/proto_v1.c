@@ -172,8 +172,7 @@ void v1_request_free(v1_request *r)
     r->data = r->ref = NULL;
 }
 
-/* Adds "ref" (given as JSON text) to o, then dumps and frees o. */
-static char *finish(json_t *o, const char *ref, size_t *len)
+char *v1_finish(json_t *o, const char *ref, size_t *len)
 {
     if (!o) return NULL;
     if (ref) {
@@ -195,7 +194,7 @@ static json_t *str(const char *s)
 
 char *v1_hello(const char *conn_id, const char *user, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s, s:o, s:s}", "type", "hello", "connectionId", conn_id,
+    return v1_finish(json_pack("{s:s, s:s, s:o, s:s}", "type", "hello", "connectionId", conn_id,
                             "user", str(user), "protocol", V1_PROTOCOL),
                   NULL, len);
 }
@@ -206,31 +205,31 @@ char *v1_error(const char *code, const char *message, const char *ref, int64_t r
     json_t *o = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
     if (o && retry_after_ms >= 0)
         json_object_set_new(o, "retry_after_ms", json_integer(retry_after_ms));
-    return finish(o, ref, len);
+    return v1_finish(o, ref, len);
 }
 
 char *v1_joined(const char *room, uint64_t seq, bool recovered, const char *ref, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s, s:I, s:b}", "type", "joined", "room", room, "seq",
+    return v1_finish(json_pack("{s:s, s:s, s:I, s:b}", "type", "joined", "room", room, "seq",
                             (json_int_t)seq, "recovered", recovered),
                   ref, len);
 }
 
 char *v1_left(const char *room, const char *ref, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s}", "type", "left", "room", room), ref, len);
+    return v1_finish(json_pack("{s:s, s:s}", "type", "left", "room", room), ref, len);
 }
 
 char *v1_ack(const char *id, const char *room, uint64_t seq, const char *ref, size_t *len)
 {
-    return finish(json_pack("{s:s, s:o, s:s, s:I}", "type", "ack", "id", str(id), "room", room,
+    return v1_finish(json_pack("{s:s, s:o, s:s, s:I}", "type", "ack", "id", str(id), "room", room,
                             "seq", (json_int_t)seq),
                   ref, len);
 }
 
 char *v1_presence_event(const char *type, const char *room, const char *user, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s, s:o}", "type", type, "room", room, "user", str(user)), NULL,
+    return v1_finish(json_pack("{s:s, s:s, s:o}", "type", type, "room", room, "user", str(user)), NULL,
                   len);
 }
 
@@ -247,7 +246,7 @@ json_t *v1_message_obj(const v1_msg *m)
 
 char *v1_message_json(const v1_msg *m, size_t *len)
 {
-    return finish(v1_message_obj(m), NULL, len);
+    return v1_finish(v1_message_obj(m), NULL, len);
 }
 
 /* Bytes s[0..n) as the body of a JSON string, escaped as jansson's
@@ -350,7 +349,7 @@ char *v1_message(const v1_msg *m, size_t *len)
 
 char *v1_history(const char *room, json_t *messages, bool more, const char *ref, size_t *len)
 {
-    return finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "history", "room", room, "messages",
+    return v1_finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "history", "room", room, "messages",
                             messages ? messages : json_array(), "more", more),
                   ref, len);
 }
@@ -362,7 +361,7 @@ char *v1_presence(const char *room, const char *const *users, const uint32_t *co
     for (size_t i = 0; arr && i < n; i++)
         json_array_append_new(
             arr, json_pack("{s:o, s:i}", "user", str(users[i]), "connections", (int)conns[i]));
-    return finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "presence", "room", room, "users",
+    return v1_finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "presence", "room", room, "users",
                             arr ? arr : json_array(), "more", more),
                   ref, len);
 }

@@ -54,6 +54,9 @@ bool v1_name_valid(const char *name, size_t len);
 /* Server frames. ref: JSON text or NULL. Each returns malloc'd text and its
  * length in *len, or NULL when out of memory. */
 char *v1_hello(const char *conn_id, const char *user, size_t *len);
+/* Any other server frame: adds "ref" (JSON text, may be NULL) to o, then
+ * dumps o and frees it (NULL o: NULL, for a failed json_pack). */
+char *v1_finish(json_t *o, const char *ref, size_t *len);
 char *v1_error(const char *code, const char *message, const char *ref, int64_t retry_after_ms,
                size_t *len);
 char *v1_joined(const char *room, uint64_t seq, bool recovered, const char *ref, size_t *len);

@@ -532,62 +532,18 @@ static natsStatus ensure_one(jsCtx *js, jsStreamConfig *cfg)
     return s;
 }
 
-static void conn_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
+/* What every stream of ours shares: file storage, one subject filter, the
+ * duplicate window and the replica count; name, retention and age vary. */
+static void stream_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char *name,
+                          const char **subj, jsRetentionPolicy retention, int64_t max_age_s)
 {
     jsStreamConfig_Init(cfg);
-    cfg->Name = DW_STREAM_CONN;
+    cfg->Name = name;
     cfg->Subjects = subj;
     cfg->SubjectsLen = 1;
     cfg->Storage = js_FileStorage;
-    cfg->Retention = js_LimitsPolicy;
-    cfg->MaxAge = o->conn_max_age_s * 1000000000LL;
-    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
-    cfg->Replicas = o->replicas;
-}
-
-static void msg_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
-{
-    jsStreamConfig_Init(cfg);
-    cfg->Name = DW_STREAM_MSG;
-    cfg->Subjects = subj;
-    cfg->SubjectsLen = 1;
-    cfg->Storage = js_FileStorage;
-    cfg->Retention = js_LimitsPolicy;
-    cfg->MaxAge = o->msg_max_age_s * 1000000000LL;
-    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
-    cfg->Replicas = o->replicas;
-}
-
-/* DW_EVENTS: lifecycle events for user code. Limits retention, so that
- * every worker reads every event with its own consumer; the duplicate
- * window is what lets two registry replicas publish the same event. */
-static void events_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
-{
-    jsStreamConfig_Init(cfg);
-    cfg->Name = DW_STREAM_EVENTS;
-    cfg->Subjects = subj;
-    cfg->SubjectsLen = 1;
-    cfg->Storage = js_FileStorage;
-    cfg->Retention = js_LimitsPolicy;
-    cfg->MaxAge = o->events_max_age_s * 1000000000LL;
-    cfg->Duplicates = o->dedup_window_s * 1000000000LL;
-    cfg->Replicas = o->replicas;
-}
-
-/* DW_ROUTE: async route frames for user workers. Work queue: a frame is
- * gone once a worker acked it; one frame that hit its consumer's
- * MaxDeliver stays (the deadletter service copies it to DW_DLQ) until
- * route_max_age_s. The duplicate window makes a client's retry with the
- * same v1 id one frame. */
-static void route_config(jsStreamConfig *cfg, const dw_stream_opts *o, const char **subj)
-{
-    jsStreamConfig_Init(cfg);
-    cfg->Name = DW_STREAM_ROUTE;
-    cfg->Subjects = subj;
-    cfg->SubjectsLen = 1;
-    cfg->Storage = js_FileStorage;
-    cfg->Retention = js_WorkQueuePolicy;
-    cfg->MaxAge = o->route_max_age_s * 1000000000LL;
+    cfg->Retention = retention;
+    cfg->MaxAge = max_age_s * 1000000000LL;
     cfg->Duplicates = o->dedup_window_s * 1000000000LL;
     cfg->Replicas = o->replicas;
 }
@@ -634,14 +590,22 @@ natsStatus dw_streams_ensure(jsCtx *js, const dw_stream_opts *o)
     const char *events_subj[] = {DW_SUBJ_EVENTS_PREFIX ">"};
     const char *route_subj[] = {DW_SUBJ_ROUTE_PREFIX ">"};
 
-    conn_config(&cfg, o, conn_subj);
+    stream_config(&cfg, o, DW_STREAM_CONN, conn_subj, js_LimitsPolicy, o->conn_max_age_s);
     natsStatus s = ensure_one(js, &cfg);
     if (s != NATS_OK) return s;
-    msg_config(&cfg, o, msg_subj);
+    stream_config(&cfg, o, DW_STREAM_MSG, msg_subj, js_LimitsPolicy, o->msg_max_age_s);
     if ((s = ensure_one(js, &cfg)) != NATS_OK) return s;
-    route_config(&cfg, o, route_subj);
+    /* DW_ROUTE: async route frames for user workers. Work queue: a frame
+     * is gone once a worker acked it; one that hit its consumer's
+     * MaxDeliver stays (the deadletter service copies it to DW_DLQ) until
+     * route_max_age_s. The duplicate window makes a client's retry with
+     * the same v1 id one frame. */
+    stream_config(&cfg, o, DW_STREAM_ROUTE, route_subj, js_WorkQueuePolicy, o->route_max_age_s);
     if ((s = ensure_one(js, &cfg)) != NATS_OK || !o->events) return s;
-    events_config(&cfg, o, events_subj);
+    /* DW_EVENTS: lifecycle events for user code. Limits retention, so that
+     * every worker reads every event with its own consumer; the duplicate
+     * window is what lets two registry replicas publish the same event. */
+    stream_config(&cfg, o, DW_STREAM_EVENTS, events_subj, js_LimitsPolicy, o->events_max_age_s);
     return ensure_one(js, &cfg);
 }
 
