@@ -572,3 +572,45 @@ void authz_on_destroy(struct lws *wsi)
     authz_decision_free(d);
     free(d);
 }
+
+int authz_edge_start(edge *e, natsConnection *nc)
+{
+    const edge_config *c = e->cfg;
+    if (!c->authorizer[0]) return 0;
+    if (!authz_subject_valid(c->authorizer)) {
+        DW_ERROR("bad configuration", "err=\"%s\"",
+                 "DW_AUTHORIZER must be a subject under dw.authz. (no wildcards)");
+        return -1;
+    }
+    if (c->tls_cert[0]) {
+        DW_ERROR("bad configuration", "err=\"%s\"",
+                 "DW_AUTHORIZER needs plain ws:// at the edge: terminate TLS in front of it");
+        return -1;
+    }
+    authz_gate_config ac = {
+        .subject = c->authorizer,
+        .timeout_ms = c->authorizer_timeout_ms,
+        .head_timeout_ms = c->handshake_timeout_s * 1000,
+        .max_head = (size_t)(c->max_header + c->max_url),
+        .max_pending = (uint32_t)c->authorizer_max_pending,
+        .forward_headers = c->authorizer_headers,
+        .edge_id = e->edge_id,
+        .mailbox = &e->mailbox,
+        .metrics = e->m,
+    };
+    char err[256];
+    if (authz_gate_start(&e->authz, &ac, nc, err, sizeof err)) {
+        DW_ERROR("cannot start the connect authorizer", "err=\"%s\"", err);
+        return -1;
+    }
+    return 0;
+}
+
+bool authz_on_accept(edge *e, int fd)
+{
+    if (!e->cfg->authorizer[0]) return false;
+    /* The gate reads the request head first and hands the socket back;
+     * lws closes its copy. (No gate, while stopping: no connection.) */
+    if (!e->authz || !authz_gate_take(e->authz, fd)) dw_metric_inc(e->m->authz_errors_other);
+    return true;
+}

@@ -63,6 +63,17 @@ void authz_gate_stop(authz_gate *g);
 /* Is subject a valid authorizer subject (under dw.authz.)? */
 bool authz_subject_valid(const char *subject);
 
+/* lws thread, before the listener opens: with DW_AUTHORIZER, check the
+ * settings (a subject under dw.authz., no TLS at the edge: the gate reads
+ * request heads itself) and start e->authz on nc. 0 (also with no
+ * authorizer), or -1 logged. */
+int authz_edge_start(struct edge *e, natsConnection *nc);
+/* lws thread, LWS_CALLBACK_FILTER_NETWORK_CONNECTION after the edge's own
+ * checks: true when the gate took fd (with an authorizer every socket
+ * goes to it first; lws must then drop its copy), false with no
+ * authorizer. */
+bool authz_on_accept(struct edge *e, int fd);
+
 /* lws thread, LWS_CALLBACK_FILTER_NETWORK_CONNECTION: the gate takes a
  * duplicate of fd (lws then closes fd). false when it cannot (no memory,
  * no descriptor): lws should drop the connection. */

@@ -238,16 +238,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: {
         int fd = (int)(intptr_t)in;
-        if (!admit_network(e, fd)) return 1;
-        /* With an authorizer the gate reads the request head first and
-         * hands the socket back (authz_gate.h): lws closes its copy. (No
-         * gate, while stopping: no connection.) */
-        if (e->cfg->authorizer[0]) {
-            if (!e->authz || !authz_gate_take(e->authz, fd))
-                dw_metric_inc(e->m->authz_errors_other);
-            return 1;
-        }
-        return 0;
+        return !admit_network(e, fd) || authz_on_accept(e, fd) ? 1 : 0;
     }
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         memset(s, 0, sizeof *s);
@@ -465,17 +456,6 @@ int edge_run(edge *e, natsConnection *nc)
      * makes every new connection cost O(connections). */
     static const lws_retry_bo_t no_validity_timers = {0};
     info.retry_and_idle_policy = &no_validity_timers;
-    if (e->cfg->authorizer[0] && !authz_subject_valid(e->cfg->authorizer)) {
-        DW_ERROR("bad configuration", "err=\"%s\"",
-                 "DW_AUTHORIZER must be a subject under dw.authz. (no wildcards)");
-        goto out;
-    }
-    if (e->cfg->authorizer[0] && e->cfg->tls_cert[0]) {
-        /* The gate reads request heads itself (authz_gate.h). */
-        DW_ERROR("bad configuration", "err=\"%s\"",
-                 "DW_AUTHORIZER needs plain ws:// at the edge: terminate TLS in front of it");
-        goto out;
-    }
     if (e->cfg->tls_cert[0]) {
         /* TLS on the port; plain HTTP still answers (probes on /healthz), and
          * REQUIRE_TLS refuses plain WebSocket upgrades with 426. */
@@ -511,23 +491,7 @@ int edge_run(edge *e, natsConnection *nc)
     }
     /* The gate first: from the first accepted socket on, every upgrade
      * is asked about (authz_gate.h). */
-    if (e->cfg->authorizer[0]) {
-        authz_gate_config ac = {
-            .subject = e->cfg->authorizer,
-            .timeout_ms = e->cfg->authorizer_timeout_ms,
-            .head_timeout_ms = e->cfg->handshake_timeout_s * 1000,
-            .max_head = (size_t)(e->cfg->max_header + e->cfg->max_url),
-            .max_pending = (uint32_t)e->cfg->authorizer_max_pending,
-            .forward_headers = e->cfg->authorizer_headers,
-            .edge_id = e->edge_id,
-            .mailbox = &e->mailbox,
-            .metrics = e->m,
-        };
-        if (authz_gate_start(&e->authz, &ac, nc, err, sizeof err)) {
-            DW_ERROR("cannot start the connect authorizer", "err=\"%s\"", err);
-            goto out;
-        }
-    }
+    if (authz_edge_start(e, nc)) goto out;
     e->ctx = lws_create_context(&info);
     if (!e->ctx) {
         DW_ERROR("cannot listen", "host=%s port=%lld", e->cfg->host, (long long)e->cfg->port);
