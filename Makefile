@@ -11,7 +11,7 @@ CONFIGURE = cmake -S . -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
 CTEST     = ctest --output-on-failure --no-tests=error -j$(JOBS)
 
 .DEFAULT_GOAL := help
-.PHONY: help up build test test-cluster test-asan test-compose bench clean
+.PHONY: help up build test test-faults test-cluster test-asan test-compose bench clean
 
 help: ## list the targets
 	@echo "DynamoWave: make <target>"
@@ -26,11 +26,17 @@ build: ## configure and build (no package check)
 	$(CONFIGURE) -B $(BUILD_DIR)
 	cmake --build $(BUILD_DIR) -j$(JOBS)
 
-test: ## install missing packages, build with -Werror, run every test (but the cluster suite)
+test: ## install missing packages, build with -Werror, run every test (but the fault and cluster suites)
 	scripts/deps.sh
 	$(CONFIGURE) -B $(BUILD_DIR) -DDW_WERROR=ON -DDW_BUILD_TESTS=ON
 	cmake --build $(BUILD_DIR) -j$(JOBS)
-	$(CTEST) --test-dir $(BUILD_DIR) -LE cluster
+	$(CTEST) --test-dir $(BUILD_DIR) -LE 'cluster|faults'
+
+test-faults: ## the fault suite: kill -9 / SIGSTOP of every process under load (label faults, ~4 min; run by CI)
+	scripts/deps.sh
+	$(CONFIGURE) -B $(BUILD_DIR) -DDW_WERROR=ON -DDW_BUILD_TESTS=ON
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+	ctest --output-on-failure --test-dir $(BUILD_DIR) -L faults
 
 test-cluster: ## the 3-node JetStream cluster suite (label cluster; its own target, run by CI)
 	scripts/deps.sh
