@@ -273,6 +273,25 @@ static void consumer_leader_current(leasekv *lk, const char *name)
 
 /* Set up partition p's consumer: start after the highest floor anyone
  * left, then delete the other owners' consumers. 0 or -1 (logged). */
+/* On a setup thread: does partition p's key still name us? 1 yes, 0 no
+ * (another owner, none, or the key is gone), -1 no answer. */
+static int key_names_me(leasekv *lk, uint32_t p)
+{
+    char key[16], owner[LEASE_INSTANCE_MAX + 1];
+    uint64_t floor = 0;
+    kvEntry *e = NULL;
+    part_key(key, sizeof key, p);
+    natsStatus s = kvStore_Get(&e, lk->hb_kv, key);
+    if (s == NATS_NOT_FOUND) return 0;
+    if (s != NATS_OK) return -1;
+    int mine =
+        kvEntry_Operation(e) == kvOp_Put &&
+        !lease_parse(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e), owner, sizeof owner, &floor) &&
+        !strcmp(owner, lk->me);
+    kvEntry_Destroy(e);
+    return mine;
+}
+
 static int consumer_setup(leasekv *lk, uint32_t p, uint32_t gen, uint64_t floor,
                           uint64_t *floor_out)
 {
@@ -327,6 +346,18 @@ static int consumer_setup(leasekv *lk, uint32_t p, uint32_t gen, uint64_t floor,
         return -1;
     }
     consumer_leader_current(lk, mine);
+    /* The fence deletes every other consumer of the partition: only while
+     * the key still names us. A setup still running when we gave the
+     * partition back (preferred elsewhere) once deleted the new owner's
+     * live consumer here; that owner never noticed, and the partition went
+     * unread for the rest of the run (the cluster suite's edge-drain test:
+     * one room's 400 messages never delivered live). */
+    if (key_names_me(lk, p) == 0) { /* (no answer: the bucket has no leader; go on) */
+        DW_INFO("partition setup dropped: the lease no longer names us", "partition=%u", p);
+        js_DeleteConsumer(lk->js, DW_STREAM_MSG, mine, NULL, &jerr);
+        jsConsumerNamesList_Destroy(names);
+        return -1;
+    }
     /* The fence: earlier owners can no longer fetch or ack. */
     for (int i = 0; names && i < names->Count; i++) {
         const char *n = names->List[i];
@@ -407,8 +438,8 @@ static void take(leasekv *lk, uint32_t p)
              * tick). Read the key now: the next tick decides on its real
              * revision and owner. */
             if (!cas_lost(lk, p)) return; /* no answer, or still naming us: next tick */
-            DW_DEBUG("partition take lost the race", "partition=%u owner=\"%s\" rev=%" PRIu64,
-                     p, kp->owner, kp->rev);
+            DW_DEBUG("partition take lost the race", "partition=%u owner=\"%s\" rev=%" PRIu64, p,
+                     kp->owner, kp->rev);
             return;
         }
         kp->held = 1;
@@ -637,7 +668,11 @@ static void tick(leasekv *lk)
             }
             break;
         case LEASE_RELEASE:
-            if (!kp->ready) {
+            if (kp->setting_up) {
+                /* Not while our setup runs: its fence would delete the
+                 * next owner's consumer. It ends within the JetStream
+                 * timeout; the partition is given back at a later tick. */
+            } else if (!kp->ready) {
                 give_back(lk, p);
             } else if (!kp->releasing) {
                 kp->releasing = 1;
