@@ -87,8 +87,8 @@ typedef struct edge {
     /* set before any thread starts, read-only after */
     const edge_config *cfg;
     char edge_id[DW_ID_LEN + 1];
-    edge_bridge *bridge;    /* its own calls say which thread may make them */
-    struct edge_metrics *m; /* atomics: any thread may count */
+    edge_bridge *bridge;      /* its own calls say which thread may make them */
+    struct edge_metrics *m;   /* atomics: any thread may count */
     struct edge_integ *integ; /* routes (integ.h says which thread calls what) */
 
     /* lws thread only */

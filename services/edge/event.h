@@ -24,7 +24,7 @@ typedef enum {
     EDGE_EV_JOB_DONE,       /* a join / history / presence job finished (jobs.h) */
     EDGE_EV_PRESENCE,       /* someone joined or left a room (presence events) */
     EDGE_EV_AUTHZ,          /* a socket back from the authorizer's gate (authz_gate.h) */
-    EDGE_EV_ROUTE,          /* a route's answer: a worker's reply, or an async frame's ack (integ.h) */
+    EDGE_EV_ROUTE, /* a route's answer: a worker's reply, or an async frame's ack (integ.h) */
 } edge_event_kind;
 
 typedef struct edge_event {

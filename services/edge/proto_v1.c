@@ -195,8 +195,8 @@ static json_t *str(const char *s)
 char *v1_hello(const char *conn_id, const char *user, size_t *len)
 {
     return v1_finish(json_pack("{s:s, s:s, s:o, s:s}", "type", "hello", "connectionId", conn_id,
-                            "user", str(user), "protocol", V1_PROTOCOL),
-                  NULL, len);
+                               "user", str(user), "protocol", V1_PROTOCOL),
+                     NULL, len);
 }
 
 char *v1_error(const char *code, const char *message, const char *ref, int64_t retry_after_ms,
@@ -211,8 +211,8 @@ char *v1_error(const char *code, const char *message, const char *ref, int64_t r
 char *v1_joined(const char *room, uint64_t seq, bool recovered, const char *ref, size_t *len)
 {
     return v1_finish(json_pack("{s:s, s:s, s:I, s:b}", "type", "joined", "room", room, "seq",
-                            (json_int_t)seq, "recovered", recovered),
-                  ref, len);
+                               (json_int_t)seq, "recovered", recovered),
+                     ref, len);
 }
 
 char *v1_left(const char *room, const char *ref, size_t *len)
@@ -223,14 +223,14 @@ char *v1_left(const char *room, const char *ref, size_t *len)
 char *v1_ack(const char *id, const char *room, uint64_t seq, const char *ref, size_t *len)
 {
     return v1_finish(json_pack("{s:s, s:o, s:s, s:I}", "type", "ack", "id", str(id), "room", room,
-                            "seq", (json_int_t)seq),
-                  ref, len);
+                               "seq", (json_int_t)seq),
+                     ref, len);
 }
 
 char *v1_presence_event(const char *type, const char *room, const char *user, size_t *len)
 {
-    return v1_finish(json_pack("{s:s, s:s, s:o}", "type", type, "room", room, "user", str(user)), NULL,
-                  len);
+    return v1_finish(json_pack("{s:s, s:s, s:o}", "type", type, "room", room, "user", str(user)),
+                     NULL, len);
 }
 
 json_t *v1_message_obj(const v1_msg *m)
@@ -350,8 +350,8 @@ char *v1_message(const v1_msg *m, size_t *len)
 char *v1_history(const char *room, json_t *messages, bool more, const char *ref, size_t *len)
 {
     return v1_finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "history", "room", room, "messages",
-                            messages ? messages : json_array(), "more", more),
-                  ref, len);
+                               messages ? messages : json_array(), "more", more),
+                     ref, len);
 }
 
 char *v1_presence(const char *room, const char *const *users, const uint32_t *conns, size_t n,
@@ -362,6 +362,6 @@ char *v1_presence(const char *room, const char *const *users, const uint32_t *co
         json_array_append_new(
             arr, json_pack("{s:o, s:i}", "user", str(users[i]), "connections", (int)conns[i]));
     return v1_finish(json_pack("{s:s, s:s, s:o, s:b}", "type", "presence", "room", room, "users",
-                            arr ? arr : json_array(), "more", more),
-                  ref, len);
+                               arr ? arr : json_array(), "more", more),
+                     ref, len);
 }

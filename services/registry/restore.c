@@ -109,8 +109,7 @@ static int seal_build(reg_store *st, const char *replica_dir, const char *tmp, c
 }
 
 int reg_restore_build(jsCtx *js, const char *replica_dir, const reg_restore_plan *p,
-                      const dw_keyring *kr, atomic_int *stop, reg_restore_result *res,
-                      char **err)
+                      const dw_keyring *kr, atomic_int *stop, reg_restore_result *res, char **err)
 {
     char tmp[4096], ready[4096], db[4096], old[4096];
     static const char *const skip[] = {REG_CKPT_META, NULL};

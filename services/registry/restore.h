@@ -63,8 +63,7 @@ int reg_restore_plan_make(jsCtx *js, const char *ckpt_dir, const dw_keyring *kr,
 /* Build <replica_dir>/restore.ready from the plan (restore.tmp meanwhile),
  * holding at to_ms. Never touches <replica_dir>/db. 0, or -1 with *err. */
 int reg_restore_build(jsCtx *js, const char *replica_dir, const reg_restore_plan *p,
-                      const dw_keyring *kr, atomic_int *stop, reg_restore_result *res,
-                      char **err);
+                      const dw_keyring *kr, atomic_int *stop, reg_restore_result *res, char **err);
 
 /* Make <replica_dir>/db whole: drop restore.tmp, swap in restore.ready,
  * remove db.old. Call at start (before opening db) and after a build, with

@@ -18,14 +18,13 @@ static void test_route(void **state)
     assert_string_equal(room, "general");
     assert_int_equal(api_rooms_route_parse("/prod/@rooms/a.b-c_d/messages", room), API_ROOMS_OK);
     assert_string_equal(room, "a.b-c_d");
-    assert_int_equal(api_rooms_route_parse("/@rooms/bad..room/messages", room),
-                     API_ROOMS_BAD_ROOM);
+    assert_int_equal(api_rooms_route_parse("/@rooms/bad..room/messages", room), API_ROOMS_BAD_ROOM);
     assert_int_equal(api_rooms_route_parse("/@rooms/sp ace/messages", room), API_ROOMS_BAD_ROOM);
     assert_int_equal(api_rooms_route_parse("/@rooms/a/b/messages", room), API_ROOMS_BAD_ROOM);
     static const char *const not_found[] = {
-        "/@rooms/general", "/@rooms//messages", "/@rooms/messages", "/@room/x/messages",
+        "/@rooms/general",   "/@rooms//messages",      "/@rooms/messages",    "/@room/x/messages",
         "@rooms/x/messages", "/a/b/@rooms/x/messages", "/@rooms/x/messagesX", "",
-        "/@connections/x", "//@rooms/x/messages",
+        "/@connections/x",   "//@rooms/x/messages",
     };
     for (size_t i = 0; i < sizeof not_found / sizeof not_found[0]; i++)
         assert_int_equal(api_rooms_route_parse(not_found[i], room), API_ROOMS_NOT_FOUND);
@@ -182,8 +181,10 @@ static void test_msg_id_and_answers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_route),        cmocka_unit_test(test_from_and_key),
-        cmocka_unit_test(test_body),         cmocka_unit_test(test_json_request),
+        cmocka_unit_test(test_route),
+        cmocka_unit_test(test_from_and_key),
+        cmocka_unit_test(test_body),
+        cmocka_unit_test(test_json_request),
         cmocka_unit_test(test_msg_id_and_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
