@@ -176,6 +176,7 @@ static void handle_event(dispatcher *d, loop_ev *e, int64_t now)
         pt->state = P_READY;
         pt->gen = e->gen;
         pt->pulling = 0;
+        pt->wait_since = 0;
         pt->last_dseq = 0;
         pt->max_seen = e->floor;
         snprintf(pt->next_subj, sizeof pt->next_subj, "$JS.API.CONSUMER.MSG.NEXT.%s.%s",
@@ -232,7 +233,7 @@ int dispatch_run(dispatcher *d)
              * read again from its floor (part__check, below). */
             edges_touch_all(d->edges, now);
             for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++)
-                part__check(d, p, now);
+                part__check(d, p, CHECK_RECONNECT, now);
         }
         while (e) {
             loop_ev *next = (loop_ev *)e->mail.next;
@@ -255,13 +256,7 @@ int dispatch_run(dispatcher *d)
                 continue;
             }
             if (pt->state != P_READY || stopping) continue;
-            if (pt->checking && now >= pt->check_until) {
-                pt->checking = 0;
-                part__reset(d, p, "reconnected:consumer_info_timeout");
-                continue;
-            }
-            if (pt->pulling && now >= pt->pull_until) pt->pulling = 0;
-            if (!pt->pulling) part__pull(d, p, now);
+            part__tick(d, p, now);
         }
     }
     /* What settled is acked; the rest goes back with the partitions. */

@@ -42,6 +42,17 @@
  * still served does no harm: deliveries are taken whichever request they
  * answer. */
 #define PULL_GRACE_MS 200
+/* A partition's next pull request goes out this long before the one out
+ * expires (at most half its expiry), so the consumer always has one
+ * waiting: nats-server 2.9 now and then ends a request without its 408,
+ * and a partition that waited for the grace above held its messages back
+ * for 200 ms (the latency run's p99). */
+#define PULL_RENEW_MS 150
+/* A partition whose pulls heard nothing at all on its pull inbox (no
+ * delivery, not even a request's 408) for this long asks its consumer whether it is still
+ * there: pulls to a deleted consumer go unanswered, and nothing else would
+ * notice. */
+#define PULL_SILENT_MS 3000
 /* After a reconnect, a partition whose consumer does not answer its info
  * request within this long is read again from its floor. */
 #define CHECK_WAIT_MS 2000
@@ -123,11 +134,13 @@ typedef struct part {
     uint64_t pull_id;   /* its id */
     int pull_left;      /* deliveries it may still bring */
     int64_t pull_until; /* over by then, heard or not */
+    int64_t pull_renew; /* the next request goes out by then */
+    int64_t wait_since; /* pulls out and nothing heard since (0: heard) */
     uint64_t last_dseq; /* consumer sequence of the last delivery */
     uint64_t max_seen;  /* highest stream sequence fetched */
     int64_t drain_until;
-    int checking;        /* after a reconnect: its consumer info is asked for */
-    int64_t check_until; /* read again from the floor if not answered by then */
+    int checking;        /* its consumer info is asked for (CHECK_*) */
+    int64_t check_until; /* the answer is given up on by then */
 } part;
 
 typedef struct inflight_req {
@@ -199,7 +212,15 @@ void part__drop(dispatcher *d, uint32_t p, int new_state);
 void part__reset(dispatcher *d, uint32_t p, const char *why);
 void part__pull(dispatcher *d, uint32_t p, int64_t now);
 void part__on_msg(dispatcher *d, loop_ev *e, int64_t now);
-void part__check(dispatcher *d, uint32_t p, int64_t now);
+/* Why a partition asks its consumer for its info: after a reconnect
+ * (deliveries may have been lost on the way; no answer reads it again from
+ * its floor), or after a silence (is the consumer still there? only a
+ * definite "not found" or a loss reads it again: a cluster without a
+ * leader does not answer either, and a new consumer would not help). */
+enum { CHECK_NONE = 0, CHECK_RECONNECT, CHECK_SILENT };
+void part__check(dispatcher *d, uint32_t p, int why, int64_t now);
+/* The loop's per-partition clocks: pull requests, checks. */
+void part__tick(dispatcher *d, uint32_t p, int64_t now);
 void part__on_info_reply(dispatcher *d, loop_ev *e);
 
 /* requests.c */

@@ -1,9 +1,10 @@
 /* The dispatcher's partitions (dispatch_int.h): what the lease thread
- * says (ready, lost, give back), one pull request at a time per partition
- * held, and each delivery into the ordering core; a gap, a delivery out
+ * says (ready, lost, give back), a pull request always waiting at each
+ * partition's consumer (the next one goes out before the current one
+ * expires), and each delivery into the ordering core; a gap, a delivery out
  * of order, a refused pull or a vanished consumer reads the partition again
- * from its floor; after a reconnect, each asks its consumer how far it
- * delivered. Loop thread, except part__on_pull and part__on_info (nats.c)
+ * from its floor; after a reconnect or a silence, a partition asks its
+ * consumer how far it delivered. Loop thread, except part__on_pull and part__on_info (nats.c)
  * and the lease callbacks (the lease thread), which only post events. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -143,26 +144,28 @@ void part__reset(dispatcher *d, uint32_t p, const char *why)
     leasekv_reset(d->lk, p);
 }
 
-/* After a reconnect: ask partition p's consumer how far it delivered
- * ($JS.API.CONSUMER.INFO, answered on <info_inbox>.<p>.<gen>). Reading it
- * again from its floor under a new consumer would always be right, but a
- * consumer setup takes 0.3-6.5 s on a cluster with a node down, and the
- * reconnect is usually that node's death. */
-void part__check(dispatcher *d, uint32_t p, int64_t now)
+/* Ask partition p's consumer how far it delivered ($JS.API.CONSUMER.INFO,
+ * answered on <info_inbox>.<p>.<gen>); why: CHECK_RECONNECT or
+ * CHECK_SILENT. Reading it again from its floor under a new consumer would
+ * always be right, but a consumer setup takes 0.3-6.5 s on a cluster with a
+ * node down, and the reconnect is usually that node's death. */
+void part__check(dispatcher *d, uint32_t p, int why, int64_t now)
 {
     part *pt = &d->parts[p];
     if (pt->state != P_READY) return;
+    if (pt->checking == CHECK_RECONNECT && why == CHECK_SILENT) return;
     const char *consumer =
         pt->next_subj + strlen("$JS.API.CONSUMER.MSG.NEXT.") + strlen(DW_STREAM_MSG) + 1;
     char subj[256], reply[224];
     snprintf(subj, sizeof subj, "$JS.API.CONSUMER.INFO.%s.%s", DW_STREAM_MSG, consumer);
     snprintf(reply, sizeof reply, "%s.%u.%u", d->info_inbox, p, pt->gen);
     pt->pulling = 0; /* the request out may be lost: ask again now */
+    pt->wait_since = 0;
     if (natsConnection_PublishRequest(d->nc, subj, reply, NULL, 0) != NATS_OK) {
-        part__reset(d, p, "reconnected");
+        if (why == CHECK_RECONNECT) part__reset(d, p, "reconnected");
         return;
     }
-    pt->checking = 1;
+    pt->checking = why;
     pt->check_until = now + CHECK_WAIT_MS;
 }
 
@@ -173,17 +176,28 @@ void part__on_info_reply(dispatcher *d, loop_ev *e)
 {
     part *pt = &d->parts[e->p];
     if (pt->state != P_READY || e->gen != pt->gen || !pt->checking) return;
-    pt->checking = 0;
+    int why = pt->checking;
+    pt->checking = CHECK_NONE;
     json_t *root =
         json_loadb(natsMsg_GetData(e->msg), (size_t)natsMsg_GetDataLength(e->msg), 0, NULL);
     json_t *dseq = json_object_get(json_object_get(root, "delivered"), "consumer_seq");
-    if (!json_is_integer(dseq)) {
+    json_t *err = json_object_get(json_object_get(root, "error"), "err_code");
+    if (why == CHECK_SILENT && !json_is_integer(dseq)) {
+        /* 10014: consumer not found. Anything else (no leader now, no
+         * answer) says nothing a new consumer would change. */
+        if (json_is_integer(err) && json_integer_value(err) == 10014)
+            part__reset(d, e->p, "silent:consumer_not_found");
+        else
+            DW_WARN("partition's pulls unanswered; its consumer gave no info", "partition=%u",
+                    e->p);
+    } else if (!json_is_integer(dseq)) {
         part__reset(d, e->p, "reconnected:no_consumer_info");
     } else if ((uint64_t)json_integer_value(dseq) > pt->last_dseq) {
-        char why[80];
-        snprintf(why, sizeof why, "reconnected:delivered_%" PRIu64 "_got_%" PRIu64,
+        char reason[96];
+        snprintf(reason, sizeof reason, "%s:delivered_%" PRIu64 "_got_%" PRIu64,
+                 why == CHECK_SILENT ? "silent" : "reconnected",
                  (uint64_t)json_integer_value(dseq), pt->last_dseq);
-        part__reset(d, e->p, why);
+        part__reset(d, e->p, reason);
     }
     json_decref(root);
 }
@@ -205,6 +219,36 @@ void part__pull(dispatcher *d, uint32_t p, int64_t now)
     pt->pull_id = id;
     pt->pull_left = batch;
     pt->pull_until = now + d->cfg.fetch_wait_ms + PULL_GRACE_MS;
+    if (!pt->wait_since) pt->wait_since = now;
+    int64_t ahead = d->cfg.fetch_wait_ms / 2 < PULL_RENEW_MS ? d->cfg.fetch_wait_ms / 2 : PULL_RENEW_MS;
+    pt->pull_renew = now + d->cfg.fetch_wait_ms - ahead;
+}
+
+void part__tick(dispatcher *d, uint32_t p, int64_t now)
+{
+    part *pt = &d->parts[p];
+    if (pt->checking && now >= pt->check_until) {
+        int why = pt->checking;
+        pt->checking = CHECK_NONE;
+        if (why == CHECK_RECONNECT) {
+            part__reset(d, p, "reconnected:consumer_info_timeout");
+            return;
+        }
+        DW_WARN("partition's pulls unanswered; its consumer's info too", "partition=%u", p);
+        pt->wait_since = now; /* ask again after another silence */
+    }
+    if (!pt->checking && pt->wait_since && now - pt->wait_since >= PULL_SILENT_MS) {
+        if (natsConnection_Status(d->nc) != NATS_CONN_STATUS_CONNECTED) {
+            pt->wait_since = now; /* nothing could answer: the reconnect checks */
+        } else {
+            DW_WARN("partition's pulls unanswered; asking its consumer",
+                    "partition=%u silent_ms=%" PRId64, p, now - pt->wait_since);
+            part__check(d, p, CHECK_SILENT, now);
+            if (pt->state != P_READY) return;
+        }
+    }
+    if (pt->pulling && now >= pt->pull_until) pt->pulling = 0;
+    if (!pt->pulling || now >= pt->pull_renew) part__pull(d, p, now);
 }
 
 static char **replay_edges(natsMsg *nm, size_t *n, int *has)
@@ -230,6 +274,7 @@ void part__on_msg(dispatcher *d, loop_ev *e, int64_t now)
         natsMsg_Destroy(nm); /* an earlier consumer's: its messages come again */
         return;
     }
+    pt->wait_since = 0;
     const char *r = natsMsg_GetReply(nm);
     if (!r || strncmp(r, "$JS.ACK.", 8)) {
         /* A status: 404/408 end the request; 409 says why it was refused. */
