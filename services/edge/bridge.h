@@ -74,6 +74,10 @@ int bridge_publish_leave(edge_bridge *b, const Dw__ConnEvent *ev, uint64_t n);
 jsCtx *bridge_js(edge_bridge *b);
 natsConnection *bridge_nc(edge_bridge *b);
 
+/* The loop handled a delivery the bridge answered on arrival
+ * (ev->answered_bytes): the budget for answering ahead grows again. */
+void bridge_delivery_handled(edge_bridge *b, size_t answered_bytes);
+
 /* Core NATS publishes (buffered, never wait for the network). */
 int bridge_reply(edge_bridge *b, const char *reply, const Dw__DeliveryReply *r);
 int bridge_reply_conn(edge_bridge *b, const char *reply, const Dw__ConnReply *r);

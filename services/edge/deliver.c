@@ -192,5 +192,6 @@ void deliver_handle(edge *e, edge_event *ev)
         r.n_gone_conn_ids = ngone;
         bridge_reply(e->bridge, ev->reply, &r);
     }
+    if (ev->answered_bytes) bridge_delivery_handled(e->bridge, ev->answered_bytes);
     free(gone);
 }

@@ -37,6 +37,7 @@ typedef struct edge_event {
     char error[96];                /* why not, when !ok */
     Dw__Delivery *delivery;        /* EDGE_EV_DELIVERY: owned */
     char *reply;                   /* EDGE_EV_DELIVERY, _CONN_REQUEST: reply subject, owned */
+    size_t answered_bytes;         /* EDGE_EV_DELIVERY answered on arrival: its size */
     Dw__ConnRequest *conn_request; /* EDGE_EV_CONN_REQUEST: owned */
     Dw__ConnEvent *conn_event;     /* EDGE_EV_PRESENCE: owned */
     struct edge_job *job;          /* EDGE_EV_JOB_DONE: owned; jobs.c sets the destructor */
