@@ -583,6 +583,34 @@ class Scaling(ClusterFaultTest):
         self.assertEqual(len({v["connections"] for v in sts.values()}), 1, sts)
         self.check(rep, max_block_s=MAX_SEND_BLOCK_S, backlog_s=RECOVERY_S)
 
+    def test_consumers_deleted(self):
+        """Every partition consumer (dwp-*) is deleted from under the
+        dispatchers while the load runs, as an operator's mistake or a
+        stale consumer setup would: each dispatcher notices (a refused
+        pull, or pulls that go unanswered and a consumer info that says
+        "not found"), reads its partitions again under new consumers, and
+        nothing is lost, repeated or reordered."""
+        st = self.stack
+
+        def fault():
+            self.load.mark("fault")
+            self.probe.fault_t = time.monotonic()
+            with st.cluster.raw() as r:
+                names = r.js("CONSUMER.NAMES.DW_MSG").get("consumers") or []
+                gone = [n for n in names if n.startswith("dwp-")
+                        and r.js(f"CONSUMER.DELETE.DW_MSG.{n}").get("success")]
+            self.view["consumers_deleted"] = len(gone)
+            self.load.mark("heal")
+        rep = self.run_load("every partition consumer deleted", fault)
+        self.assertGreaterEqual(self.view["consumers_deleted"], 16, self.view)
+        resets = {}
+        for d in st.dispatchers:
+            for why in re.findall(r'read again from its floor" partition=\d+ why=(\S+)', d.tail(4000)):
+                resets[why] = resets.get(why, 0) + 1
+        self.view["resets"] = resets
+        print("resets: " + json.dumps(resets), flush=True)
+        self.check(rep, max_block_s=MAX_SEND_BLOCK_S, backlog_s=RECOVERY_S)
+
     def test_edge_drained_with_sigterm(self):
         """SIGTERM to one edge under the load: it closes its sockets, its
         clients reconnect to the other edge and resume with `since`."""
