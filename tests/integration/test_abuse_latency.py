@@ -5,16 +5,20 @@ and kept up for the whole test (attackers.py, one process each). The good
 client sends 10 runs of 50 messages, each to the lobby and back to itself
 (edge -> JetStream -> dispatcher -> registry -> edge).
 
-The test prints every run's p99, the worst, and where the slowest messages
-spent their time (the dispatcher's batch timings). It checks:
+The test prints every run's p99, the worst, where messages spent their
+time meanwhile (the edge's stage histograms: stored, delivered, written),
+and how much CPU other work on the machine took. It checks:
 - the edge's own part: its event loop was never late by more than 250 ms
   and by more than 50 ms in at most 1% of its 100 ms ticks
   (dw_edge_loop_lag_seconds), so no attacker stalls it;
-- the whole path: every run's p99 under P99_LIMIT_S. The goal is 100 ms;
-  on a shared 2-core machine the registry's apply of the storm's connect
-  events (which the dispatcher waits for, DW_CONN_BARRIER) and CPU taken
-  by other work put single messages above it, so the check is 500 ms,
-  which still catches a stall such as the 1-1.5 s one libdw's pull had.
+- the whole path: every run's p99 under 100 ms (issue 19), 10 runs of 10.
+  Before the dispatcher kept a pull request always waiting at its
+  consumers and the edge answered room deliveries on arrival (issue 15),
+  the worst run was 150 ms with 8 of 10 under 100 ms; since, 20-40 ms on
+  a machine of its own. On a shared 2-core machine where other work takes
+  more than FOREIGN_CPU_MAX of a core meanwhile, the runs measure that
+  work, not the edge: the test then says so and only fails on a stall
+  (STALL_S), such as the 1-1.5 s one libdw's pull once had.
 """
 import json
 import math
@@ -30,7 +34,8 @@ import wsraw
 from harness import Stack, wait_until
 from wsraw import OP_TEXT
 
-RUNS, MESSAGES, GOAL_S, P99_LIMIT_S = 10, 50, 0.100, 0.500
+RUNS, MESSAGES, GOAL_S, STALL_S, FOREIGN_CPU_MAX = 10, 50, 0.100, 0.500, 0.25
+HZ = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Per-IP limits off: every attacker here comes from 127.0.0.1, and the
@@ -45,6 +50,37 @@ def p99(samples):
     return s[math.ceil(0.99 * len(s)) - 1]
 
 
+def cpu_busy():
+    """Machine-wide busy CPU time so far, in seconds (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / HZ  # all but idle and iowait
+
+
+def cpu_of(pids):
+    """User + system CPU seconds of these processes so far (gone ones: 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / HZ
+
+
+def stages(port):
+    """{stage: (count, sum seconds)} of the edge's dw_edge_stage_seconds."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for kind, stage, v in re.findall(
+            r'^dw_edge_stage_seconds_(count|sum)\{stage="(\w+)"\} (\S+)', text, re.M):
+        c, t = out.get(stage, (0, 0.0))
+        out[stage] = (int(float(v)), t) if kind == "count" else (c, float(v))
+    return out
+
+
 def loop_lag(port):
     """(ticks, late by more than 50 ms, late by more than 250 ms)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -56,9 +92,7 @@ def loop_lag(port):
 
 class AbuseLatency(unittest.TestCase):
     def setUp(self):
-        # The dispatcher's debug log has each batch's timings.
-        self.stack = Stack(edges=1, env=ENV,
-                           service_env={"dispatcher": {"LOG_LEVEL": "debug"}}).start()
+        self.stack = Stack(edges=1, env=ENV).start()
         self.addCleanup(self.stack.cleanup)
 
     def run_once(self, c, tag):
@@ -86,22 +120,6 @@ class AbuseLatency(unittest.TestCase):
         p.kill()
         p.wait(10)
 
-    def slowest_batches(self, since, n=3):
-        """The dispatcher's n slowest batches after `since` (a log line
-        count), as text: where a message's time went between the stream and
-        the edge."""
-        rows = []
-        with open(self.stack.dispatcher.log_path, errors="replace") as f:
-            for i, line in enumerate(f):
-                m = re.search(r"batch timing.*stored_ago_us=(\d+) registry_us=(\d+) "
-                              r"deliver_us=(\d+)", line)
-                if i >= since and m:
-                    t = [int(x) / 1000 for x in m.groups()]
-                    rows.append((sum(t), t))
-        rows.sort(reverse=True)
-        return [f"{total:.0f} ms = {t[0]:.0f} waiting in DW_MSG + {t[1]:.0f} registry "
-                f"(barrier and room query) + {t[2]:.0f} edge delivery" for total, t in rows[:n]]
-
     def test_good_client_p99_under_attack(self):
         port = self.stack.edges[0].port
         good = wsraw.connect(port)
@@ -117,15 +135,17 @@ class AbuseLatency(unittest.TestCase):
         first = {name: p.stdout.readline().strip() for name, p in attackers.items()}
         wait_until(lambda: int(half_open.stdout.readline().split()[3]) >= 500, 20,
                    "500 half-open connections")
-        with open(self.stack.dispatcher.log_path, errors="replace") as f:
-            log_from = sum(1 for _ in f)
-        lag0 = loop_lag(port)
+        ours = [p.pid for p in self.stack.procs] + [p.pid for p in attackers.values()] + \
+            [os.getpid()]
+        lag0, st0 = loop_lag(port), stages(port)
+        t0, busy0, ours0 = time.monotonic(), cpu_busy(), cpu_of(ours)
 
         runs = []
         for r in range(RUNS):
             rtts = self.run_once(good, f"run{r}")
             runs.append((p99(rtts), sorted(rtts)[len(rtts) // 2]))
-        lag1 = loop_lag(port)
+        elapsed, foreign = time.monotonic() - t0, (cpu_busy() - busy0) - (cpu_of(ours) - ours0)
+        lag1, st1 = loop_lag(port), stages(port)
         last = {}
         for name, p in attackers.items():
             p.kill()
@@ -143,9 +163,12 @@ class AbuseLatency(unittest.TestCase):
               f"{worst * 1000:.1f} ms; runs under {GOAL_S * 1000:.0f} ms: {within}/{RUNS}")
         print(f"edge event loop: {ticks} ticks, {late50} more than 50 ms late, "
               f"{late250} more than 250 ms late")
-        print("slowest dispatcher batches meanwhile:")
-        for line in self.slowest_batches(log_from):
-            print(f"  {line}")
+        print("edge stages meanwhile (mean): " + ", ".join(
+            f"{k} {(st1[k][1] - st0.get(k, (0, 0))[1]) / n * 1000:.1f} ms"
+            for k in st1 if (n := st1[k][0] - st0.get(k, (0, 0))[0]) > 0))
+        share = max(foreign, 0.0) / elapsed
+        print(f"other work on the machine meanwhile: {max(foreign, 0.0):.1f} CPU-s in "
+              f"{elapsed:.1f} s ({share:.2f} of a core)")
         for name, line in last.items():
             print(f"  {name}: {line}")
         self.assertTrue(self.stack.edges[0].alive())
@@ -157,7 +180,12 @@ class AbuseLatency(unittest.TestCase):
         self.assertGreater(ticks, 100)
         self.assertEqual(late250, 0, "the edge's loop stalled")
         self.assertLessEqual(late50, ticks // 100, "the edge's loop was late too often")
-        self.assertLess(worst, P99_LIMIT_S)
+        if share > FOREIGN_CPU_MAX:
+            print(f"(other work took more than {FOREIGN_CPU_MAX} of a core: the {GOAL_S * 1000:.0f}"
+                  f" ms goal is not judged; a stall over {STALL_S * 1000:.0f} ms still fails)")
+            self.assertLess(worst, STALL_S)
+            return
+        self.assertEqual(within, RUNS, f"worst p99 {worst * 1000:.1f} ms")
 
 
 if __name__ == "__main__":
