@@ -199,7 +199,7 @@ static void on_edge_down(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     Dw__ConnEvent *ce = dw_pb_unpack(&dw__conn_event__descriptor, msg);
     /* While leaving, the EDGE_DOWN for this edge is our own. */
     if (ce && ce->edge_id && !strcmp(ce->edge_id, b->cfg.edge_id) && !atomic_load(&b->leaving)) {
-        DW_WARN("this edge was declared down while alive; announcing its connections again",
+        DW_WARN("this edge was declared down while alive; closing its connections",
                 "edge=%s reason=\"%s\"", b->cfg.edge_id, ce->reason ? ce->reason : "");
         edge_event *ev = edge_event_new(EDGE_EV_EDGE_DOWN_SELF);
         if (ev) enqueue(b, ev);
@@ -327,7 +327,7 @@ static void self_check(edge_bridge *b)
     /* Only an answer that covers everything we had acked can say we are
      * missing (a connect still on its way is not a loss). */
     if (r->ok && r->n_conns == 0 && r->applied_seq >= acked) {
-        DW_WARN("the registry lists none of this edge's connections; announcing them again",
+        DW_WARN("the registry lists none of this edge's connections; closing them",
                 "edge=%s connections=%u applied_seq=%llu", b->cfg.edge_id, ready,
                 (unsigned long long)r->applied_seq);
         edge_event *ev = edge_event_new(EDGE_EV_EDGE_DOWN_SELF);

@@ -101,7 +101,7 @@ int bridge_presence_watch(edge_bridge *b, bool on);
  * lists none although we hold some (an EDGE_DOWN for this edge was applied
  * while we were away: the core notice of it was missed) and it has applied
  * everything we had acked, a EDGE_EV_EDGE_DOWN_SELF event asks the loop to
- * announce every connection again. */
+ * close every connection (bus_events.c says why). */
 void bridge_note_held(edge_bridge *b, uint32_t ready, uint64_t conn_seq_acked);
 
 /* Shutdown, with the lws loop stopped: one EDGE_DOWN event for this edge

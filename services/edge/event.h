@@ -20,7 +20,7 @@ typedef enum {
     EDGE_EV_MSG_ACK,        /* a chat message of conn_id is durable (or failed) */
     EDGE_EV_DELIVERY,       /* the dispatcher hands us messages to write */
     EDGE_EV_CONN_REQUEST,   /* info / post / close for one connection (@connections) */
-    EDGE_EV_EDGE_DOWN_SELF, /* someone declared this edge down: announce again */
+    EDGE_EV_EDGE_DOWN_SELF, /* this edge was declared down: close its connections */
     EDGE_EV_JOB_DONE,       /* a join / history / presence job finished (jobs.h) */
     EDGE_EV_PRESENCE,       /* someone joined or left a room (presence events) */
     EDGE_EV_AUTHZ,          /* a socket back from the authorizer's gate (authz_gate.h) */
