@@ -262,8 +262,8 @@ static int conn_get(dwctl *ctl, int argc, char **argv)
     return rc;
 }
 
-int dwctl_read_all(FILE *f, const char *cmd, const char *name, size_t max, uint8_t **out,
-                   size_t *outlen)
+static int read_all(FILE *f, const char *cmd, const char *name, size_t max, uint8_t **out,
+                    size_t *outlen)
 {
     size_t cap = 64 * 1024, len = 0;
     uint8_t *buf = malloc(cap);
@@ -301,6 +301,49 @@ int dwctl_read_all(FILE *f, const char *cmd, const char *name, size_t max, uint8
     *out = buf;
     *outlen = len;
     return DWCTL_OK;
+}
+
+int dwctl_post_message(int argc, char **argv, const char *cmd, const char *usage,
+                       const char *text, const char *file, int sources, uint8_t **out,
+                       size_t *outlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    if (optind < argc && !strcmp(argv[optind], "-")) {
+        file = "-";
+        sources++;
+        optind++;
+    }
+    if (optind < argc) {
+        dwctl_err("%s: unexpected argument '%s' (usage: %s)", cmd, argv[optind], usage);
+        return DWCTL_USAGE;
+    }
+    if (sources != 1) {
+        dwctl_err("%s: %s (usage: %s)", cmd, sources ? "give the message once" : "missing message",
+                  usage);
+        return DWCTL_USAGE;
+    }
+    if (!file) {
+        size_t len = strlen(text);
+        if (!(*out = malloc(len ? len : 1))) {
+            dwctl_err("out of memory");
+            return DWCTL_FAIL;
+        }
+        memcpy(*out, text, len);
+        *outlen = len;
+        return DWCTL_OK;
+    }
+    /* NATS caps a message well below this; the api service caps it lower. */
+    const size_t max = 64u * 1024 * 1024;
+    bool in = !strcmp(file, "-");
+    FILE *f = in ? stdin : fopen(file, "rb");
+    if (!f) {
+        dwctl_err("%s: cannot open %s: %s", cmd, file, strerror(errno));
+        return DWCTL_FAIL;
+    }
+    int rc = read_all(f, cmd, in ? "standard input" : file, max, out, outlen);
+    if (!in) fclose(f);
+    return rc;
 }
 
 /* One @connections operation through the api service; prints what went
@@ -380,38 +423,10 @@ static int conn_post(dwctl *ctl, int argc, char **argv)
         }
     }
     if ((rc = one_id(argc, argv, "conn post", usage, &id)) != DWCTL_OK) return rc;
-    if (optind < argc && !strcmp(argv[optind], "-")) {
-        file = "-";
-        sources++;
-        optind++;
-    }
-    if (optind < argc) {
-        dwctl_err("conn post: unexpected argument '%s' (usage: %s)", argv[optind], usage);
-        return DWCTL_USAGE;
-    }
-    if (sources != 1) {
-        dwctl_err("conn post: %s (usage: %s)",
-                  sources ? "give the message once" : "missing message", usage);
-        return DWCTL_USAGE;
-    }
-
     uint8_t *data = NULL;
     size_t len = 0;
-    if (file) {
-        /* NATS caps a message well below this; the api service caps it lower. */
-        const size_t max = 64u * 1024 * 1024;
-        FILE *f = strcmp(file, "-") ? fopen(file, "rb") : stdin;
-        if (!f) {
-            dwctl_err("conn post: cannot open %s: %s", file, strerror(errno));
-            return DWCTL_FAIL;
-        }
-        rc = dwctl_read_all(f, "conn post", strcmp(file, "-") ? file : "standard input", max, &data,
-                            &len);
-        if (f != stdin) fclose(f);
-        if (rc != DWCTL_OK) return rc;
-    }
-    rc = api_call(ctl, "conn post", DW_SUBJ_API_POST, id, file ? data : (const uint8_t *)text,
-                  file ? len : strlen(text));
+    rc = dwctl_post_message(argc, argv, "conn post", usage, text, file, sources, &data, &len);
+    if (rc == DWCTL_OK) rc = api_call(ctl, "conn post", DW_SUBJ_API_POST, id, data, len);
     free(data);
     return rc;
 }

@@ -88,36 +88,12 @@ static int room_post(dwctl *ctl, int argc, char **argv)
                   room, DW_ROOM_MAX);
         return DWCTL_USAGE;
     }
-    if (optind < argc && !strcmp(argv[optind], "-")) {
-        file = "-";
-        sources++;
-        optind++;
-    }
-    if (optind < argc) {
-        dwctl_err("room post: unexpected argument '%s' (usage: %s)", argv[optind], usage);
-        return DWCTL_USAGE;
-    }
-    if (sources != 1) {
-        dwctl_err("room post: %s (usage: %s)",
-                  sources ? "give the message once" : "missing message", usage);
-        return DWCTL_USAGE;
-    }
-
     uint8_t *data = NULL;
     size_t len = 0;
-    if (file) {
-        FILE *f = strcmp(file, "-") ? fopen(file, "rb") : stdin;
-        if (!f) {
-            dwctl_err("room post: cannot open %s: %s", file, strerror(errno));
-            return DWCTL_FAIL;
-        }
-        rc = dwctl_read_all(f, "room post", strcmp(file, "-") ? file : "standard input",
-                            64u * 1024 * 1024, &data, &len);
-        if (f != stdin) fclose(f);
-        if (rc != DWCTL_OK) return rc;
-    }
-    json_t *value = file ? data_value(data, len, as_json)
-                         : data_value((const uint8_t *)text, strlen(text), as_json);
+    if ((rc = dwctl_post_message(argc, argv, "room post", usage, text, file, sources, &data,
+                                 &len)) != DWCTL_OK)
+        return rc;
+    json_t *value = data_value(data, len, as_json);
     free(data);
     if (!value) {
         if (!as_json) dwctl_err("room post: the message is not UTF-8 text (try --json-data)");

@@ -116,9 +116,14 @@ int cmd_conn(dwctl *ctl, int argc, char **argv);
 int cmd_status(dwctl *ctl, int argc, char **argv);
 int cmd_registry(dwctl *ctl, int argc, char **argv);
 int cmd_room(dwctl *ctl, int argc, char **argv);
-/* cmd_conn.c: all of f (at most max bytes) into a malloc'd buffer; cmd names
- * the command in messages. */
-int dwctl_read_all(FILE *f, const char *cmd, const char *name, size_t max, uint8_t **out,
-                   size_t *outlen);
+/* cmd_conn.c: the message of a post command (`conn post`, `room post`),
+ * once its options and its target were taken from argv: text (--data) or
+ * file (--file; a lone "-" left in argv means standard input), given
+ * exactly once (sources counts them), nothing after it. *out: the bytes
+ * (malloc'd, the caller frees), at most 64 MiB. cmd and usage name the
+ * command in messages. DWCTL_OK, DWCTL_USAGE or DWCTL_FAIL. */
+int dwctl_post_message(int argc, char **argv, const char *cmd, const char *usage,
+                       const char *text, const char *file, int sources, uint8_t **out,
+                       size_t *outlen);
 
 #endif
