@@ -195,8 +195,8 @@ void part__on_info_reply(dispatcher *d, loop_ev *e)
     } else if ((uint64_t)json_integer_value(dseq) > pt->last_dseq) {
         char reason[96];
         snprintf(reason, sizeof reason, "%s:delivered_%" PRIu64 "_got_%" PRIu64,
-                 why == CHECK_SILENT ? "silent" : "reconnected",
-                 (uint64_t)json_integer_value(dseq), pt->last_dseq);
+                 why == CHECK_SILENT ? "silent" : "reconnected", (uint64_t)json_integer_value(dseq),
+                 pt->last_dseq);
         part__reset(d, e->p, reason);
     }
     json_decref(root);
@@ -220,7 +220,8 @@ void part__pull(dispatcher *d, uint32_t p, int64_t now)
     pt->pull_left = batch;
     pt->pull_until = now + d->cfg.fetch_wait_ms + PULL_GRACE_MS;
     if (!pt->wait_since) pt->wait_since = now;
-    int64_t ahead = d->cfg.fetch_wait_ms / 2 < PULL_RENEW_MS ? d->cfg.fetch_wait_ms / 2 : PULL_RENEW_MS;
+    int64_t ahead =
+        d->cfg.fetch_wait_ms / 2 < PULL_RENEW_MS ? d->cfg.fetch_wait_ms / 2 : PULL_RENEW_MS;
     pt->pull_renew = now + d->cfg.fetch_wait_ms - ahead;
 }
 
