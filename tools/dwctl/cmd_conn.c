@@ -303,9 +303,8 @@ static int read_all(FILE *f, const char *cmd, const char *name, size_t max, uint
     return DWCTL_OK;
 }
 
-int dwctl_post_message(int argc, char **argv, const char *cmd, const char *usage,
-                       const char *text, const char *file, int sources, uint8_t **out,
-                       size_t *outlen)
+int dwctl_post_message(int argc, char **argv, const char *cmd, const char *usage, const char *text,
+                       const char *file, int sources, uint8_t **out, size_t *outlen)
 {
     *out = NULL;
     *outlen = 0;

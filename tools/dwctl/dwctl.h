@@ -122,8 +122,7 @@ int cmd_room(dwctl *ctl, int argc, char **argv);
  * exactly once (sources counts them), nothing after it. *out: the bytes
  * (malloc'd, the caller frees), at most 64 MiB. cmd and usage name the
  * command in messages. DWCTL_OK, DWCTL_USAGE or DWCTL_FAIL. */
-int dwctl_post_message(int argc, char **argv, const char *cmd, const char *usage,
-                       const char *text, const char *file, int sources, uint8_t **out,
-                       size_t *outlen);
+int dwctl_post_message(int argc, char **argv, const char *cmd, const char *usage, const char *text,
+                       const char *file, int sources, uint8_t **out, size_t *outlen);
 
 #endif
