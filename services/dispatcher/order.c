@@ -25,6 +25,8 @@ void order__msg_free(order *s, order_msg *m)
         free(m->only[i]);
     free(m->only);
     free(m->targets);
+    free(m->reason);
+    free(m->attempt_ms);
     free(m);
 }
 
@@ -70,7 +72,15 @@ void order__part_unlink(order *s, order_msg *m)
 void order__attempt_note(order_msg *m, int64_t now_ms)
 {
     m->attempts++;
+    if (!m->attempt_ms && !(m->attempt_ms = malloc(ORDER_ATTEMPTS_KEPT * sizeof *m->attempt_ms)))
+        return; /* the count is kept, the times are only for the dead letter */
     if (m->n_attempt_ms < ORDER_ATTEMPTS_KEPT) m->attempt_ms[m->n_attempt_ms++] = now_ms;
+}
+
+void order__reason_set(order_msg *m, const char *text)
+{
+    free(m->reason);
+    m->reason = strdup(text);
 }
 
 /* The message no longer needs its edges (settled or dropped). */
@@ -126,12 +136,13 @@ void order__settle_if_done(order *s, order_msg *m)
                 m->failed_edges[m->n_failed_edges] = strdup(m->targets[i].edge->id);
                 if (m->failed_edges[m->n_failed_edges]) m->n_failed_edges++;
             }
-        dlq_reason_edges(m->reason, sizeof m->reason,
+        char reason[512];
+        dlq_reason_edges(reason, sizeof reason,
                          timeouts ? DLQ_REASON_EDGE_TIMEOUT : DLQ_REASON_EDGE_ERROR, ids,
                          m->n_failed_edges);
+        order__reason_set(m, reason);
     } else {
-        snprintf(m->reason, sizeof m->reason, "%s",
-                 timeouts ? DLQ_REASON_EDGE_TIMEOUT : DLQ_REASON_EDGE_ERROR);
+        order__reason_set(m, timeouts ? DLQ_REASON_EDGE_TIMEOUT : DLQ_REASON_EDGE_ERROR);
     }
     free(ids);
     order__settle(s, m, ORDER_DEAD);
@@ -258,7 +269,7 @@ int order_add(order *s, uint32_t part, uint64_t seq, void *handle, const void *d
     s->held++;
     if (!m->chat) {
         /* Nothing can ever deliver it: straight to the dead letters. */
-        snprintf(m->reason, sizeof m->reason, "%s", DLQ_REASON_POISON);
+        order__reason_set(m, DLQ_REASON_POISON);
         m->resolved = 1;
         order__settle(s, m, ORDER_DEAD);
         return ORDER_ADDED;

@@ -73,11 +73,13 @@ typedef struct order_msg {
     void *handle;          /* the caller's delivery (natsMsg *) */
     Dw__ChatMessage *chat; /* owned; NULL when the payload did not decode */
     order_verdict verdict; /* set when settled */
-    char reason[512];      /* ORDER_DEAD: registry_unavailable, edge_timeout:<edges>, ... */
+    char *reason;          /* ORDER_DEAD: registry_unavailable, edge_timeout:<edges>, ...
+                            * (owned; NULL only when out of memory) */
     char **failed_edges;   /* ORDER_DEAD: edges that never took it (owned) */
     size_t n_failed_edges;
-    uint32_t attempts; /* failed attempts so far */
-    int64_t attempt_ms[ORDER_ATTEMPTS_KEPT];
+    uint32_t attempts;   /* failed attempts so far */
+    int64_t *attempt_ms; /* their times, the first ORDER_ATTEMPTS_KEPT (owned; allocated
+                          * at the first: most messages never fail) */
     size_t n_attempt_ms;
     int64_t fetched_ms;  /* order_add time */
     int64_t resolved_ms; /* when the registry's answer bound it to its edges */

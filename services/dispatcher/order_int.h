@@ -136,6 +136,8 @@ void order__msg_maybe_free(order *s, order_msg *m);
 void order__room_unlink(order *s, order_msg *m);
 void order__part_unlink(order *s, order_msg *m);
 void order__attempt_note(order_msg *m, int64_t now_ms);
+/* m->reason = text (copied); NULL-safe on out of memory. */
+void order__reason_set(order_msg *m, const char *text);
 /* The message no longer needs its edges (settled or dropped). */
 void order__targets_unref(order_msg *m);
 void order__settle(order *s, order_msg *m, order_verdict v);

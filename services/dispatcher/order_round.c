@@ -148,7 +148,7 @@ size_t order_round_room_failed(order *s, size_t i, const char *reason, int64_t n
         order__attempt_note(m, now_ms);
         n++;
         if (m->attempts >= s->cfg.max_attempts) {
-            snprintf(m->reason, sizeof m->reason, "%s", reason);
+            order__reason_set(m, reason);
             m->resolved = 1; /* given up: nothing to resolve any more */
             r->n_unresolved--;
             order__settle(s, m, ORDER_DEAD);

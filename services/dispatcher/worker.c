@@ -56,7 +56,7 @@ static int dead_letter(dispatcher *d, order_msg *m)
     dl.msg_id = (char *)(orig_id ? orig_id : "");
     dl.payload.data = (uint8_t *)natsMsg_GetData(nm);
     dl.payload.len = (size_t)natsMsg_GetDataLength(nm);
-    dl.reason = m->reason;
+    dl.reason = m->reason ? m->reason : "out_of_memory";
     dl.attempts = m->attempts;
     dl.first_failure_ms = m->n_attempt_ms ? m->attempt_ms[0] : dw_now_ms();
     dl.last_failure_ms = m->n_attempt_ms ? m->attempt_ms[m->n_attempt_ms - 1] : dw_now_ms();
@@ -81,7 +81,7 @@ static int dead_letter(dispatcher *d, order_msg *m)
     if (s == NATS_OK)
         DW_WARN("dead-lettered",
                 "room=%s seq=%" PRIu64 " attempts=%u reason=%s dlq_seq=%" PRIu64 "%s", room, m->seq,
-                m->attempts, m->reason, pa->Sequence, pa->Duplicate ? " duplicate=true" : "");
+                m->attempts, dl.reason, pa->Sequence, pa->Duplicate ? " duplicate=true" : "");
     else
         DW_ERROR("dead letter not written; retrying", "room=%s seq=%" PRIu64 " status=%s jserr=%d",
                  room, m->seq, natsStatus_GetText(s), (int)jerr);
