@@ -35,7 +35,8 @@ struct edge_bridge {
     pthread_cond_t check_cv;
     bool check_now; /* a reconnect: look at once */
     atomic_uint_fast32_t held_ready;
-    atomic_uint_fast64_t held_conn_seq;
+    char probe_id[DW_ID_LEN + 1]; /* under check_mu; "" for none */
+    uint64_t probe_seq;           /* under check_mu */
 };
 
 /* A delivery of room messages only is answered as it arrives, not once the
@@ -298,20 +299,31 @@ static void *setup_main(void *arg)
     return NULL;
 }
 
-void bridge_note_held(edge_bridge *b, uint32_t ready, uint64_t conn_seq_acked)
+void bridge_note_held(edge_bridge *b, uint32_t ready, const char *probe_id, uint64_t probe_seq)
 {
     atomic_store(&b->held_ready, ready);
-    atomic_store(&b->held_conn_seq, conn_seq_acked);
+    pthread_mutex_lock(&b->check_mu);
+    snprintf(b->probe_id, sizeof b->probe_id, "%s", probe_id ? probe_id : "");
+    b->probe_seq = probe_seq;
+    pthread_mutex_unlock(&b->check_mu);
 }
 
-/* One look: does the registry still list us? */
+/* One look: does the registry still list us? It is asked for our oldest
+ * ready connection (the probe): an EDGE_DOWN drops every connection the
+ * edge had, and asking for any one of ours would be answered by a client
+ * that connected after it. */
 static void self_check(edge_bridge *b)
 {
     uint32_t ready = (uint32_t)atomic_load(&b->held_ready);
-    uint64_t acked = (uint64_t)atomic_load(&b->held_conn_seq);
-    if (!ready || !bridge_ready(b) || atomic_load(&b->leaving)) return;
+    char probe[DW_ID_LEN + 1];
+    pthread_mutex_lock(&b->check_mu);
+    memcpy(probe, b->probe_id, sizeof probe);
+    uint64_t acked = b->probe_seq;
+    pthread_mutex_unlock(&b->check_mu);
+    if (!ready || !probe[0] || !bridge_ready(b) || atomic_load(&b->leaving)) return;
     Dw__ListQuery q = DW__LIST_QUERY__INIT;
     q.edge_id = (char *)b->cfg.edge_id;
+    q.conn_id = probe;
     q.limit = 1;
     size_t len = 0;
     uint8_t *buf = dw_pb_pack(&q.base, &len);
@@ -324,14 +336,17 @@ static void self_check(edge_bridge *b)
     Dw__ListReply *r = dw_pb_unpack(&dw__list_reply__descriptor, m);
     natsMsg_Destroy(m);
     if (!r) return;
-    /* Only an answer that covers everything we had acked can say we are
-     * missing (a connect still on its way is not a loss). */
+    /* Only an answer from a registry that applied the probe's connect can
+     * say it is missing (a connect still on its way is not a loss). */
     if (r->ok && r->n_conns == 0 && r->applied_seq >= acked) {
-        DW_WARN("the registry lists none of this edge's connections; closing them",
-                "edge=%s connections=%u applied_seq=%llu", b->cfg.edge_id, ready,
-                (unsigned long long)r->applied_seq);
         edge_event *ev = edge_event_new(EDGE_EV_EDGE_DOWN_SELF);
-        if (ev) enqueue(b, ev);
+        if (ev) {
+            DW_WARN("the registry lost this edge's oldest connection; closing them all",
+                    "edge=%s conn=%s connections=%u applied_seq=%llu", b->cfg.edge_id, probe, ready,
+                    (unsigned long long)r->applied_seq);
+            snprintf(ev->conn_id, sizeof ev->conn_id, "%s", probe);
+            enqueue(b, ev);
+        }
     }
     dw__list_reply__free_unpacked(r, NULL);
 }

@@ -95,14 +95,16 @@ int bridge_heartbeat(edge_bridge *b, uint32_t connections);
 int bridge_presence_watch(edge_bridge *b, bool on);
 
 /* What this edge holds, for the self-check (lws thread, from its tick):
- * connections ready, and the highest DW_CONN sequence acked for our events.
- * Every few seconds, and at once after a reconnect, the bridge asks the
- * registry whether it still lists any connection of this edge; when it
- * lists none although we hold some (an EDGE_DOWN for this edge was applied
- * while we were away: the core notice of it was missed) and it has applied
- * everything we had acked, a EDGE_EV_EDGE_DOWN_SELF event asks the loop to
- * close every connection (bus_events.c says why). */
-void bridge_note_held(edge_bridge *b, uint32_t ready, uint64_t conn_seq_acked);
+ * connections ready, and the probe: the ready connection whose connect was
+ * acked first (probe_id, NULL for none) and that connect's DW_CONN
+ * sequence. Every few seconds, and at once after a reconnect, the bridge
+ * asks the registry for the probe; when the registry has applied the
+ * probe's connect and does not list it (an EDGE_DOWN for this edge was
+ * applied while we were away and the core notice of it was missed), an
+ * EDGE_EV_EDGE_DOWN_SELF event naming the probe (ev->conn_id) asks the loop
+ * to close every connection, if the probe is still ready there
+ * (bus_events.c says why). */
+void bridge_note_held(edge_bridge *b, uint32_t ready, const char *probe_id, uint64_t probe_seq);
 
 /* Shutdown, with the lws loop stopped: one EDGE_DOWN event for this edge
  * (the registry drops every connection of edge_id) instead of a DISCONNECT

@@ -56,6 +56,9 @@ static void on_connect_ack(edge *e, edge_event *ev)
         return;
     }
     s->state = SESS_READY;
+    s->counted = true;
+    s->conn_seq = ev->seq;
+    if (!e->probe) e->probe = s;
     dw_metric_set(e->m->connections, ++e->nready);
     while (s->pending && s->state == SESS_READY) {
         edge_pending_rx *p = s->pending;
@@ -282,8 +285,16 @@ static void on_conn_request(edge *e, edge_event *ev)
  * `since` gets what it missed. Announcing the connections again instead
  * kept the sockets open but lost those messages silently (425 of 5,000 in
  * a 12 s SIGSTOP of an edge under the fault suite's load). */
-static void on_edge_down_self(edge *e)
+static void on_edge_down_self(edge *e, edge_event *ev)
 {
+    if (ev->conn_id[0]) {
+        /* The self-check found the registry without the connection it asked
+         * for. It asked on another thread: only if that connection is still
+         * ready here (its own disconnect was never published) does its
+         * absence mean the registry dropped us. */
+        edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
+        if (!s || s->state != SESS_READY) return;
+    }
     size_t n = 0;
     for (size_t i = 0; i < e->conns.nslots; i++) {
         edge_session *s = e->conns.slots[i].value;
@@ -307,7 +318,7 @@ void bus_events_drain(edge *e)
         case EDGE_EV_MSG_ACK: on_msg_ack(e, ev); break;
         case EDGE_EV_DELIVERY: deliver_handle(e, ev); break;
         case EDGE_EV_CONN_REQUEST: on_conn_request(e, ev); break;
-        case EDGE_EV_EDGE_DOWN_SELF: on_edge_down_self(e); break;
+        case EDGE_EV_EDGE_DOWN_SELF: on_edge_down_self(e, ev); break;
         case EDGE_EV_JOB_DONE: v1_on_job_done(e, ev->job); break;
         case EDGE_EV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
         case EDGE_EV_AUTHZ: authz_on_adopt(e, ev); break;

@@ -197,6 +197,19 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     return 0;
 }
 
+/* The ready session other than except whose connect was acked first (a
+ * scan, only when the probe itself goes). */
+static edge_session *oldest_ready(edge *e, const edge_session *except)
+{
+    edge_session *best = NULL;
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (s && s != except && s->state == SESS_READY && (!best || s->conn_seq < best->conn_seq))
+            best = s;
+    }
+    return best;
+}
+
 static void on_closed(edge *e, edge_session *s)
 {
     admit_release(e, s);
@@ -212,7 +225,8 @@ static void on_closed(edge *e, edge_session *s)
                                s->close_code ? "closed_by_server" : "closed");
     }
     if (s->proto) s->proto->on_closed(e, s);
-    if (s->state == SESS_READY) dw_metric_set(e->m->connections, --e->nready);
+    if (s->counted) dw_metric_set(e->m->connections, --e->nready);
+    if (e->probe == s) e->probe = oldest_ready(e, s);
     rooms_leave_all(&e->rooms, s);
     connmap_del(&e->conns, s->id);
     outbox_clear(&s->out);
@@ -352,7 +366,8 @@ static void tick(lws_sorted_usec_list_t *sul)
     if (e->tick_due_ns) dw_metric_observe_ns(e->m->loop_lag, now - e->tick_due_ns);
     if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
         bridge_heartbeat(e->bridge, e->nready);
-        bridge_note_held(e->bridge, e->nready, e->conn_seq_acked);
+        bridge_note_held(e->bridge, e->nready, e->probe ? e->probe->id : NULL,
+                         e->probe ? e->probe->conn_seq : 0);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);

@@ -76,6 +76,8 @@ typedef struct edge_session {
     edge_membership *rooms;
     uint16_t nrooms, rooms_cap;
     uint8_t state;
+    bool counted;                      /* ready once: counted in e->nready until it is gone */
+    uint64_t conn_seq;                 /* DW_CONN sequence of its acked connect event */
     bool v1;                           /* speaks dynamowave.v1 */
     const struct edge_protocol *proto; /* v1 or plain AWS (protocol.h); set when established */
     bool connect_published;

@@ -97,5 +97,31 @@ class Metrics(StackTest):
                 self.assertEqual(ready and ready[0], 1.0, f"{name} dw_ready")
 
 
+    def test_connections_gauge_counts_connections_the_edge_closed(self):
+        """A connection the edge itself closes (here: a binary frame, 1003)
+        leaves dw_edge_connections like one the client closes. It did not:
+        the gauge, the heartbeat's count and the self-check's view only
+        went down for connections still ready when they ended."""
+        st = self.stack
+        port = st.edges[0].port
+
+        def gauge():
+            return parse(scrape(port)[1])["dw_edge_connections"]
+
+        async def scenario():
+            plain = await connect(st.edges[0].url)
+            bad = await connect(st.edges[0].url)
+            await asyncio.to_thread(st.wait_conn_count, 2)
+            self.assertEqual(gauge(), 2)
+            await bad.send(b"binary")
+            await bad.wait_closed()
+            self.assertEqual(bad.close_code, 1003)
+            await asyncio.to_thread(wait_until, lambda: gauge() == 1, 10, "the gauge at 1")
+            await plain.close()
+            await asyncio.to_thread(wait_until, lambda: gauge() == 0, 10, "the gauge at 0")
+
+        self.run_async(scenario())
+
+
 if __name__ == "__main__":
     unittest.main()
