@@ -41,6 +41,13 @@ struct reg_emit {
     uint64_t last_stream_seq;
     reg_ev_pos last_pos;
     bool warned_unknown;
+    /* The last round stored all it published: DW_EVENTS most likely still
+     * ends with our last event, and the next round publishes after it
+     * without asking (two JetStream API requests a round, on a connect
+     * storm several per connect). Nats-Expected-Last-Sequence makes a
+     * wrong guess a refusal, never a duplicate or a gap; a refusal clears
+     * this and the next round asks. */
+    bool trust_last;
 };
 
 static struct {
@@ -238,10 +245,15 @@ static int round_once(reg_emit *e)
     uint64_t last = 0;
     reg_ev_pos pos;
     bool known = false;
-    if (position(e, e->o.ack_wait_ms, &last, &pos, &known)) {
+    if (e->trust_last && e->have_last) {
+        last = e->last_stream_seq;
+        pos = e->last_pos;
+        known = true;
+    } else if (position(e, e->o.ack_wait_ms, &last, &pos, &known)) {
         reg_outbox_free(&ob);
         return -1;
     }
+    e->trust_last = false;
     if (!known) {
         if (e->have_last && e->last_stream_seq == last) {
             pos = e->last_pos;
@@ -268,6 +280,7 @@ static int round_once(reg_emit *e)
         rc = -1;
     if (rc > 0 && skip < ob.n) {
         size_t took = publish_round(e, ob.v + skip, ob.n - skip, last);
+        e->trust_last = took == ob.n - skip;
         if (took) {
             const reg_outbox_entry *t = &ob.v[skip + took - 1];
             reg_store_events_floor(e->st, t->seq, t->idx);
