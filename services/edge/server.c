@@ -372,6 +372,9 @@ static void tick(lws_sorted_usec_list_t *sul)
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
     if (e->disc_retries) bus_events_retry_due(e);
+    /* Mail posted before the loop could be woken (dw_mailbox: only a post
+     * into an empty mailbox wakes) is not left waiting for the next one. */
+    bus_events_drain(e);
     integ_tick(e);
     linger_service(&e->linger);
     if (now >= e->next_sweep_ns) {

@@ -28,11 +28,11 @@ int reg_apply_payload(reg_store *st, uint64_t seq, const void *data, size_t len)
     return reg_apply_payload_at(st, seq, 0, data, len);
 }
 
+static Dw__ConnEvent *decode_event(uint64_t seq, const void *data, size_t len);
+
 int reg_apply_payload_at(reg_store *st, uint64_t seq, int64_t ts_ms, const void *data, size_t len)
 {
-    Dw__ConnEvent *ev = dw__conn_event__unpack(NULL, len, data ? data : (const void *)"");
-    if (!ev)
-        DW_WARN("undecodable conn event skipped", "seq=%llu len=%zu", (unsigned long long)seq, len);
+    Dw__ConnEvent *ev = decode_event(seq, data, len);
     int rc = reg_store_apply_at(st, seq, ts_ms, ev);
     dw__conn_event__free_unpacked(ev, NULL);
     return rc;
@@ -200,6 +200,79 @@ static int apply_msg(natsConnection *nc, jsCtx *js, reg_store *st, const reg_app
     return 0;
 }
 
+/* Decode one DW_CONN payload; NULL (logged) when it cannot be: it is then
+ * applied as an empty change, so its sequence still advances. */
+static Dw__ConnEvent *decode_event(uint64_t seq, const void *data, size_t len)
+{
+    Dw__ConnEvent *ev = dw__conn_event__unpack(NULL, len, data ? data : (const void *)"");
+    if (!ev)
+        DW_WARN("undecodable conn event skipped", "seq=%llu len=%zu", (unsigned long long)seq, len);
+    return ev;
+}
+
+/* A run of fetched messages that follow the table without a gap, applied
+ * as one (reg_store_apply_many) and then acked. */
+typedef struct fetch_run {
+    natsMsg **msgs;
+    reg_apply_item *items;
+    Dw__ConnEvent **evs;
+    size_t n;
+} fetch_run;
+
+static int run_flush(natsConnection *nc, reg_store *st, const reg_apply_opts *o, fetch_run *r,
+                     uint64_t *last)
+{
+    if (!r->n) return 0;
+    int applied = reg_store_apply_many(st, r->items, r->n);
+    for (size_t i = 0; i < r->n; i++) {
+        /* Not acked when the store failed: redelivered to whoever resumes. */
+        if (applied >= 0) dw_pull_ack(nc, r->msgs[i]);
+        if (applied >= 0 && r->items[i].seq > *last) *last = r->items[i].seq;
+        dw__conn_event__free_unpacked(r->evs[i], NULL);
+    }
+    uint64_t top = r->items[r->n - 1].seq;
+    r->n = 0;
+    if (applied < 0) return -1;
+    /* Once per run, not per event: it wakes the emitter and the queries
+     * waiting for a sequence. */
+    if (applied > 0 && o->on_progress) o->on_progress(o->progress_arg, top);
+    return 0;
+}
+
+/* Apply and ack msgs[0..n) (one fetch): runs that follow the table are
+ * applied as one; a message after a gap goes through apply_msg, which
+ * first reads what is missing from the stream. -1 on a store failure, 1
+ * when events are missing and could not be read (as apply_msg). */
+static int apply_fetched(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_opts *o,
+                         natsMsg **msgs, int n, fetch_run *r, uint64_t *last)
+{
+    r->n = 0;
+    for (int i = 0; i < n; i++) {
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, msgs[i]) != NATS_OK) {
+            DW_WARN("message without JetStream metadata skipped", "subject=%s",
+                    natsMsg_GetSubject(msgs[i]));
+            continue;
+        }
+        uint64_t seq = meta->Sequence.Stream;
+        int64_t ts_ms = meta->Timestamp / 1000000;
+        jsMsgMetaData_Destroy(meta);
+        uint64_t next = (r->n ? r->items[r->n - 1].seq : reg_store_applied_seq(st)) + 1;
+        if (seq > next) {
+            if (run_flush(nc, st, o, r, last)) return -1;
+            int ar = apply_msg(nc, js, st, o, msgs[i], last);
+            if (ar) return ar;
+            continue;
+        }
+        size_t k = r->n++;
+        r->msgs[k] = msgs[i];
+        r->evs[k] =
+            decode_event(seq, natsMsg_GetData(msgs[i]), (size_t)natsMsg_GetDataLength(msgs[i]));
+        r->items[k] = (reg_apply_item){.seq = seq, .ts_ms = ts_ms, .ev = r->evs[k]};
+    }
+    return run_flush(nc, st, o, r, last);
+}
+
 /* The consumer is there (its info answers), or not known now: 1; it is
  * gone (deleted, the server's storage lost): 0. */
 static int consumer_exists(jsCtx *js, const reg_apply_opts *o)
@@ -248,12 +321,17 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
     int check = 0; /* a reconnect happened: look for lost deliveries */
     int rc = 0, batch = o->batch > 0 ? o->batch : 1;
     natsMsg **msgs = calloc((size_t)batch, sizeof *msgs);
+    fetch_run run = {
+        .msgs = calloc((size_t)batch, sizeof *run.msgs),
+        .items = calloc((size_t)batch, sizeof *run.items),
+        .evs = calloc((size_t)batch, sizeof *run.evs),
+    };
 
-    if (!msgs) return -1;
-    if (consumer_start_retry(nc, js, st, o, &pull)) {
-        free(msgs);
-        return 0;
+    if (!msgs || !run.msgs || !run.items || !run.evs) {
+        rc = -1;
+        goto done;
     }
+    if (consumer_start_retry(nc, js, st, o, &pull)) goto done;
     while (!stopping(o)) {
         uint64_t r = reconnects(nc);
         if (r != seen_reconnects) {
@@ -303,15 +381,10 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
             continue;
         }
         failing_since = 0;
-        int restart = 0;
-        for (int i = 0; i < n; i++) {
-            if (rc == 0 && !restart) {
-                int ar = apply_msg(nc, js, st, o, msgs[i], &last);
-                if (ar < 0) rc = -1;
-                if (ar > 0) restart = 1;
-            }
+        int ar = apply_fetched(nc, js, st, o, msgs, n, &run, &last), restart = ar > 0;
+        for (int i = 0; i < n; i++)
             natsMsg_Destroy(msgs[i]);
-        }
+        if (ar < 0) rc = -1;
         if (rc) break;
         if (restart) {
             /* Events missing and the stream not answering: read the
@@ -322,8 +395,12 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
         }
     }
     dw_pull_close(pull);
-    free(msgs);
     natsConnection_FlushTimeout(nc, 1000); /* send the last acks */
+done:
+    free(msgs);
+    free(run.msgs);
+    free(run.items);
+    free(run.evs);
     return rc;
 }
 

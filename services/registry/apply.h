@@ -17,7 +17,8 @@ typedef struct reg_apply_opts {
     const char *replica_id; /* the durable is "registry-<replica_id>" */
     int batch;              /* messages per fetch (256) */
     int64_t fetch_wait_ms;  /* how long one fetch waits (500): the stop latency */
-    /* Called after every applied sequence, on the apply thread. */
+    /* Called after each run of applied sequences (one fetch, or less),
+     * with the last of them, on the apply thread. */
     void (*on_progress)(void *arg, uint64_t seq);
     /* Called when a fetch found nothing to apply (the table is at the end
      * of the stream for now), on the apply thread. May be NULL. */

@@ -23,6 +23,10 @@
 struct reg_emit {
     natsConnection *nc;
     jsCtx *js;
+    /* Our own connection (reg_emit_opts.nats_url), else NULL: nc and js
+     * are then the caller's. */
+    natsConnection *own_nc;
+    jsCtx *own_js;
     reg_store *st;
     reg_emit_opts o;
     pthread_t thread;
@@ -41,6 +45,13 @@ struct reg_emit {
     uint64_t last_stream_seq;
     reg_ev_pos last_pos;
     bool warned_unknown;
+    /* The last round stored all it published: DW_EVENTS most likely still
+     * ends with our last event, and the next round publishes after it
+     * without asking (two JetStream API requests a round, on a connect
+     * storm several per connect). Nats-Expected-Last-Sequence makes a
+     * wrong guess a refusal, never a duplicate or a gap; a refusal clears
+     * this and the next round asks. */
+    bool trust_last;
 };
 
 static struct {
@@ -68,6 +79,7 @@ void reg_emit_opts_default(reg_emit_opts *o)
     o->batch = 256;
     o->ack_wait_ms = 5000;
     o->idle_check_ms = 1000;
+    o->nats_url = NULL;
 }
 
 int reg_emit_parse_ack(const char *data, size_t len, uint64_t *seq, int *jerr)
@@ -238,10 +250,15 @@ static int round_once(reg_emit *e)
     uint64_t last = 0;
     reg_ev_pos pos;
     bool known = false;
-    if (position(e, e->o.ack_wait_ms, &last, &pos, &known)) {
+    if (e->trust_last && e->have_last) {
+        last = e->last_stream_seq;
+        pos = e->last_pos;
+        known = true;
+    } else if (position(e, e->o.ack_wait_ms, &last, &pos, &known)) {
         reg_outbox_free(&ob);
         return -1;
     }
+    e->trust_last = false;
     if (!known) {
         if (e->have_last && e->last_stream_seq == last) {
             pos = e->last_pos;
@@ -268,6 +285,7 @@ static int round_once(reg_emit *e)
         rc = -1;
     if (rc > 0 && skip < ob.n) {
         size_t took = publish_round(e, ob.v + skip, ob.n - skip, last);
+        e->trust_last = took == ob.n - skip;
         if (took) {
             const reg_outbox_entry *t = &ob.v[skip + took - 1];
             reg_store_events_floor(e->st, t->seq, t->idx);
@@ -319,9 +337,21 @@ int reg_emit_start(reg_emit **out, natsConnection *nc, jsCtx *js, reg_store *st,
         e->o = *o;
     else
         reg_emit_opts_default(&e->o);
+    e->o.nats_url = NULL; /* (borrowed for this call only) */
     pthread_mutex_init(&e->mu, NULL);
     dw_cond_init_mono(&e->cv);
 
+    if (o && o->nats_url && *o->nats_url) {
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        if (dw_bus_connect_batched(&e->own_nc, o->nats_url, "registry-events") != NATS_OK ||
+            natsConnection_JetStream(&e->own_js, e->own_nc, &jo) != NATS_OK) {
+            DW_ERROR("cannot connect the lifecycle events emitter", "%s", "");
+            goto error;
+        }
+        e->nc = e->own_nc;
+        e->js = e->own_js;
+    }
     char wild[160];
     if (dw_bus_new_inbox(e->inbox, sizeof e->inbox)) goto error;
     snprintf(wild, sizeof wild, "%s.>", e->inbox);
@@ -348,6 +378,8 @@ error:
         natsSubscription_Unsubscribe(e->sub);
         natsSubscription_Destroy(e->sub);
     }
+    jsCtx_Destroy(e->own_js);
+    natsConnection_Destroy(e->own_nc);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
     free(e);
@@ -373,6 +405,8 @@ void reg_emit_stop(reg_emit *e)
     pthread_join(e->thread, NULL);
     natsSubscription_Unsubscribe(e->sub);
     natsSubscription_Destroy(e->sub);
+    jsCtx_Destroy(e->own_js);
+    natsConnection_Destroy(e->own_nc);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
     free(e);

@@ -31,6 +31,13 @@ typedef struct reg_emit_opts {
     int batch;             /* entries published per round (256) */
     int64_t ack_wait_ms;   /* how long a round waits for the stream's answers (5000) */
     int64_t idle_check_ms; /* with nothing to do, look again this often (1000) */
+    /* When set (borrowed for reg_emit_start only), the emitter publishes
+     * on a connection of its own to these URLs, made with
+     * dw_bus_connect_batched, instead of the nc and js it is given: a
+     * round's publishes then leave in a few writes, not one send() each,
+     * and the registry's query replies keep their connection that sends
+     * at once. NULL: use nc and js. */
+    const char *nats_url;
 } reg_emit_opts;
 
 void reg_emit_opts_default(reg_emit_opts *o);

@@ -385,6 +385,7 @@ static int run(dw_service *s)
         .events = c->events,
     };
     reg_emit_opts_default(&nc_cfg.emit);
+    nc_cfg.emit.nats_url = s->common->nats_url;
     reg_node *node = NULL;
     int node_rc = reg_node_create(&node, &nc_cfg, a->st, s->nc, s->js);
     a->st = NULL; /* the node owns it now */

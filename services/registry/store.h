@@ -27,7 +27,7 @@
  * open rather than read as garbage. reg_store_rotate re-seals every value
  * with the current key and then forgets the others.
  *
- * Every event is applied as one WriteBatch holding the change, m/count,
+ * Events are applied in WriteBatches holding the changes, m/count,
  * m/applied_seq and m/applied_ts, so the table and its position in the
  * stream never disagree. Writes go to the WAL without fsync: DW_CONN is the
  * source of truth, and a tail lost in a power cut is simply fetched again
@@ -170,6 +170,25 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev);
 /* reg_store_apply that also records ts_ms, the event's JetStream timestamp
  * (m/applied_ts: what point-in-time restore compares with). */
 int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__ConnEvent *ev);
+
+/* One event of reg_store_apply_many: its DW_CONN sequence, JetStream time
+ * (ms, 0 if unknown) and the event (NULL: undecodable, as above). */
+typedef struct reg_apply_item {
+    uint64_t seq;
+    int64_t ts_ms;
+    const Dw__ConnEvent *ev;
+} reg_apply_item;
+
+/* Apply v[0..n) in order, exactly as reg_store_apply_at one by one would,
+ * but in as few WriteBatches as possible: one, unless an event touches a
+ * connection an earlier one of the same batch changed (or is an
+ * EDGE_DOWN), which starts a new batch after writing the current one. One
+ * WAL write per batch instead of per event is most of what a connect storm
+ * costs the registry. Returns how many were applied (skipped ones, at or
+ * before applied_seq, do not count), or -1 when RocksDB failed: the table
+ * then holds a prefix of v (applied_seq says how far), never a part of an
+ * event. */
+int reg_store_apply_many(reg_store *st, const reg_apply_item *v, size_t n);
 
 /* ---- the outbox (lifecycle events waiting for DW_EVENTS) ---- */
 

@@ -1,10 +1,11 @@
-/* Applying DW_CONN events to the table (store.h: reg_store_apply): each
- * event one WriteBatch with the change, the lifecycle events it makes (the
- * outbox, store_outbox.c), m/count and m/applied_seq. One writer at a time
- * (wmu). */
+/* Applying DW_CONN events to the table (store.h: reg_store_apply_many):
+ * a run of events in one WriteBatch with their changes, the lifecycle
+ * events they make (the outbox, store_outbox.c), m/count and
+ * m/applied_seq. One writer at a time (wmu). */
 #include "store.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <rocksdb/c.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -339,49 +340,109 @@ int reg_store_apply(reg_store *st, uint64_t seq, const Dw__ConnEvent *ev)
 
 int reg_store_apply_at(reg_store *st, uint64_t seq, int64_t ts_ms, const Dw__ConnEvent *ev)
 {
-    int rc = 0;
-    int64_t delta = 0;
-    char *err = NULL;
+    reg_apply_item it = {.seq = seq, .ts_ms = ts_ms, .ev = ev};
+    int rc = reg_store_apply_many(st, &it, 1);
+    return rc < 0 ? -1 : rc > 0 ? 1 : 0;
+}
 
+/* Events applied into one WriteBatch, not yet written. */
+typedef struct apply_run {
+    rocksdb_writebatch_t *b;
+    size_t n;         /* events in b */
+    uint64_t count;   /* m/count after them */
+    uint64_t seq;     /* the last sequence in b (or applied_seq) */
+    int64_t ts_ms;    /* its JetStream time, 0 if none */
+    const char **ids; /* conn_ids the events in b touched (borrowed) */
+    size_t nids;
+} apply_run;
+
+/* Write what the run holds, with m/count, m/applied_seq and m/applied_ts,
+ * as one WriteBatch. 0 or -1 (nothing of the run written). */
+static int run_commit(reg_store *st, apply_run *r)
+{
+    if (!r->n) return 0;
+    char *err = NULL;
+    uint8_t v[8];
+    store__u64_put_be(v, r->count);
+    rocksdb_writebatch_put(r->b, KEY_COUNT, strlen(KEY_COUNT), (const char *)v, 8);
+    store__u64_put_be(v, r->seq);
+    rocksdb_writebatch_put(r->b, KEY_APPLIED, strlen(KEY_APPLIED), (const char *)v, 8);
+    if (r->ts_ms > 0) {
+        store__u64_put_be(v, (uint64_t)r->ts_ms);
+        rocksdb_writebatch_put(r->b, KEY_APPLIED_TS, strlen(KEY_APPLIED_TS), (const char *)v, 8);
+    }
+    rocksdb_write(st->db, st->wopts, r->b, &err);
+    if (err) {
+        DW_ERROR("rocksdb write failed", "seq=%llu events=%zu err=\"%s\"",
+                 (unsigned long long)r->seq, r->n, err);
+        rocksdb_free(err);
+        return -1;
+    }
+    atomic_store(&st->count, r->count);
+    atomic_store(&st->applied_seq, r->seq);
+    if (r->ts_ms > 0) atomic_store(&st->applied_ts, r->ts_ms);
+    rocksdb_writebatch_clear(r->b);
+    r->n = 0;
+    r->nids = 0;
+    return 0;
+}
+
+static bool run_touched(const apply_run *r, const char *conn_id)
+{
+    for (size_t i = 0; i < r->nids; i++)
+        if (!strcmp(r->ids[i], conn_id)) return true;
+    return false;
+}
+
+/* Each event reads the rows it changes (its conn_id's record; an EDGE_DOWN
+ * every row of its edge) from the table as written, so an event whose rows
+ * an event already in the run changed is applied after the run is written:
+ * every event then reads what it would have read applied alone. */
+int reg_store_apply_many(reg_store *st, const reg_apply_item *v, size_t n)
+{
+    int rc = 0, applied = 0;
+    if (!n) return 0;
     pthread_mutex_lock(&st->wmu);
-    if (seq <= atomic_load(&st->applied_seq)) {
-        pthread_mutex_unlock(&st->wmu);
-        return 0;
-    }
-    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    /* The events' time is the stream's, never this replica's clock: every
-     * replica must derive the same events. */
-    ev_ctx c = {.st = st, .b = b, .seq = seq, .ts_ms = ev && ev->ts_ms > 0 ? ev->ts_ms : ts_ms};
-    if (ev) rc = apply_event(st, b, seq, ev, &delta, &c);
-    if (rc == 0 && c.failed) rc = -1;
-    uint64_t count = atomic_load(&st->count);
-    if (delta < 0 && (uint64_t)-delta > count)
-        count = 0; /* never wrap, even if the index was inconsistent */
-    else
-        count = (uint64_t)((int64_t)count + delta);
-    if (rc == 0) {
-        uint8_t v[8];
-        store__u64_put_be(v, count);
-        rocksdb_writebatch_put(b, KEY_COUNT, strlen(KEY_COUNT), (const char *)v, 8);
-        store__u64_put_be(v, seq);
-        rocksdb_writebatch_put(b, KEY_APPLIED, strlen(KEY_APPLIED), (const char *)v, 8);
-        if (ts_ms > 0) {
-            store__u64_put_be(v, (uint64_t)ts_ms);
-            rocksdb_writebatch_put(b, KEY_APPLIED_TS, strlen(KEY_APPLIED_TS), (const char *)v, 8);
-        }
-        rocksdb_write(st->db, st->wopts, b, &err);
-        if (err) {
-            DW_ERROR("rocksdb write failed", "seq=%llu err=\"%s\"", (unsigned long long)seq, err);
-            rocksdb_free(err);
+    apply_run r = {
+        .b = rocksdb_writebatch_create(),
+        .count = atomic_load(&st->count),
+        .seq = atomic_load(&st->applied_seq),
+        .ids = malloc(n * sizeof(const char *)),
+    };
+    if (!r.ids) rc = -1;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const Dw__ConnEvent *ev = v[i].ev;
+        if (v[i].seq <= r.seq) continue; /* applied already */
+        bool alone = ev && ev->kind == DW__CONN_EVENT__KIND__EDGE_DOWN;
+        bool keyed = ev && ev->conn_id && *ev->conn_id && !alone;
+        if ((alone || (keyed && run_touched(&r, ev->conn_id))) && run_commit(st, &r)) {
             rc = -1;
+            break;
         }
+        int64_t delta = 0;
+        /* The events' time is the stream's, never this replica's clock:
+         * every replica must derive the same events. */
+        ev_ctx c = {.st = st,
+                    .b = r.b,
+                    .seq = v[i].seq,
+                    .ts_ms = ev && ev->ts_ms > 0 ? ev->ts_ms : v[i].ts_ms};
+        if (ev) rc = apply_event(st, r.b, v[i].seq, ev, &delta, &c);
+        if (rc == 0 && c.failed) rc = -1;
+        if (rc) break; /* the run is dropped: nothing after applied_seq is written */
+        if (delta < 0 && (uint64_t)-delta > r.count)
+            r.count = 0; /* never wrap, even if the index was inconsistent */
+        else
+            r.count = (uint64_t)((int64_t)r.count + delta);
+        r.seq = v[i].seq;
+        if (v[i].ts_ms > 0) r.ts_ms = v[i].ts_ms;
+        r.n++;
+        applied++;
+        if (keyed) r.ids[r.nids++] = ev->conn_id;
+        if (alone && run_commit(st, &r)) rc = -1;
     }
-    if (rc == 0) {
-        atomic_store(&st->count, count);
-        atomic_store(&st->applied_seq, seq);
-        if (ts_ms > 0) atomic_store(&st->applied_ts, ts_ms);
-    }
-    rocksdb_writebatch_destroy(b);
+    if (rc == 0 && run_commit(st, &r)) rc = -1;
+    rocksdb_writebatch_destroy(r.b);
+    free(r.ids);
     pthread_mutex_unlock(&st->wmu);
-    return rc == 0 ? 1 : -1;
+    return rc < 0 ? -1 : applied;
 }

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -400,7 +401,21 @@ natsStatus dw_bus_set_servers(natsOptions *opts, const char *url_list)
     return s;
 }
 
+static natsStatus bus_connect(natsConnection **out, const char *url, const char *name,
+                              bool send_asap);
+
 natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name)
+{
+    return bus_connect(out, url, name, true);
+}
+
+natsStatus dw_bus_connect_batched(natsConnection **out, const char *url, const char *name)
+{
+    return bus_connect(out, url, name, false);
+}
+
+static natsStatus bus_connect(natsConnection **out, const char *url, const char *name,
+                              bool send_asap)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, register_metrics);
@@ -430,7 +445,7 @@ natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *nam
         s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, (void *)name);
     /* Replies and publishes leave at once: without this nats.c holds them
      * up to ~1 ms for batching, which is most of a delivery's latency. */
-    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, true);
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, send_asap);
     /* A large reconnect buffer keeps publishes made during a NATS restart. */
     if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 64 * 1024 * 1024);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);

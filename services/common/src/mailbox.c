@@ -29,6 +29,12 @@ void dw_mailbox_post(dw_mailbox *mb, dw_mail *m)
     if (!m) return;
     m->next = NULL;
     pthread_mutex_lock(&mb->mu);
+    /* Only the post that finds the mailbox empty wakes the consumer: mail
+     * already waiting had its own wake, and the take that ends that wait
+     * takes this mail with it. (For the edge each wake is a write to lws's
+     * pipe and one more pass of its poll() over every socket; a burst of
+     * JetStream acks used to be one of each per ack.) */
+    bool was_empty = mb->head == NULL;
     if (mb->tail)
         mb->tail->next = m;
     else
@@ -36,7 +42,7 @@ void dw_mailbox_post(dw_mailbox *mb, dw_mail *m)
     mb->tail = m;
     pthread_cond_signal(&mb->cv);
     pthread_mutex_unlock(&mb->mu);
-    if (mb->wake) mb->wake(mb->wake_arg);
+    if (mb->wake && was_empty) mb->wake(mb->wake_arg);
 }
 
 void dw_mailbox_kick(dw_mailbox *mb)

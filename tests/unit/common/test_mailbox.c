@@ -60,7 +60,7 @@ static void *post_main(void *arg)
 }
 
 /* Four threads post; one takes: each thread's mail arrives in its order,
- * none lost, and wake ran once per post. */
+ * none lost, and wake ran at least once and at most once per post. */
 static void test_order_across_threads(void **state)
 {
     dw_mailbox mb;
@@ -90,9 +90,35 @@ static void test_order_across_threads(void **state)
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     assert_int_equal(got, 4 * PER_THREAD);
-    assert_int_equal(atomic_load(&wakes), 4 * PER_THREAD);
+    assert_true(atomic_load(&wakes) >= 1);
+    assert_true(atomic_load(&wakes) <= 4 * PER_THREAD);
     assert_int_equal(atomic_load(&freed), 4 * PER_THREAD);
     dw_mailbox_destroy(&mb);
+}
+
+/* Only a post into an empty mailbox wakes: mail posted behind waiting mail
+ * is taken with it, so no wake is lost and none is spent twice. */
+static void test_wake_once_per_empty(void **state)
+{
+    dw_mailbox mb;
+    atomic_store(&wakes, 0);
+    atomic_store(&freed, 0);
+    assert_int_equal(dw_mailbox_init(&mb, count_wake, NULL), 0);
+    dw_mailbox_post(&mb, &note_new(0, 0)->mail);
+    assert_int_equal(atomic_load(&wakes), 1);
+    dw_mailbox_post(&mb, &note_new(0, 1)->mail);
+    dw_mailbox_post(&mb, &note_new(0, 2)->mail);
+    assert_int_equal(atomic_load(&wakes), 1);
+    dw_mail *m = dw_mailbox_take(&mb);
+    int n = 0;
+    for (dw_mail *x = m; x; x = x->next)
+        assert_int_equal(((note *)x)->n, n++);
+    assert_int_equal(n, 3);
+    dw_mail_free_list(m);
+    dw_mailbox_post(&mb, &note_new(0, 3)->mail);
+    assert_int_equal(atomic_load(&wakes), 2);
+    dw_mailbox_destroy(&mb);
+    assert_int_equal(atomic_load(&freed), 4);
 }
 
 static void test_wait_deadline_and_kick(void **state)
@@ -134,6 +160,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_across_threads),
+        cmocka_unit_test(test_wake_once_per_empty),
         cmocka_unit_test(test_wait_deadline_and_kick),
         cmocka_unit_test(test_destroy_frees_what_is_left),
     };

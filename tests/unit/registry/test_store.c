@@ -302,6 +302,116 @@ static void test_edge_down(void **state)
     assert_string_equal(room_edges(f->st, "lobby"), "e2,e4");
 }
 
+/* One event for apply_many; rooms is a NULL-terminated list (borrowed). */
+static Dw__ConnEvent mk(Dw__ConnEvent__Kind kind, const char *conn, const char *edge,
+                        const char *const *rooms)
+{
+    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
+    size_t n = 0;
+    while (rooms && rooms[n])
+        n++;
+    ev.kind = kind;
+    ev.conn_id = (char *)(conn ? conn : "");
+    ev.edge_id = (char *)(edge ? edge : "");
+    ev.rooms = (char **)rooms;
+    ev.n_rooms = n;
+    ev.user_id = "u1";
+    ev.source_ip = "127.0.0.1";
+    ev.ts_ms = 1700000000000;
+    return ev;
+}
+
+/* Every lifecycle event in the outbox as "seq.idx:type:conn:room;". */
+static char *outbox_text(reg_store *st)
+{
+    reg_outbox o;
+    assert_int_equal(reg_store_outbox_read(st, 0, &o), 0);
+    char *buf = calloc(1, 8192);
+    size_t len = 0;
+    for (size_t i = 0; i < o.n; i++)
+        len += (size_t)snprintf(buf + len, 8192 - len, "%llu.%u:%s:%s:%s;",
+                                (unsigned long long)o.v[i].seq, o.v[i].idx, o.v[i].ev->type,
+                                o.v[i].ev->conn_id, o.v[i].ev->room);
+    reg_outbox_free(&o);
+    return buf;
+}
+
+/* Events applied many at a time leave exactly the table, the position and
+ * the lifecycle events that applying them one by one leaves: also when an
+ * event touches a connection an earlier one of the same call changed (a
+ * reconnect with the same id, a disconnect right after the connect), with
+ * an EDGE_DOWN in the middle, an undecodable event, and events at or before
+ * applied_seq (skipped). */
+static void test_apply_many_same_as_one_by_one(void **state)
+{
+    Dw__ConnEvent evs[] = {
+        mk(CONNECT, "c1", "e1", ROOMS("lobby", "a")),
+        mk(CONNECT, "c2", "e1", ROOMS("lobby")),
+        mk(CONNECT, "c3", "e2", ROOMS("lobby")),
+        mk(DISCONNECT, "c2", "e1", NULL),
+        mk(CONNECT, "c2", "e2", ROOMS("b")),
+        mk(JOIN, "c1", "e1", ROOMS("b")),
+        mk(EDGE_DOWN, NULL, "e1", NULL),
+        mk(CONNECT, "c1", "e3", ROOMS("a")),
+        mk(CONNECT, "c4", "e3", ROOMS("lobby")),
+        mk(LEAVE, "c4", "e3", ROOMS("lobby")),
+        mk(DISCONNECT, "c3", "", NULL),
+        mk(CONNECT, "c5", "e3", ROOMS("lobby")),
+    };
+    size_t n = sizeof evs / sizeof evs[0];
+    reg_store *st[2];
+    char dirs[2][64];
+    for (int k = 0; k < 2; k++) {
+        reg_store_opts o = {.events = 1};
+        char *err = NULL;
+        strcpy(dirs[k], "/tmp/dw-reg-many-XXXXXX");
+        assert_non_null(mkdtemp(dirs[k]));
+        assert_int_equal(reg_store_open_opts(&st[k], dirs[k], &o, &err), 0);
+    }
+    /* st[0] one by one, with an undecodable event at seq 13. */
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(reg_store_apply_at(st[0], i + 1, 1000 + (int64_t)i, &evs[i]), 1);
+    assert_int_equal(reg_store_apply_at(st[0], n + 1, 2000, NULL), 1);
+    /* st[1]: the first two alone, then all again (two skipped) and NULL. */
+    reg_apply_item items[16];
+    for (size_t i = 0; i < n; i++)
+        items[i] = (reg_apply_item){.seq = i + 1, .ts_ms = 1000 + (int64_t)i, .ev = &evs[i]};
+    items[n] = (reg_apply_item){.seq = n + 1, .ts_ms = 2000, .ev = NULL};
+    assert_int_equal(reg_store_apply_many(st[1], items, 2), 2);
+    assert_int_equal(reg_store_apply_many(st[1], items, n + 1), (int)n - 1);
+    assert_int_equal(reg_store_apply_many(st[1], items, n + 1), 0);
+
+    char *box[2];
+    char ids[2][4096], rooms[2][3][1024];
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(reg_store_applied_seq(st[k]), n + 1);
+        strcpy(ids[k], list_ids(st[k], NULL, NULL, 0));
+        strcpy(rooms[k][0], room_edges(st[k], "lobby"));
+        strcpy(rooms[k][1], room_edges(st[k], "a"));
+        strcpy(rooms[k][2], room_edges(st[k], "b"));
+        box[k] = outbox_text(st[k]);
+    }
+    assert_string_equal(ids[0], "c1,c2,c4,c5");
+    assert_int_equal(reg_store_count(st[0]), 4);
+    assert_int_equal(reg_store_count(st[1]), 4);
+    assert_string_equal(ids[1], ids[0]);
+    for (int r = 0; r < 3; r++)
+        assert_string_equal(rooms[1][r], rooms[0][r]);
+    assert_true(strlen(box[0]) > 0);
+    assert_string_equal(box[1], box[0]);
+    Dw__ConnRecord *a = get(st[0], "c1"), *b = get(st[1], "c1");
+    assert_string_equal(a->edge_id, "e3");
+    assert_string_equal(b->edge_id, a->edge_id);
+    assert_int_equal(b->conn_seq, a->conn_seq);
+    dw__conn_record__free_unpacked(a, NULL);
+    dw__conn_record__free_unpacked(b, NULL);
+    for (int k = 0; k < 2; k++) {
+        free(box[k]);
+        reg_store_close(st[k]);
+        nftw(dirs[k], rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    }
+}
+
 static void test_idempotent(void **state)
 {
     fixture *f = *state;
@@ -732,6 +842,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_join_leave, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edge_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotent, setup, teardown),
+        cmocka_unit_test(test_apply_many_same_as_one_by_one),
         cmocka_unit_test_setup_teardown(test_bad_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_room_edges_distinct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),

@@ -93,6 +93,12 @@ const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind);
  * (natsConnection_Destroy). */
 natsStatus dw_bus_connect(natsConnection **out, const char *url, const char *name);
 
+/* The same, but publishes wait up to ~1 ms in nats.c's buffer (its flusher
+ * thread) instead of one send() each: for a thread that publishes bursts
+ * and is not waited for message by message (the registry's lifecycle
+ * events: 256 publishes were 256 send()s and as many reads in the server). */
+natsStatus dw_bus_connect_batched(natsConnection **out, const char *url, const char *name);
+
 /* The NATS servers to try, from a comma-separated list of URLs
  * ("nats://a:4222,nats://b:4222", spaces around commas allowed): every
  * node of a cluster, so that a (re)start while one node is down still

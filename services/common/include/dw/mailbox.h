@@ -31,13 +31,15 @@ typedef struct dw_mailbox {
     pthread_cond_t cv; /* monotonic (dw_cond_init_mono) */
     dw_mail *head, *tail;
     bool kicked;
-    void (*wake)(void *arg); /* after each post, outside the lock; may be NULL */
+    void (*wake)(void *arg); /* after a post into an empty mailbox, outside the lock; may be NULL */
     void *wake_arg;
 } dw_mailbox;
 
-/* wake(wake_arg) runs on the posting thread after each post (for a
- * consumer that sleeps elsewhere, e.g. in poll()); NULL for one that waits
- * in dw_mailbox_wait. 0 or -1. */
+/* wake(wake_arg) runs on the posting thread after a post that found the
+ * mailbox empty (for a consumer that sleeps elsewhere, e.g. in poll()):
+ * mail posted while some is waiting is taken with it, so the consumer must
+ * take everything it is woken for (dw_mailbox_take does); NULL for one that
+ * waits in dw_mailbox_wait. 0 or -1. */
 int dw_mailbox_init(dw_mailbox *mb, void (*wake)(void *arg), void *wake_arg);
 
 /* Free every mail not taken (their destructors) and the lock. */
