@@ -16,17 +16,7 @@
 #include "dw/crypto.h"
 #include "events.h"
 #include "store.h"
-
-typedef struct fixture {
-    char dir[64];
-    reg_store *st;
-    uint64_t seq;
-} fixture;
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
+#include "store_fixture.h"
 
 static int open_with(fixture *f, const dw_keyring *kr)
 {
@@ -41,29 +31,12 @@ static int open_with(fixture *f, const dw_keyring *kr)
 
 static int setup(void **state)
 {
-    fixture *f = calloc(1, sizeof *f);
-    strcpy(f->dir, "/tmp/dw-outbox-test-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    fixture *f = fixture_new("dw-outbox-test-");
+    assert_non_null(f);
     assert_int_equal(open_with(f, NULL), 0);
     *state = f;
     return 0;
 }
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    reg_store_close(f->st);
-    nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    free(f);
-    return 0;
-}
-
-#define CONNECT DW__CONN_EVENT__KIND__CONNECT
-#define DISCONNECT DW__CONN_EVENT__KIND__DISCONNECT
-#define JOIN DW__CONN_EVENT__KIND__JOIN
-#define LEAVE DW__CONN_EVENT__KIND__LEAVE
-#define EDGE_DOWN DW__CONN_EVENT__KIND__EDGE_DOWN
-#define ROOMS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* Apply one event at the next sequence (user "u-<conn>", time 1000 + seq). */
 static void ev(fixture *f, Dw__ConnEvent__Kind kind, const char *conn, const char *edge,
@@ -239,48 +212,19 @@ static void test_off_writes_nothing(void **state)
 
 /* ---- sealed, rotated ------------------------------------------------- */
 
-static const uint8_t K1[DW_KEY_LEN] = "0123456789abcdef0123456789abcde";
-static const uint8_t K2[DW_KEY_LEN] = "fedcba9876543210fedcba987654321";
-
-static dw_keyring *ring(const uint8_t *current, const uint8_t *old)
-{
-    dw_keyring *kr = NULL;
-    assert_int_equal(dw_keyring_create(&kr), 0);
-    if (old) dw_keyring_add(kr, old, 0, NULL);
-    if (current) dw_keyring_add(kr, current, 1, NULL);
-    return kr;
-}
-
-static const char *g_needle;
-static int g_found;
-static int grep_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    if (flag != FTW_F) return 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return 0;
-    char *buf = malloc((size_t)sb->st_size + 1);
-    size_t n = fread(buf, 1, (size_t)sb->st_size, fp);
-    fclose(fp);
-    if (memmem(buf, n, g_needle, strlen(g_needle))) g_found = 1;
-    free(buf);
-    return 0;
-}
-
 static void test_sealed_and_rotated(void **state)
 {
     fixture *f = *state;
-    dw_keyring *k1 = ring(K1, NULL), *k21 = ring(K2, K1), *k2 = ring(K2, NULL);
+    dw_keyring *k1 = fixture_ring(K1, NULL), *k21 = fixture_ring(K2, K1),
+               *k2 = fixture_ring(K2, NULL);
     /* A fresh table with key 1: the events' user ids are not on disk. */
     reg_store_close(f->st);
     f->st = NULL;
-    nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    fixture_rm_dir(f->dir);
     assert_int_equal(open_with(f, k1), 0);
     ev(f, CONNECT, "secretive-conn", "e1", ROOMS("lobby"), NULL);
     reg_store_flush(f->st);
-    g_needle = "u-secretive-conn";
-    g_found = 0;
-    nftw(f->dir, grep_one, 16, FTW_PHYS);
-    assert_false(g_found);
+    assert_false(fixture_grep_dir(f->dir, "u-secretive-conn"));
 
     /* Rotated to key 2, the outbox opens without key 1. */
     assert_int_equal(open_with(f, k21), 0);
@@ -299,14 +243,14 @@ static void test_sealed_and_rotated(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_connect_then_disconnect, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_one_disconnect_per_connect, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_join_leave_only_changes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_edge_down, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reannounce_and_reuse, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_floor_keeps_positions, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_off_writes_nothing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sealed_and_rotated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect_then_disconnect, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_one_disconnect_per_connect, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_join_leave_only_changes, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_edge_down, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_reannounce_and_reuse, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_floor_keeps_positions, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_off_writes_nothing, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_and_rotated, setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

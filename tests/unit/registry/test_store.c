@@ -15,36 +15,16 @@
 #include "dw/bus.h"
 #include "dw/crypto.h"
 #include "store.h"
-
-typedef struct fixture {
-    char dir[64];
-    reg_store *st;
-    uint64_t seq;
-} fixture;
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
+#include "store_fixture.h"
 
 static int setup(void **state)
 {
-    fixture *f = calloc(1, sizeof *f);
+    fixture *f = fixture_new("dw-reg-test-");
     char *err = NULL;
-    strcpy(f->dir, "/tmp/dw-reg-test-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    assert_non_null(f);
     assert_int_equal(reg_store_open(&f->st, f->dir, &err), 0);
     assert_null(err);
     *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    reg_store_close(f->st);
-    nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    free(f);
     return 0;
 }
 
@@ -72,13 +52,6 @@ static int ev(fixture *f, Dw__ConnEvent__Kind kind, const char *conn, const char
 {
     return ev_at(f->st, ++f->seq, kind, conn, edge, rooms);
 }
-
-#define CONNECT DW__CONN_EVENT__KIND__CONNECT
-#define DISCONNECT DW__CONN_EVENT__KIND__DISCONNECT
-#define JOIN DW__CONN_EVENT__KIND__JOIN
-#define LEAVE DW__CONN_EVENT__KIND__LEAVE
-#define EDGE_DOWN DW__CONN_EVENT__KIND__EDGE_DOWN
-#define ROOMS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* room_edges(room) joined with ',' ("" for none). */
 static const char *room_edges(reg_store *st, const char *room)
@@ -408,7 +381,7 @@ static void test_apply_many_same_as_one_by_one(void **state)
     for (int k = 0; k < 2; k++) {
         free(box[k]);
         reg_store_close(st[k]);
-        nftw(dirs[k], rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        fixture_rm_dir(dirs[k]);
     }
 }
 
@@ -662,18 +635,6 @@ static void test_hold_and_event_time_survive_reopen(void **state)
 
 /* ---- encryption at rest ----------------------------------------------- */
 
-static const uint8_t K1[DW_KEY_LEN] = "0123456789abcdef0123456789abcde";
-static const uint8_t K2[DW_KEY_LEN] = "fedcba9876543210fedcba987654321";
-
-static dw_keyring *ring(const uint8_t *current, const uint8_t *old)
-{
-    dw_keyring *kr = NULL;
-    assert_int_equal(dw_keyring_create(&kr), 0);
-    if (old) dw_keyring_add(kr, old, 0, NULL);
-    if (current) dw_keyring_add(kr, current, 1, NULL);
-    return kr;
-}
-
 static int reopen(fixture *f, const dw_keyring *kr, char **err)
 {
     reg_store_opts o = {.keys = kr};
@@ -681,29 +642,6 @@ static int reopen(fixture *f, const dw_keyring *kr, char **err)
     f->st = NULL;
     *err = NULL;
     return reg_store_open_opts(&f->st, f->dir, &o, err);
-}
-
-/* 1 when any file under dir holds needle. */
-static const char *g_needle;
-static int g_found;
-static int grep_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    if (flag != FTW_F) return 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return 0;
-    char *buf = malloc((size_t)sb->st_size + 1);
-    size_t n = fread(buf, 1, (size_t)sb->st_size, fp);
-    fclose(fp);
-    if (memmem(buf, n, g_needle, strlen(g_needle))) g_found = 1;
-    free(buf);
-    return 0;
-}
-static int grep_dir(const char *dir, const char *needle)
-{
-    g_needle = needle;
-    g_found = 0;
-    nftw(dir, grep_one, 16, FTW_PHYS);
-    return g_found;
 }
 
 static const char *user_of(reg_store *st, const char *conn)
@@ -724,7 +662,7 @@ static void test_sealed_values(void **state)
 {
     fixture *f = *state;
     char *err = NULL;
-    dw_keyring *k1 = ring(K1, NULL);
+    dw_keyring *k1 = fixture_ring(K1, NULL);
     assert_int_equal(reopen(f, k1, &err), 0);
     connect_user(f, "c1", "e1", "user-known-4c1d", ROOMS("lobby"));
     assert_string_equal(user_of(f->st, "c1"), "user-known-4c1d");
@@ -732,14 +670,14 @@ static void test_sealed_values(void **state)
     reg_store_close(f->st);
     f->st = NULL;
     /* Keys are there in clear (room and ids), the user id is not. */
-    assert_true(grep_dir(f->dir, "c/c1"));
-    assert_false(grep_dir(f->dir, "user-known-4c1d"));
+    assert_true(fixture_grep_dir(f->dir, "c/c1"));
+    assert_false(fixture_grep_dir(f->dir, "user-known-4c1d"));
 
     /* No key, or another key: refused, with the reason. */
     assert_int_equal(reopen(f, NULL, &err), -1);
     assert_non_null(strstr(err, "no key is configured"));
     free(err);
-    dw_keyring *k2 = ring(K2, NULL);
+    dw_keyring *k2 = fixture_ring(K2, NULL);
     assert_int_equal(reopen(f, k2, &err), -1);
     assert_non_null(strstr(err, "not in the keyring"));
     free(err);
@@ -754,8 +692,9 @@ static void test_rotation(void **state)
     fixture *f = *state;
     char *err = NULL;
     uint64_t n = 0;
-    dw_keyring *plain = ring(NULL, NULL), *k1 = ring(K1, NULL), *k21 = ring(K2, K1);
-    dw_keyring *k2 = ring(K2, NULL);
+    dw_keyring *plain = fixture_ring(NULL, NULL), *k1 = fixture_ring(K1, NULL),
+               *k21 = fixture_ring(K2, K1);
+    dw_keyring *k2 = fixture_ring(K2, NULL);
 
     /* A plaintext table (from before encryption) ... */
     assert_int_equal(reopen(f, plain, &err), 0);
@@ -835,22 +774,23 @@ static void test_id_valid(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_empty, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_connect_replaces, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_disconnect, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_join_leave, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_edge_down, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_idempotent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_connect, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_connect_replaces, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_disconnect, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_join_leave, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_edge_down, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_idempotent, setup, fixture_teardown),
         cmocka_unit_test(test_apply_many_same_as_one_by_one),
-        cmocka_unit_test_setup_teardown(test_bad_events, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_room_edges_distinct, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_list_after, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_hold_and_event_time_survive_reopen, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sealed_values, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_events, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_room_edges_distinct, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_reopen, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_list_after, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_presence, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_hold_and_event_time_survive_reopen, setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_values, setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_rotation, setup, fixture_teardown),
         cmocka_unit_test(test_open_error),
         cmocka_unit_test(test_id_valid),
     };
