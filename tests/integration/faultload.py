@@ -709,6 +709,41 @@ def problems(rep):
     return out
 
 
+def run_problems(rep, min_acked, backlog_s=None):
+    """problems(), and what a fault test's run must also show: enough acked
+    to have checked something, every member received messages, every dead
+    letter has its reason, every delivery arrived or is dead-lettered, the
+    fault happened, and (backlog_s not None) what was acked before the
+    recovery reached every member within backlog_s."""
+    bad = problems(rep)
+    if rep["acked"] < min_acked:
+        bad.append(f"only {rep['acked']} acked (< {min_acked:.0f}): the load checked too little")
+    if rep["members_without_messages"]:
+        bad.append(f"{rep['members_without_messages']} members received nothing")
+    for reason, n in rep["dlq_reasons"].items():
+        if not reason:
+            bad.append(f"{n} dead letters without a reason")
+    if rep["received"] < rep["expected_deliveries"] - rep["dlq_deliveries"]:
+        bad.append(f"received {rep['received']} < expected {rep['expected_deliveries']}")
+    if not any(w == "fault" for w, _ in rep["marks"]):
+        bad.append("the fault did not happen")
+    if backlog_s is not None:
+        b = rep["backlog_after_heal_s"]
+        if b is None or b > backlog_s:
+            bad.append(f"what was acked before the recovery reached every member after "
+                       f"{'never' if b is None else f'{b:.2f} s'} (bound {backlog_s} s)")
+    return bad
+
+
+def print_report(label, rep):
+    """A run's table row (HEADER first) and its report as JSON, as the fault
+    tests print them."""
+    print(HEADER)
+    print(row(label, rep))
+    print("report: " + json.dumps({k: v for k, v in rep.items() if not k.endswith("examples")}),
+          flush=True)
+
+
 HEADER = ("| fault | acked | lost msgs (deliveries) | DLQ | dup | out of order | unanswered "
           "| double | unavailable | max ack s | first delivery s | longest gap s | backlog s "
           "| sends ok s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -109,32 +109,13 @@ class FaultTest(StackTest):
                               dlq=self.dlq, log=print)
         self.load = load
         rep = self.run_async(load.run(fault, at), timeout=duration + DRAIN + 120)
-        print(faultload.HEADER)
-        print(faultload.row(label, rep))
-        print("report: " + json.dumps({k: v for k, v in rep.items() if not k.endswith("examples")}),
-              flush=True)
+        faultload.print_report(label, rep)
         self.report = rep
         return rep
 
     def check(self, rep, backlog_s=RECOVERY_S, send_ok_s=None):
         """Every check at once, so that a failure shows all the numbers."""
-        bad = list(faultload.problems(rep))
-        if rep["acked"] < MIN_ACKED:
-            bad.append(f"only {rep['acked']} acked (< {MIN_ACKED:.0f}): the load checked too little")
-        if rep["members_without_messages"]:
-            bad.append(f"{rep['members_without_messages']} members received nothing")
-        for reason, n in rep["dlq_reasons"].items():
-            if not reason:
-                bad.append(f"{n} dead letters without a reason")
-        if rep["received"] < rep["expected_deliveries"] - rep["dlq_deliveries"]:
-            bad.append(f"received {rep['received']} < expected {rep['expected_deliveries']}")
-        if not any(w == "fault" for w, _ in rep["marks"]):
-            bad.append("the fault did not happen")
-        if backlog_s is not None:
-            b = rep["backlog_after_heal_s"]
-            if b is None or b > backlog_s:
-                bad.append(f"what was acked before the recovery reached every member after "
-                           f"{'never' if b is None else f'{b:.2f} s'} (bound {backlog_s} s)")
+        bad = faultload.run_problems(rep, MIN_ACKED, backlog_s)
         if send_ok_s is not None:
             s = rep["send_ok_after_heal_s"]
             if s is None or s > send_ok_s:
