@@ -38,112 +38,49 @@ docs/operations.md, "A second region", is the whole procedure.
 import argparse
 import json
 import os
-import socket
 import sys
 import time
+
+from natsproto import NatsConn  # scripts/natsproto.py, next to this script
 
 SUBJECTS = {"DW_MSG": ["dw.msg.>"], "DW_CONN": ["dw.conn.>"], "DW_DLQ": ["dw.dlq.>"]}
 DEDUP_NS = 120 * 10**9
 CHUNK = 128 * 1024
 
 
-class Nats:
-    """Just enough of the NATS client protocol for JetStream API requests,
-    a snapshot (chunks acked one by one) and a restore."""
+class Nats(NatsConn):
+    """natsproto's client, plus what a promotion needs: JetStream API calls
+    that raise on an error reply, a snapshot (chunks acked one by one) and a
+    restore."""
 
     def __init__(self, url, user=None, password=None, timeout=10.0):
         hostport = url.split("://", 1)[-1].split(",")[0].rsplit("@", 1)[-1]
         host, _, port = hostport.rpartition(":")
-        self.s = socket.create_connection((host or "127.0.0.1", int(port or 4222)), timeout)
-        self.buf = b""
-        self.n = 0
-        self.inbox = f"_INBOX.drpromote{os.getpid()}{int(time.time() * 1000)}"
-        if user:
-            # Replies to a service user come to _INBOX.<user>.> (deploy/nats/auth.conf).
-            self.inbox = f"_INBOX.{user}.drpromote{os.getpid()}"
-        info = self.line()
-        if not info.startswith(b"INFO"):
-            raise ConnectionError(f"not a NATS server: {info[:80]!r}")
-        conn = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
-                "name": "dr-promote", "lang": "python", "version": "1"}
-        if user:
-            conn.update(user=user, **{"pass": password or ""})
-        self.s.sendall(b"CONNECT " + json.dumps(conn).encode() + b"\r\nPING\r\n")
-        while True:
-            ln = self.line()
-            if ln == b"PONG":
-                break
-            if ln.startswith(b"-ERR"):
-                raise ConnectionError(ln.decode())
-        self.s.sendall(f"SUB {self.inbox}.> 1\r\n".encode())
-
-    def fill(self):
-        data = self.s.recv(1 << 20)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        self.buf += data
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            self.fill()
-        ln, self.buf = self.buf.split(b"\r\n", 1)
-        return ln
-
-    def read(self, n):
-        while len(self.buf) < n + 2:
-            self.fill()
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
+        super().__init__(host or "127.0.0.1", int(port or 4222), user=user, password=password,
+                         name="dr-promote", timeout=timeout)
 
     def msg(self, timeout):
         """The next message: (subject, reply, headers, payload)."""
-        self.s.settimeout(timeout)
-        while True:
-            parts = self.line().split()
-            if not parts:
-                continue
-            if parts[0] == b"PING":
-                self.s.sendall(b"PONG\r\n")
-            elif parts[0] == b"MSG":
-                reply = parts[3].decode() if len(parts) == 5 else None
-                return parts[1].decode(), reply, b"", self.read(int(parts[-1]))
-            elif parts[0] == b"HMSG":
-                reply = parts[3].decode() if len(parts) == 6 else None
-                raw = self.read(int(parts[-1]))
-                return parts[1].decode(), reply, raw[:int(parts[-2])], raw[int(parts[-2]):]
-            elif parts[0] == b"-ERR":
-                raise ConnectionError(b" ".join(parts).decode())
+        return self.next_msg(time.monotonic() + timeout)
 
     def pub(self, subject, payload=b"", reply=None):
-        r = f" {reply}" if reply else ""
-        self.s.sendall(f"PUB {subject}{r} {len(payload)}\r\n".encode() + payload + b"\r\n")
+        self.publish(subject, payload, reply)
 
     def request(self, subject, payload=b"", timeout=10.0):
-        self.n += 1
-        inbox = f"{self.inbox}.r{self.n}"
-        self.pub(subject, payload, inbox)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer on {subject}")
-            subj, _, hdr, data = self.msg(left)
-            if subj == inbox:
-                if hdr.startswith(b"NATS/1.0 503"):
-                    raise ConnectionError(f"no responders on {subject} (JetStream enabled?)")
-                return data
+        try:
+            return super().request(subject, payload, timeout)
+        except ConnectionRefusedError:
+            raise ConnectionError(f"no responders on {subject} (JetStream enabled?)") from None
 
     def js(self, api, body=None, timeout=10.0):
-        out = json.loads(self.request(f"$JS.API.{api}",
-                                      b"" if body is None else json.dumps(body).encode(), timeout))
+        out = super().js(api, body, timeout)
         if "error" in out:
             raise RuntimeError(f"{api}: {out['error'].get('description', out['error'])}")
         return out
 
     def snapshot(self, stream, path):
         """Stream a snapshot into path; returns its size."""
-        self.n += 1
-        deliver = f"{self.inbox}.snap{self.n}"
+        deliver = self.new_inbox("snap")
         self.js(f"STREAM.SNAPSHOT.{stream}", {"deliver_subject": deliver, "no_consumers": True,
                                                 "chunk_size": CHUNK}, timeout=30)
         size = 0
@@ -192,8 +129,7 @@ def dispatch_floor(nc, stream, last):
         "config": {"durable_name": name, "deliver_policy": "by_start_sequence",
                    "opt_start_seq": last, "ack_policy": "explicit",
                    "filter_subject": "dw.msg.>"}})
-    nc.n += 1
-    inbox = f"{nc.inbox}.next{nc.n}"
+    inbox = nc.new_inbox("next")
     nc.pub(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
            json.dumps({"batch": 1, "expires": 5 * 10**9}).encode(), inbox)
     deadline = time.monotonic() + 10

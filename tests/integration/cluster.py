@@ -11,8 +11,8 @@ and a DynamoWave stack with several of every service on it (issue 14).
   (DW_NATS_URL=a,b,c), with streams at DW_STREAM_REPLICAS (3), several
   dispatchers, several registry replicas and several edges; each process
   can be added, stopped (SIGTERM), killed or restarted on its own.
-- RawNats: just enough of the NATS client protocol (request/reply, publish,
-  subscriptions) for JetStream API calls the services do not make.
+- RawNats: scripts/natsproto.py's minimal NATS client (request/reply,
+  publish, subscriptions), for JetStream API calls the services do not make.
 
 Everything runs in one temp directory on free ports and is stopped by PID.
 """
@@ -22,139 +22,24 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
 from harness import BIN, NATS_SERVER, Proc, Stack, free_port, wait_until
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "scripts"))
+from natsproto import NatsConn  # noqa: E402  (scripts/ is not a package)
+
 CLUSTER_NAME = "dw-test"
 
 
-class RawNats:
-    """A minimal NATS client over one socket: CONNECT, PUB/HPUB, SUB, and a
-    request that waits for the first reply. Not thread-safe; for tests."""
+class RawNats(NatsConn):
+    """scripts/natsproto.py's client on a loopback port, for tests."""
 
     def __init__(self, port, timeout=5.0, name="rawnats"):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-        self.sid = 0
-        self.n = 0
-        self.prefix = f"_INBOX.raw{os.getpid()}x{int(time.monotonic() * 1e6)}"
-        self._line()  # INFO
-        self.s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
-                       b'"no_responders":true,"name":"' + name.encode() + b'"}\r\nPING\r\n')
-        while self._line() != b"PONG":
-            pass
-        self.s.sendall(f"SUB {self.prefix}.* 1\r\n".encode())
-        self.sid = 1
-
-    def close(self):
-        try:
-            self.s.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-    def _fill(self):
-        chunk = self.s.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("nats closed the connection")
-        self.buf += chunk
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _read(self, n):
-        while len(self.buf) < n + 2:
-            self._fill()
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def next_msg(self, deadline):
-        """The next MSG/HMSG as (subject, reply, headers bytes, payload)."""
-        while True:
-            self.s.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                line = self._line()
-            except socket.timeout:
-                raise TimeoutError("no message in time") from None
-            parts = line.split()
-            if not parts:
-                continue
-            if parts[0] == b"PING":
-                self.s.sendall(b"PONG\r\n")
-            elif parts[0] == b"MSG":
-                reply = parts[3].decode() if len(parts) == 5 else None
-                return parts[1].decode(), reply, b"", self._read(int(parts[-1]))
-            elif parts[0] == b"HMSG":
-                reply = parts[3].decode() if len(parts) == 6 else None
-                hlen, total = int(parts[-2]), int(parts[-1])
-                raw = self._read(total)
-                return parts[1].decode(), reply, raw[:hlen], raw[hlen:]
-            elif parts[0] == b"-ERR":
-                raise ConnectionError(line.decode())
-
-    def publish(self, subject, payload=b"", reply=None, headers=None):
-        r = f" {reply}" if reply else ""
-        if headers:
-            h = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) \
-                + b"\r\n"
-            self.s.sendall(f"HPUB {subject}{r} {len(h)} {len(h) + len(payload)}\r\n".encode() + h
-                           + payload + b"\r\n")
-        else:
-            self.s.sendall(f"PUB {subject}{r} {len(payload)}\r\n".encode() + payload + b"\r\n")
-
-    def subscribe(self, subject):
-        self.sid += 1
-        self.s.sendall(f"SUB {subject} {self.sid}\r\n".encode())
-        self.flush()
-        return self.sid
-
-    def flush(self):
-        self.s.sendall(b"PING\r\n")
-        deadline = time.monotonic() + 5
-        while True:
-            self.s.settimeout(max(0.01, deadline - time.monotonic()))
-            line = self._line()
-            if line == b"PONG":
-                return
-            parts = line.split()
-            if parts and parts[0] == b"MSG":
-                self._read(int(parts[-1]))
-            elif parts and parts[0] == b"HMSG":
-                self._read(int(parts[-1]))
-
-    def request(self, subject, payload=b"", timeout=5.0, headers=None, raw=False):
-        """Publish with a reply inbox and return the first reply's payload
-        (raw=True: (headers, payload)). A no-responders status raises
-        ConnectionRefusedError."""
-        if isinstance(payload, str):
-            payload = payload.encode()
-        self.n += 1
-        inbox = f"{self.prefix}.{self.n}"
-        self.publish(subject, payload, inbox, headers)
-        deadline = time.monotonic() + timeout
-        while True:
-            subj, _, hdr, data = self.next_msg(deadline)
-            if subj != inbox:
-                continue
-            if hdr.startswith(b"NATS/1.0 503"):
-                raise ConnectionRefusedError(f"no responders on {subject}")
-            return (hdr, data) if raw else data
-
-    def js(self, api, body=None, timeout=5.0):
-        """A JetStream API call ($JS.API.<api>) with a JSON body; the reply
-        as a dict (an error reply is returned as it is: {"error": ...})."""
-        payload = b"" if body is None else json.dumps(body).encode()
-        return json.loads(self.request(f"$JS.API.{api}", payload, timeout))
+        super().__init__("127.0.0.1", port, name=name, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------
