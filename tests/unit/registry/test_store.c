@@ -28,9 +28,9 @@ static int setup(void **state)
     return 0;
 }
 
-/* Apply one event at the next sequence; rooms is a NULL-terminated list. */
-static int ev_at(reg_store *st, uint64_t seq, Dw__ConnEvent__Kind kind, const char *conn,
-                 const char *edge, const char *const *rooms)
+/* One event; rooms is a NULL-terminated list (borrowed). */
+static Dw__ConnEvent mk(Dw__ConnEvent__Kind kind, const char *conn, const char *edge,
+                        const char *const *rooms)
 {
     Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
     size_t n = 0;
@@ -44,6 +44,14 @@ static int ev_at(reg_store *st, uint64_t seq, Dw__ConnEvent__Kind kind, const ch
     ev.user_id = "u1";
     ev.source_ip = "127.0.0.1";
     ev.ts_ms = 1700000000000;
+    return ev;
+}
+
+/* Apply one event at seq. */
+static int ev_at(reg_store *st, uint64_t seq, Dw__ConnEvent__Kind kind, const char *conn,
+                 const char *edge, const char *const *rooms)
+{
+    Dw__ConnEvent ev = mk(kind, conn, edge, rooms);
     return reg_store_apply(st, seq, &ev);
 }
 
@@ -273,25 +281,6 @@ static void test_edge_down(void **state)
     ev(f, EDGE_DOWN, NULL, "e3", NULL);
     assert_string_equal(list_ids(f->st, NULL, "c5", 0), "c5");
     assert_string_equal(room_edges(f->st, "lobby"), "e2,e4");
-}
-
-/* One event for apply_many; rooms is a NULL-terminated list (borrowed). */
-static Dw__ConnEvent mk(Dw__ConnEvent__Kind kind, const char *conn, const char *edge,
-                        const char *const *rooms)
-{
-    Dw__ConnEvent ev = DW__CONN_EVENT__INIT;
-    size_t n = 0;
-    while (rooms && rooms[n])
-        n++;
-    ev.kind = kind;
-    ev.conn_id = (char *)(conn ? conn : "");
-    ev.edge_id = (char *)(edge ? edge : "");
-    ev.rooms = (char **)rooms;
-    ev.n_rooms = n;
-    ev.user_id = "u1";
-    ev.source_ip = "127.0.0.1";
-    ev.ts_ms = 1700000000000;
-    return ev;
 }
 
 /* Every lifecycle event in the outbox as "seq.idx:type:conn:room;". */
