@@ -153,7 +153,6 @@ void part__check(dispatcher *d, uint32_t p, int why, int64_t now)
 {
     part *pt = &d->parts[p];
     if (pt->state != P_READY) return;
-    if (pt->checking == CHECK_RECONNECT && why == CHECK_SILENT) return;
     const char *consumer =
         pt->next_subj + strlen("$JS.API.CONSUMER.MSG.NEXT.") + strlen(DW_STREAM_MSG) + 1;
     char subj[256], reply[224];

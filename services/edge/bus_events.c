@@ -58,7 +58,6 @@ static void on_connect_ack(edge *e, edge_event *ev)
     s->state = SESS_READY;
     s->counted = true;
     s->conn_seq = ev->seq;
-    if (!e->probe) e->probe = s;
     dw_metric_set(e->m->connections, ++e->nready);
     while (s->pending && s->state == SESS_READY) {
         edge_pending_rx *p = s->pending;

@@ -104,8 +104,9 @@ typedef struct edge {
     unsigned char *wbuf;     /* LWS_PRE + write_coalesce: the coalescing buffer */
     uint64_t conn_seq_acked; /* highest DW_CONN seq acked for our events */
     uint32_t nready;
-    /* The ready session whose connect was acked first (the self-check asks
-     * the registry for it: bridge_note_held). NULL without one. */
+    /* The ready session whose connect was acked first, for the self-check
+     * (bridge_note_held): chosen by the tick when NULL, NULL again when it
+     * closes. */
     struct edge_session *probe;
     bool edge_down_stored;           /* shutdown: one EDGE_DOWN stands for every disconnect */
     struct disc_retry *disc_retries; /* failed disconnect events waiting to be retried */

@@ -197,15 +197,15 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
     return 0;
 }
 
-/* The ready session other than except whose connect was acked first (a
- * scan, only when the probe itself goes). */
-static edge_session *oldest_ready(edge *e, const edge_session *except)
+/* The ready session whose connect was acked first, or NULL: a scan, made
+ * by the tick only while there is no probe (not on every close: closing
+ * 18,000 connections in connect order would scan for each). */
+static edge_session *oldest_ready(edge *e)
 {
     edge_session *best = NULL;
     for (size_t i = 0; i < e->conns.nslots; i++) {
         edge_session *s = e->conns.slots[i].value;
-        if (s && s != except && s->state == SESS_READY && (!best || s->conn_seq < best->conn_seq))
-            best = s;
+        if (s && s->state == SESS_READY && (!best || s->conn_seq < best->conn_seq)) best = s;
     }
     return best;
 }
@@ -226,7 +226,7 @@ static void on_closed(edge *e, edge_session *s)
     }
     if (s->proto) s->proto->on_closed(e, s);
     if (s->counted) dw_metric_set(e->m->connections, --e->nready);
-    if (e->probe == s) e->probe = oldest_ready(e, s);
+    if (e->probe == s) e->probe = NULL;
     rooms_leave_all(&e->rooms, s);
     connmap_del(&e->conns, s->id);
     outbox_clear(&s->out);
@@ -366,6 +366,7 @@ static void tick(lws_sorted_usec_list_t *sul)
     if (e->tick_due_ns) dw_metric_observe_ns(e->m->loop_lag, now - e->tick_due_ns);
     if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
         bridge_heartbeat(e->bridge, e->nready);
+        if (!e->probe && e->nready) e->probe = oldest_ready(e);
         bridge_note_held(e->bridge, e->nready, e->probe ? e->probe->id : NULL,
                          e->probe ? e->probe->conn_seq : 0);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
