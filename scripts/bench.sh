@@ -21,6 +21,9 @@
 #   DW_BENCH_CHURN_S       seconds of the churn scenario [30]
 #   DW_BENCH_CONNECTIONS   idle connections per edge in `connections` [18000]
 #   DW_BENCH_NATS_CONF     nats-server configuration [deploy/nats/local.conf]
+#   DW_BENCH_NATS_SERVER   the nats-server binary [nats-server from PATH]; e.g. a
+#                          build without the 2.9.10 encrypted-store cost
+#                          (docs/benchmarks.md, "nats-server 2.9.10's encrypted store")
 # Every other DW_* variable is removed from the environment: each process
 # gets exactly the settings written below, nothing inherited.
 # Exit status: 0 when every run was clean (no loss, no duplicate, no
@@ -38,7 +41,7 @@ while (( $# )); do
         --only) only="${2:?--only needs a list}"; shift ;;
         --only=*) only="${1#--only=}" ;;
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,30s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -50,6 +53,7 @@ duration="${DW_BENCH_DURATION:-10}"
 churn_s="${DW_BENCH_CHURN_S:-30}"
 idle_conns="${DW_BENCH_CONNECTIONS:-18000}"
 nats_conf="${DW_BENCH_NATS_CONF:-$root/deploy/nats/local.conf}"
+nats_server="${DW_BENCH_NATS_SERVER:-nats-server}"
 [[ "$nats_conf" = /* ]] || nats_conf="$PWD/$nats_conf"
 if (( quick )); then
     duration=2 churn_s=5 idle_conns=6000
@@ -239,7 +243,7 @@ start_nats() {
     for u in "${nats_users[@]}"; do
         envs+=("DW_NATS_PASS_${u^^}=$(< "$tmp/secrets/nats_$u")")
     done
-    start nats "${envs[@]}" DW_JS_KEY="k$(openssl rand -hex 32)" -- nats-server -js \
+    start nats "${envs[@]}" DW_JS_KEY="k$(openssl rand -hex 32)" -- "$nats_server" -js \
         -c "$conf" -a 127.0.0.1 -p "$nats_port" -sd "$tmp/$run/nats"
     wait_port "$nats_port"
 }
@@ -375,7 +379,7 @@ fi
 for bin in edge registry dispatcher dwctl dwbench dwbench-baseline-ws dwbench-baseline-js; do
     [[ -x "$build_dir/bin/$bin" ]] || die "$build_dir/bin/$bin is missing (build first)"
 done
-command -v nats-server >/dev/null || die "nats-server is not installed (scripts/deps.sh)"
+command -v "$nats_server" >/dev/null || die "$nats_server is not installed (scripts/deps.sh)"
 
 mkdir -p "$out/logs"
 tmp="$(mktemp -d /tmp/dwbench.XXXXXX)"
@@ -387,7 +391,7 @@ say "results in $out"
     echo "cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "kernel: $(uname -r)"
     echo "git: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
-    echo "nats-server: $(nats-server --version 2>&1 | head -1)"
+    echo "nats-server: $("$nats_server" --version 2>&1 | head -1) ($(command -v "$nats_server"))"
     echo "jetstream cipher: $(awk '/^[[:space:]]*cipher:/ { print $2; f = 1 }
                                    END { if (!f) print "none" }' "$nats_conf")"
     echo "loadavg_before: $(cut -d' ' -f1-3 /proc/loadavg)"
