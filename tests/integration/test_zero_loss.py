@@ -10,14 +10,13 @@ import collections
 import datetime
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import time
 import unittest
 
 from harness import BIN, StackTest, connect, no_message, recv_text, wait_until
+from cluster import RawNats  # scripts/natsproto.py's client
 
 
 def msg_subject(room, partitions=16):
@@ -58,64 +57,6 @@ def metrics(port):
             k, v = line.rsplit(" ", 1)
             out[k] = float(v)
     return out
-
-
-class RawNats:
-    """Just enough of the NATS protocol to publish to JetStream and read the
-    ack: the tests need to put bytes into DW_MSG that no edge would send."""
-
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
-        self._line()  # INFO
-        self.s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
-                       b'"no_responders":true}\r\nPING\r\n')
-        while self._line() != b"PONG":
-            pass
-        self.s.sendall(b"SUB _INBOX.rawtest.* 1\r\n")
-        self.n = 0
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise ConnectionError("nats closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _read(self, n):
-        while len(self.buf) < n + 2:
-            self.buf += self.s.recv(65536)
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def request(self, subject, payload):
-        """Publish with a reply inbox; returns the first reply's payload."""
-        self.n += 1
-        inbox = f"_INBOX.rawtest.{self.n}"
-        self.s.sendall(f"PUB {subject} {inbox} {len(payload)}\r\n".encode() + payload + b"\r\n")
-        while True:
-            line = self._line()
-            if line == b"PING":
-                self.s.sendall(b"PONG\r\n")
-                continue
-            parts = line.split()
-            if parts and parts[0] == b"MSG" and parts[1].decode() == inbox:
-                return self._read(int(parts[-1]))
-            if parts and parts[0] == b"HMSG" and parts[1].decode() == inbox:
-                hlen, total = int(parts[-2]), int(parts[-1])
-                return self._read(total)[hlen:]
-            if parts and parts[0] in (b"MSG", b"HMSG"):
-                self._read(int(parts[-1]))
-
-    def publish(self, subject, payload):
-        self.s.sendall(f"PUB {subject} {len(payload)}\r\n".encode() + payload + b"\r\nPING\r\n")
-        while self._line() != b"PONG":
-            pass
-
-    def close(self):
-        self.s.close()
 
 
 async def drain_texts(ws, n, timeout=30):
@@ -202,6 +143,7 @@ class RegistryDown(StackTest):
                             json.dumps({"type": "io.nats.jetstream.advisory.v1.max_deliver",
                                         "stream": "DW_MSG", "consumer": "dispatcher",
                                         "stream_seq": e["streamSeq"], "deliveries": 6}).encode())
+            raw.flush()
             raw.close()
             await asyncio.to_thread(
                 wait_until,
