@@ -206,6 +206,7 @@ void order_destroy(order *s)
     free(s->parts);
     free(s->rq);
     free(s->rq_rooms);
+    order__round_gone_clear(s);
     free(s);
 }
 

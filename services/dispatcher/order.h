@@ -173,8 +173,10 @@ void order_request_done(order *s, order_request *r, order_outcome outcome, int64
 size_t order_requests_older(order *s, int64_t before_ms, order_request **out, size_t max);
 
 /* The edge is gone (its EDGE_DOWN is durable): what is queued for it and
- * what is in flight to it count as done. Later rounds only name it again if
- * the registry does (it came back). */
+ * what is in flight to it count as done, and so does what the open round's
+ * answers would bind to it (they may have been given before the registry
+ * applied the EDGE_DOWN). Later rounds only name it again if the registry
+ * does (it came back). */
 void order_edge_gone(order *s, const char *edge_id, int64_t now_ms);
 
 /* --- settling --- */

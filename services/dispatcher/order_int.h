@@ -98,6 +98,10 @@ struct order {
     order_query *rq;
     order_room **rq_rooms;
     size_t rq_n;
+    /* edges declared gone while the open round was out (order_edge_gone):
+     * its answers do not bind messages to them */
+    char **rq_gone;
+    size_t rq_n_gone;
     /* requests in flight */
     req *req_head, *req_tail;
     size_t n_reqs;
@@ -127,6 +131,12 @@ order_edge *order__edge_find(order *s, const char *id);
 void order__edge_maybe_free(order *s, size_t idx, int64_t now_ms);
 int order__q_reserve(order_edge *e, size_t add);
 item *order__q_at(order_edge *e, size_t i);
+
+/* order_round.c */
+/* Forget the edges declared gone during the round (its end). */
+void order__round_gone_clear(order *s);
+/* Note an edge declared gone while a round is open (order_edge_gone). */
+int order__round_gone_note(order *s, const char *edge_id);
 
 /* order.c */
 void order__msg_free(order *s, order_msg *m);

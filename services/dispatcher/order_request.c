@@ -246,6 +246,7 @@ size_t order_requests_older(order *s, int64_t before_ms, order_request **out, si
 
 void order_edge_gone(order *s, const char *edge_id, int64_t now_ms)
 {
+    order__round_gone_note(s, edge_id);
     order_edge *e = order__edge_find(s, edge_id);
     if (!e) return;
     /* Collect first: settling changes nothing in the queue, but keep the

@@ -65,6 +65,34 @@ static int names_have(char *const *list, size_t n, const char *id)
     return 0;
 }
 
+void order__round_gone_clear(order *s)
+{
+    for (size_t i = 0; i < s->rq_n_gone; i++)
+        free(s->rq_gone[i]);
+    free(s->rq_gone);
+    s->rq_gone = NULL;
+    s->rq_n_gone = 0;
+}
+
+/* From order_edge_gone: the open round may have been asked before the
+ * edge's EDGE_DOWN was durable, so the registry may have answered with the
+ * connections that EDGE_DOWN drops. Bound to the edge now, a message would
+ * wait for it after everything else bound for it was given up: for ever if
+ * it is dead, and if it wakes (declared down while stopped), it would reach
+ * its old connections before they are closed, ahead of the messages given
+ * up here, and a client that resumes from the last seq it saw would never
+ * get those. 0, or -1 when out of memory (the edge is then not skipped). */
+int order__round_gone_note(order *s, const char *edge_id)
+{
+    if (!s->round_open || names_have(s->rq_gone, s->rq_n_gone, edge_id)) return 0;
+    char **g = realloc(s->rq_gone, (s->rq_n_gone + 1) * sizeof *g);
+    if (!g) return -1;
+    s->rq_gone = g;
+    if (!(g[s->rq_n_gone] = strdup(edge_id))) return -1;
+    s->rq_n_gone++;
+    return 0;
+}
+
 /* Bind message m to the room's edges and queue it on each. */
 static int resolve_msg(order *s, order_msg *m, order_edge *const *edges, size_t n, int64_t now_ms)
 {
@@ -108,6 +136,7 @@ int order_round_room_edges(order *s, size_t i, char *const *ids, size_t n, int64
     if (n && !(edges = malloc(n * sizeof *edges))) goto oom;
     for (size_t k = 0; k < n; k++) {
         if (!ids[k] || !edges_id_valid(ids[k], strlen(ids[k]))) continue;
+        if (names_have(s->rq_gone, s->rq_n_gone, ids[k])) continue;
         order_edge *e = order__edge_get(s, ids[k]);
         if (!e) goto oom;
         int dup = 0;
@@ -172,5 +201,6 @@ size_t order_round_end(order *s, int64_t now_ms)
     }
     s->rq_n = 0;
     s->round_open = 0;
+    order__round_gone_clear(s);
     return n;
 }

@@ -204,6 +204,9 @@ class Client:
         except websockets.ConnectionClosed:
             pass
         finally:
+            if not load.closing:
+                # 1006 when no close frame came (a killed edge)
+                load.close_codes[ws.close_code] += 1
             if self.gen == gen:
                 self.ready = False
             for fut in self.join_waiters.values():
@@ -367,6 +370,7 @@ class Load:
         self.errors = collections.Counter()
         self.join_errors = collections.Counter()
         self.other_frames = collections.Counter()
+        self.close_codes = collections.Counter()  # how sockets ended while the load ran
         self.foreign = 0
         self.client_errors = []
         self.loop_lag = 0.0
@@ -668,6 +672,8 @@ class Load:
             "cut_by_drop": self.cut,
             "join_errors": dict(self.join_errors),
             "drops": sum(c.drops for c in self.clients),
+            "close_codes": {str(k): v for k, v in sorted(self.close_codes.items(),
+                                                         key=lambda kv: str(kv[0]))},
             "reconnects": sum(c.reconnects for c in self.clients),
             "not_recovered": sum(c.not_recovered for c in self.clients),
             "clients_down": sum(1 for c in self.clients if c.down),

@@ -1,7 +1,8 @@
 """Zero data loss (issue #4): retries with exponential backoff, dead letters
 (the dispatcher's own and the max-deliveries advisory's), and `dwctl dlq`
 replay under faults: registry stopped, dispatcher killed mid-burst, an edge
-that stops answering, a poison message, an interrupted replay.
+that stops answering, a poison message, an interrupted replay, a partition
+consumer deleted while no pull waited at it.
 
 Retry schedules are shortened through the environment so the tests stay fast.
 """
@@ -417,6 +418,89 @@ class InterruptedReplay(StackTest):
             await close_all(*clients)
 
         self.run_async(scenario(), timeout=150)
+
+
+# 256 held at most: a cap of 16 per partition (services/dispatcher: max
+# held / 16 partitions), pulled 4 at a time.
+SILENT_CAP = 16
+
+
+class ConsumerDeletedWithNoPullWaiting(StackTest):
+    """Test 6: a partition consumer deleted while no pull request of its
+    dispatcher waits there, so that nats-server has nobody to send its
+    "409 Consumer Deleted" to (2.9 sends it only to the requests waiting at
+    that moment), and the pulls after it go to a subject nobody answers
+    (the $JS.API.> import takes them and drops them: no 503 either). Only
+    the silence check can find it: pulls that hear nothing for 3 s ask
+    CONSUMER.INFO, get 10014 and read the partition again.
+
+    How no pull waits, with real parts only: the registry is stopped
+    (SIGSTOP), so the dispatcher cannot resolve the room and holds what it
+    fetched; at its partition cap it sends no more pulls, and the ones out
+    expire (CONSUMER.INFO expires them and shows num_waiting 0). The
+    consumer is deleted then, one more message is stored, the registry
+    resumes: everything reaches both clients once and in order."""
+    ENV = {"DW_MSG_RATE": "0", "DW_EDGE_MSG_RATE": "0", "DW_STATUS_PORT": "0",
+           "DW_MAX_HELD": str(SILENT_CAP * 16), "DW_FETCH_BATCH": "4"}
+
+    def test_deleted_consumer_found_by_the_silence_check(self):
+        st = self.stack
+        part = int(msg_subject("lobby").split(".")[2])
+        n = SILENT_CAP + 8  # more than the cap: some wait in the stream meanwhile
+        texts = [f"s{i:02d}" for i in range(n)] + ["after"]
+
+        def js(raw, api):
+            return json.loads(raw.request("$JS.API." + api, b""))
+
+        def consumer(raw):
+            names = js(raw, "CONSUMER.NAMES.DW_MSG").get("consumers") or []
+            mine = [c for c in names if c.startswith(f"dwp-{part}-")]
+            return mine[0] if len(mine) == 1 else None
+
+        async def scenario():
+            a, b = await connect(st.edges[0].url), await connect(st.edges[0].url)
+            await asyncio.to_thread(st.wait_conn_count, 2)
+            raw = RawNats(st.nats_port)
+            st.registry.signal(signal.SIGSTOP)
+            try:
+                for t in texts[:-1]:
+                    await a.send(json.dumps({"action": "sendmessage", "data": t}))
+                await asyncio.to_thread(wait_until, lambda: stream_msgs(st, "DW_MSG") >= n, 10,
+                                        f"{n} messages stored")
+                name = await asyncio.to_thread(wait_until, lambda: consumer(raw), 10,
+                                               f"partition {part}'s consumer")
+                # The partition holds its cap and no pull waits: seen on two
+                # looks in a row (each look expires what is overdue).
+                looks = []
+
+                def idle():
+                    i = js(raw, f"CONSUMER.INFO.DW_MSG.{name}")
+                    looks.append((i["num_ack_pending"], i["num_waiting"]))
+                    return len(looks) > 1 and all(
+                        held >= SILENT_CAP and waiting == 0 for held, waiting in looks[-2:])
+                await asyncio.to_thread(wait_until, idle, 15,
+                                        "the partition at its cap with no pull waiting", 0.1)
+                self.assertTrue(js(raw, f"CONSUMER.DELETE.DW_MSG.{name}").get("success"))
+                await a.send(json.dumps({"action": "sendmessage", "data": "after"}))
+                await asyncio.to_thread(wait_until, lambda: stream_msgs(st, "DW_MSG") > n, 10,
+                                        "the last message stored")
+            finally:
+                st.registry.signal(signal.SIGCONT)
+                raw.close()
+            for ws in (a, b):
+                self.assertEqual(await drain_texts(ws, len(texts)), texts)
+            for ws in (a, b):
+                self.assertIsNone(await no_message(ws, 0.3), "delivered twice")
+            await close_all(a, b)
+
+        self.run_async(scenario(), timeout=90)
+        with open(st.dispatcher.log_path, errors="replace") as f:
+            log = f.read()
+        mark = f'read again from its floor" partition={part} why='
+        whys = [line.split(mark, 1)[1].split()[0] for line in log.splitlines() if mark in line]
+        print(f"partition {part} read again: {whys}")
+        self.assertIn("silent:consumer_not_found", whys)
+        self.assertNotIn("consumer_deleted", whys)
 
 
 if __name__ == "__main__":

@@ -314,6 +314,52 @@ static void test_no_responders_then_gone(void **state)
     order_destroy(o);
 }
 
+/* An edge declared gone while a round is out: that round's answer was
+ * asked before (the registry may not have applied the EDGE_DOWN yet) and
+ * binds nothing to it; the next round's answer does (it came back). */
+static void test_edge_gone_during_round(void **state)
+{
+    order *o = mk();
+    char *e01[] = {"e0", "e1"}, *e1[] = {"e1"};
+    add(o, 0, 1, "A", 0);
+    add(o, 0, 2, "B", 0);
+    order_query *q;
+    size_t nq;
+    assert_int_equal(order_round_begin(o, 0, &q, &nq), 0);
+    assert_int_equal(nq, 2);
+    order_edge_gone(o, "e1", 0);
+    for (size_t i = 0; i < nq; i++)
+        assert_int_equal(order_round_room_edges(o, i, !strcmp(q[i].room, "A") ? e01 : e1,
+                                                !strcmp(q[i].room, "A") ? 2 : 1, 0),
+                         0);
+    order_round_end(o, 0);
+    /* B had only e1: settled at once; A waits for e0 alone. */
+    size_t acked = 0, dead = 0;
+    uint64_t seqs[8];
+    size_t n = 0;
+    drain(o, &acked, &dead, seqs, &n);
+    assert_int_equal(acked, 1);
+    assert_int_equal(seqs[0], 2);
+    order_request *r = order_next_request(o, 0);
+    assert_non_null(r);
+    assert_string_equal(r->edge, "e0");
+    assert_null(order_next_request(o, 0));
+    order_request_done(o, r, ORDER_OK, 0);
+    drain(o, &acked, &dead, NULL, NULL);
+    assert_int_equal(acked, 2);
+    /* A later round names e1 again: bound to it as usual. */
+    add(o, 0, 3, "A", 1);
+    assert_int_equal(round_all(o, e1, 1, 1), 1);
+    r = order_next_request(o, 1);
+    assert_non_null(r);
+    assert_string_equal(r->edge, "e1");
+    order_request_done(o, r, ORDER_OK, 1);
+    drain(o, &acked, &dead, NULL, NULL);
+    assert_int_equal(acked, 3);
+    assert_int_equal(dead, 0);
+    order_destroy(o);
+}
+
 static void test_poison_and_duplicate(void **state)
 {
     order *o = mk();
@@ -512,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_edge_failure_keeps_order),
         cmocka_unit_test(test_edge_give_up_dead_letters),
         cmocka_unit_test(test_no_responders_then_gone),
+        cmocka_unit_test(test_edge_gone_during_round),
         cmocka_unit_test(test_poison_and_duplicate),
         cmocka_unit_test(test_replay_only),
         cmocka_unit_test(test_message_during_round),
