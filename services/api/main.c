@@ -20,7 +20,7 @@
 #include "subjects.h"
 
 typedef struct api_config {
-    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
+    dw_service_cfg svc; /* NATS_URL, STATUS_*, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS */
     char *mgmt_host;
     int64_t mgmt_port;
     char *admin_token_file;
@@ -60,6 +60,7 @@ static const dw_cfg_field fields[] = {
       "connection"),
     DW_SERVICE_ROWS_STATUS(api_config, svc, "9091"),
     DW_SERVICE_ROW_LOG_LEVEL(api_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(api_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 

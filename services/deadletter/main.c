@@ -17,7 +17,7 @@
 #include "svc.h"
 
 typedef struct deadletter_config {
-    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
+    dw_service_cfg svc; /* NATS_URL, STATUS_*, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS */
     int64_t stream_replicas;
     int64_t dedup_window_s;
     int64_t advisory_max_age_s;
@@ -51,6 +51,7 @@ static const dw_cfg_field fields[] = {
       "testing only: kill the process (SIGKILL) after this many replay republishes, before the "
       "entry is removed (0 = never)"),
     DW_SERVICE_ROW_LOG_LEVEL(deadletter_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(deadletter_config, svc),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 

@@ -129,6 +129,7 @@ static const dw_cfg_field fields[] = {
       "async routes: a worker has this long to ack (or send in-progress) before a redelivery; "
       "each further redelivery waits twice as long (at most 10 min)"),
     DW_SERVICE_ROW_LOG_LEVEL(edge_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(edge_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
