@@ -16,8 +16,10 @@
 /* The tick bounds how long lws_service sleeps, so dw_stop is seen. */
 #define TICK_US (250 * LWS_US_PER_MS)
 /* Stopping: how long the listener still reads requests that were sent
- * before it closes (api_http_finish). */
-#define FINISH_GRACE_MS 200
+ * before it closes (api_http_finish), and the tick meanwhile, which bounds
+ * each pass of the loop as TICK_US does while running. */
+#define FINISH_GRACE_MS 100
+#define FINISH_TICK_US (10 * LWS_US_PER_MS)
 /* An Authorization header longer than this cannot hold our token. */
 #define AUTH_HEADER_MAX 1024
 /* Room publish headers (rooms.h): the sender's name, the idempotency key. */
@@ -485,7 +487,7 @@ static const struct lws_protocols protocols[] = {
 static void tick(lws_sorted_usec_list_t *sul)
 {
     api_http *h = lws_container_of(sul, api_http, tick);
-    lws_sul_schedule(h->ctx, 0, &h->tick, tick, TICK_US);
+    lws_sul_schedule(h->ctx, 0, &h->tick, tick, h->stopping ? FINISH_TICK_US : TICK_US);
 }
 
 static void lws_log_bridge(int level, const char *line)
@@ -539,7 +541,8 @@ size_t api_http_finish(api_http *h, int64_t ms)
      * the loop runs a little while also with nothing in flight. */
     int64_t grace = now + (ms < FINISH_GRACE_MS ? ms : FINISH_GRACE_MS) * 1000000;
     take_done(h); /* (answers posted while the loop did not run) */
-    /* The tick bounds each pass. */
+    /* The tick, now every 10 ms, bounds each pass. */
+    lws_sul_schedule(h->ctx, 0, &h->tick, tick, FINISH_TICK_US);
     while ((h->inflight || dw_mono_ns() < grace) && dw_mono_ns() < until)
         if (lws_service(h->ctx, 0) < 0) break;
     return h->inflight;
