@@ -15,6 +15,11 @@
 
 /* The tick bounds how long lws_service sleeps, so dw_stop is seen. */
 #define TICK_US (250 * LWS_US_PER_MS)
+/* Stopping: how long the listener still reads requests that were sent
+ * before it closes (api_http_finish), and the tick meanwhile, which bounds
+ * each pass of the loop as TICK_US does while running. */
+#define FINISH_GRACE_MS 100
+#define FINISH_TICK_US (10 * LWS_US_PER_MS)
 /* An Authorization header longer than this cannot hold our token. */
 #define AUTH_HEADER_MAX 1024
 /* Room publish headers (rooms.h): the sender's name, the idempotency key. */
@@ -28,6 +33,10 @@ struct api_http {
 
     pthread_mutex_t lock; /* guards done */
     api_job *done;        /* finished jobs, newest first */
+
+    /* lws thread only */
+    size_t inflight; /* requests taken and not yet answered (or closed) */
+    bool stopping;   /* api_http_finish: the pool is gone, new requests get 503 */
 };
 
 typedef enum {
@@ -156,6 +165,11 @@ static void take_done(api_http *h)
 static void submit(api_http *h, http_sess *s)
 {
     api_job *job = NULL;
+    if (h->stopping) { /* (the pool has stopped: it is not asked) */
+        s->close_after = true;
+        respond_error(s, 503, "Service Unavailable: the api service is stopping", false);
+        return;
+    }
     if (s->op == API_OP_PUBLISH) {
         char err[192];
         int status = api_publish_set_body(&s->pub, (const char *)s->body, s->body_len, s->body_json,
@@ -238,9 +252,12 @@ static int on_http(api_http *h, struct lws *wsi, http_sess *s, const char *path)
 {
     char *uri = NULL;
     int uri_len = 0;
+    if (s->state != SS_IDLE) h->inflight--; /* (a request before was never finished) */
     sess_reset(s);
     s->wsi = wsi;
     s->start_ns = dw_mono_ns();
+    s->state = SS_WAITING; /* (until the paths below say what comes next) */
+    h->inflight++;         /* until finish() or the close */
 
     int method = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
     bool known = true;
@@ -376,6 +393,8 @@ static void on_body_done(api_http *h, http_sess *s)
 
 static int finish(http_sess *s)
 {
+    api_http *h = lws_context_user(lws_get_context(s->wsi));
+    if (s->state != SS_IDLE) h->inflight--;
     bool close_after = s->close_after;
     free(s->resp);
     s->resp = NULL;
@@ -441,6 +460,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_WRITEABLE: return on_writeable(wsi, s);
     case LWS_CALLBACK_CLOSED_HTTP:
         if (s) {
+            if (s->state != SS_IDLE && h) h->inflight--;
+            s->state = SS_IDLE;
             /* The job finishes without us: take_done frees it. */
             if (s->job) s->job->owner = NULL;
             s->job = NULL;
@@ -466,7 +487,7 @@ static const struct lws_protocols protocols[] = {
 static void tick(lws_sorted_usec_list_t *sul)
 {
     api_http *h = lws_container_of(sul, api_http, tick);
-    lws_sul_schedule(h->ctx, 0, &h->tick, tick, TICK_US);
+    lws_sul_schedule(h->ctx, 0, &h->tick, tick, h->stopping ? FINISH_TICK_US : TICK_US);
 }
 
 static void lws_log_bridge(int level, const char *line)
@@ -509,6 +530,22 @@ int api_http_start(api_http **out, const api_http_config *cfg)
 int api_http_service(api_http *h)
 {
     return lws_service(h->ctx, 0) < 0 ? -1 : 0;
+}
+
+size_t api_http_finish(api_http *h, int64_t ms)
+{
+    if (!h) return 0;
+    h->stopping = true;
+    int64_t now = dw_mono_ns(), until = now + ms * 1000000;
+    /* Requests already on the wire (sent, not yet read) get their 503 too:
+     * the loop runs a little while also with nothing in flight. */
+    int64_t grace = now + (ms < FINISH_GRACE_MS ? ms : FINISH_GRACE_MS) * 1000000;
+    take_done(h); /* (answers posted while the loop did not run) */
+    /* The tick, now every 10 ms, bounds each pass. */
+    lws_sul_schedule(h->ctx, 0, &h->tick, tick, FINISH_TICK_US);
+    while ((h->inflight || dw_mono_ns() < grace) && dw_mono_ns() < until)
+        if (lws_service(h->ctx, 0) < 0) break;
+    return h->inflight;
 }
 
 void api_http_destroy(api_http *h)

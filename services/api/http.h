@@ -7,6 +7,7 @@
 #define API_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "auth.h"
 #include "pool.h"
@@ -27,6 +28,13 @@ int api_http_start(api_http **out, const api_http_config *cfg);
 /* Serve for a while (at most ~250 ms, so a stop request is seen). Returns
  * -1 when the context failed. Call from one thread only. */
 int api_http_service(api_http *h);
+
+/* Stopping, after api_pool_stop (which answered the jobs it had): serve
+ * for up to ms more, so that the answers of requests already taken are
+ * written; requests that come meanwhile (or were sent and not yet read)
+ * get 503 and the connection is closed. Returns the requests still
+ * unanswered. NULL-safe (0). */
+size_t api_http_finish(api_http *h, int64_t ms);
 
 /* Close every connection and free; jobs still at the pool must have been
  * finished first (api_pool_stop). NULL-safe. */

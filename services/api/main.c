@@ -19,8 +19,12 @@
 #include "pool.h"
 #include "subjects.h"
 
+/* Stopping: how long the answers of requests already taken may take to be
+ * written (clients reading slowly). */
+#define HTTP_FINISH_MS 2000
+
 typedef struct api_config {
-    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
+    dw_service_cfg svc; /* NATS_URL, STATUS_*, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS */
     char *mgmt_host;
     int64_t mgmt_port;
     char *admin_token_file;
@@ -60,6 +64,7 @@ static const dw_cfg_field fields[] = {
       "connection"),
     DW_SERVICE_ROWS_STATUS(api_config, svc, "9091"),
     DW_SERVICE_ROW_LOG_LEVEL(api_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(api_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
@@ -138,15 +143,20 @@ static int run(dw_service *s)
     return 0;
 }
 
-/* No new requests, then finish (or 503) the ones taken, then free what
- * their answers went through. */
+/* No new requests, then finish (or 503) the ones taken and write their
+ * answers, then free what their answers went through; within the stop's
+ * budget (dw/util.h). */
 static void stop(dw_service *s)
 {
     api_app *a = s->arg;
     atomic_store(&a->listening, false);
     api_subjects_stop(a->subjects);
+    dw_stop_step("api: finishing operations in progress");
     api_pool_stop(a->pool);
     a->pool = NULL;
+    dw_stop_step("api: writing answers");
+    size_t left = api_http_finish(a->http, dw_stop_left_ms(HTTP_FINISH_MS));
+    if (left) DW_WARN("HTTP requests not answered before the close", "requests=%zu", left);
     api_http_destroy(a->http);
     a->http = NULL;
     api_subjects_free(a->subjects);

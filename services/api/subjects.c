@@ -185,21 +185,23 @@ bool api_subjects_ready(api_subjects *s)
     return s && natsConnection_Status(s->nc) == NATS_CONN_STATUS_CONNECTED;
 }
 
+/* How long requests already received may take to be queued, all
+ * subscriptions together (within the stop's budget, dw/util.h). */
+#define DRAIN_MS 2000
+#define DRAIN_AWAY_MS 100
+
 void api_subjects_stop(api_subjects *s)
 {
     if (!s) return;
-    for (int i = 0; i < API_OP_COUNT; i++) {
-        if (!s->subs[i]) continue;
-        /* Drained, a subscription delivers what it already has and then
-         * no callback runs any more: s may be freed after. A drain needs
-         * the server; without it, unsubscribing is all there is to do. */
-        if (natsConnection_Status(s->nc) != NATS_CONN_STATUS_CONNECTED ||
-            natsSubscription_Drain(s->subs[i]) != NATS_OK ||
-            natsSubscription_WaitForDrainCompletion(s->subs[i], 2000) != NATS_OK)
-            natsSubscription_Unsubscribe(s->subs[i]);
-        natsSubscription_Destroy(s->subs[i]);
-        s->subs[i] = NULL;
-    }
+    /* Drained, a subscription delivers what it already has and then no
+     * callback runs any more: s may be freed after. A drain needs the
+     * server; while NATS is away it cannot be confirmed, and the callbacks
+     * (which only decode and queue) are left to finish while the pool
+     * stops. */
+    if (dw_subs_drain(s->nc, s->subs, API_OP_COUNT, DRAIN_MS, DRAIN_AWAY_MS))
+        DW_WARN("request subscriptions not drained (NATS away or slow): requests not yet "
+                "received are left to another instance or their timeout",
+                "%s", "");
 }
 
 void api_subjects_free(api_subjects *s)

@@ -17,7 +17,7 @@
 #include "svc.h"
 
 typedef struct deadletter_config {
-    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
+    dw_service_cfg svc; /* NATS_URL, STATUS_*, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS */
     int64_t stream_replicas;
     int64_t dedup_window_s;
     int64_t advisory_max_age_s;
@@ -51,6 +51,7 @@ static const dw_cfg_field fields[] = {
       "testing only: kill the process (SIGKILL) after this many replay republishes, before the "
       "entry is removed (0 = never)"),
     DW_SERVICE_ROW_LOG_LEVEL(deadletter_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(deadletter_config, svc),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 
@@ -60,8 +61,11 @@ static const char summary[] =
     "advisories), and lists, shows, replays and purges entries for dwctl dlq.";
 
 #define DEPTH_EVERY_MS 2000
+/* The depth gauge's question waits at most this: the loop that asks it
+ * also notices a stop (it took 5 s, PUBLISH_WAIT_MS, while NATS hung). */
+#define DEPTH_WAIT_MS 1000
 /* Stop: how long ops requests being answered may take to finish, while
- * connected and while NATS is away. */
+ * connected and while NATS is away (both within the stop's budget). */
 #define DRAIN_MS 10000
 #define DRAIN_AWAY_MS 500
 
@@ -70,6 +74,7 @@ typedef struct deadletter_app {
     dlq_svc svc;
     dlq_stream_opts so;
     int mu_ok;
+    int undrained; /* stop: a callback may still use svc */
     atomic_bool ready;
 } deadletter_app;
 
@@ -152,7 +157,9 @@ static int run(dw_service *s)
     while (!dw_stop) {
         int64_t now = dw_mono_ns() / 1000000;
         if (now >= next_depth) {
-            svc_depth(svc);
+            /* (While NATS is away the question would only wait.) */
+            if (natsConnection_Status(svc->nc) == NATS_CONN_STATUS_CONNECTED)
+                svc_depth(svc, DEPTH_WAIT_MS);
             next_depth = now + DEPTH_EVERY_MS;
         }
         if (!atomic_load(&svc->caught_up)) {
@@ -185,7 +192,13 @@ static void stop(dw_service *s)
      * one deadline for both, short while NATS is away (it stopped in 22 s
      * then: two drains waiting out 10 s each). */
     natsSubscription *subs[] = {a->svc.ops_sub, a->svc.dlq_sub};
-    dw_subs_drain(s->nc, subs, 2, DRAIN_MS, DRAIN_AWAY_MS);
+    if (dw_subs_drain(s->nc, subs, 2, DRAIN_MS, DRAIN_AWAY_MS)) {
+        /* A callback may still run: what it uses is left to the exit. */
+        a->undrained = 1;
+        DW_WARN("ops and index subscriptions not drained in time: a request still being "
+                "answered is cut short",
+                "%s", "");
+    }
     a->svc.ops_sub = a->svc.dlq_sub = NULL;
     dw_pull_close(a->svc.adv_pull); /* the durable stays */
     a->svc.adv_pull = NULL;
@@ -194,6 +207,7 @@ static void stop(dw_service *s)
 static void cleanup(dw_service *s)
 {
     deadletter_app *a = s->arg;
+    if (a->undrained) return;
     dlq_index_destroy(a->svc.ix);
     if (a->mu_ok) pthread_mutex_destroy(&a->svc.mu);
 }

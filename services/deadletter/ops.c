@@ -16,12 +16,12 @@
 /* Per request, at most this many ids (dwctl sends fewer). */
 #define OPS_MAX_IDS 1024
 
-int64_t svc_depth(dlq_svc *svc)
+int64_t svc_depth(dlq_svc *svc, int64_t wait_ms)
 {
     jsStreamInfo *si = NULL;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = svc->cfg.publish_wait_ms;
+    jo.Wait = wait_ms;
     natsStatus s = js_GetStreamInfo(&si, svc->js, DW_STREAM_DLQ, &jo, NULL);
     int64_t depth = s == NATS_OK ? (int64_t)si->State.Msgs : -1;
     jsStreamInfo_Destroy(si);
@@ -349,7 +349,7 @@ static int do_each(dlq_svc *svc, const Dw__DlqRequest *rq, Dw__DlqReply *rp, int
             purge_one(svc, rq->ids[i], &res[i]);
         ptrs[i] = &res[i].r;
     }
-    int64_t depth = svc_depth(svc);
+    int64_t depth = svc_depth(svc, svc->cfg.publish_wait_ms);
     rp->ok = 1;
     rp->depth = depth > 0 ? (uint64_t)depth : 0;
     rp->n_results = rq->n_ids;

@@ -67,8 +67,8 @@ int capture_advisory(dlq_svc *svc, const void *json, size_t len);
 /* Answer dw.ops.dlq.* (queue group). 0 or -1 (logged). */
 int ops_start(dlq_svc *svc);
 
-/* DW_DLQ's entry count from JetStream, or -1 when it did not answer; also
- * updates the depth gauge. */
-int64_t svc_depth(dlq_svc *svc);
+/* DW_DLQ's entry count from JetStream, or -1 when it did not answer
+ * within wait_ms; also updates the depth gauge. */
+int64_t svc_depth(dlq_svc *svc, int64_t wait_ms);
 
 #endif

@@ -208,10 +208,21 @@ int dispatch_run(dispatcher *d)
         int stopping = dw_stop != 0;
         int64_t now = mono_ms();
         if (stopping && !stop_until) {
-            stop_until = now + d->cfg.edge_timeout_ms + 500;
-            DW_INFO("stopping: finishing requests in flight", "requests=%zu", d->n_reqs);
+            /* Answers can come only while connected; and the stop's other
+             * steps (giving the partitions back) need their share of its
+             * budget too (dw/util.h). */
+            int connected = natsConnection_Status(d->nc) == NATS_CONN_STATUS_CONNECTED;
+            stop_until = now + (connected ? dw_stop_left_ms(d->cfg.edge_timeout_ms + 500) : 0);
+            DW_INFO("stopping: finishing requests in flight", "requests=%zu connected=%d",
+                    d->n_reqs, connected);
         }
-        if (stopping && (now >= stop_until || !d->n_reqs)) break;
+        if (stopping && (now >= stop_until || !d->n_reqs)) {
+            if (d->n_reqs)
+                DW_WARN("stopping with delivery requests unanswered: not acked, their messages "
+                        "are delivered again by the partitions' next owner",
+                        "requests=%zu", d->n_reqs);
+            break;
+        }
 
         /* Wait for news or the next tick. */
         dw_mail *mail;

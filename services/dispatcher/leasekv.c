@@ -851,7 +851,7 @@ void leasekv_stop(leasekv *lk)
      * and while the bucket has no leader likewise. At most STOP_WRITES_MS
      * in all; what is left ages out. */
     int connected = natsConnection_Status(lk->nc) == NATS_CONN_STATUS_CONNECTED;
-    int64_t deadline = mono_ms() + STOP_WRITES_MS;
+    int64_t deadline = mono_ms() + dw_stop_left_ms(STOP_WRITES_MS);
     for (uint32_t p = 0; p < DW_MSG_PARTITIONS; p++) {
         if (!lk->parts[p].held) continue;
         if (!connected || mono_ms() >= deadline) {

@@ -13,7 +13,7 @@
 #include "dw/dlq_streams.h"
 
 typedef struct dispatcher_config {
-    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
+    dw_service_cfg svc; /* NATS_URL, STATUS_*, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS */
     int64_t fetch_batch;
     int64_t fetch_wait_ms;
     int64_t ack_wait_ms;
@@ -71,6 +71,7 @@ static const dw_cfg_field fields[] = {
       "connects are waited for; one JetStream request less per round)"),
     DW_SERVICE_ROWS_STATUS(dispatcher_config, svc, "9093"),
     DW_SERVICE_ROW_LOG_LEVEL(dispatcher_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(dispatcher_config, svc),
 };
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 

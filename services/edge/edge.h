@@ -13,6 +13,7 @@
 
 #include <libwebsockets.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "admit.h"
@@ -28,7 +29,8 @@
 #include "session.h"
 
 typedef struct edge_config {
-    dw_service_cfg svc; /* NATS_URL, LOG_LEVEL (no status port: the edge's own port serves it) */
+    dw_service_cfg svc; /* NATS_URL, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS (no status port: the
+                         * edge's own port serves it) */
     char *host;         /* listen address; empty = all */
     int64_t port;
     char *edge_id;          /* empty = random per start */
@@ -116,6 +118,7 @@ typedef struct edge {
     bool inited;         /* edge_init ran: edge_free has something to free */
 
     /* shared with other threads */
+    atomic_bool stopping;      /* SIGTERM: draining (readyz 503, no new connections) */
     dw_mailbox mailbox;        /* any thread posts (its own lock); the lws thread takes */
     pthread_mutex_t wake_lock; /* guards wake_ctx: a post wakes the loop while it exists */
     struct lws_context *wake_ctx;
@@ -124,8 +127,12 @@ typedef struct edge {
 
 /* Before NATS: the mailbox and the bridge (not started). 0 or -1. */
 int edge_init(edge *e);
-/* Run the server on the service's connection nc until dw_stop, then close
- * every socket and stop the bridge. 0 on a clean stop. */
+/* Run the server on the service's connection nc until dw_stop, then stop
+ * within the stop's budget (dw/util.h, DW_SHUTDOWN_TIMEOUT_MS): take no
+ * new connection or frame, answer the sends already published (their
+ * acks written), one EDGE_DOWN for this edge, close every socket with
+ * 1001, wait for the disconnect events still in flight, stop the bridge.
+ * While NATS is away only the closes are waited for. 0 on a clean stop. */
 int edge_run(edge *e, natsConnection *nc);
 /* Ready to take connections (the bus is up). Any thread. */
 bool edge_ready(void *e);

@@ -41,8 +41,9 @@ int httpserve(edge *e, struct lws *wsi, edge_session *s, const char *uri)
     switch (r.target) {
     case HTTPROUTE_HEALTHZ: return http_text(wsi, s, 200, "ok\n");
     case HTTPROUTE_READYZ:
-        return bridge_ready(e->bridge) ? http_text(wsi, s, 200, "ready\n")
-                                       : http_text(wsi, s, 503, "not ready: bus\n");
+        if (atomic_load(&e->stopping)) return http_text(wsi, s, 503, "not ready: stopping\n");
+        return edge_ready(e) ? http_text(wsi, s, 200, "ready\n")
+                             : http_text(wsi, s, 503, "not ready: bus\n");
     case HTTPROUTE_METRICS: s->state = SESS_HTTP; return dw_http_metrics(wsi, &s->http);
     case HTTPROUTE_FILE: {
         /* One of a fixed list of files, served by lws from WEB_DIR; a

@@ -132,6 +132,11 @@ size_t integ_count(const edge_integ *ig)
     return ig ? ig->n : 0;
 }
 
+bool integ_idle(const edge_integ *ig)
+{
+    return !ig || (!ig->head[INTEG_SYNC] && !ig->head[INTEG_ASYNC]);
+}
+
 static integ_route *find_route(edge_integ *ig, const char *action)
 {
     for (size_t i = 0; i < ig->n; i++)

@@ -73,6 +73,11 @@ void integ_on_event(struct edge *e, struct edge_event *ev);
 /* From the tick: answer the requests whose time ran out. */
 void integ_tick(struct edge *e);
 
+/* No request awaits its answer (a worker's reply, a JetStream ack): a
+ * stopping edge waits for this before it closes its sockets. lws thread;
+ * NULL-safe (true). */
+bool integ_idle(const edge_integ *ig);
+
 /* No new answer is taken; waits up to timeout_ms for async publishes in
  * flight. Pending requests are dropped (their connections are closing). */
 void integ_stop(edge_integ *ig, int64_t timeout_ms);

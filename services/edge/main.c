@@ -31,7 +31,8 @@ static const dw_cfg_field fields[] = {
       "on stop, one edge_down event for all connections instead of a disconnect each "
       "(the NATS user must be allowed to publish dw.conn.edge_down; else one by one)"),
     F("SHUTDOWN_WAIT_MS", DW_CFG_INT, shutdown_wait_ms, "3000", 100, 60000,
-      "on stop, how long to wait for the edge_down event to be stored"),
+      "on stop, how long to wait for the edge_down event to be stored (at most; the whole stop "
+      "keeps to SHUTDOWN_TIMEOUT_MS)"),
     F("EVENT_LOOP", DW_CFG_STR, event_loop, "poll", 0, 0,
       "socket event loop: poll (lws's own poll(): O(connections) per pass), or libev (epoll: "
       "~40% less CPU per new connection, ~20% more per delivery)"),
@@ -129,6 +130,7 @@ static const dw_cfg_field fields[] = {
       "async routes: a worker has this long to ack (or send in-progress) before a redelivery; "
       "each further redelivery waits twice as long (at most 10 min)"),
     DW_SERVICE_ROW_LOG_LEVEL(edge_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(edge_config, svc),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 

@@ -55,7 +55,10 @@ void server_message(edge *e, edge_session *s, const char *buf, size_t len)
 
 static int on_receive(edge *e, edge_session *s, const void *in, size_t len)
 {
-    if (s->state == SESS_CLOSING) return 0;
+    /* Stopping: what was published is answered, nothing new is taken; the
+     * close (1001) tells the client that a send without an answer must be
+     * sent again (docs/protocol.md). */
+    if (s->state == SESS_CLOSING || atomic_load(&e->stopping)) return 0;
     if (lws_frame_is_binary(s->wsi)) {
         session_close(s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, "binary frames are not accepted");
         return 0;
@@ -256,8 +259,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         memset(s, 0, sizeof *s);
-        /* Refuse rather than accept a connection we could not register. */
-        if (!bridge_ready(e->bridge)) {
+        /* Refuse rather than accept a connection we could not register
+         * (or would close at once: stopping). */
+        if (!edge_ready(e)) {
             dw_metric_inc(e->m->rejected_not_ready);
             lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "not ready");
             return 1;
@@ -364,7 +368,9 @@ static void tick(lws_sorted_usec_list_t *sul)
     int64_t now = dw_mono_ns();
     /* How late the loop came back to us: a stalled loop delays everyone. */
     if (e->tick_due_ns) dw_metric_observe_ns(e->m->loop_lag, now - e->tick_due_ns);
-    if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge)) {
+    /* Stopping: the EDGE_DOWN said this edge is gone; a heartbeat after
+     * it would say the opposite. */
+    if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge) && !atomic_load(&e->stopping)) {
         bridge_heartbeat(e->bridge, e->nready);
         if (!e->probe && e->nready) e->probe = oldest_ready(e);
         bridge_note_held(e->bridge, e->nready, e->probe ? e->probe->id : NULL,
@@ -391,7 +397,7 @@ static void tick(lws_sorted_usec_list_t *sul)
 bool edge_ready(void *arg)
 {
     edge *e = arg;
-    return e->bridge && bridge_ready(e->bridge);
+    return !atomic_load(&e->stopping) && e->bridge && bridge_ready(e->bridge);
 }
 
 static void wake(void *arg)
@@ -413,6 +419,150 @@ static void lws_log_bridge(int level, const char *line)
         strstr(line, "adopt_socket_readbuf: deferring handling ah"))
         return;
     dw_log(level == LLL_ERR ? DW_LOG_ERROR : DW_LOG_WARN, "lws", "detail=\"%.*s\"", (int)n, line);
+}
+
+/* ---- stopping ------------------------------------------------------------ */
+
+/* The stop's phases that wait for clients: at most this long each (and
+ * never past the stop's deadline). The close always keeps its share: the
+ * steps before it end STOP_CLOSE_MS before the deadline, so that a NATS
+ * that hangs cannot cost the clients their 1001. */
+#define STOP_FLUSH_MS 2000 /* answers queued before the stop, written */
+#define STOP_CLOSE_MS 2000 /* clients answering the close frame */
+
+/* One pass of the event loop; < 0 when lws gave up. */
+static int loop_once(edge *e, edge_libev *ev)
+{
+    if (ev->loop) {
+        ev->run(ev->loop, EVRUN_ONCE);
+        return 0;
+    }
+    return lws_service(e->ctx, 0) < 0 ? -1 : 0;
+}
+
+/* Run the loop until done(e) or ms pass; the tick bounds each pass. */
+static void loop_until(edge *e, edge_libev *ev, bool (*done)(edge *), int64_t ms)
+{
+    int64_t until = dw_mono_ns() + ms * 1000000;
+    while (!done(e) && dw_mono_ns() < until)
+        if (loop_once(e, ev) < 0) break;
+}
+
+static bool outboxes_empty(edge *e)
+{
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (s && s->state != SESS_CLOSING && s->out.count) return false;
+    }
+    return true;
+}
+
+static bool no_connections(edge *e)
+{
+    return e->conns.count == 0;
+}
+
+static bool bus_connected(edge *e)
+{
+    natsConnection *nc = bridge_nc(e->bridge);
+    return nc && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+/* Every answer due is written: route requests answered (or NATS away, so
+ * they cannot be), nothing queued on a socket. */
+static bool answered(edge *e)
+{
+    return (integ_idle(e->integ) || !bus_connected(e)) && outboxes_empty(e);
+}
+
+/* How long a step before the close may wait: cap_ms, within the stop's
+ * budget less the close's share. */
+static int64_t before_close_ms(int64_t cap_ms)
+{
+    int64_t ms = dw_stop_left_ms(cap_ms + STOP_CLOSE_MS) - STOP_CLOSE_MS;
+    return ms > 0 ? ms : 0;
+}
+
+/* How long a stop step may wait for NATS: before the close or after it;
+ * 0 while NATS is away (an answer cannot come). */
+static int64_t bus_wait_ms(edge *e, int64_t cap_ms, bool before_close)
+{
+    if (!bus_connected(e)) return 0;
+    return before_close ? before_close_ms(cap_ms) : dw_stop_left_ms(cap_ms);
+}
+
+static uint32_t sends_unanswered(edge *e)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (s) n += s->nacks;
+    }
+    return n;
+}
+
+/* SIGTERM (docs/operations.md "Edges: stopping"): the loop keeps running
+ * between the steps, so that answers and close frames are written; each
+ * step waits within the stop's budget (dw/util.h). */
+static void stop_gracefully(edge *e, edge_libev *ev)
+{
+    DW_INFO("edge stopping", "edge=%s connections=%u shutdown_timeout_ms=%lld", e->edge_id,
+            e->nready, (long long)dw_stop_timeout_ms());
+    /* From here: /readyz 503, upgrades refused, frames from clients
+     * dropped, no heartbeat. */
+    atomic_store(&e->stopping, true);
+    authz_gate_stop(e->authz);
+    e->authz = NULL;
+    /* No join may reach the stream after the EDGE_DOWN below. */
+    edge_jobs_stop(e->jobs);
+    e->jobs = NULL;
+
+    /* 1. Sends already published get their answer: the acks (blocking the
+     *    loop, which has nothing else to do), then their frames written.
+     *    Connects in flight become ready the same way. Route requests in
+     *    flight get their worker's answer, or their timeout's error
+     *    (integ_tick), as usual. */
+    dw_stop_step("edge: answering sends in flight");
+    int64_t ms = bus_wait_ms(e, e->cfg->publish_timeout_ms, true);
+    if (ms) bridge_flush(e->bridge, ms);
+    bus_events_drain(e);
+    int64_t answers_ms = STOP_FLUSH_MS + (integ_idle(e->integ) ? 0 : e->cfg->route_timeout_ms);
+    loop_until(e, ev, answered, before_close_ms(answers_ms));
+    uint32_t unanswered = sends_unanswered(e);
+    if (unanswered)
+        DW_WARN("sends not acked before the close: their clients send them again after "
+                "reconnecting (same id, stored once)",
+                "sends=%u nats_connected=%d", unanswered, ms > 0);
+
+    /* 2. One event for every connection: a DISCONNECT each, published and
+     *    acked one by one, took longer than a 10 s stop allows at 18,000
+     *    connections. Only if it cannot be stored do the closes below
+     *    publish their own. */
+    dw_stop_step("edge: publishing edge_down");
+    if (e->cfg->shutdown_edge_down && e->conns.count) {
+        ms = bus_wait_ms(e, e->cfg->shutdown_wait_ms, true);
+        if (!bridge_publish_edge_down(e->bridge, "shutdown", ms > 0 ? ms : 1)) {
+            e->edge_down_stored = true;
+            DW_INFO("edge_down stored", "edge=%s connections=%zu", e->edge_id, e->conns.count);
+        } else if (!bus_connected(e)) {
+            DW_WARN("NATS away: edge_down not published; the registry drops this edge's "
+                    "connections once the dispatcher declares it down (DW_EDGE_DEAD_MS)",
+                    "edge=%s connections=%zu", e->edge_id, e->conns.count);
+        }
+    }
+
+    /* 3. Every socket closed with 1001 (going away): clients reconnect to
+     *    another edge. Waiting for their close frames lets ours arrive
+     *    before the TCP close (linger.h). */
+    dw_stop_step("edge: closing connections");
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (s) session_close(s, LWS_CLOSE_STATUS_GOINGAWAY, "server stopping");
+    }
+    loop_until(e, ev, no_connections, dw_stop_left_ms(STOP_CLOSE_MS));
+    if (e->conns.count)
+        DW_WARN("clients that did not answer the close in time: closed without waiting",
+                "connections=%zu", e->conns.count);
 }
 
 int edge_init(edge *e)
@@ -536,31 +686,14 @@ int edge_run(edge *e, natsConnection *nc)
     DW_INFO("edge listening", "edge=%s port=%lld", e->edge_id, (long long)e->cfg->port);
     while (!dw_stop) {
         /* The tick bounds either wait, so dw_stop is seen promptly. */
-        if (ev.loop)
-            ev.run(ev.loop, EVRUN_ONCE);
-        else if (lws_service(e->ctx, 0) < 0)
-            break;
+        if (loop_once(e, &ev) < 0) break;
     }
-    DW_INFO("edge stopping", "edge=%s connections=%u", e->edge_id, e->nready);
-    authz_gate_stop(e->authz);
-    e->authz = NULL;
     rc = 0;
-    /* No join may reach the stream after the EDGE_DOWN below. */
-    edge_jobs_stop(e->jobs);
-    e->jobs = NULL;
-    /* One event for every connection: a DISCONNECT each, published and
-     * acked one by one, took longer than a 10 s stop allows at 18,000
-     * connections. Only if it cannot be stored do the closes below publish
-     * their own. */
-    if (e->cfg->shutdown_edge_down && e->conns.count &&
-        !bridge_publish_edge_down(e->bridge, "shutdown", e->cfg->shutdown_wait_ms)) {
-        e->edge_down_stored = true;
-        DW_INFO("edge_down stored", "edge=%s connections=%zu", e->edge_id, e->conns.count);
-    }
+    stop_gracefully(e, &ev);
 out:
-    /* Destroying the context closes every socket; unless the EDGE_DOWN
-     * above was stored, each close publishes its disconnect event, which
-     * the flush below waits for. */
+    /* Destroying the context closes every socket still open; unless the
+     * EDGE_DOWN was stored, each close publishes its disconnect event,
+     * which the flush below waits for. */
     if (e->ctx) {
         pthread_mutex_lock(&e->wake_lock);
         e->wake_ctx = NULL;
@@ -575,9 +708,13 @@ out:
     e->authz = NULL;
     edge_jobs_stop(e->jobs);
     e->jobs = NULL;
-    integ_stop(e->integ, 2000);
+    /* Within what is left of the stop's budget, and only while NATS is
+     * there (0: the wait would be for nothing). */
+    int64_t integ_ms = bus_wait_ms(e, 2000, false);
+    integ_stop(e->integ, integ_ms > 0 ? integ_ms : 1); /* (0 would wait without end) */
     /* The disconnects the closes published, acked before the drain. */
-    if (bridge_started) bridge_flush(e->bridge, 3000);
+    int64_t flush_ms = bridge_started ? bus_wait_ms(e, 3000, false) : 0;
+    if (flush_ms) bridge_flush(e->bridge, flush_ms);
     bridge_stop(e->bridge);
     return rc;
 }

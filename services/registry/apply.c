@@ -395,7 +395,11 @@ int reg_apply_run(natsConnection *nc, jsCtx *js, reg_store *st, const reg_apply_
         }
     }
     dw_pull_close(pull);
-    natsConnection_FlushTimeout(nc, 1000); /* send the last acks */
+    /* Send the last acks: within the stop's budget, and only while NATS is
+     * there (acks lost are only redeliveries, which the table skips). */
+    int64_t flush_ms = dw_stop_left_ms(1000);
+    if (flush_ms > 0 && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED)
+        natsConnection_FlushTimeout(nc, flush_ms);
 done:
     free(msgs);
     free(run.msgs);

@@ -33,6 +33,7 @@ struct reg_emit {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* monotonic clock */
     bool kicked, stopping;
+    bool finished; /* the thread is about to return (reg_emit_stop) */
 
     natsSubscription *sub; /* replies: <inbox>.<round>.<i> */
     char inbox[128];
@@ -145,6 +146,10 @@ static int position(reg_emit *e, int64_t wait_ms, uint64_t *last, reg_ev_pos *po
     return 0;
 }
 
+static bool stopping(reg_emit *e);
+/* Waiting for the stream's answers is cut in slices this long (a stop). */
+#define ACK_SLICE_MS 100
+
 /* Publish entries v[0..n) pipelined after stream sequence last; returns
  * how many the stream took, in order (stored or duplicate). */
 static size_t publish_round(reg_emit *e, const reg_outbox_entry *v, size_t n, uint64_t last)
@@ -181,7 +186,14 @@ static size_t publish_round(reg_emit *e, const reg_outbox_entry *v, size_t n, ui
     while (answered < sent) {
         int64_t left = deadline - dw_mono_ns() / 1000000;
         natsMsg *r = NULL;
-        if (left <= 0 || natsSubscription_NextMsg(&r, e->sub, left) != NATS_OK) break;
+        /* In slices, so that a stop does not wait for answers (that NATS,
+         * away, may never give): what was not answered stays in the outbox
+         * and goes out again at the next start, under the same ids. */
+        if (left <= 0 || stopping(e)) break;
+        natsStatus ns =
+            natsSubscription_NextMsg(&r, e->sub, left < ACK_SLICE_MS ? left : ACK_SLICE_MS);
+        if (ns == NATS_TIMEOUT) continue;
+        if (ns != NATS_OK) break;
         uint64_t round = 0;
         size_t i = 0;
         const char *rs = natsMsg_GetSubject(r) + strlen(e->inbox);
@@ -319,6 +331,10 @@ static void *emit_main(void *arg)
         wait_kick(e, backoff);
         if (backoff < 2000) backoff *= 2;
     }
+    pthread_mutex_lock(&e->mu);
+    e->finished = true;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
     return NULL;
 }
 
@@ -395,13 +411,31 @@ void reg_emit_kick(reg_emit *e)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* How long a stop waits for a round in progress before it closes our own
+ * connection under it (within the stop's budget, dw/util.h). */
+#define STOP_WAIT_MS 2000
+
 void reg_emit_stop(reg_emit *e)
 {
     if (!e) return;
+    /* A round waiting for answers ends at its next slice; one inside a
+     * JetStream call waits out that call's timeout (5 s while NATS is
+     * away): past the stop's budget for it, our own connection is closed,
+     * which ends the call at once. What the round did not finish stays in
+     * the outbox for the next start. */
+    int64_t deadline = dw_mono_ns() + dw_stop_left_ms(STOP_WAIT_MS) * 1000000;
     pthread_mutex_lock(&e->mu);
     e->stopping = true;
-    pthread_cond_signal(&e->cv);
+    pthread_cond_broadcast(&e->cv);
+    while (!e->finished && dw_cond_wait_until(&e->cv, &e->mu, deadline) != ETIMEDOUT)
+        ;
+    bool finished = e->finished;
     pthread_mutex_unlock(&e->mu);
+    if (!finished && e->own_nc) {
+        DW_WARN("lifecycle events emitter still waiting for NATS: its connection is closed", "%s",
+                "");
+        natsConnection_Close(e->own_nc);
+    }
     pthread_join(e->thread, NULL);
     natsSubscription_Unsubscribe(e->sub);
     natsSubscription_Destroy(e->sub);

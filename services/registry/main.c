@@ -36,7 +36,7 @@
 #include "store.h"
 
 typedef struct reg_config {
-    dw_service_cfg svc; /* NATS_URL, STATUS_HOST, STATUS_PORT, LOG_LEVEL */
+    dw_service_cfg svc; /* NATS_URL, STATUS_*, LOG_LEVEL, SHUTDOWN_TIMEOUT_MS */
     char *data_dir;
     char *replica_id;
     int64_t query_wait_ms;
@@ -110,6 +110,7 @@ static const dw_cfg_field reg_fields[] = {
     F("DRY_RUN", DW_CFG_BOOL, dry_run, "0", 0, 0,
       "with --restore-to: print the plan, change nothing"),
     DW_SERVICE_ROW_LOG_LEVEL(reg_config, svc),
+    DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(reg_config, svc),
 };
 #undef F
 #define REG_NFIELDS (sizeof reg_fields / sizeof reg_fields[0])

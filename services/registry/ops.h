@@ -34,10 +34,13 @@ typedef struct reg_ops reg_ops;
  * replica_id are borrowed and must outlive reg_ops_stop. 0 or -1. */
 int reg_ops_start(reg_ops **out, natsConnection *nc, reg_node *node, const char *replica_id);
 
-/* Drain the subscriptions (an operation in progress finishes first; a
- * restore stops early once dw_stop is set), then free. Returns -1 when a
- * subscription did not drain in time: its callback may still use the node,
- * which the caller must then leave allocated. NULL-safe (0). */
+/* Drain the subscriptions (an operation in progress finishes first, within
+ * the stop's budget; a restore stops early once dw_stop is set), then
+ * free. Returns -1 when an operation was still running at the deadline: it
+ * may still use the node, which the caller must then leave allocated.
+ * (When only the server could not confirm the drain, NATS being away, o
+ * itself is left allocated for late callbacks, which no longer touch the
+ * node: 0.) NULL-safe (0). */
 int reg_ops_stop(reg_ops *o);
 
 /* The reply to one request, without NATS (tests): malloc'd JSON text. */

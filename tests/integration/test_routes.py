@@ -15,11 +15,14 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import tempfile
 import unittest
 import urllib.request
 
-from harness import BIN, Stack, connect, no_message, recv_text, wait_until
+import websockets
+
+from harness import BIN, Stack, await_until, connect, no_message, recv_text, wait_until
 from test_integrations import Nats, log_has, stream_messages
 from test_nats_security import LOCAL_CONF, RawNats, credentials, refused
 
@@ -205,6 +208,26 @@ class Routes(unittest.TestCase):
             self.assertEqual(sorted(f["ref"] for f in got), list(range(17)))
             await v.close()
         self.run_async(scenario())
+
+    def test_stop_answers_requests_in_flight(self):
+        """SIGTERM while a sync request waits for its worker: the reply is
+        written before the edge closes the socket with 1001."""
+        self.worker("dw-echo", "--delay-ms", str(TIMEOUT_MS // 2))
+        requests = "dw_edge_route_requests_total" + labels("echo", "sync")
+
+        async def scenario():
+            v, _ = await self.v1()
+            await v.send(json.dumps({"action": "echo", "data": "late", "ref": 1}))
+            await await_until(lambda: edge_metric(self.edge, requests) == 1, 10,
+                              "the edge to send the request")
+            self.edge.signal(signal.SIGTERM)
+            self.assertEqual(json.loads(await recv_text(v, 5)),
+                             {"type": "reply", "action": "echo", "data": "late", "ref": 1})
+            with self.assertRaises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(v.recv(), 10)
+            self.assertEqual(closed.exception.rcvd.code, 1001)
+        self.run_async(scenario())
+        self.assertEqual(self.edge.p.wait(15), 0, self.edge.tail())
 
     # ---- async ---------------------------------------------------------
 

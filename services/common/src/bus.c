@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdbool.h>
@@ -296,6 +297,19 @@ int dw_bus_new_inbox(char *buf, size_t len)
     return n > 0 && (size_t)n < len ? 0 : -1;
 }
 
+/* A drain's waits are cut in slices this long, to notice that NATS went
+ * away meanwhile (a server that stopped answering is noticed by the pings
+ * only after a few seconds). */
+#define DRAIN_SLICE_MS 100
+
+/* Subscriptions dw_subs_drain gave up on (dw_subs_undrained). */
+static atomic_size_t subs_undrained;
+
+size_t dw_subs_undrained(void)
+{
+    return atomic_load(&subs_undrained);
+}
+
 int dw_subs_drain(natsConnection *nc, natsSubscription **subs, size_t n, int64_t connected_ms,
                   int64_t away_ms)
 {
@@ -303,13 +317,28 @@ int dw_subs_drain(natsConnection *nc, natsSubscription **subs, size_t n, int64_t
     for (size_t i = 0; i < n; i++)
         if (subs[i] && natsSubscription_Drain(subs[i]) != NATS_OK)
             natsSubscription_Unsubscribe(subs[i]);
-    int connected = nc && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED;
-    int64_t deadline = dw_mono_ns() / 1000000 + (connected ? connected_ms : away_ms);
+    bool away = !nc || natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED;
+    int64_t deadline = dw_mono_ns() / 1000000 + dw_stop_left_ms(away ? away_ms : connected_ms);
     for (size_t i = 0; i < n; i++) {
         if (!subs[i]) continue;
-        int64_t left = deadline - dw_mono_ns() / 1000000;
-        if (natsSubscription_WaitForDrainCompletion(subs[i], left > 1 ? left : 1) != NATS_OK)
-            rc = -1;
+        for (;;) {
+            int64_t now = dw_mono_ns() / 1000000;
+            if (!away && natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED) {
+                away = true;
+                if (now + away_ms < deadline) deadline = now + away_ms;
+            }
+            int64_t left = deadline - now;
+            natsStatus s = natsSubscription_WaitForDrainCompletion(subs[i], left < 1 ? 1
+                                                                            : left < DRAIN_SLICE_MS
+                                                                                ? left
+                                                                                : DRAIN_SLICE_MS);
+            if (s == NATS_OK) break;
+            if (s != NATS_TIMEOUT || left <= DRAIN_SLICE_MS) {
+                atomic_fetch_add(&subs_undrained, 1);
+                rc = -1;
+                break;
+            }
+        }
         natsSubscription_Destroy(subs[i]);
         subs[i] = NULL;
     }

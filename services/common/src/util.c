@@ -12,6 +12,11 @@
 atomic_int dw_stop;
 static void (*signal_wake)(void *);
 static void *signal_wake_arg;
+/* Written by the signal handler: lock-free, or the handler could deadlock. */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "the stop clock must be lock-free");
+static atomic_llong stop_since_ns;
+static atomic_llong stop_timeout_ms = DW_STOP_TIMEOUT_DEFAULT_MS;
+static _Atomic(const char *) stop_step;
 
 int64_t dw_now_ms(void)
 {
@@ -174,11 +179,55 @@ int dw_id_valid(const char *s, size_t len)
     return 1;
 }
 
+void dw_stop_request(void)
+{
+    /* clock_gettime is async-signal-safe, and so are lock-free atomics. */
+    long long none = 0;
+    atomic_compare_exchange_strong(&stop_since_ns, &none, (long long)dw_mono_ns());
+    dw_stop = 1;
+    if (signal_wake) signal_wake(signal_wake_arg);
+}
+
 static void on_signal(int sig)
 {
     (void)sig;
-    dw_stop = 1;
-    if (signal_wake) signal_wake(signal_wake_arg);
+    dw_stop_request();
+}
+
+void dw_stop_set_timeout_ms(int64_t ms)
+{
+    if (ms < 2 * DW_STOP_RESERVE_MS) ms = 2 * DW_STOP_RESERVE_MS;
+    atomic_store(&stop_timeout_ms, (long long)ms);
+}
+
+int64_t dw_stop_timeout_ms(void)
+{
+    return (int64_t)atomic_load(&stop_timeout_ms);
+}
+
+int64_t dw_stop_since_ns(void)
+{
+    return (int64_t)atomic_load(&stop_since_ns);
+}
+
+int64_t dw_stop_left_ms(int64_t cap_ms)
+{
+    int64_t now = dw_mono_ns(), since = dw_stop_since_ns();
+    if (!since) since = now;
+    int64_t end = since + (dw_stop_timeout_ms() - DW_STOP_RESERVE_MS) * 1000000;
+    int64_t left = end > now ? (end - now) / 1000000 : 0;
+    if (cap_ms < 0) cap_ms = 0;
+    return left < cap_ms ? left : cap_ms;
+}
+
+void dw_stop_step(const char *what)
+{
+    atomic_store(&stop_step, what);
+}
+
+const char *dw_stop_step_now(void)
+{
+    return atomic_load(&stop_step);
 }
 
 void dw_signals_install(void (*wake)(void *), void *arg)

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -216,6 +217,45 @@ static void test_random_bytes(void **state)
     assert_true(zeros < 100); /* ~20 expected */
 }
 
+/* The stop's one budget (dw_stop_left_ms): before a stop as if it started
+ * now, then counted from the first request; the reserve is never handed
+ * out; a second request does not restart the clock. Last: it sets
+ * dw_stop for the rest of the process. */
+static void test_stop_clock(void **state)
+{
+    dw_stop_set_timeout_ms(500); /* below the floor: the floor */
+    assert_int_equal(dw_stop_timeout_ms(), 2 * DW_STOP_RESERVE_MS);
+    dw_stop_set_timeout_ms(5000);
+    assert_int_equal(dw_stop_since_ns(), 0);
+    int64_t left = dw_stop_left_ms(100000);
+    assert_true(left > 5000 - DW_STOP_RESERVE_MS - 50 && left <= 5000 - DW_STOP_RESERVE_MS);
+    assert_int_equal(dw_stop_left_ms(300), 300);
+    assert_int_equal(dw_stop_left_ms(-5), 0);
+
+    assert_int_equal(dw_stop, 0);
+    dw_stop_request();
+    assert_int_equal(dw_stop, 1);
+    int64_t since = dw_stop_since_ns();
+    assert_true(since > 0 && since <= dw_mono_ns());
+    dw_stop_request();
+    assert_int_equal(dw_stop_since_ns(), since);
+    /* Counted from the request: time passes, the budget shrinks. */
+    struct timespec ts = {0, 30 * 1000000};
+    nanosleep(&ts, NULL);
+    left = dw_stop_left_ms(100000);
+    assert_true(left <= 5000 - DW_STOP_RESERVE_MS - 30 && left > 3000);
+    /* A smaller budget that has already run out: 0, not negative. */
+    dw_stop_set_timeout_ms(2 * DW_STOP_RESERVE_MS);
+    ts.tv_nsec = 0;
+    ts.tv_sec = DW_STOP_RESERVE_MS / 1000;
+    nanosleep(&ts, NULL);
+    assert_int_equal(dw_stop_left_ms(100000), 0);
+
+    assert_null(dw_stop_step_now());
+    dw_stop_step("draining");
+    assert_string_equal(dw_stop_step_now(), "draining");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -230,6 +270,7 @@ int main(void)
         cmocka_unit_test(test_time_parse_basic),
         cmocka_unit_test(test_raise_nofile),
         cmocka_unit_test(test_random_bytes),
+        cmocka_unit_test(test_stop_clock), /* last: it sets dw_stop */
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -141,10 +141,15 @@ int dw_bus_new_inbox(char *buf, size_t len);
  * skipped. The deadline is connected_ms while nc is connected, else
  * away_ms: while NATS is away a drain cannot complete (the server must
  * confirm the unsubscribe) and would wait out the whole timeout, once per
- * subscription. 0 when all drained, -1 when one did not (a callback may
+ * subscription; and never past the stop's deadline (dw_stop_left_ms,
+ * dw/util.h). 0 when all drained, -1 when one did not (a callback may
  * still be running: keep what it uses). */
 int dw_subs_drain(natsConnection *nc, natsSubscription **subs, size_t n, int64_t connected_ms,
                   int64_t away_ms);
+/* How many subscriptions dw_subs_drain gave up on in this process: their
+ * callbacks' state is left to the exit, and nats.c's teardown would wait
+ * for them in vain (dw/service.h does not). */
+size_t dw_subs_undrained(void);
 
 /* The --help lines for the variables above (dw_config_usage prints them for
  * every binary with a NATS_URL field). */

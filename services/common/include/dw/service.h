@@ -17,6 +17,15 @@
  * connection never blocks (dw_bus_connect retries in the background), so
  * no service needs to _exit from its signal handler.
  *
+ * A stop is bounded: from the signal (or the end of run) everything above
+ * shares one budget, DW_SHUTDOWN_TIMEOUT_MS (dw/util.h: each step waits at
+ * most dw_stop_left_ms). A watchdog thread enforces it for steps that
+ * cannot be told: DW_STOP_RESERVE_MS before the end it closes the NATS
+ * connection (every call still waiting for NATS returns; what was not
+ * finished is logged as given up), and at the end it logs the step the
+ * stop was in and exits with status 1. A stop that kept to its budget
+ * exits 0, also while NATS is away.
+ *
  * Threads: dw_service_main and every hook run on the main thread, except
  * ready, which the status port, dw.ops.ping and the metrics render call on
  * their threads: it must be thread-safe (read an atomic). */
@@ -24,6 +33,7 @@
 #define DW_SERVICE_H
 
 #include <nats/nats.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -38,6 +48,7 @@ typedef struct dw_service_cfg {
     char *status_host;
     int64_t status_port; /* 0: no status port (the edge serves its own) */
     char *log_level;
+    int64_t shutdown_timeout_ms; /* the stop's budget (0: the default) */
 } dw_service_cfg;
 
 /* The shared rows, declared once: put them in the binary's table with the
@@ -63,6 +74,16 @@ typedef struct dw_service_cfg {
     {                                                                                              \
         "LOG_LEVEL", DW_CFG_STR, offsetof(type, member.log_level), "info", 0, 0,                   \
             "debug, info, warn or error"                                                           \
+    }
+/* Keep it below the orchestrator's grace period (docker-compose.yml
+ * stop_grace_period, k8s terminationGracePeriodSeconds), or the stop ends
+ * in a SIGKILL. */
+#define DW_SERVICE_ROW_SHUTDOWN_TIMEOUT(type, member)                                              \
+    {                                                                                              \
+        "SHUTDOWN_TIMEOUT_MS", DW_CFG_INT, offsetof(type, member.shutdown_timeout_ms), "10000",    \
+            2000, 600000,                                                                          \
+            "on SIGTERM, the most the whole stop may take, from the signal to the exit (the "      \
+            "steps share it; whatever is left unfinished then is logged)"                          \
     }
 
 typedef struct dw_service dw_service;
@@ -114,6 +135,10 @@ struct dw_service {
     /* internal */
     char ready_labels[64];
     atomic_bool running;
+    pthread_t watchdog;
+    pthread_mutex_t wd_mu; /* guards nc against the watchdog's close */
+    pthread_cond_t wd_cv;
+    bool wd_started, wd_done;
 };
 
 /* A dw_service for the service called name: its --help summary, its config

@@ -54,12 +54,45 @@ int dw_random_bytes(void *buf, size_t n);
 /* True when s is a well-formed id (what dw_id_random makes). */
 int dw_id_valid(const char *s, size_t len);
 
-/* SIGINT/SIGTERM set dw_stop and call wake(arg) (which must be
- * async-signal-safe, e.g. lws_cancel_service or a write to a pipe).
- * An atomic rather than a volatile sig_atomic_t: every thread reads it,
- * and a lock-free atomic is both signal-safe and race-free. */
+/* SIGINT/SIGTERM set dw_stop, start the stop's clock (below) and call
+ * wake(arg) (which must be async-signal-safe, e.g. lws_cancel_service or a
+ * write to a pipe). An atomic rather than a volatile sig_atomic_t: every
+ * thread reads it, and a lock-free atomic is both signal-safe and
+ * race-free. */
 extern atomic_int dw_stop;
 void dw_signals_install(void (*wake)(void *), void *arg);
+
+/* ---- the stop's one deadline ----
+ * A stop has one budget for all of its steps (DW_SHUTDOWN_TIMEOUT_MS,
+ * dw/service.h), counted from the first stop request: every step that
+ * waits (requests in flight, a drain, a flush, giving leases back) waits at
+ * most what is left of it, so that the steps together never take longer,
+ * whatever NATS does. Waiting for NATS while it is away is the case this
+ * is for: each step's own timeout was fine, their sum was not (22 s).
+ * The last DW_STOP_RESERVE_MS of the budget are not handed out: they are
+ * for closing up after the steps (dw/service.h closes the connection
+ * then, so that no step still waiting for NATS can keep the process). */
+#define DW_STOP_TIMEOUT_DEFAULT_MS 10000
+#define DW_STOP_RESERVE_MS 1000
+/* The budget, ms (at least 2 × DW_STOP_RESERVE_MS; smaller: that). Set
+ * once at start, before any stop. */
+void dw_stop_set_timeout_ms(int64_t ms);
+int64_t dw_stop_timeout_ms(void);
+/* Stop as a signal would (dw_stop, the clock, wake): a service that ends on
+ * its own. Any thread, signal-safe; only the first request starts the
+ * clock. */
+void dw_stop_request(void);
+/* dw_mono_ns() of the first stop request; 0 before any. */
+int64_t dw_stop_since_ns(void);
+/* How long a stop step may wait: cap_ms, or less when the steps' share of
+ * the budget ends sooner; 0 once it has ended (a step then gives up at
+ * once, and says so in the log). Before any stop request: as if the stop
+ * started now. Any thread. */
+int64_t dw_stop_left_ms(int64_t cap_ms);
+/* The step the stop is in, for the log line of a stop that overran
+ * (a static string; NULL: none yet). Any thread. */
+void dw_stop_step(const char *what);
+const char *dw_stop_step_now(void);
 
 /* Lift RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit. */
 long dw_raise_nofile(void);
