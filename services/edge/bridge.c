@@ -29,22 +29,14 @@ struct edge_bridge {
     atomic_size_t answered_bytes;
 
     /* the self-check (bridge_note_held) */
-    pthread_t check_thread, held_thread;
-    bool check_started, held_started;
+    pthread_t check_thread;
+    bool check_started;
     pthread_mutex_t check_mu;
-    pthread_cond_t check_cv, held_cv;
+    pthread_cond_t check_cv;
     bool check_now; /* a reconnect: look at once */
     atomic_uint_fast32_t held_ready;
     char probe_id[DW_ID_LEN + 1]; /* under check_mu; "" for none */
     uint64_t probe_seq;           /* under check_mu */
-    /* Checks the loop asked for while it holds deliveries (hold.h), by
-     * generation: the last asked for, the last answered or called off.
-     * Under check_mu; held_thread runs them. */
-    uint64_t want_gen, done_gen;
-
-    /* When the NATS connection was lost (dw_mono_ns), until the loop
-     * clears it; 0: not lost. */
-    atomic_int_fast64_t lost_ns;
 };
 
 /* A delivery of room messages only is answered as it arrives, not once the
@@ -62,15 +54,6 @@ struct edge_bridge {
 /* How often the self-check asks the registry. */
 #define SELFCHECK_EVERY_MS 5000
 #define SELFCHECK_TIMEOUT_MS 2000
-/* A check the loop waits for (deliveries held) gives each try this long
- * at first, twice as long on each try after one that got no answer, up to
- * SELFCHECK_TIMEOUT_MS: a request that went out on a connection that was
- * already dead (an edge woken from SIGSTOP finds out only when it reads)
- * is then asked again on the new one within a quarter of a second, not
- * after 2 s. Between tries without an answer it pauses
- * HELDCHECK_PAUSE_MS, doubling up to 8 times that. */
-#define HELDCHECK_FIRST_TIMEOUT_MS 250
-#define HELDCHECK_PAUSE_MS 20
 
 static void enqueue(edge_bridge *b, edge_event *ev)
 {
@@ -184,8 +167,7 @@ static void on_delivery(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
         return;
     }
     ev->delivery = d;
-    ev->delivery_bytes = (size_t)natsMsg_GetDataLength(msg);
-    answer_ahead(b, ev, ev->delivery_bytes);
+    answer_ahead(b, ev, (size_t)natsMsg_GetDataLength(msg));
     natsMsg_Destroy(msg);
     enqueue(b, ev);
 }
@@ -326,20 +308,11 @@ void bridge_note_held(edge_bridge *b, uint32_t ready, const char *probe_id, uint
     pthread_mutex_unlock(&b->check_mu);
 }
 
-/* What one look at the registry found. */
-typedef enum {
-    CHECK_UNKNOWN, /* no answer, or one that cannot tell (the registry lags behind) */
-    CHECK_LISTED,  /* the registry lists the probe and has applied everything up to the fence */
-    CHECK_MISSING, /* it has applied the probe's connect and does not list it */
-} check_result;
-
 /* One look: does the registry still list us? It is asked for our oldest
  * ready connection (the probe): an EDGE_DOWN drops every connection the
  * edge had, and asking for any one of ours would be answered by a client
- * that connected after it. fence: for CHECK_LISTED, the DW_CONN sequence
- * the registry must have applied (0: none asked). When it finds the probe
- * missing, it posts EDGE_EV_EDGE_DOWN_SELF naming the probe. */
-static check_result self_check(edge_bridge *b, int64_t timeout_ms, uint64_t fence)
+ * that connected after it. */
+static void self_check(edge_bridge *b)
 {
     uint32_t ready = (uint32_t)atomic_load(&b->held_ready);
     char probe[DW_ID_LEN + 1];
@@ -347,26 +320,25 @@ static check_result self_check(edge_bridge *b, int64_t timeout_ms, uint64_t fenc
     memcpy(probe, b->probe_id, sizeof probe);
     uint64_t acked = b->probe_seq;
     pthread_mutex_unlock(&b->check_mu);
-    if (!ready || !probe[0] || !bridge_ready(b) || atomic_load(&b->leaving)) return CHECK_UNKNOWN;
+    if (!ready || !probe[0] || !bridge_ready(b) || atomic_load(&b->leaving)) return;
     Dw__ListQuery q = DW__LIST_QUERY__INIT;
     q.edge_id = (char *)b->cfg.edge_id;
     q.conn_id = probe;
     q.limit = 1;
     size_t len = 0;
     uint8_t *buf = dw_pb_pack(&q.base, &len);
-    if (!buf) return CHECK_UNKNOWN;
+    if (!buf) return;
     natsMsg *m = NULL;
-    natsStatus s = natsConnection_Request(&m, b->nc, DW_SUBJ_REG_LIST, buf, (int)len, timeout_ms);
+    natsStatus s =
+        natsConnection_Request(&m, b->nc, DW_SUBJ_REG_LIST, buf, (int)len, SELFCHECK_TIMEOUT_MS);
     free(buf);
-    if (s != NATS_OK) return CHECK_UNKNOWN; /* no registry now: ask again later */
+    if (s != NATS_OK) return; /* no registry now: ask again later */
     Dw__ListReply *r = dw_pb_unpack(&dw__list_reply__descriptor, m);
     natsMsg_Destroy(m);
-    if (!r) return CHECK_UNKNOWN;
-    check_result res = CHECK_UNKNOWN;
+    if (!r) return;
     /* Only an answer from a registry that applied the probe's connect can
      * say it is missing (a connect still on its way is not a loss). */
     if (r->ok && r->n_conns == 0 && r->applied_seq >= acked) {
-        res = CHECK_MISSING;
         edge_event *ev = edge_event_new(EDGE_EV_EDGE_DOWN_SELF);
         if (ev) {
             DW_WARN("the registry lost this edge's oldest connection; closing them all",
@@ -375,96 +347,8 @@ static check_result self_check(edge_bridge *b, int64_t timeout_ms, uint64_t fenc
             snprintf(ev->conn_id, sizeof ev->conn_id, "%s", probe);
             enqueue(b, ev);
         }
-    } else if (r->ok && r->n_conns > 0 && r->applied_seq >= fence) {
-        res = CHECK_LISTED;
     }
     dw__list_reply__free_unpacked(r, NULL);
-    return res;
-}
-
-/* The last sequence of DW_CONN now, or 0 when it cannot be read. A
- * registry that lists us may not have applied an EDGE_DOWN stored just
- * before: its answer counts only once it has applied this much. */
-static uint64_t conn_fence(edge_bridge *b, int64_t timeout_ms)
-{
-    jsOptions o;
-    jsOptions_Init(&o);
-    o.Wait = timeout_ms;
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, b->js, DW_STREAM_CONN, &o, &jerr) != NATS_OK) return 0;
-    uint64_t last = si->State.LastSeq;
-    jsStreamInfo_Destroy(si);
-    return last ? last : 1; /* (0 is "no fence read") */
-}
-
-/* A check the loop waits for (generation gen, bridge_check_request): tries
- * until it knows, the loop calls it off or a newer one is asked for.
- * Check thread, check_mu not held. */
-static void held_check(edge_bridge *b, uint64_t gen)
-{
-    int64_t timeout = HELDCHECK_FIRST_TIMEOUT_MS, pause = HELDCHECK_PAUSE_MS;
-    int64_t t0 = dw_mono_ns();
-    for (int tries = 1;; tries++) {
-        pthread_mutex_lock(&b->check_mu);
-        bool current = b->want_gen == gen && b->done_gen < gen;
-        pthread_mutex_unlock(&b->check_mu);
-        if (!current || atomic_load(&b->stopping)) return;
-        check_result r = CHECK_UNKNOWN;
-        uint64_t fence = 0;
-        /* Not connected: nothing could answer (the loop's wait for an
-         * answer does not run meanwhile either). */
-        bool asked = bridge_ready(b);
-        if (asked && (fence = conn_fence(b, timeout))) r = self_check(b, timeout, fence);
-        if (r != CHECK_UNKNOWN) {
-            pthread_mutex_lock(&b->check_mu);
-            if (b->done_gen < gen) b->done_gen = gen;
-            pthread_mutex_unlock(&b->check_mu);
-            if (r == CHECK_LISTED) {
-                edge_event *ev = edge_event_new(EDGE_EV_CHECK_PASSED);
-                if (ev) {
-                    ev->seq = gen;
-                    ev->ok = true;
-                    enqueue(b, ev);
-                }
-            }
-            DW_INFO("self-check answered", "edge=%s gen=%llu result=%s fence=%llu tries=%d ms=%lld",
-                    b->cfg.edge_id, (unsigned long long)gen,
-                    r == CHECK_LISTED ? "listed" : "missing", (unsigned long long)fence, tries,
-                    (long long)((dw_mono_ns() - t0) / 1000000));
-            return;
-        }
-        /* Retry pacing (no answer, or not connected), not a synchronisation;
-         * a reconnect cuts it short (on_reconnect). */
-        pthread_mutex_lock(&b->check_mu);
-        if (b->want_gen == gen && !atomic_load(&b->stopping))
-            dw_cond_wait_until(&b->held_cv, &b->check_mu, dw_mono_ns() + pause * 1000000LL);
-        pthread_mutex_unlock(&b->check_mu);
-        if (pause < 8 * HELDCHECK_PAUSE_MS) pause *= 2;
-        if (asked && timeout < SELFCHECK_TIMEOUT_MS) timeout *= 2;
-    }
-}
-
-/* The checks the loop waits for, on a thread of their own: the regular
- * one may be waiting SELFCHECK_TIMEOUT_MS for an answer to a request that
- * went out on a dead connection (an edge woken from SIGSTOP: its 5 s timer
- * ran out during the stall) and would hold them up that long. */
-static void *held_main(void *arg)
-{
-    edge_bridge *b = arg;
-    pthread_mutex_lock(&b->check_mu);
-    while (!atomic_load(&b->stopping)) {
-        if (b->want_gen <= b->done_gen) {
-            pthread_cond_wait(&b->held_cv, &b->check_mu);
-            continue;
-        }
-        uint64_t gen = b->want_gen;
-        pthread_mutex_unlock(&b->check_mu);
-        held_check(b, gen);
-        pthread_mutex_lock(&b->check_mu);
-    }
-    pthread_mutex_unlock(&b->check_mu);
-    return NULL;
 }
 
 static void *check_main(void *arg)
@@ -483,49 +367,11 @@ static void *check_main(void *arg)
          * moment to be back before asking (paced, not a synchronisation:
          * the next regular look comes anyway). */
         if (now) nats_Sleep(500);
-        self_check(b, SELFCHECK_TIMEOUT_MS, 0);
+        self_check(b);
         pthread_mutex_lock(&b->check_mu);
     }
     pthread_mutex_unlock(&b->check_mu);
     return NULL;
-}
-
-void bridge_check_request(edge_bridge *b, uint64_t gen, uint32_t ready, const char *probe_id,
-                          uint64_t probe_seq)
-{
-    atomic_store(&b->held_ready, ready);
-    pthread_mutex_lock(&b->check_mu);
-    snprintf(b->probe_id, sizeof b->probe_id, "%s", probe_id ? probe_id : "");
-    b->probe_seq = probe_seq;
-    if (gen > b->want_gen) b->want_gen = gen;
-    pthread_cond_signal(&b->held_cv);
-    pthread_mutex_unlock(&b->check_mu);
-}
-
-void bridge_check_cancel(edge_bridge *b, uint64_t gen)
-{
-    pthread_mutex_lock(&b->check_mu);
-    if (b->done_gen < gen) b->done_gen = gen;
-    pthread_mutex_unlock(&b->check_mu);
-}
-
-static void on_disconnect(void *arg)
-{
-    edge_bridge *b = arg;
-    int_fast64_t none = 0;
-    /* The first loss counts until the loop has seen it. */
-    atomic_compare_exchange_strong(&b->lost_ns, &none, (int_fast64_t)dw_mono_ns());
-}
-
-int64_t bridge_lost_since(edge_bridge *b)
-{
-    return (int64_t)atomic_load(&b->lost_ns);
-}
-
-void bridge_lost_clear(edge_bridge *b, int64_t since)
-{
-    int_fast64_t expected = since;
-    atomic_compare_exchange_strong(&b->lost_ns, &expected, 0);
 }
 
 static void on_reconnect(void *arg)
@@ -534,7 +380,6 @@ static void on_reconnect(void *arg)
     pthread_mutex_lock(&b->check_mu);
     b->check_now = true;
     pthread_cond_signal(&b->check_cv);
-    pthread_cond_signal(&b->held_cv);
     pthread_mutex_unlock(&b->check_mu);
 }
 
@@ -545,7 +390,6 @@ int bridge_create(edge_bridge **out, const edge_bridge_config *cfg)
     b->cfg = *cfg;
     pthread_mutex_init(&b->check_mu, NULL);
     dw_cond_init_mono(&b->check_cv);
-    dw_cond_init_mono(&b->held_cv);
     *out = b;
     return 0;
 }
@@ -565,10 +409,7 @@ int bridge_start(edge_bridge *b, natsConnection *nc)
     b->setup_started = true;
     if (pthread_create(&b->check_thread, NULL, check_main, b)) return -1;
     b->check_started = true;
-    if (pthread_create(&b->held_thread, NULL, held_main, b)) return -1;
-    b->held_started = true;
     dw_bus_on_reconnect(on_reconnect, b);
-    dw_bus_on_disconnect(on_disconnect, b);
     return 0;
 }
 
@@ -773,18 +614,15 @@ void bridge_stop(edge_bridge *b)
     if (!b) return;
     atomic_store(&b->stopping, true);
     dw_bus_on_reconnect_remove(on_reconnect, b);
-    dw_bus_on_disconnect_remove(on_disconnect, b);
     if (b->setup_started) pthread_join(b->setup_thread, NULL);
     b->setup_started = false;
-    if (b->check_started || b->held_started) {
+    if (b->check_started) {
         pthread_mutex_lock(&b->check_mu);
         pthread_cond_signal(&b->check_cv);
-        pthread_cond_signal(&b->held_cv);
         pthread_mutex_unlock(&b->check_mu);
+        pthread_join(b->check_thread, NULL);
     }
-    if (b->check_started) pthread_join(b->check_thread, NULL);
-    if (b->held_started) pthread_join(b->held_thread, NULL);
-    b->check_started = b->held_started = false;
+    b->check_started = false;
     natsSubscription **subs[] = {&b->deliver_sub, &b->conn_sub, &b->down_sub, &b->presence_sub};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
         if (*subs[i]) natsSubscription_Unsubscribe(*subs[i]);
@@ -800,6 +638,5 @@ void bridge_destroy(edge_bridge *b)
     jsCtx_Destroy(b->js);
     pthread_mutex_destroy(&b->check_mu);
     pthread_cond_destroy(&b->check_cv);
-    pthread_cond_destroy(&b->held_cv);
     free(b);
 }

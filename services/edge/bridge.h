@@ -37,8 +37,7 @@ typedef struct edge_bridge_config {
  *                   for asynchronous publishes, a setup thread that waits
  *                   for the streams and subscribes to this edge's subjects
  *                   (bridge_ready turns true when that is done and NATS is
- *                   connected), and the self-check threads (the regular
- *                   one, and one for the checks the loop waits for)
+ *                   connected), and the self-check thread
  *   bridge_stop     threads joined, subscriptions closed: no new event,
  *                   except the acks of publishes in flight, which come
  *                   until the connection is closed
@@ -106,28 +105,6 @@ int bridge_presence_watch(edge_bridge *b, bool on);
  * to close every connection, if the probe is still ready there
  * (bus_events.c says why). */
 void bridge_note_held(edge_bridge *b, uint32_t ready, const char *probe_id, uint64_t probe_seq);
-
-/* The loop holds deliveries (hold.h) and asks for a check now, of
- * generation gen (a newer one replaces an older one still out), on the
- * probe given as for bridge_note_held. The check thread asks at once
- * (without the pause after a reconnect), gives each try a short timeout
- * and tries again until it knows: a registry that lists the probe and has
- * applied DW_CONN up to its last sequence read after the request (so an
- * EDGE_DOWN stored before it is not missed) posts EDGE_EV_CHECK_PASSED
- * with seq = gen; one that has applied the probe's connect and lacks it
- * posts EDGE_EV_EDGE_DOWN_SELF as the regular check does. lws thread. */
-void bridge_check_request(edge_bridge *b, uint64_t gen, uint32_t ready, const char *probe_id,
-                          uint64_t probe_seq);
-/* The loop no longer waits for checks up to generation gen (its hold is
- * over): stop trying. lws thread. */
-void bridge_check_cancel(edge_bridge *b, uint64_t gen);
-
-/* When this process's NATS connection was lost (dw_mono_ns, recorded by
- * a dw_bus_on_disconnect hook at the first loss the loop has not cleared
- * yet), or 0. The loop clears it with the value it read, so a loss
- * recorded since is kept. Any thread. */
-int64_t bridge_lost_since(edge_bridge *b);
-void bridge_lost_clear(edge_bridge *b, int64_t since);
 
 /* Shutdown, with the lws loop stopped: one EDGE_DOWN event for this edge
  * (the registry drops every connection of edge_id) instead of a DISCONNECT

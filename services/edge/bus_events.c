@@ -1,8 +1,7 @@
 /* What the bus tells the lws thread (events from the mailbox, event.h):
  * publish acks of connects, disconnects (retried with a backoff) and chat
  * messages, @connections requests and the registry's reconciliation, and
- * "this edge was declared down". Deliveries go to deliver.c (or wait in
- * the hold while heartbeats may have been missed: hold.h), v1 jobs and
+ * "this edge was declared down". Deliveries go to deliver.c, v1 jobs and
  * presence to v1.c. Also the connection events the edge publishes. */
 #include <stdlib.h>
 #include <string.h>
@@ -275,132 +274,6 @@ static void on_conn_request(edge *e, edge_event *ev)
     bridge_reply_conn(e->bridge, ev->reply, &r);
 }
 
-/* Close every connection with 1012 (reason: the close frame's text).
- * Returns how many. */
-static size_t close_all_restart(edge *e, const char *reason)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < e->conns.nslots; i++) {
-        edge_session *s = e->conns.slots[i].value;
-        if (!s || s->state == SESS_CLOSING) continue;
-        session_close(s, CLOSE_SERVICE_RESTART, reason);
-        n++;
-    }
-    return n;
-}
-
-/* ---- holding deliveries while heartbeats may have been missed (hold.h) */
-
-/* Past this many bytes held, the edge stops waiting for the self-check and
- * acts as if declared down: what is held stays bounded whatever comes in
- * meanwhile. (Deliveries answered on arrival stop at ANSWER_AHEAD_BYTES,
- * bridge.c; the others wait for our answer, and the dispatcher bounds
- * those it has in flight.) */
-#define HOLD_MAX_BYTES ((size_t)64 << 20)
-
-/* Ask the bridge for the check of generation gen on the probe as it is now. */
-static void hold_ask(edge *e, uint64_t gen)
-{
-    edge_session *p = server_probe(e);
-    bridge_check_request(e->bridge, gen, e->nready, p ? p->id : NULL, p ? p->conn_seq : 0);
-}
-
-/* At every take of the mailbox, before anything taken is handled: may
- * heartbeats have been missed since the last take? Then hold deliveries
- * and ask for a check at once. */
-static void hold_look(edge *e)
-{
-    int64_t now = dw_mono_ns();
-    int64_t lost = bridge_lost_since(e->bridge);
-    hold_inputs in = {
-        .now_ns = now,
-        .last_drain_ns = e->hold.last_drain_ns,
-        .lost_ns = lost,
-        .connected = lost && bridge_ready(e->bridge), /* (only read when it matters) */
-        .heartbeat_ms = e->cfg->heartbeat_ms,
-        .nready = e->nready,
-    };
-    hold_judgement j = hold_judge(&in);
-    e->hold.last_drain_ns = now;
-    if (j.clear_lost) bridge_lost_clear(e->bridge, lost);
-    /* Back after a loss: a heartbeat at the next tick rather than when the
-     * interval comes round (one sent into the dead connection is lost). */
-    if (lost && in.connected) e->next_heartbeat_ns = 0;
-    if (j.cause == HOLD_NONE) return;
-    bool again = e->hold.on;
-    uint64_t gen = hold_begin(&e->hold, j.cause, j.gap_ms, now);
-    DW_WARN("heartbeats may have been missed: deliveries held until the registry says whether "
-            "this edge is still listed",
-            "edge=%s cause=%s gap_ms=%lld connections=%u again=%s", e->edge_id,
-            hold_cause_name(j.cause), (long long)j.gap_ms, e->nready, again ? "yes" : "no");
-    /* The dispatcher hears from us before the check goes out: the sooner it
-     * does, the less likely it declares us down after the check. */
-    if (bridge_ready(e->bridge)) {
-        bridge_heartbeat(e->bridge, e->nready);
-        e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
-    }
-    hold_ask(e, gen);
-}
-
-/* The hold is over (result: how, for the log; outcome: its counter):
- * handle what was held, oldest first, before anything taken after it. */
-static void hold_release(edge *e, const char *result, dw_metric *outcome)
-{
-    if (!e->hold.on) return;
-    int64_t held_ms = (dw_mono_ns() - e->hold.since_ns) / 1000000;
-    hold_cause cause = e->hold.cause;
-    int64_t gap_ms = e->hold.gap_ms;
-    uint64_t total = e->hold.held_total;
-    size_t bytes = e->hold.bytes;
-    bridge_check_cancel(e->bridge, e->hold.gen);
-    dw_mail *m = hold_end(&e->hold);
-    dw_metric_inc(outcome);
-    dw_log(strcmp(result, "listed") ? DW_LOG_WARN : DW_LOG_INFO, "deliveries held are released",
-           "edge=%s cause=%s gap_ms=%lld result=%s held_ms=%lld deliveries=%llu bytes=%zu",
-           e->edge_id, hold_cause_name(cause), (long long)gap_ms, result, (long long)held_ms,
-           (unsigned long long)total, bytes);
-    while (m) {
-        dw_mail *next = m->next;
-        deliver_handle(e, (edge_event *)m);
-        dw_mail_free(m);
-        m = next;
-    }
-}
-
-/* The check asked for last found this edge still listed by a registry that
- * has applied every connection event stored before it asked (so also any
- * EDGE_DOWN of this edge): nothing was given up for our connections. An
- * answer to an earlier check does not count: it may have been asked before
- * the stall or outage that began the hold (again). */
-static void on_check_passed(edge *e, edge_event *ev)
-{
-    if (!e->hold.on || ev->seq != e->hold.gen) return;
-    hold_release(e, "listed", e->m->holds_listed);
-}
-
-void bus_events_hold_tick(edge *e)
-{
-    if (!e->hold.on) return;
-    /* Every connection that could have missed something is gone (and no
-     * other is ready): nobody to protect, and no probe to ask about. */
-    if (!e->nready) {
-        hold_release(e, "no_connections", e->m->holds_no_connections);
-        return;
-    }
-    bool expired =
-        hold_expired(&e->hold, dw_mono_ns(), bridge_ready(e->bridge), e->cfg->hold_max_ms);
-    if (!expired && e->hold.bytes <= HOLD_MAX_BYTES) return;
-    /* No answer: the edge may have been declared down, and the only way
-     * not to risk a loss is to act as if it had been. */
-    size_t n = close_all_restart(e, "this edge could not tell whether it was declared down: "
-                                    "reconnect");
-    DW_WARN("no answer from the self-check in time: connections closed (1012) to reconnect and "
-            "resume",
-            "edge=%s connections=%zu held_bytes=%zu hold_max_ms=%lld", e->edge_id, n, e->hold.bytes,
-            (long long)e->cfg->hold_max_ms);
-    hold_release(e, expired ? "unanswered" : "too_much_held", e->m->holds_unanswered);
-}
-
 /* The dispatcher declared this edge down (it missed our heartbeats for
  * EDGE_DEAD_MS: we were stopped or cut off) and the registry dropped our
  * connections, or the registry lists none of them. Either way, messages
@@ -410,68 +283,53 @@ void bus_events_hold_tick(edge *e)
  * -9 of the edge looks the same to it), and a v1 client's resume with
  * `since` gets what it missed. Announcing the connections again instead
  * kept the sockets open but lost those messages silently (425 of 5,000 in
- * a 12 s SIGSTOP of an edge under the fault suite's load). Deliveries held
- * meanwhile (hold.h) are handled after the closes: they reach only
- * connections still ready, never the old ones. */
+ * a 12 s SIGSTOP of an edge under the fault suite's load). */
 static void on_edge_down_self(edge *e, edge_event *ev)
 {
     if (ev->conn_id[0]) {
         /* The self-check found the registry without the connection it asked
          * for. It asked on another thread: only if that connection is still
          * ready here (its own disconnect was never published) does its
-         * absence mean the registry dropped us. A hold still needs an
-         * answer: ask again, about the probe as it is now. */
+         * absence mean the registry dropped us. */
         edge_session *s = connmap_get(&e->conns, ev->conn_id, strlen(ev->conn_id));
-        if (!s || s->state != SESS_READY) {
-            if (e->hold.on) hold_ask(e, hold_next_gen(&e->hold));
-            return;
-        }
+        if (!s || s->state != SESS_READY) return;
     }
-    size_t n = close_all_restart(e, "this edge was declared down: reconnect");
+    size_t n = 0;
+    for (size_t i = 0; i < e->conns.nslots; i++) {
+        edge_session *s = e->conns.slots[i].value;
+        if (!s || s->state == SESS_CLOSING) continue;
+        session_close(s, CLOSE_SERVICE_RESTART, "this edge was declared down: reconnect");
+        n++;
+    }
     DW_WARN("this edge was declared down while alive: its connections are closed (1012) "
             "to reconnect and resume",
             "edge=%s connections=%zu", e->edge_id, n);
-    hold_release(e, "declared_down", e->m->holds_declared_down);
 }
 
 void bus_events_drain(edge *e)
 {
     edge_event *ev = (edge_event *)dw_mailbox_take(&e->mailbox);
-    /* After the take (a delivery in it may have come on a new connection
-     * before its loss was recorded as over) and before anything taken is
-     * handled. */
-    hold_look(e);
     while (ev) {
         edge_event *next = (edge_event *)ev->mail.next;
         switch (ev->kind) {
         case EDGE_EV_CONNECT_ACK: on_connect_ack(e, ev); break;
         case EDGE_EV_DISCONNECT_ACK: on_disconnect_ack(e, ev); break;
         case EDGE_EV_MSG_ACK: on_msg_ack(e, ev); break;
-        case EDGE_EV_DELIVERY:
-            if (e->hold.on) {
-                hold_push(&e->hold, &ev->mail, ev->delivery_bytes);
-                dw_metric_inc(e->m->held_deliveries);
-                ev = NULL; /* the hold's now */
-                break;
-            }
-            deliver_handle(e, ev);
-            break;
+        case EDGE_EV_DELIVERY: deliver_handle(e, ev); break;
         case EDGE_EV_CONN_REQUEST: on_conn_request(e, ev); break;
         case EDGE_EV_EDGE_DOWN_SELF: on_edge_down_self(e, ev); break;
-        case EDGE_EV_CHECK_PASSED: on_check_passed(e, ev); break;
         case EDGE_EV_JOB_DONE: v1_on_job_done(e, ev->job); break;
         case EDGE_EV_PRESENCE: v1_on_presence(e, ev->conn_event); break;
         case EDGE_EV_AUTHZ: authz_on_adopt(e, ev); break;
         case EDGE_EV_ROUTE: integ_on_event(e, ev); break;
         }
-        if (ev) dw_mail_free(&ev->mail);
+        dw_mail_free(&ev->mail);
         ev = next;
     }
 }
 
 void bus_events_free(edge *e)
 {
-    hold_free(&e->hold);
     while (e->disc_retries) {
         disc_retry *n = e->disc_retries->next;
         free(e->disc_retries);

@@ -13,12 +13,7 @@ struct edge_session;
 void bus_events_drain(struct edge *e);
 /* From the tick: publish again the disconnects whose backoff is over. */
 void bus_events_retry_due(struct edge *e);
-/* From the tick: deliveries held (hold.h) that waited DW_HOLD_MAX_MS for
- * the self-check without an answer: close every connection (1012), then
- * handle them. */
-void bus_events_hold_tick(struct edge *e);
-/* Forget the disconnects waiting for a retry and the deliveries held
- * (shutdown). */
+/* Forget the disconnects waiting for a retry (shutdown). */
 void bus_events_free(struct edge *e);
 
 /* A DISCONNECT of conn_id (asynchronous; its ack comes back as an event).

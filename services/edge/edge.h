@@ -24,7 +24,6 @@
 #include "dw/metrics.h"
 #include "dw/service.h"
 #include "dw/util.h"
-#include "hold.h"
 #include "linger.h"
 #include "rooms.h"
 #include "session.h"
@@ -40,7 +39,6 @@ typedef struct edge_config {
     int64_t publish_timeout_ms;
     int64_t publish_max_pending;
     int64_t heartbeat_ms;
-    int64_t hold_max_ms;    /* deliveries held wait this long for the self-check (hold.h) */
     char *event_loop;       /* poll | libev */
     int shutdown_edge_down; /* on stop: one EDGE_DOWN, not a DISCONNECT each */
     int64_t shutdown_wait_ms;
@@ -79,9 +77,6 @@ typedef struct edge_metrics {
         *rejected_not_ready, *connect_failed, *default_replies, *rejected_deny, *rejected_auth,
         *rejected_rate, *rejected_ip, *rejected_origin, *rejected_tls, *rejected_url, *rate_limited,
         *closed_strikes, *closed_slow, *closed_idle, *closed_lifetime, *closed_too_large, *loop_lag;
-    /* Deliveries held until the self-check answered, and how holds ended (hold.h) */
-    dw_metric *held_deliveries, *holds_listed, *holds_declared_down, *holds_unanswered,
-        *holds_no_connections;
     /* How long a message spends at each hop this edge sees (docs/operations.md) */
     dw_metric *stage_stored, *stage_delivered, *stage_written;
     /* The connect authorizer (authz_gate.c) */
@@ -112,11 +107,9 @@ typedef struct edge {
     uint64_t conn_seq_acked; /* highest DW_CONN seq acked for our events */
     uint32_t nready;
     /* The ready session whose connect was acked first, for the self-check
-     * (bridge_note_held): chosen by server_probe when NULL, NULL again when it
+     * (bridge_note_held): chosen by the tick when NULL, NULL again when it
      * closes. */
     struct edge_session *probe;
-    /* Deliveries held while heartbeats may have been missed (hold.h). */
-    edge_hold hold;
     bool edge_down_stored;           /* shutdown: one EDGE_DOWN stands for every disconnect */
     struct disc_retry *disc_retries; /* failed disconnect events waiting to be retried */
     int64_t next_heartbeat_ns;
@@ -150,11 +143,6 @@ void edge_free(edge *e);
  * its protocol (also for messages held until the connection was ready).
  * lws thread only. */
 void server_message(edge *e, edge_session *s, const char *buf, size_t len);
-
-/* server.c: the self-check's probe (e->probe, chosen as the ready session
- * whose connect was acked first when there is none), or NULL without a
- * ready session. lws thread only. */
-struct edge_session *server_probe(edge *e);
 
 /* edge_metrics.c: register the edge's metrics into m. 0 or -1. */
 int edge_metrics_register(edge_metrics *m);

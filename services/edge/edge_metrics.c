@@ -78,17 +78,6 @@ static const dw_metric_def edge_metric_defs[] = {
                             stage_bounds),
     DW_METRIC_HISTOGRAM_ROW(edge_metrics, loop_lag, "dw_edge_loop_lag_seconds", NULL,
                             "how late the event loop ran the edge's 100 ms tick", lag_bounds),
-    COUNTER(held_deliveries, "dw_edge_deliveries_held_total", NULL,
-            "deliveries from the dispatcher held until the self-check said whether this edge "
-            "is still registered (after a stall or a NATS outage of a heartbeat interval)"),
-    COUNTER(holds_listed, "dw_edge_holds_total", "result=\"listed\"",
-            "times deliveries were held, by how it ended: listed (still registered), "
-            "declared_down (connections closed 1012 first), unanswered (no answer in "
-            "DW_HOLD_MAX_MS, or 64 MB held: connections closed 1012), no_connections (every "
-            "connection left meanwhile)"),
-    COUNTER(holds_declared_down, "dw_edge_holds_total", "result=\"declared_down\"", NULL),
-    COUNTER(holds_unanswered, "dw_edge_holds_total", "result=\"unanswered\"", NULL),
-    COUNTER(holds_no_connections, "dw_edge_holds_total", "result=\"no_connections\"", NULL),
 };
 
 int edge_metrics_register(edge_metrics *m)

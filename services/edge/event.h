@@ -25,8 +25,6 @@ typedef enum {
     EDGE_EV_PRESENCE,       /* someone joined or left a room (presence events) */
     EDGE_EV_AUTHZ,          /* a socket back from the authorizer's gate (authz_gate.h) */
     EDGE_EV_ROUTE, /* a route's answer: a worker's reply, or an async frame's ack (integ.h) */
-    EDGE_EV_CHECK_PASSED, /* a self-check the loop asked for (seq: its generation) found this
-                             edge still listed (hold.h) */
 } edge_event_kind;
 
 typedef struct edge_event {
@@ -34,13 +32,12 @@ typedef struct edge_event {
     edge_event_kind kind;
     char conn_id[DW_ID_LEN + 1];
     char msg_id[64];
-    uint64_t seq; /* stream sequence on success; EDGE_EV_CHECK_PASSED: the generation */
+    uint64_t seq; /* stream sequence on success */
     bool ok;
     char error[96];                /* why not, when !ok */
     Dw__Delivery *delivery;        /* EDGE_EV_DELIVERY: owned */
     char *reply;                   /* EDGE_EV_DELIVERY, _CONN_REQUEST: reply subject, owned */
     size_t answered_bytes;         /* EDGE_EV_DELIVERY answered on arrival: its size */
-    size_t delivery_bytes;         /* EDGE_EV_DELIVERY: its size on the wire */
     Dw__ConnRequest *conn_request; /* EDGE_EV_CONN_REQUEST: owned */
     Dw__ConnEvent *conn_event;     /* EDGE_EV_PRESENCE: owned */
     struct edge_job *job;          /* EDGE_EV_JOB_DONE: owned; jobs.c sets the destructor */

@@ -38,10 +38,6 @@ static const dw_cfg_field fields[] = {
       "~40% less CPU per new connection, ~20% more per delivery)"),
     F("HEARTBEAT_MS", DW_CFG_INT, heartbeat_ms, "2000", 100, 60000,
       "how often the edge tells the dispatcher it is alive"),
-    F("HOLD_MAX_MS", DW_CFG_INT, hold_max_ms, "5000", 100, 600000,
-      "after a stall or a NATS outage of a heartbeat interval or more, deliveries wait this "
-      "long (while connected) for the self-check to say whether the edge is still registered; "
-      "then every connection is closed (1012) to resume elsewhere"),
     F("DEDUP_WINDOW", DW_CFG_INT, dedup_window, "65536", 1, 10000000,
       "recent message sequences remembered to drop redeliveries"),
     F("WRITE_COALESCE", DW_CFG_INT, write_coalesce, "65536", 4096, 16 * 1024 * 1024,

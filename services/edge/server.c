@@ -201,7 +201,7 @@ static int on_established(edge *e, edge_session *s, struct lws *wsi)
 }
 
 /* The ready session whose connect was acked first, or NULL: a scan, made
- * only while there is no probe (server_probe; not on every close: closing
+ * by the tick only while there is no probe (not on every close: closing
  * 18,000 connections in connect order would scan for each). */
 static edge_session *oldest_ready(edge *e)
 {
@@ -211,12 +211,6 @@ static edge_session *oldest_ready(edge *e)
         if (s && s->state == SESS_READY && (!best || s->conn_seq < best->conn_seq)) best = s;
     }
     return best;
-}
-
-edge_session *server_probe(edge *e)
-{
-    if (!e->probe && e->nready) e->probe = oldest_ready(e);
-    return e->probe;
 }
 
 static void on_closed(edge *e, edge_session *s)
@@ -378,9 +372,9 @@ static void tick(lws_sorted_usec_list_t *sul)
      * it would say the opposite. */
     if (now >= e->next_heartbeat_ns && bridge_ready(e->bridge) && !atomic_load(&e->stopping)) {
         bridge_heartbeat(e->bridge, e->nready);
-        edge_session *probe = server_probe(e);
-        bridge_note_held(e->bridge, e->nready, probe ? probe->id : NULL,
-                         probe ? probe->conn_seq : 0);
+        if (!e->probe && e->nready) e->probe = oldest_ready(e);
+        bridge_note_held(e->bridge, e->nready, e->probe ? e->probe->id : NULL,
+                         e->probe ? e->probe->conn_seq : 0);
         e->next_heartbeat_ns = now + e->cfg->heartbeat_ms * 1000000;
     }
     bridge_presence_watch(e->bridge, rooms_v1_members(&e->rooms) > 0);
@@ -388,7 +382,6 @@ static void tick(lws_sorted_usec_list_t *sul)
     /* Mail posted before the loop could be woken (dw_mailbox: only a post
      * into an empty mailbox wakes) is not left waiting for the next one. */
     bus_events_drain(e);
-    bus_events_hold_tick(e);
     integ_tick(e);
     linger_service(&e->linger);
     if (now >= e->next_sweep_ns) {
@@ -580,7 +573,6 @@ int edge_init(edge *e)
         return -1;
     }
     e->inited = true;
-    hold_init(&e->hold);
     edge_bridge_config bc = {
         .edge_id = e->edge_id,
         .publish_timeout_ms = e->cfg->publish_timeout_ms,

@@ -381,7 +381,6 @@ class Load:
         self.dlq_ok = None
         self.last_frame_t = 0.0
         self.t0 = self.t_stop = self.t_end = None
-        self.loop = None  # the run's event loop (newcomer_from_thread)
 
     def next_ref(self):
         self._ref += 1
@@ -426,98 +425,6 @@ class Load:
         self.msg_members[mid] += 1
         self.msg_done_t[mid] = now
         self.first_recv_t.setdefault(mid, now)
-
-    # --- a newcomer (not a member) ---------------------------------------
-
-    async def newcomer(self, edge, rooms, deadline_s=20.0, prefer_s=5.0):
-        """A client that is not one of the load's members: it connects to
-        edge (trying again for up to prefer_s while it is refused; once a
-        socket of it is closed, the next ones go to the others in turn), joins
-        rooms and sends one message into each as soon as it is joined. Each
-        message is sent again with the same id on the next socket until it
-        is acked; acked, it becomes one of the load's sends, so the checker
-        expects it exactly once and in order at every member of its room.
-        Runs on the load's loop (newcomer_from_thread from a fault). Returns
-        what happened: per socket the edge, the seconds from the call to
-        its hello, to its first ack, and how it ended."""
-        t0 = time.monotonic()
-        n = self._newcomers = getattr(self, "_newcomers", 0) + 1
-        ids = {room: f"{self.token}-new{n}-{room}" for room in rooms}
-        acked = {}  # id -> (seq, time sent, time acked)
-        sockets = []
-        k = 0
-        opened = False
-        while len(acked) < len(ids) and time.monotonic() - t0 < deadline_s:
-            if opened or time.monotonic() - t0 > prefer_s:
-                k += 1
-                e = (edge + k) % len(self.edges)
-            else:
-                e = edge  # e.g. refused (503) until its bus is back
-            if not sockets or sockets[-1]["edge"] != e or "hello_s" in sockets[-1]:
-                sockets.append({"edge": e, "refused": 0})
-            info = sockets[-1]
-            try:
-                ws = await asyncio.wait_for(websockets.connect(
-                    f"{self.edges[e]}{'&' if '?' in self.edges[e] else '?'}name=fl{self.token}-new{n}",
-                    subprotocols=[PROTOCOL], max_size=None, ping_interval=None, close_timeout=1,
-                    open_timeout=self.open_timeout), self.open_timeout + 1)
-            except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as ex:
-                info["refused"] += 1
-                info["last_refusal"] = repr(ex)
-                await asyncio.sleep(0.02)  # pacing of the retries, not synchronisation
-                continue
-            try:
-                hello = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
-                info["hello_s"] = round(time.monotonic() - t0, 3)
-                opened = True
-                if hello.get("type") != "hello":
-                    raise ConnectionError(f"first frame is not hello: {hello}")
-                joins = {}
-                for room in rooms:
-                    ref = self.next_ref()
-                    joins[ref] = room
-                    await ws.send(json.dumps({"action": "join", "room": room, "ref": ref}))
-                t_sent = {}
-                while len(acked) < len(ids):
-                    left = deadline_s - (time.monotonic() - t0)
-                    if left <= 0:
-                        break
-                    o = json.loads(await asyncio.wait_for(ws.recv(), left))
-                    t = o.get("type")
-                    if t == "joined" and o.get("ref") in joins:
-                        room = joins.pop(o["ref"])
-                        mid = ids[room]
-                        if mid not in acked:
-                            t_sent[mid] = time.monotonic()
-                            await ws.send(json.dumps({"action": "sendmessage", "room": room,
-                                                      "id": mid, "data": {"new": n},
-                                                      "ref": self.next_ref()}))
-                    elif t == "ack" and o.get("id") in t_sent and o["id"] not in acked:
-                        acked[o["id"]] = (o["seq"], t_sent[o["id"]], time.monotonic())
-                        info.setdefault("first_ack_s", round(time.monotonic() - t0, 3))
-                    elif t == "error":
-                        raise ConnectionError(f"newcomer got {o}")
-                info["end"] = "done"
-            except websockets.ConnectionClosed:
-                info["end"] = f"closed {ws.close_code}"
-            except (OSError, asyncio.TimeoutError, ConnectionError, json.JSONDecodeError) as ex:
-                info["end"] = repr(ex)
-            finally:
-                await ws.close()
-        if len(acked) < len(ids):
-            raise AssertionError(f"newcomer: {len(acked)} of {len(ids)} sends acked: {sockets}")
-        for room, mid in ids.items():
-            seq, t_first, t_ack = acked[mid]
-            s = Send(mid, room, -1, None, t_first)
-            s.t_first, s.seq, s.t_ack = t_first, seq, t_ack
-            self.sends[mid] = s
-        return sockets
-
-    def newcomer_from_thread(self, edge, rooms, deadline_s=20.0):
-        """newcomer(), from a fault's thread: waits for it and returns what
-        it returns."""
-        fut = asyncio.run_coroutine_threadsafe(self.newcomer(edge, rooms, deadline_s), self.loop)
-        return fut.result(deadline_s + 10)
 
     # --- the run --------------------------------------------------------
 
@@ -640,7 +547,6 @@ class Load:
         the first send; it calls mark("fault") / mark("heal"). Returns the
         report (a dict)."""
         self.setup_clients()
-        self.loop = asyncio.get_running_loop()
         tasks = []
         fault_task = None
         try:

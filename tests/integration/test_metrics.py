@@ -95,12 +95,6 @@ class Metrics(StackTest):
             ready = [v for k, v in values.items() if k.startswith("dw_ready")]
             if name != "edge" or ready:
                 self.assertEqual(ready and ready[0], 1.0, f"{name} dw_ready")
-        # An edge that never stalled nor lost NATS never held a delivery
-        # (hold.h): the counters are there, at 0.
-        edge = parse(scrape(ports["edge"])[1])
-        self.assertEqual(edge.get("dw_edge_deliveries_held_total"), 0.0)
-        for result in ("listed", "declared_down", "unanswered", "no_connections"):
-            self.assertEqual(edge.get(f'dw_edge_holds_total{{result="{result}"}}'), 0.0, result)
 
 
     def test_connections_gauge_counts_connections_the_edge_closed(self):

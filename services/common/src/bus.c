@@ -108,15 +108,11 @@ const char *dw_subj_conn_event(Dw__ConnEvent__Kind kind)
     }
 }
 
-static void call_disconnect_hooks(void);
-
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     /* A deliberate close also lands here; only a lost connection is news. */
-    if (!natsConnection_IsClosed(nc)) {
+    if (!natsConnection_IsClosed(nc))
         DW_WARN("nats disconnected", "name=%s", (const char *)closure);
-        call_disconnect_hooks();
-    }
 }
 
 static void on_connected(natsConnection *nc, void *closure)
@@ -175,45 +171,6 @@ void dw_bus_on_reconnect_remove(void (*fn)(void *arg), void *arg)
             hooks[i] = hooks[--n_hooks];
             break;
         }
-    pthread_mutex_unlock(&hooks_mu);
-}
-
-static struct {
-    void (*fn)(void *);
-    void *arg;
-} disc_hooks[8];
-static size_t n_disc_hooks;
-
-int dw_bus_on_disconnect(void (*fn)(void *arg), void *arg)
-{
-    int rc = -1;
-    pthread_mutex_lock(&hooks_mu);
-    if (n_disc_hooks < sizeof disc_hooks / sizeof disc_hooks[0]) {
-        disc_hooks[n_disc_hooks].fn = fn;
-        disc_hooks[n_disc_hooks].arg = arg;
-        n_disc_hooks++;
-        rc = 0;
-    }
-    pthread_mutex_unlock(&hooks_mu);
-    return rc;
-}
-
-void dw_bus_on_disconnect_remove(void (*fn)(void *arg), void *arg)
-{
-    pthread_mutex_lock(&hooks_mu);
-    for (size_t i = 0; i < n_disc_hooks; i++)
-        if (disc_hooks[i].fn == fn && disc_hooks[i].arg == arg) {
-            disc_hooks[i] = disc_hooks[--n_disc_hooks];
-            break;
-        }
-    pthread_mutex_unlock(&hooks_mu);
-}
-
-static void call_disconnect_hooks(void)
-{
-    pthread_mutex_lock(&hooks_mu);
-    for (size_t i = 0; i < n_disc_hooks; i++)
-        disc_hooks[i].fn(disc_hooks[i].arg);
     pthread_mutex_unlock(&hooks_mu);
 }
 

@@ -118,16 +118,6 @@ int dw_bus_on_reconnect(void (*fn)(void *arg), void *arg);
 /* Remove a hook (waits for a call of it in progress to return). */
 void dw_bus_on_reconnect_remove(void (*fn)(void *arg), void *arg);
 
-/* Call fn(arg) on nats.c's thread every time a connection made by
- * dw_bus_connect is lost (not when it is closed on purpose). nats.c runs
- * it on its callback thread: it may come after the connection is back, and
- * messages on the resubscribed subscriptions may come before the
- * reconnect hooks run. fn must only hand the news over. At most 8 hooks
- * per process; 0 or -1. */
-int dw_bus_on_disconnect(void (*fn)(void *arg), void *arg);
-/* Remove a hook (waits for a call of it in progress to return). */
-void dw_bus_on_disconnect_remove(void (*fn)(void *arg), void *arg);
-
 /* Apply this process's NATS credentials and TLS settings from the
  * environment to opts; for a connection not made by dw_bus_connect (dwctl).
  *   DW_NATS_USER + DW_NATS_PASSWORD_FILE (or DW_NATS_PASSWORD): the user
