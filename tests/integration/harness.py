@@ -120,6 +120,14 @@ class Proc:
         self.log.close()
         return self.p.returncode
 
+    def text(self):
+        """The whole log so far ("" if there is none yet)."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
     def tail(self, n=30):
         try:
             with open(self.log_path, "rb") as f:

@@ -31,14 +31,6 @@ MARGIN_S = 1.5
 SENDS = 10  # within the per-connection burst (DW_MSG_BURST, 20)
 
 
-def log_text(p):
-    try:
-        with open(p.log_path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def metric(port, name):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
         for line in r.read().decode().splitlines():
@@ -83,7 +75,7 @@ class Shutdown(StackTest):
             self.assertEqual(rc, 0, f"{name} exited with {rc}:\n{p.tail()}")
             self.assertLessEqual(took, BUDGET_MS / 1000 + MARGIN_S,
                                  f"{name} took {took:.2f} s to stop:\n{p.tail()}")
-            self.assertIn('msg="stopped"', log_text(p), name)
+            self.assertIn('msg="stopped"', p.text(), name)
         print("stop times: " + ", ".join(f"{n} {t:.2f} s" for n, (_, t) in sorted(results.items())))
 
     async def clients(self):
@@ -126,7 +118,7 @@ class Shutdown(StackTest):
                 self.assertEqual(c.pending("ack"), 0, "acked while JetStream was stopped?")
                 loop = asyncio.get_running_loop()
                 stop = loop.run_in_executor(None, self.sigterm, [edge])
-                await await_until(lambda: "edge stopping" in log_text(edge), 5,
+                await await_until(lambda: "edge stopping" in edge.text(), 5,
                                   "the edge to start stopping")
             finally:
                 st.nats.resume()
@@ -137,13 +129,13 @@ class Shutdown(StackTest):
             return results
 
         results = self.run_async(main())
-        self.assertIn("edge_down stored", log_text(edge))
+        self.assertIn("edge_down stored", edge.text())
         # One EDGE_DOWN dropped both connections from the table.
         st.wait_conn_count(0, timeout=10)
-        m = re.search(r"partitions=(\d+)", log_text(st.dispatcher))
+        m = re.search(r"partitions=(\d+)", st.dispatcher.text())
         results.update(self.sigterm([st.registry, st.dispatcher, st.deadletter, st.api]))
         self.assert_clean_stops(results)
-        self.assertEqual(log_text(st.dispatcher).count("partition given back"), int(m.group(1)))
+        self.assertEqual(st.dispatcher.text().count("partition given back"), int(m.group(1)))
 
     def http(self, port, request):
         """Send request on a new connection; the socket, to read the answer."""
@@ -185,7 +177,7 @@ class Shutdown(StackTest):
                 bus.next_msg(time.monotonic() + 10)
                 loop = asyncio.get_running_loop()
                 stop = loop.run_in_executor(None, self.sigterm, [api])
-                await await_until(lambda: 'msg="stopping"' in log_text(api), 5,
+                await await_until(lambda: 'msg="stopping"' in api.text(), 5,
                                   "the api to start stopping")
                 second = self.http(api.mgmt_port, post)
                 results = await stop
@@ -203,7 +195,7 @@ class Shutdown(StackTest):
         self.assert_clean_stops(results)
 
     def wait_disconnected(self, procs):
-        wait_until(lambda: all("nats disconnected" in log_text(p) for p in procs), 10,
+        wait_until(lambda: all("nats disconnected" in p.text() for p in procs), 10,
                    "every service to see NATS gone")
 
     def test_nats_killed(self):
@@ -222,7 +214,7 @@ class Shutdown(StackTest):
             return results
 
         self.assert_clean_stops(self.run_async(main()))
-        self.assertIn("NATS away: edge_down not published", log_text(st.edges[0]))
+        self.assertIn("NATS away: edge_down not published", st.edges[0].text())
 
     def test_nats_hung(self):
         """nats-server stopped (SIGSTOP) right before the SIGTERM: the
